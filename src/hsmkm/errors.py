@@ -1,0 +1,127 @@
+"""One exception hierarchy for hsmkm; the CLI maps each class to a message and an exit code."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes from CLI.md."""
+
+    OK = 0
+    NEGATIVE = 1  # the operation ran and its answer is no (bad signature, revoked, quorum not met)
+    BAD_INPUT = 2  # bad usage or input: malformed file, wrong PIN or password, unknown user
+    UNREACHABLE = 3  # the token or another component cannot be reached
+
+
+class HsmkmError(Exception):
+    """Base of every error hsmkm reports to a person. The message never holds a secret."""
+
+    exit_code: ExitCode = ExitCode.BAD_INPUT
+
+
+# --- negative answers (exit 1) -------------------------------------------------------------
+
+
+class NegativeAnswer(HsmkmError):
+    exit_code = ExitCode.NEGATIVE
+
+
+class SignatureInvalid(NegativeAnswer):
+    """A signature, MAC or authentication tag does not verify."""
+
+
+class CertificateRevoked(NegativeAnswer):
+    """A certificate in question is revoked."""
+
+
+class ValidationFailed(NegativeAnswer):
+    """A chain, usage, validity or policy check failed."""
+
+
+class QuorumNotMet(NegativeAnswer):
+    """Fewer than K officer approvals."""
+
+
+class AuditChainBroken(NegativeAnswer):
+    """The audit log has been edited, truncated or reordered."""
+
+
+# --- bad input (exit 2) --------------------------------------------------------------------
+
+
+class BadInput(HsmkmError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class MalformedInput(BadInput):
+    """A file or message that does not parse."""
+
+
+class UnsupportedAlgorithm(BadInput):
+    """An algorithm hsmkm does not implement."""
+
+
+class SecretSourceError(BadInput):
+    """A secret source that is malformed, literal, or cannot be read."""
+
+
+class WrongPassword(BadInput):
+    """A wrong keystore password."""
+
+
+class NotFound(BadInput):
+    """An unknown user, certificate, request, officer or object."""
+
+
+class AlreadyExists(BadInput):
+    """Something that must not be overwritten already exists."""
+
+
+class CodeRejected(BadInput):
+    """An enrollment code that is wrong, used, expired or out of attempts."""
+
+
+class PolicyViolation(BadInput):
+    """A request the KM's policy does not allow."""
+
+
+# --- the token (PKCS#11) -----------------------------------------------------------------
+
+
+class TokenError(HsmkmError):
+    """Base of PKCS#11 errors."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+class ModuleNotFound(TokenError):
+    """The PKCS#11 module cannot be loaded."""
+
+
+class TokenNotFound(TokenError):
+    """No token matches the label, serial, slot or URI."""
+
+
+class WrongPin(TokenError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class PinLocked(TokenError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class MechanismUnsupported(TokenError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class KeyNotFound(TokenError):
+    """No key object with that label or id on the token."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class Unreachable(HsmkmError):
+    """A component (not the token) cannot be reached."""
+
+    exit_code = ExitCode.UNREACHABLE

@@ -1,0 +1,47 @@
+"""The one key interface: a keystore holds a user's keys with their certificates.
+
+Callers (cms, km, client) see only this module's types. A private key is always a
+cryptography ``RSAPrivateKey`` or ``EllipticCurvePrivateKey``: for an .epf it is a software
+key; for a token it is a subclass whose operations run on the token. Which backend holds
+a keystore is decided once, from its path or URI, by ``hsmkm.keys.open_keystore``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol, Union
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]
+PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
+
+
+class KeyRole(str, Enum):
+    SIGN = "sign"
+    ENCRYPT = "encrypt"
+    CA = "ca"
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """A private key and the certificate for it."""
+
+    key: PrivateKey
+    certificate: x509.Certificate
+    role: KeyRole
+
+
+class Keystore(Protocol):
+    """A user's keys: one signing key, current and historical encryption keys, CA certs."""
+
+    def signing_entry(self) -> KeyEntry | None:
+        """The current signing key and certificate, if any."""
+
+    def encryption_entries(self) -> list[KeyEntry]:
+        """All encryption keys with certificates: the current one first, then older ones."""
+
+    def ca_certificates(self) -> list[x509.Certificate]:
+        """The CA certificates this keystore trusts (the KM's)."""
