@@ -1,0 +1,1 @@
+"""scripts/bench: each figure beside its reference, measured in the same run."""

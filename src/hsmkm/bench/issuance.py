@@ -1,0 +1,66 @@
+"""issuance: certificates issued per second against raw C_Sign per second, same token and key."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from pkcs11 import Mechanism
+
+from hsmkm.bench.fixtures import make_km, open_km
+from hsmkm.bench.rows import Row, rate
+from hsmkm.km.audit import AuditAction
+from hsmkm.km.authority import issue_user_certificate
+from hsmkm.x509.profiles import CertKind
+
+_TBS = os.urandom(900)  # about the size of a user certificate's TBS
+
+
+def _raw_sign_rate(root: Path, n: int) -> float:
+    km = open_km(root)
+    obj = km.ca_key._obj  # the raw python-pkcs11 object: C_Sign with no hsmkm code around it
+    with km.session.lock:
+        obj.sign(_TBS, mechanism=Mechanism.SHA256_RSA_PKCS)
+        return rate(lambda: obj.sign(_TBS, mechanism=Mechanism.SHA256_RSA_PKCS), n)
+
+
+def _issue_n(root: str, n: int, start_at: float) -> float:
+    """Issue ``n`` certificates, each one transaction with its audit entry; returns seconds."""
+    km = open_km(Path(root))
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key()
+    km.ca_key, km.ca_cert, km.audit_key  # noqa: B018  (load keys before the clock starts)
+    while time.time() < start_at:
+        time.sleep(0.001)
+    t = time.perf_counter()
+    for i in range(n):
+        with km.change(AuditAction.ISSUE, bench=i) as ch:
+            cert = issue_user_certificate(km, ch.conn, pub, CertKind.SIGN, f"b{i}@bench.example", None, None)
+            ch.details["serial"] = cert.serial_number
+    return time.perf_counter() - t
+
+
+def run(tmp: Path, quick: bool) -> list[Row]:
+    root = make_km(tmp / "issuance")
+    n = 150 if quick else 600
+    raw = _raw_sign_rate(root, n)
+    single = n / _issue_n(str(root), n, 0)
+    workers = os.cpu_count() or 2
+    ctx = multiprocessing.get_context("spawn")
+    per = n // workers
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        start = time.time() + 3.0
+        futs = [pool.submit(_issue_n, str(root), per, start) for _ in range(workers)]
+        longest = max(f.result() for f in futs)
+    parallel = per * workers / longest
+    ref = f"raw C_Sign RSA-3072 {raw:.0f}/s (one session)"
+    return [
+        Row("issuance", "raw_sign_per_s", raw, "ops/s", "python-pkcs11 C_Sign, CKM_SHA256_RSA_PKCS"),
+        Row("issuance", "single_per_s", single, "certs/s", ref),
+        Row("issuance", "single_ratio", single / raw, "ratio", ref, single / raw),
+        Row("issuance", "parallel_per_s", parallel, "certs/s", f"{workers} worker processes; {ref}"),
+        Row("issuance", "parallel_ratio", parallel / raw, "ratio", ref, parallel / raw),
+    ]

@@ -1,0 +1,3 @@
+"""Imports every command module so that each registers its commands on the group."""
+
+from hsmkm.cli import km_cmds  # noqa: F401

@@ -1,0 +1,219 @@
+"""KM commands: init, status, audit verify, ca import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+
+from hsmkm import errors
+from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.session import open_km
+from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.keys.uri import Pkcs11Uri
+from hsmkm.km.ceremony import InitRequest, OfficerSpec, run_ceremony
+
+ALGS = click.Choice([a.value for a in KeyAlgorithm])
+
+
+def _parse_subject(text: str) -> x509.Name:
+    try:
+        name = x509.Name.from_rfc4514_string(text)
+    except ValueError as exc:
+        raise errors.MalformedInput(f"--ca-subject: not an RFC 4514 name ({exc})") from None
+    if not name.rdns:
+        raise errors.MalformedInput("--ca-subject: empty name")
+    return name
+
+
+def _officer_spec(cli_ctx: CliContext, text: str) -> OfficerSpec:
+    name, sep, uri_text = text.partition("=")
+    if not sep or not name or not uri_text:
+        raise errors.BadInput("--officer takes NAME=pkcs11-URI")
+    uri = Pkcs11Uri.parse(uri_text)
+    if not uri.module_path:
+        raise errors.BadInput(f"--officer {name}: the URI needs ?module-path=")
+    pin = cli_ctx.secret(uri.pin_source, f"PIN of officer {name}'s token")
+    return OfficerSpec(name, uri.module_path, uri.token, uri.serial, pin, uri_text)
+
+
+@cli.command()
+@click.option("--ca-subject", required=True, help='The CA\'s name, e.g. "CN=Example KM CA,O=Example,C=DE".')
+@click.option("--module", type=click.Path(dir_okay=False), help="PKCS#11 module of the KM's HSM (else the embedded SoftHSM2).")
+@click.option("--token", "token_label", help="Label of the KM token in --module.")
+@click.option("--pin-source", "init_pin_source", help="Source of the KM token's PIN (env:NAME, file:PATH, prompt).")
+@click.option("--recovery-token", help="Label of the recovery token in --module.")
+@click.option("--recovery-pin-source", help="Source of the recovery token's current PIN; it is replaced and split.")
+@click.option("--ca-key", type=ALGS, default="rsa3072", show_default=True, help="CA key algorithm.")
+@click.option("--user-key", type=ALGS, default="p256", show_default=True, help="Algorithm of users' encryption keys.")
+@click.option("--cert-days", type=click.IntRange(1, 3650), default=365, show_default=True, help="User certificate validity.")
+@click.option("--ca-days", type=click.IntRange(1, 36500), default=3650, show_default=True, help="CA certificate validity.")
+@click.option("--officer", "officers", multiple=True, metavar="NAME=URI", help="A recovery officer and their token (repeatable).")
+@click.option("--quorum", type=click.IntRange(1, 255), help="Approvals needed for a recovery (K of N).")
+@click.option("--csr", is_flag=True, help="Be a subordinate CA: write ca.csr instead of a self-signed certificate.")
+@click.option("--base-url", default="http://localhost/hsmkm/", show_default=True, help="Where HOME/pub/ is served (names in certificates).")
+@pass_cli
+def init(
+    cli_ctx: CliContext,
+    ca_subject: str,
+    module: str | None,
+    token_label: str | None,
+    init_pin_source: str | None,
+    recovery_token: str | None,
+    recovery_pin_source: str | None,
+    ca_key: str,
+    user_key: str,
+    cert_days: int,
+    ca_days: int,
+    officers: tuple[str, ...],
+    quorum: int | None,
+    csr: bool,
+    base_url: str,
+) -> None:
+    """The key ceremony: CA, archive and audit keys on the KM token, recovery token, officers.
+
+    \b
+    Examples:
+      # a trial KM on the embedded SoftHSM2 (three officers, quorum 2):
+      hsmkm --home ./km init --ca-subject "CN=Example KM CA,O=Example"
+      # on an HSM:
+      hsmkm --home ./km init --ca-subject "CN=KM CA" --module /usr/lib/softhsm/libsofthsm2.so \\
+          --token km --pin-source env:KM_PIN --recovery-token recovery \\
+          --recovery-pin-source env:REC_PIN --quorum 2 \\
+          --officer 'ann=pkcs11:token=ann?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:ANN_PIN' \\
+          --officer 'bo=pkcs11:token=bo?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:BO_PIN'
+    """
+    subject = _parse_subject(ca_subject)
+    req = InitRequest(
+        root=cli_ctx.home,
+        ca_subject=subject,
+        ca_key_alg=KeyAlgorithm(ca_key),
+        user_key_alg=KeyAlgorithm(user_key),
+        cert_days=cert_days,
+        ca_days=ca_days,
+        base_url=base_url,
+        csr=csr,
+        quorum=quorum,
+    )
+    if module is None and (officers or token_label or recovery_token):
+        raise errors.BadInput("--token, --recovery-token and --officer need --module")
+    if module is not None:
+        if not Path(module).exists():
+            raise errors.ModuleNotFound(f"PKCS#11 module not found: {module}")
+        pin_spec = init_pin_source or cli_ctx.pin_source
+        req.module = module
+        req.km_token_label = token_label
+        req.km_pin = cli_ctx.secret(pin_spec, "KM token PIN")
+        req.km_pin_source = pin_spec
+        req.recovery_token_label = recovery_token
+        req.recovery_pin = cli_ctx.secret(recovery_pin_source, "recovery token PIN")
+        req.officers = [_officer_spec(cli_ctx, o) for o in officers]
+    result = run_ceremony(req)
+    for w in result.warnings:
+        cli_ctx.warn(w)
+    out: dict[str, Any] = {
+        "home": str(result.home),
+        "embedded": result.embedded,
+        "ca_subject": result.ca_subject,
+        "ca_key": result.ca_key_alg,
+        "ca_cert": result.ca_cert_path,
+        "csr": result.csr_path,
+        "officers": result.officers,
+        "quorum": result.quorum,
+    }
+    lines = [f"KM initialised at {result.home}", f"  CA: {result.ca_subject} ({result.ca_key_alg})"]
+    lines.append(f"  CA certificate: {result.ca_cert_path}" if result.ca_cert_path else f"  CSR for the parent CA: {result.csr_path} (then 'hsmkm ca import')")
+    lines.append(f"  recovery officers: {', '.join(result.officers)} (quorum {result.quorum})")
+    cli_ctx.emit(out, "\n".join(lines))
+
+
+@cli.command()
+@pass_cli
+def status(cli_ctx: CliContext) -> None:
+    """Token, keys with their custody attributes, counts, CRL age, officers and quorum.
+
+    \b
+    Example:
+      hsmkm --home ./km status --json
+    """
+    from hsmkm.km.status import km_status
+
+    km = open_km(cli_ctx)
+    st = km_status(km)
+
+    def human() -> str:
+        lines = [
+            f"home: {st['home']}{' (embedded SoftHSM2, for trials)' if st['embedded'] else ''}",
+            f"token: {st['token']['label']} (serial {st['token']['serial']}) reachable",
+            f"CA: {st['ca']['subject']} ({st['ca']['key_algorithm']}), valid until {st['ca']['not_after']}",
+            "keys:",
+        ]
+        for k in st["keys"]:
+            lines.append(
+                f"  {k['label']:<20} {k['key_type']:<15} sensitive={k['sensitive']} "
+                f"extractable={k['extractable']} never_extractable={k['never_extractable']} usage={','.join(k['usages'])}"
+            )
+        c = st["counts"]
+        lines.append(
+            f"users: {c['users']}  certificates: {c['certificates']}  revoked: {c['revoked']}  "
+            f"archived keys: {c['archived_keys']}  audit entries: {c['audit_entries']}"
+        )
+        crl = st["crl"]
+        lines.append(
+            "CRL: none published" if crl is None
+            else f"CRL: #{crl['number']}, {crl['entries']} entries, {crl['age_seconds']} s old{' (stale)' if crl['stale'] else ''}"
+        )
+        lines.append(f"officers: {', '.join(st['officers'])} (quorum {st['quorum']})")
+        return "\n".join(lines)
+
+    cli_ctx.emit(st, human)
+
+
+@cli.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command("verify")
+@pass_cli
+def audit_verify(cli_ctx: CliContext) -> None:
+    """Check the whole audit chain: hashes, links, MACs on the token, and its head.
+
+    \b
+    Example:
+      hsmkm --home ./km audit verify
+    """
+    km = open_km(cli_ctx)
+    report = km.audit().verify()
+    result = {"ok": report.ok, "entries": report.entries, "first_bad": report.first_bad, "problem": report.problem}
+    if not report.ok:
+        cli_ctx.emit(result, "")
+        raise errors.AuditChainBroken(f"audit chain broken at entry {report.first_bad}: {report.problem}")
+    cli_ctx.emit(result, f"audit chain OK: {report.entries} entries")
+
+
+@cli.group()
+def ca() -> None:
+    """The KM's CA certificate."""
+
+
+@ca.command("import")
+@click.argument("certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_cli
+def ca_import(cli_ctx: CliContext, certificate: Path) -> None:
+    """Import the subordinate CA certificate the parent CA issued for ca.csr.
+
+    \b
+    Example:
+      hsmkm --home ./km ca import issued-ca.pem
+    """
+    from hsmkm.km.subordinate import import_ca_certificate
+
+    km = open_km(cli_ctx)
+    cert = import_ca_certificate(km, certificate.read_bytes())
+    cli_ctx.emit(
+        {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string()},
+        f"CA certificate imported: {cert.subject.rfc4514_string()} issued by {cert.issuer.rfc4514_string()}",
+    )

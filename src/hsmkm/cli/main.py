@@ -1,0 +1,162 @@
+"""The ``hsmkm`` command: a click group; the only layer that reads the environment or prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hsmkm import __version__, errors
+from hsmkm.errors import ExitCode
+from hsmkm.secrets import SecretSource
+
+
+@dataclass
+class CliContext:
+    home: Path
+    json: bool
+    debug: bool
+    pin_source: str | None
+
+    def secret(self, spec: str | None, what: str, confirm: bool = False) -> str:
+        """Read a secret from its source (env:, file:, prompt)."""
+        source = SecretSource.parse(spec or "prompt")
+        prompt = None
+        if sys.stdin.isatty():
+
+            def prompt(label: str) -> str:
+                return str(click.prompt(label, hide_input=True, confirmation_prompt=confirm, err=True))
+
+        return source.read(os.environ, prompt, what)
+
+    def emit(self, result: dict[str, Any], human: str | Callable[[], str]) -> None:
+        """Print the result: one JSON object with --json, else text for people."""
+        if self.json:
+            click.echo(json.dumps(result, default=str, sort_keys=True))
+        else:
+            text = human() if callable(human) else human
+            if text:
+                click.echo(text)
+
+    def warn(self, message: str) -> None:
+        click.echo(f"hsmkm: warning: {message}", err=True)
+
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+def _set_field(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        obj = ctx.find_object(CliContext)
+        if value and obj is not None:
+            setattr(obj, name, value)
+
+    return callback
+
+
+class HsmkmGroup(click.Group):
+    """Maps hsmkm errors to one line on stderr and the exit code from CLI.md.
+
+    Every command also accepts --json, --debug and --pin-source after its name, as people
+    type them.
+    """
+
+    group_class = type  # subgroups are HsmkmGroups too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            taken = {opt for p in cmd.params for opt in getattr(p, "opts", [])}
+            for opts, field_name, flag, help_text in (
+                (["--json"], "json", True, "Print exactly one JSON object on stdout."),
+                (["--debug"], "debug", True, "Show tracebacks on errors."),
+                (["--pin-source"], "pin_source", False, "Source of the KM token's PIN: env:NAME, file:PATH, prompt."),
+            ):
+                if opts[0] not in taken:
+                    cmd.params.append(
+                        click.Option(opts, is_flag=flag, expose_value=False, callback=_set_field(field_name),
+                                     help=help_text)
+                    )
+        super().add_command(cmd, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.HsmkmError as exc:
+            if _debug(ctx):
+                traceback.print_exc()
+            click.echo(f"hsmkm: error: {_one_line(str(exc))}", err=True)
+            ctx.exit(int(exc.exit_code))
+        except click.exceptions.Exit:
+            raise
+        except (click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("hsmkm: error: interrupted", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:
+            ctx.exit(int(ExitCode.UNREACHABLE))
+        except Exception as exc:  # a bug: still one line, the traceback only with --debug
+            if _debug(ctx):
+                traceback.print_exc()
+            click.echo(f"hsmkm: error: internal error ({type(exc).__name__}); rerun with --debug", err=True)
+            ctx.exit(int(ExitCode.BAD_INPUT))
+
+
+def _debug(ctx: click.Context) -> bool:
+    obj = ctx.find_object(CliContext)
+    return bool(obj and obj.debug) or "--debug" in sys.argv
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@click.group(cls=HsmkmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="HSMKM_HOME",
+    default=lambda: str(Path.home() / ".hsmkm"),
+    show_default="~/.hsmkm",
+    help="The KM's home directory (env HSMKM_HOME).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option(
+    "--pin-source",
+    envvar="HSMKM_PIN_SOURCE",
+    default=None,
+    help="Where the KM token's PIN comes from: env:NAME, file:PATH or prompt.",
+)
+@click.version_option(__version__, prog_name="hsmkm")
+@click.pass_context
+def cli(ctx: click.Context, home: Path, as_json: bool, debug: bool, pin_source: str | None) -> None:
+    """hsmkm: a key management server for S/MIME with its keys in a PKCS#11 module.
+
+    \b
+    Examples:
+      hsmkm --home ./km init --ca-subject "CN=Example KM CA,O=Example"
+      hsmkm --home ./km user add alice@example.com --name "Alice"
+      hsmkm enroll --km ./km --email alice@example.com --code-source env:CODE \\
+            --keystore alice.epf --password-source env:PW
+      hsmkm --home ./km status --json
+    """
+    ctx.obj = CliContext(home=home, json=as_json, debug=debug, pin_source=pin_source)
+
+
+def main() -> None:
+    from hsmkm.cli import commands  # noqa: F401  (registers the commands)
+
+    try:
+        cli.main(prog_name="hsmkm", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        # click's usage errors exit 2, as CLI.md wants for bad usage.
+        sys.exit(code)

@@ -1,0 +1,15 @@
+"""Opening the KM from the command line: the PIN source, then the KeyManager."""
+
+from __future__ import annotations
+
+from hsmkm.cli.main import CliContext
+from hsmkm.km.config import Home, KmConfig
+from hsmkm.km.manager import KeyManager
+
+
+def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
+    """The KM at the home, logged in with the PIN from --pin-source (or the trial PIN file)."""
+    config = KmConfig.load(Home(cli.home))
+    spec = cli.pin_source or config.km_pin_source
+    pin = cli.secret(spec, "KM token PIN")
+    return KeyManager.open(cli.home, pin, actor=actor)

@@ -1,0 +1,180 @@
+"""User commands: add, import, list, show, reenable, revoke; and the directory."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives import serialization
+
+from hsmkm import errors
+from hsmkm.atomic import atomic_writer
+from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.session import open_km
+from hsmkm.km import directory, users
+from hsmkm.x509.profiles import CertKind
+
+
+@cli.group()
+def user() -> None:
+    """Users, their enrollment codes and certificates."""
+
+
+@user.command("add")
+@click.argument("email")
+@click.option("--name", help="Display name.")
+@pass_cli
+def user_add(cli_ctx: CliContext, email: str, name: str | None) -> None:
+    """Create a user and print their one-time enrollment code.
+
+    \b
+    Examples:
+      hsmkm user add alice@example.com --name "Alice Liddell"
+      CODE=$(hsmkm --json user add bob@example.com | jq -r .code)
+    """
+    km = open_km(cli_ctx)
+    u, code = users.add_user(km, email, name)
+    cli_ctx.emit(
+        {"email": u.email, "name": u.name, "code": code, "expires_days": km.config.code_ttl_days},
+        f"user {u.email} added\nenrollment code (give it to the user; shown once): {code}",
+    )
+
+
+@user.command("import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--codes-out", type=click.Path(dir_okay=False, path_type=Path), help="Where the codes go (mode 0600); default CSV.codes.csv."
+)
+@pass_cli
+def user_import(cli_ctx: CliContext, csv_file: Path, codes_out: Path | None) -> None:
+    """Add many users (email,name per row); their codes go to a 0600 file.
+
+    \b
+    Example:
+      hsmkm user import staff.csv --codes-out staff-codes.csv
+    """
+    try:
+        text = csv_file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise errors.MalformedInput(f"{csv_file}: unreadable ({exc})") from None
+    rows = users.parse_user_csv(text)
+    out = codes_out or csv_file.with_name(csv_file.name + ".codes.csv")
+    if out.exists():
+        raise errors.AlreadyExists(f"{out} exists; refusing to overwrite codes")
+    km = open_km(cli_ctx)
+    show = sys.stderr.isatty() and not cli_ctx.json
+    with click.progressbar(length=len(rows), label="adding users", file=sys.stderr) if show else _NoBar() as bar:
+        codes = users.import_users(km, rows, progress=bar.update)
+    with atomic_writer(out, 0o600) as fh:
+        fh.write(b"email,code\n")
+        for email, code in codes:
+            fh.write(f"{email},{code}\n".encode())
+    cli_ctx.emit({"users": len(codes), "codes_file": str(out)}, f"{len(codes)} users added; codes in {out} (mode 0600)")
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+@user.command("list")
+@pass_cli
+def user_list(cli_ctx: CliContext) -> None:
+    """All users and their status.
+
+    \b
+    Example:
+      hsmkm user list --json
+    """
+    km = open_km(cli_ctx)
+    rows = users.list_users(km.db.conn)
+    data = [{"email": u.email, "name": u.name, "status": u.status.value, "created_at": u.created_at} for u in rows]
+    cli_ctx.emit({"users": data}, "\n".join(f"{u.email:<40} {u.status.value:<8} {u.name or ''}" for u in rows) or "no users")
+
+
+@user.command("show")
+@click.argument("email")
+@pass_cli
+def user_show(cli_ctx: CliContext, email: str) -> None:
+    """One user: status and every certificate (current and historical).
+
+    \b
+    Example:
+      hsmkm user show alice@example.com
+    """
+    km = open_km(cli_ctx)
+    u = users.find_user(km.db.conn, email)
+    certs = directory.user_certificates(km.db.conn, u.id)
+    archived = km.db.conn.execute("SELECT COUNT(*) FROM archive WHERE user_id = ?", (u.id,)).fetchone()[0]
+    data: dict[str, Any] = {
+        "email": u.email,
+        "name": u.name,
+        "status": u.status.value,
+        "archived_keys": archived,
+        "certificates": [
+            {
+                "serial": c.serial,
+                "kind": c.kind,
+                "status": c.status,
+                "current": c.current,
+                "not_after": c.not_after,
+                "revoked_at": c.revoked_at,
+                "reason": c.reason,
+            }
+            for c in certs
+        ],
+    }
+    lines = [f"{u.email} ({u.name or 'no name'}): {u.status.value}, {archived} archived key(s)"]
+    for c in certs:
+        extra = f" revoked {c.revoked_at} ({c.reason})" if c.revoked_at else ""
+        lines.append(f"  {c.kind:<8} {c.serial} {'current ' if c.current else 'history '}{c.status}{extra}")
+    cli_ctx.emit(data, "\n".join(lines))
+
+
+@user.command("reenable")
+@click.argument("email")
+@pass_cli
+def user_reenable(cli_ctx: CliContext, email: str) -> None:
+    """A new one-time code: the next enrollment gives new certificates and a new key.
+
+    \b
+    Example:
+      hsmkm user reenable alice@example.com
+    """
+    km = open_km(cli_ctx)
+    code = users.reenable_user(km, email)
+    cli_ctx.emit({"email": email, "code": code}, f"new enrollment code for {email} (shown once): {code}")
+
+
+@cli.group("directory")
+def directory_group() -> None:
+    """The directory of users' current certificates."""
+
+
+@directory_group.command("show")
+@click.argument("email")
+@pass_cli
+def directory_show(cli_ctx: CliContext, email: str) -> None:
+    """The user's current encryption and signing certificates (PEM).
+
+    \b
+    Example:
+      hsmkm directory show alice@example.com > alice.pem
+    """
+    km = open_km(cli_ctx)
+    out: dict[str, Any] = {"email": users.normalize_email(email)}
+    pems = []
+    for kind in (CertKind.ENCRYPT, CertKind.SIGN):
+        cert = directory.current_certificate(km.db.conn, email, kind)
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        out[kind.value] = pem
+        pems.append(pem)
+    cli_ctx.emit(out, "".join(pems).rstrip("\n"))

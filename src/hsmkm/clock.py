@@ -1,0 +1,18 @@
+"""An injectable clock, so tests can pin time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    """Now, in UTC, to the microsecond."""
+    return datetime.now(timezone.utc)
+
+
+def fixed_clock(at: datetime) -> Clock:
+    """A clock that always says ``at``."""
+    return lambda: at

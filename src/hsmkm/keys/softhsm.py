@@ -1,0 +1,75 @@
+"""SoftHSM2 token stores: a config in a directory, and tokens initialised without PINs in argv.
+
+softhsm2-util takes PINs only on the command line or a terminal, so tokens are initialised
+through the module itself (C_InitToken, then C_InitPIN as the security officer).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+from pathlib import Path
+
+import pkcs11
+
+from hsmkm import errors
+from hsmkm.keys.pkcs11 import Pkcs11Module, mapped_errors
+
+SOFTHSM_MODULE_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+
+
+def find_softhsm_module() -> str:
+    """The path of the SoftHSM2 module on this machine."""
+    for path in SOFTHSM_MODULE_CANDIDATES:
+        if os.path.exists(path):
+            return path
+    raise errors.ModuleNotFound("SoftHSM2 is not installed (package softhsm2)")
+
+
+def write_store_config(directory: Path) -> Path:
+    """Make a SoftHSM2 token store in ``directory``; returns the path of its config."""
+    tokens = directory / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conf = directory / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+        "slots.removable = false\n"
+    )
+    return conf
+
+
+def init_token(module: Pkcs11Module, label: str, so_pin: str, user_pin: str) -> None:
+    """Initialise the store's free slot as a token with this label and PINs."""
+    if label in module.token_labels():
+        raise errors.AlreadyExists(f"a token labelled '{label}' already exists")
+    with module.lock:
+        free = [
+            s
+            for s in module.lib.get_slots(token_present=True)
+            if not (s.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED)
+        ]
+        if not free:
+            raise errors.TokenError("no free slot in the SoftHSM2 store")
+        slot_id = free[0].slot_id
+        cdll = ctypes.CDLL(module.path)
+        fn = cdll.C_InitToken
+        fn.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+        fn.restype = ctypes.c_ulong
+        so = so_pin.encode()
+        rv = fn(slot_id, so, len(so), label.encode().ljust(32, b" ")[:32])
+        if rv != 0:
+            raise errors.TokenError(f"C_InitToken for '{label}' failed (CKR 0x{rv:x})")
+    token = module.find_token(label=label)
+    with module.lock, mapped_errors(f"token '{label}'"):
+        with token.open(rw=True, so_pin=so_pin) as session:
+            session.init_pin(user_pin)
+
+
+def softhsm_util_available() -> bool:
+    return shutil.which("softhsm2-util") is not None

@@ -1,0 +1,125 @@
+"""KM-side enrollment: a request (code + CSR) in, certificates and the encryption key out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from hsmkm import errors
+from hsmkm.atomic import write_atomic
+from hsmkm.keys.algorithms import algorithm_of
+from hsmkm.km import archive, users
+from hsmkm.km.audit import AuditAction
+from hsmkm.km.authority import issue_user_certificate, serial_hex
+from hsmkm.km.manager import KeyManager
+from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, seal_key
+from hsmkm.x509.profiles import CertKind
+
+
+def _csr_email(csr: x509.CertificateSigningRequest) -> list[str]:
+    found: list[str] = []
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        found += san.get_values_for_type(x509.RFC822Name)
+    except x509.ExtensionNotFound:
+        pass
+    found += [str(a.value) for a in csr.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)]
+    return found
+
+
+def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
+    try:
+        csr = x509.load_der_x509_csr(der)
+    except ValueError:
+        try:
+            csr = x509.load_pem_x509_csr(der)
+        except ValueError:
+            raise errors.MalformedInput("the CSR does not parse") from None
+    if not csr.is_signature_valid:
+        raise errors.SignatureInvalid("the CSR's signature does not verify (no proof of possession)")
+    return csr
+
+
+def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
+    """Check the code and CSR, make and archive the encryption key, issue both certificates."""
+    csr = parse_csr(req.csr_der)
+    sign_alg = algorithm_of(csr.public_key())
+    email = users.normalize_email(req.email)
+    emails = [users.normalize_email(e) for e in _csr_email(csr) if "@" in e]
+    if emails != [email] and set(emails) != {email}:
+        raise errors.PolicyViolation(f"the CSR names {', '.join(emails) or 'no address'}, not {email}")
+
+    # A wrong code is a state change of its own (one attempt used), committed before refusing.
+    with km.db.transaction() as conn:
+        user = users.find_user(conn, email)
+        checked = users.check_code(km, conn, user, req.code)
+        if isinstance(checked, str):
+            km.audit(conn).append(km.actor, AuditAction.CODE_REJECTED, {"email": email, "reason": checked})
+    if isinstance(checked, str):
+        raise errors.CodeRejected(f"{email}: {checked}")
+
+    enc_key = km.config.user_key_alg.generate()
+    now = km.clock()
+    salt = os.urandom(16)
+    transport = code_key(req.code, salt)
+    history: list[SealedKey] = []
+    with km.change(AuditAction.ENROLL, email=email) as ch:
+        conn = ch.conn
+        # Re-check inside the write transaction: another process may have used the code.
+        again = users.check_code(km, conn, user, req.code)
+        if isinstance(again, str) or again.id != checked.id:
+            raise errors.CodeRejected(f"{email}: the enrollment code was already used")
+        users.burn_code(conn, checked.id, now)
+        conn.execute(
+            "UPDATE certificates SET current = 0 WHERE user_id = ? AND current = 1", (user.id,)
+        )
+        sign_cert = issue_user_certificate(km, conn, csr.public_key(), CertKind.SIGN, email, user.name, user.id)  # type: ignore[arg-type]
+        enc_cert = issue_user_certificate(
+            km, conn, enc_key.public_key(), CertKind.ENCRYPT, email, user.name, user.id
+        )
+        enc_serial = serial_hex(enc_cert.serial_number)
+        record_id = archive.archive_key(
+            conn,
+            km.archive_key,
+            archive.recovery_public_key(conn),
+            user.id,
+            enc_serial,
+            km.config.user_key_alg.value,
+            enc_key,
+            now,
+        )
+        if checked.purpose is users.CodePurpose.RECOVERY:
+            from hsmkm.km.recovery import release_recovered
+
+            history = release_recovered(conn, checked.id, req.code, transport)
+        conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.ACTIVE.value, user.id))
+        ch.details.update(
+            sign_serial=serial_hex(sign_cert.serial_number),
+            enc_serial=enc_serial,
+            archive_record=record_id,
+            sign_key=sign_alg.value,
+            enc_key=km.config.user_key_alg.value,
+            purpose=checked.purpose.value,
+            history_keys=len(history),
+        )
+    response = EnrollResponse(
+        email=email,
+        sign_cert_der=sign_cert.public_bytes(serialization.Encoding.DER),
+        encryption=seal_key(transport, enc_key, enc_cert.public_bytes(serialization.Encoding.DER)),
+        ca_cert_der=km.ca_cert.public_bytes(serialization.Encoding.DER),
+        salt=salt,
+        history=history,
+    )
+    publish_user_certificates(km.home.certs_dir, email, sign_cert, enc_cert)
+    return response
+
+
+def publish_user_certificates(
+    certs_dir: Path, email: str, sign_cert: x509.Certificate, enc_cert: x509.Certificate
+) -> None:
+    """The directory's files: HOME/pub/certs/EMAIL.enc.crt and EMAIL.sign.crt (DER)."""
+    write_atomic(certs_dir / f"{email}.enc.crt", enc_cert.public_bytes(serialization.Encoding.DER))
+    write_atomic(certs_dir / f"{email}.sign.crt", sign_cert.public_bytes(serialization.Encoding.DER))

@@ -1,0 +1,120 @@
+"""An opened KM: its configuration, database, token session, CA key and audit log."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from hsmkm import errors
+from hsmkm.clock import Clock, system_clock
+from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSecretKey, TokenSession
+from hsmkm.km.audit import AuditAction, AuditLog
+from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, TokenRef
+from hsmkm.store.db import Database
+
+
+def open_token(ref: TokenRef, pin: str, softhsm_config: str | None) -> TokenSession:
+    """Log in to the token ``ref`` names (once per process)."""
+    module = Pkcs11Module.load(ref.module, softhsm_config)
+    return module.open_token(pin, label=ref.label, serial=ref.serial)
+
+
+@dataclass
+class Change:
+    """What one state change records in its audit entry."""
+
+    actor: str
+    action: AuditAction
+    conn: sqlite3.Connection
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class KeyManager:
+    """The server side, opened on a home with the KM token's PIN."""
+
+    def __init__(
+        self,
+        home: Home,
+        config: KmConfig,
+        db: Database,
+        session: TokenSession,
+        clock: Clock,
+        actor: str,
+    ) -> None:
+        self.home = home
+        self.config = config
+        self.db = db
+        self.session = session
+        self.clock = clock
+        self.actor = actor
+        self._ca_key: TokenPrivateKey | None = None
+        self._ca_cert: x509.Certificate | None = None
+        self._audit_key: TokenSecretKey | None = None
+        self._archive_key: TokenSecretKey | None = None
+
+    @classmethod
+    def open(
+        cls, root: Path, km_pin: str, clock: Clock = system_clock, actor: str = "operator"
+    ) -> KeyManager:
+        home = Home(root)
+        config = KmConfig.load(home)
+        db = Database.open(home.database)
+        session = open_token(config.km_token, km_pin, config.softhsm_config)
+        return cls(home, config, db, session, clock, actor)
+
+    # --- keys on the KM token ---------------------------------------------------------------
+
+    @property
+    def ca_key(self) -> TokenPrivateKey:
+        if self._ca_key is None:
+            self._ca_key = self.session.private_key(label=CA_KEY_LABEL)
+        return self._ca_key
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        if self._ca_cert is None:
+            try:
+                self._ca_cert = x509.load_der_x509_certificate(self.home.ca_cert.read_bytes())
+            except FileNotFoundError:
+                raise errors.NotFound(
+                    "the KM has no CA certificate yet (import it with 'hsmkm ca import')"
+                ) from None
+        return self._ca_cert
+
+    @property
+    def audit_key(self) -> TokenSecretKey:
+        if self._audit_key is None:
+            self._audit_key = self.session.secret_key(AUDIT_KEY_LABEL)
+        return self._audit_key
+
+    @property
+    def archive_key(self) -> TokenSecretKey:
+        label = self.db.get_meta("archive_key_label") or self.config.archive_key_label
+        if self._archive_key is None or self._archive_key.label != label:
+            self._archive_key = self.session.secret_key(label)
+        return self._archive_key
+
+    def archive_key_by_label(self, label: str) -> TokenSecretKey:
+        return self.session.secret_key(label)
+
+    # --- state changes ----------------------------------------------------------------------
+
+    def audit(self, conn: sqlite3.Connection | None = None) -> AuditLog:
+        return AuditLog(conn or self.db.conn, self.audit_key.hmac_sha256, self.clock)
+
+    @contextlib.contextmanager
+    def change(self, action: AuditAction, **details: Any) -> Iterator[Change]:
+        """One state change: one database transaction and one audit entry, or nothing."""
+        with self.db.transaction() as conn:
+            ch = Change(self.actor, action, conn, dict(details))
+            yield ch
+            self.audit(conn).append(ch.actor, ch.action, ch.details)
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,71 @@
+"""What ``hsmkm status`` reports: token, keys and their custody attributes, counts, officers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from pkcs11 import ObjectClass
+
+from hsmkm.km import custody
+from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL
+from hsmkm.km.manager import KeyManager
+
+
+def km_status(km: KeyManager) -> dict[str, Any]:
+    conn = km.db.conn
+    keys = []
+    for label, cls in (
+        (CA_KEY_LABEL, ObjectClass.PRIVATE_KEY),
+        (km.db.get_meta("archive_key_label") or km.config.archive_key_label, ObjectClass.SECRET_KEY),
+        (AUDIT_KEY_LABEL, ObjectClass.SECRET_KEY),
+    ):
+        keys.append(asdict(km.session.attributes(label, cls)))
+
+    def count(sql: str) -> int:
+        return int(conn.execute(sql).fetchone()[0])
+
+    crl = conn.execute(
+        "SELECT number, this_update, next_update, entries FROM crls WHERE kind = 'full' ORDER BY number DESC LIMIT 1"
+    ).fetchone()
+    now = km.clock()
+    crl_info: dict[str, Any] | None = None
+    if crl is not None:
+        this_update = datetime.fromisoformat(crl[1])
+        crl_info = {
+            "number": crl[0],
+            "this_update": crl[1],
+            "next_update": crl[2],
+            "entries": crl[3],
+            "age_seconds": int((now - this_update).total_seconds()),
+            "stale": now > datetime.fromisoformat(crl[2]),
+        }
+    officers = custody.active_officers(conn)
+    return {
+        "home": str(km.home.root),
+        "embedded": km.config.embedded,
+        "token": {
+            "module": km.config.km_token.module,
+            "label": km.session.label,
+            "serial": km.session.serial,
+            "reachable": True,
+        },
+        "recovery_token": km.config.recovery_token.label,
+        "keys": keys,
+        "ca": {
+            "subject": km.ca_cert.subject.rfc4514_string() if km.home.ca_cert.exists() else None,
+            "not_after": km.ca_cert.not_valid_after_utc.isoformat() if km.home.ca_cert.exists() else None,
+            "key_algorithm": km.config.ca_key_alg.value,
+        },
+        "counts": {
+            "users": count("SELECT COUNT(*) FROM users"),
+            "certificates": count("SELECT COUNT(*) FROM certificates WHERE kind != 'ca'"),
+            "revoked": count("SELECT COUNT(*) FROM certificates WHERE status = 'revoked'"),
+            "archived_keys": count("SELECT COUNT(*) FROM archive"),
+            "audit_entries": count("SELECT COUNT(*) FROM audit"),
+        },
+        "crl": crl_info,
+        "officers": [o.name for o in officers],
+        "quorum": custody.quorum(conn),
+    }

@@ -1,0 +1,41 @@
+"""A subordinate CA: importing the certificate the parent CA issued for the KM's key."""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from hsmkm import errors
+from hsmkm.atomic import write_atomic
+from hsmkm.km.audit import AuditAction
+from hsmkm.km.authority import record_certificate
+from hsmkm.km.manager import KeyManager
+
+
+def import_ca_certificate(km: KeyManager, data: bytes) -> x509.Certificate:
+    """Check that the certificate is a CA certificate for the KM's CA key, then install it."""
+    if km.home.ca_cert.exists():
+        raise errors.AlreadyExists("the KM already has a CA certificate")
+    try:
+        cert = (
+            x509.load_pem_x509_certificate(data)
+            if data.lstrip().startswith(b"-----")
+            else x509.load_der_x509_certificate(data)
+        )
+    except ValueError:
+        raise errors.MalformedInput("not an X.509 certificate (PEM or DER)") from None
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(serialization.Encoding.DER, pub) != km.ca_key.public_key().public_bytes(
+        serialization.Encoding.DER, pub
+    ):
+        raise errors.PolicyViolation("the certificate is not for the KM's CA key")
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is None or not bc.ca:
+        raise errors.PolicyViolation("the certificate is not a CA certificate (basicConstraints CA:true)")
+    with km.change(AuditAction.CA_IMPORT, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string()) as ch:
+        record_certificate(ch.conn, cert, "ca", None, km.clock())
+        write_atomic(km.home.ca_cert, cert.public_bytes(serialization.Encoding.DER))
+    return cert

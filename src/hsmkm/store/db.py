@@ -1,0 +1,190 @@
+"""The KM database: SQLite in WAL mode, a schema version, one transaction per state change."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from hsmkm import errors
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY,
+    at        TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    details   TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash      BLOB NOT NULL,
+    mac       BLOB NOT NULL
+);
+CREATE TABLE users (
+    id         INTEGER PRIMARY KEY,
+    email      TEXT NOT NULL UNIQUE,
+    name       TEXT,
+    status     TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE enrollment_codes (
+    id           INTEGER PRIMARY KEY,
+    user_id      INTEGER NOT NULL REFERENCES users(id),
+    code_id      TEXT NOT NULL UNIQUE,
+    verifier     BLOB NOT NULL,
+    purpose      TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    expires_at   TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    used_at      TEXT,
+    recovery_id  INTEGER
+);
+CREATE TABLE certificates (
+    serial      TEXT PRIMARY KEY,
+    user_id     INTEGER REFERENCES users(id),
+    kind        TEXT NOT NULL,
+    der         BLOB NOT NULL,
+    not_before  TEXT NOT NULL,
+    not_after   TEXT NOT NULL,
+    issued_at   TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'valid',
+    current     INTEGER NOT NULL DEFAULT 1,
+    revoked_at  TEXT,
+    reason      TEXT,
+    revoked_seq INTEGER
+);
+CREATE INDEX certificates_user ON certificates(user_id, kind, current);
+CREATE INDEX certificates_revoked ON certificates(revoked_seq) WHERE revoked_seq IS NOT NULL;
+CREATE TABLE archive (
+    id             INTEGER PRIMARY KEY,
+    user_id        INTEGER NOT NULL REFERENCES users(id),
+    cert_serial    TEXT NOT NULL REFERENCES certificates(serial),
+    algorithm      TEXT NOT NULL,
+    created_at     TEXT NOT NULL,
+    format_version INTEGER NOT NULL,
+    master_label   TEXT NOT NULL,
+    sealed         BLOB NOT NULL
+);
+CREATE INDEX archive_user ON archive(user_id);
+CREATE TABLE officers (
+    name        TEXT PRIMARY KEY,
+    uri         TEXT NOT NULL,
+    public_key  BLOB NOT NULL,
+    share       BLOB NOT NULL,
+    share_epoch INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    added_at    TEXT NOT NULL
+);
+CREATE TABLE crls (
+    number     INTEGER PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    base       INTEGER,
+    this_update TEXT NOT NULL,
+    next_update TEXT NOT NULL,
+    entries    INTEGER NOT NULL,
+    revoked_seq_upto INTEGER NOT NULL
+);
+CREATE TABLE recovery_requests (
+    id          INTEGER PRIMARY KEY,
+    user_id     INTEGER NOT NULL REFERENCES users(id),
+    reason      TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    records     TEXT NOT NULL,
+    digest      BLOB NOT NULL,
+    request_key_label TEXT NOT NULL,
+    request_public_key BLOB NOT NULL,
+    share_epoch INTEGER NOT NULL,
+    kind        TEXT NOT NULL DEFAULT 'recovery',
+    params      TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE approvals (
+    request_id  INTEGER NOT NULL REFERENCES recovery_requests(id),
+    officer     TEXT NOT NULL REFERENCES officers(name),
+    signature   BLOB NOT NULL,
+    sealed_share BLOB NOT NULL,
+    approved_at TEXT NOT NULL,
+    PRIMARY KEY (request_id, officer)
+);
+CREATE TABLE recovered (
+    id          INTEGER PRIMARY KEY,
+    code_row    INTEGER NOT NULL REFERENCES enrollment_codes(id),
+    archive_id  INTEGER NOT NULL REFERENCES archive(id),
+    sealed      BLOB NOT NULL
+);
+"""
+
+
+class Database:
+    """A connection to the KM's SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.conn = sqlite3.connect(
+                str(path), timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise errors.Unreachable(f"cannot open database {path}: {exc}") from None
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA busy_timeout=60000")
+
+    @classmethod
+    def create(cls, path: Path) -> Database:
+        if path.exists():
+            raise errors.AlreadyExists(f"database {path} already exists")
+        db = cls(path)
+        with db.transaction():
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    db.conn.execute(stmt)
+            db.conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        return db
+
+    @classmethod
+    def open(cls, path: Path) -> Database:
+        if not path.exists():
+            raise errors.NotFound(f"no KM database at {path} (run 'hsmkm init')")
+        db = cls(path)
+        version = db.get_meta("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise errors.BadInput(f"database schema version {version} is not {SCHEMA_VERSION}")
+        return db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT; rolled back on any exception. Writers are serialised."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def close(self) -> None:
+        self.conn.close()

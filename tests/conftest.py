@@ -1,0 +1,76 @@
+"""Fixtures: throwaway KMs on real SoftHSM2 token stores in temporary directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+HSMKM = str(BIN / "hsmkm")
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:  # type: ignore[type-arg]
+        return json.loads(self.stdout)
+
+
+def hsmkm(*args: str, home: Path | None = None, env: dict[str, str] | None = None,
+          input: bytes | None = None, check: bool = True) -> Run:
+    """Run the real CLI in a subprocess."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HSMKM_")}
+    full_env.update(env or {})
+    argv = [HSMKM]
+    if home is not None:
+        argv += ["--home", str(home)]
+    proc = subprocess.run(argv + list(args), capture_output=True, env=full_env, input=input, timeout=600)
+    run = Run(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hsmkm {' '.join(args)} exited {proc.returncode}:\n{run.stderr}")
+    return run
+
+
+def softhsm_env(home: Path) -> dict[str, str]:
+    return {"SOFTHSM2_CONF": str(home / "softhsm" / "softhsm2.conf")}
+
+
+def trial_pin(home: Path, name: str) -> str:
+    return (home / "secrets" / f"{name}.pin").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def km_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded-default KM (P-256 CA for speed), shared by read-mostly tests."""
+    home = tmp_path_factory.mktemp("km") / "home"
+    hsmkm("init", "--ca-subject", "CN=Test KM CA,O=hsmkm tests", "--ca-key", "p256", home=home)
+    return home
+
+
+@pytest.fixture
+def fresh_home(tmp_path: Path) -> Path:
+    """A path for a KM that the test initialises itself."""
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def module_path() -> str:
+    from hsmkm.keys.softhsm import find_softhsm_module
+
+    return find_softhsm_module()
+
+
+def all_bytes_under(root: Path) -> Iterator[tuple[Path, bytes]]:
+    for path in root.rglob("*"):
+        if path.is_file():
+            yield path, path.read_bytes()
