@@ -114,6 +114,8 @@ class Pkcs11Module:
                 return mod
             if softhsm_config is not None:
                 os.environ["SOFTHSM2_CONF"] = softhsm_config
+            else:
+                softhsm_config = os.environ.get("SOFTHSM2_CONF")
             if mod is not None:
                 # After a fork, or for another SoftHSM2 store: start the module afresh.
                 with contextlib.suppress(p11e.PKCS11Error):

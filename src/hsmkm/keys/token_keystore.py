@@ -151,6 +151,14 @@ class TokenKeystore:
             if cid not in present:
                 self._store_cert(ca, "hsmkm CA", cid)
 
+    def commit(
+        self,
+        signing: tuple[PrivateKey, x509.Certificate],
+        encryption: list[tuple[PrivateKey, x509.Certificate]],
+        ca_certs: list[x509.Certificate],
+    ) -> None:
+        self.store(signing, encryption, ca_certs)
+
     def _store_cert(self, cert: x509.Certificate, label: str, kid: bytes) -> None:
         self.session.store_certificate(
             cert.public_bytes(serialization.Encoding.DER),

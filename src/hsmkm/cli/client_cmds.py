@@ -1,0 +1,148 @@
+"""Client commands: enroll, keystore info|passwd."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hsmkm import errors
+from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.client import enroll as client_enroll
+from hsmkm.keys import AnyKeystore, new_keystore, open_keystore
+from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.keys.epf import EpfKeystore
+from hsmkm.keys.uri import Pkcs11Uri, is_pkcs11_uri
+from hsmkm.km.config import Home, KmConfig
+from hsmkm.km.enroll import enroll as km_enroll
+from hsmkm.km.manager import KeyManager
+from hsmkm.protocol import EnrollRequest, EnrollResponse
+
+
+def keystore_secret(cli_ctx: CliContext, ref: str, password_source: str | None, confirm: bool = False) -> str:
+    """The PIN (token: the URI's pin-source, else --pin-source) or the .epf password."""
+    if is_pkcs11_uri(ref):
+        uri = Pkcs11Uri.parse(ref)
+        return cli_ctx.secret(uri.pin_source or cli_ctx.pin_source, f"PIN of token {uri.token or ''}".strip())
+    return cli_ctx.secret(password_source, f"password of {ref}", confirm=confirm)
+
+
+def open_user_keystore(cli_ctx: CliContext, ref: str, password_source: str | None) -> AnyKeystore:
+    return open_keystore(ref, keystore_secret(cli_ctx, ref, password_source))
+
+
+def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | None) -> client_enroll.Transport:
+    """The KM reached through its home on this machine (a network transport can replace it)."""
+
+    def send(request: EnrollRequest) -> EnrollResponse:
+        config = KmConfig.load(Home(km_home))
+        pin = cli_ctx.secret(km_pin_source or config.km_pin_source, "KM token PIN")
+        km = KeyManager.open(km_home, pin, actor=f"enroll:{request.email}")
+        try:
+            return km_enroll(km, request)
+        finally:
+            km.close()
+
+    return send
+
+
+@cli.command()
+@click.option("--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home.")
+@click.option("--email", required=True, help="Your address, as the KM knows it.")
+@click.option("--code-source", required=True, help="Where the one-time code comes from: env:NAME, file:PATH or prompt.")
+@click.option("--keystore", "ref", required=True, help="A new .epf path, or a pkcs11: URI of your token.")
+@click.option("--password-source", help="Source of the .epf password (env:NAME, file:PATH, prompt).")
+@click.option("--km-pin-source", help="Source of the KM token's PIN, when the KM's home does not name one.")
+@click.option("--sign-key", type=click.Choice([a.value for a in KeyAlgorithm]), default="p256", show_default=True,
+              help="Algorithm of the signing key made in your keystore.")
+@click.option("--update", is_flag=True, help="Add to an existing keystore, keeping its older keys.")
+@pass_cli
+def enroll(
+    cli_ctx: CliContext,
+    km_home: Path,
+    email: str,
+    code_source: str,
+    ref: str,
+    password_source: str | None,
+    km_pin_source: str | None,
+    sign_key: str,
+    update: bool,
+) -> None:
+    """Make your signing key, send a CSR with your one-time code, receive your certificates
+    and your encryption key (and, after a recovery, your archived keys).
+
+    \b
+    Examples:
+      hsmkm enroll --km ./km --email alice@example.com --code-source prompt \\
+            --keystore alice.epf --password-source prompt
+      hsmkm enroll --km ./km --email bob@example.com --code-source env:CODE \\
+            --keystore 'pkcs11:token=bob?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:BOB_PIN'
+      hsmkm enroll --km ./km --email alice@example.com --code-source env:CODE \\
+            --keystore alice.epf --password-source env:PW --update
+    """
+    code = cli_ctx.secret(code_source, "enrollment code")
+    secret = keystore_secret(cli_ctx, ref, password_source, confirm=not update)
+    target: AnyKeystore
+    if update:
+        target = open_keystore(ref, secret)
+    else:
+        target = new_keystore(ref, secret)
+        if not isinstance(target, EpfKeystore) and target.signing_entry() is not None:
+            raise errors.AlreadyExists(f"{ref} already holds keys; add --update to keep them and add new ones")
+    result = client_enroll.enroll(
+        target, local_transport(cli_ctx, km_home, km_pin_source), email, code, KeyAlgorithm(sign_key)
+    )
+    data = {
+        "email": result.email,
+        "keystore": ref,
+        "sign_serial": f"{result.sign_serial:x}",
+        "enc_serial": f"{result.enc_serial:x}",
+        "history_keys": result.history_keys,
+    }
+    extra = f", {result.history_keys} archived key(s) restored" if result.history_keys else ""
+    cli_ctx.emit(data, f"enrolled {result.email} into {ref}{extra}")
+
+
+@cli.group()
+def keystore() -> None:
+    """Your keystore: an .epf file or a token."""
+
+
+@keystore.command("info")
+@click.argument("ref")
+@click.option("--password-source", help="Source of the .epf password.")
+@pass_cli
+def keystore_info(cli_ctx: CliContext, ref: str, password_source: str | None) -> None:
+    """What is inside: the signing key, the encryption keys (current first), the CA.
+
+    \b
+    Example:
+      hsmkm keystore info alice.epf --password-source env:PW
+    """
+    ks = open_user_keystore(cli_ctx, ref, password_source)
+    info: dict[str, Any] = asdict(ks.info())
+    lines = [f"keystore {ref}", f"  signing: {info['signing'] or 'none'}"]
+    lines += [f"  encryption: {e}" for e in info["encryption"]] or ["  encryption: none"]
+    lines += [f"  CA: {c}" for c in info["ca"]]
+    cli_ctx.emit(info, "\n".join(lines))
+
+
+@keystore.command("passwd")
+@click.argument("ref", type=click.Path(dir_okay=False))
+@click.option("--password-source", help="Source of the current password.")
+@click.option("--new-password-source", help="Source of the new password.")
+@pass_cli
+def keystore_passwd(cli_ctx: CliContext, ref: str, password_source: str | None, new_password_source: str | None) -> None:
+    """Change the .epf password (the file is rewritten atomically).
+
+    \b
+    Example:
+      hsmkm keystore passwd alice.epf --password-source env:OLD --new-password-source env:NEW
+    """
+    if is_pkcs11_uri(ref):
+        raise errors.BadInput("change a token's PIN with the token's own tools")
+    ks = EpfKeystore.open(Path(ref), cli_ctx.secret(password_source, f"current password of {ref}"))
+    ks.change_password(cli_ctx.secret(new_password_source, f"new password of {ref}", confirm=True))
+    cli_ctx.emit({"keystore": ref, "changed": True}, f"password of {ref} changed")
