@@ -63,7 +63,7 @@ def fresh_home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def module_path() -> str:
     from hsmkm.keys.softhsm import find_softhsm_module
 

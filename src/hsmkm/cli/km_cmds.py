@@ -53,7 +53,7 @@ def _officer_spec(cli_ctx: CliContext, text: str) -> OfficerSpec:
 @click.option("--officer", "officers", multiple=True, metavar="NAME=URI", help="A recovery officer and their token (repeatable).")
 @click.option("--quorum", type=click.IntRange(1, 255), help="Approvals needed for a recovery (K of N).")
 @click.option("--csr", is_flag=True, help="Be a subordinate CA: write ca.csr instead of a self-signed certificate.")
-@click.option("--base-url", default="http://localhost/hsmkm/", show_default=True, help="Where HOME/pub/ is served (names in certificates).")
+@click.option("--base-url", default="http://hsmkm.localhost/", show_default=True, help="Where HOME/pub/ is served (names in certificates).")
 @pass_cli
 def init(
     cli_ctx: CliContext,

@@ -73,7 +73,7 @@ class InitRequest:
     user_key_alg: KeyAlgorithm = KeyAlgorithm.P256
     cert_days: int = 365
     ca_days: int = 3650
-    base_url: str = "http://localhost/hsmkm/"
+    base_url: str = "http://hsmkm.localhost/"
     csr: bool = False
     # An external module; None means the embedded SoftHSM2 default.
     module: str | None = None
