@@ -27,7 +27,7 @@ def test_embedded_init_makes_ca_on_the_token(km_home: Path) -> None:
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert bc.ca is True
     assert stat.S_IMODE((km_home / "secrets" / "km.pin").stat().st_mode) == 0o600
-    assert not (km_home / "secrets" / "hsmkm-recovery.pin").exists()
+    assert not (km_home / "secrets" / "km-recovery.pin").exists()
 
 
 def test_openssl_parses_the_ca_certificate(km_home: Path) -> None:
@@ -56,9 +56,9 @@ def test_pkcs11_tool_shows_ca_and_archive_keys_sensitive_never_extractable(km_ho
     proc = subprocess.run(
         ["pkcs11-tool", "--module", module_path, "--token-label", "hsmkm", "--login",
          "--pin", env["PIN"], "--list-objects"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True, text=True, env=env,
     )
-    blocks = proc.stdout.split("\n\n") if "\n\n" in proc.stdout else proc.stdout.split("Object")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
     assert "hsmkm-ca" in text and "hsmkm-archive-1" in text
     for label in ("hsmkm-ca", "hsmkm-archive-1", "hsmkm-audit"):
@@ -66,7 +66,6 @@ def test_pkcs11_tool_shows_ca_and_archive_keys_sensitive_never_extractable(km_ho
         assert "sensitive" in block, block
         assert "never extractable" in block, block
         assert "extractable" not in block.replace("never extractable", ""), block
-    assert blocks
 
 
 def _objects(listing: str) -> list[str]:
@@ -140,13 +139,13 @@ def test_recovery_pin_is_nowhere_and_k_officers_rebuild_it(tmp_path: Path) -> No
     assert rebuilt == seen["pin"]
     assert custody.combine_pin([shares[0], shares[2]]) == seen["pin"]
     # The rebuilt PIN logs in to the recovery token; one share alone does not rebuild it.
-    rec = module.open_token(rebuilt, label="hsmkm-recovery")
+    rec = module.open_token(rebuilt, label="km-recovery")
     assert rec.has_object("hsmkm-recovery")
     rec.close()
     one = shamir.combine([shamir.decode_share(shares[0])]) if hasattr(shamir, "combine") else b""
     assert one != seen["pin"].encode()
     with pytest.raises(errors.WrongPin):
-        module.open_token(one.decode(errors="replace") or "x" * 8, label="hsmkm-recovery")
+        module.open_token(one.decode(errors="replace") or "x" * 8, label="km-recovery")
 
 
 def test_init_refuses_an_existing_home(km_home: Path) -> None:

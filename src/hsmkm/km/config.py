@@ -18,7 +18,9 @@ ARCHIVE_KEY_PREFIX = "hsmkm-archive-"
 RECOVERY_KEY_LABEL = "hsmkm-recovery"
 OFFICER_KEY_LABEL = "hsmkm-officer"
 EMBEDDED_KM_TOKEN = "hsmkm"
-EMBEDDED_RECOVERY_TOKEN = "hsmkm-recovery"
+# Not "hsmkm-recovery": pkcs11-tool --token-label matches prefixes, so "--token-label hsmkm"
+# would find the recovery token about half of the time.
+EMBEDDED_RECOVERY_TOKEN = "km-recovery"
 
 
 class Home:

@@ -1,0 +1,74 @@
+"""enroll: KM-side enrollments per second (code check, key generation, archive, two
+certificates, audit), beside the raw token key-generation rate; and a 10,000-user import."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from pkcs11 import KeyType
+
+from hsmkm.bench.fixtures import make_km, open_km
+from hsmkm.bench.rows import Row
+from hsmkm.client.enroll import build_csr
+from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.km.enroll import enroll
+from hsmkm.km.users import add_user, import_users
+from hsmkm.protocol import EnrollRequest
+
+
+def _enroll_rate(root: Path, n: int) -> float:
+    km = open_km(root)
+    key = ec.generate_private_key(ec.SECP256R1())
+    requests = []
+    for i in range(n):
+        email = f"u{i}@bench.example"
+        _, code = add_user(km, email, None)
+        requests.append(EnrollRequest(email, code, build_csr(key, email)))
+    km.ca_key, km.ca_cert, km.audit_key, km.archive_key  # noqa: B018
+    t = time.perf_counter()
+    for req in requests:
+        enroll(km, req)
+    return n / (time.perf_counter() - t)
+
+
+def _raw_keygen_rate(root: Path, n: int) -> float:
+    """C_GenerateKeyPair RSA-3072 (session objects) on the KM token, python-pkcs11 only."""
+    km = open_km(root)
+    session = km.session.session
+    t = time.perf_counter()
+    with km.session.lock:
+        for _ in range(n):
+            pub, priv = session.generate_keypair(KeyType.RSA, 3072, store=False)
+            priv.destroy()
+            pub.destroy()
+    return n / (time.perf_counter() - t)
+
+
+def _import_seconds(root: Path, n: int) -> float:
+    km = open_km(root)
+    rows = [(f"imp{i}@bench.example", f"Imp {i}") for i in range(n)]
+    t = time.perf_counter()
+    import_users(km, rows)
+    return time.perf_counter() - t
+
+
+def run(tmp: Path, quick: bool) -> list[Row]:
+    p256_root = make_km(tmp / "enroll-p256", user_key=KeyAlgorithm.P256)
+    rsa_root = make_km(tmp / "enroll-rsa", user_key=KeyAlgorithm.RSA3072)
+    n = 100 if quick else 400
+    p256 = _enroll_rate(p256_root, n)
+    nk = 10 if quick else 40
+    raw = _raw_keygen_rate(rsa_root, nk)
+    rsa = _enroll_rate(rsa_root, nk)
+    n_import = 2000 if quick else 10_000
+    imp = _import_seconds(p256_root, n_import)
+    ref = f"raw RSA-3072 C_GenerateKeyPair {raw:.2f}/s on the same token"
+    return [
+        Row("enroll", "p256_per_s", p256, "enroll/s", "target >= 100/s; RSA-3072 CA on SoftHSM2"),
+        Row("enroll", "raw_rsa3072_keygen_per_s", raw, "keys/s", "python-pkcs11 C_GenerateKeyPair"),
+        Row("enroll", "rsa3072_per_s", rsa, "enroll/s", ref),
+        Row("enroll", "rsa3072_ratio", rsa / raw, "ratio", ref, rsa / raw),
+        Row("enroll", f"user_import_{n_import}_s", imp, "s", f"{n_import / imp:.0f} users/s, one transaction"),
+    ]
