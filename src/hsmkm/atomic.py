@@ -11,10 +11,13 @@ from typing import BinaryIO
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_writer(
+    path: str | os.PathLike[str], mode: int = 0o644, durable: bool = True
+) -> Iterator[BinaryIO]:
     """Yield a binary file; on a clean exit it is fsynced and renamed over ``path``.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched. ``durable=False``
+    skips the fsyncs, for files that can be rebuilt from the database.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -24,18 +27,20 @@ def atomic_writer(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[B
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically with the given permission bits."""
-    with atomic_writer(path, mode) as fh:
+    with atomic_writer(path, mode, durable) as fh:
         fh.write(data)
 
 

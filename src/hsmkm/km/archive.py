@@ -47,28 +47,35 @@ def recovery_public_key(conn: sqlite3.Connection) -> PublicKey:
     return custody.load_public(base64.b64decode(row[0]))
 
 
-def archive_key(
-    conn: sqlite3.Connection,
-    master: TokenSecretKey,
-    recovery_public: PublicKey,
-    user_id: int,
-    cert_serial: str,
-    algorithm: str,
-    key: PrivateKey,
-    now: datetime,
-) -> int:
-    """Seal ``key`` into a new archive record (inside the caller's transaction)."""
+@dataclass(frozen=True)
+class SealedRecord:
+    """An archive record sealed and ready to store."""
+
+    user_id: int
+    cert_serial: str
+    master_label: str
+    sealed: bytes
+
+
+def seal_record(
+    master: TokenSecretKey, recovery_public: PublicKey, user_id: int, cert_serial: str, key: PrivateKey
+) -> SealedRecord:
+    """Both layers around ``key``: to the recovery key, then under the master key on the token."""
     pkcs8 = key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     aad = record_aad(user_id, cert_serial, FORMAT_VERSION)
     inner = sealing.seal(recovery_public, pkcs8, aad)
     del pkcs8
-    outer = master.encrypt_gcm(inner, aad)
+    return SealedRecord(user_id, cert_serial, master.label, master.encrypt_gcm(inner, aad))
+
+
+def store_record(conn: sqlite3.Connection, record: SealedRecord, algorithm: str, now: datetime) -> int:
+    """Insert a sealed record (inside the caller's transaction); returns its id."""
     cur = conn.execute(
         "INSERT INTO archive(user_id, cert_serial, algorithm, created_at, format_version, master_label, sealed) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (user_id, cert_serial, algorithm, now.isoformat(), FORMAT_VERSION, master.label, outer),
+        (record.user_id, record.cert_serial, algorithm, now.isoformat(), FORMAT_VERSION, record.master_label, record.sealed),
     )
     return int(cur.lastrowid or 0)
 

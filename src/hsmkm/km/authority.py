@@ -1,15 +1,17 @@
-"""The issuance core: one function issues a certificate, signed on the token, recorded once."""
+"""The issuance core: a certificate is signed on the token, then recorded once by serial."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from hsmkm import errors
 from hsmkm.keys.base import PublicKey
+from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.x509 import profiles
 from hsmkm.x509.profiles import CertKind
@@ -17,13 +19,8 @@ from hsmkm.x509.profiles import CertKind
 _SERIAL_TRIES = 8
 
 
-def fresh_serial(conn: sqlite3.Connection) -> int:
-    """A random 159-bit serial not yet in the database (call inside the write transaction)."""
-    for _ in range(_SERIAL_TRIES):
-        serial = profiles.random_serial()
-        if conn.execute("SELECT 1 FROM certificates WHERE serial = ?", (serial_hex(serial),)).fetchone() is None:
-            return serial
-    raise errors.HsmkmError("could not draw a unique serial number")
+class SerialTaken(Exception):
+    """A drawn serial is already in the database (about 2**-150 per draw): issue again."""
 
 
 def serial_hex(serial: int) -> str:
@@ -34,45 +31,88 @@ def serial_hex(serial: int) -> str:
 def record_certificate(
     conn: sqlite3.Connection, cert: x509.Certificate, kind: CertKind | str, user_id: int | None, now: datetime
 ) -> None:
-    conn.execute(
-        "INSERT INTO certificates(serial, user_id, kind, der, not_before, not_after, issued_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            serial_hex(cert.serial_number),
-            user_id,
-            kind.value if isinstance(kind, CertKind) else kind,
-            cert.public_bytes(Encoding.DER),
-            cert.not_valid_before_utc.isoformat(),
-            cert.not_valid_after_utc.isoformat(),
-            now.isoformat(),
-        ),
-    )
+    """Record an issued certificate (inside the caller's transaction); its serial must be new."""
+    try:
+        conn.execute(
+            "INSERT INTO certificates(serial, user_id, kind, der, not_before, not_after, issued_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                serial_hex(cert.serial_number),
+                user_id,
+                kind.value if isinstance(kind, CertKind) else kind,
+                cert.public_bytes(Encoding.DER),
+                cert.not_valid_before_utc.isoformat(),
+                cert.not_valid_after_utc.isoformat(),
+                now.isoformat(),
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise SerialTaken(serial_hex(cert.serial_number)) from None
 
 
-def issue_user_certificate(
+def sign_user_certificate(
     km: KeyManager,
-    conn: sqlite3.Connection,
     public_key: PublicKey,
     kind: CertKind,
     email: str,
     name: str | None,
-    user_id: int | None,
     days: int | None = None,
 ) -> x509.Certificate:
-    """Issue one user certificate on the token and record it, inside the caller's transaction."""
+    """Build and sign one user certificate on the token, with a fresh random serial.
+
+    No database lock is held while the token signs, so worker processes sign in parallel;
+    the caller records the certificate with ``record_certificate`` in its transaction.
+    """
     now = km.clock()
-    serial = fresh_serial(conn)
-    cert = profiles.build_user_certificate(
+    return profiles.build_user_certificate(
         kind=kind,
         email=email,
         name=name,
         public_key=public_key,
         issuer_cert=km.ca_cert,
         ca_key=km.ca_key,
-        serial=serial,
+        serial=profiles.random_serial(),
         not_before=now,
         not_after=now + timedelta(days=days or km.config.cert_days),
         urls=profiles.PublicationUrls(km.config.base_url),
     )
-    record_certificate(conn, cert, kind, user_id, now)
-    return cert
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """One certificate to issue: a public key and the user it names."""
+
+    public_key: PublicKey
+    kind: CertKind
+    email: str
+    name: str | None = None
+    user_id: int | None = None
+
+
+def issue_certificates(km: KeyManager, requests: Sequence[IssueRequest]) -> list[x509.Certificate]:
+    """Issue a batch: each certificate signed on the token (no lock held), then all recorded
+    in one transaction with one audit entry naming every serial."""
+    certs = [sign_user_certificate(km, r.public_key, r.kind, r.email, r.name) for r in requests]
+    for _ in range(_SERIAL_TRIES):
+        try:
+            with km.change(AuditAction.ISSUE, count=len(certs)) as ch:
+                now = km.clock()
+                for req, cert in zip(requests, certs):
+                    record_certificate(ch.conn, cert, req.kind, req.user_id, now)
+                ch.details["certificates"] = [
+                    {"serial": serial_hex(c.serial_number), "email": r.email, "kind": r.kind.value}
+                    for r, c in zip(requests, certs)
+                ]
+            return certs
+        except SerialTaken as taken:
+            i = next(i for i, c in enumerate(certs) if serial_hex(c.serial_number) == str(taken))
+            r = requests[i]
+            certs[i] = sign_user_certificate(km, r.public_key, r.kind, r.email, r.name)
+    raise RuntimeError("no unique serial after several draws")
+
+
+def issue_certificate(
+    km: KeyManager, public_key: PublicKey, kind: CertKind, email: str, name: str | None, user_id: int | None
+) -> x509.Certificate:
+    """Issue and record one certificate: one transaction and one audit entry."""
+    return issue_certificates(km, [IssueRequest(public_key, kind, email, name, user_id)])[0]

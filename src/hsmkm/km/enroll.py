@@ -13,7 +13,7 @@ from hsmkm.atomic import write_atomic
 from hsmkm.keys.algorithms import algorithm_of
 from hsmkm.km import archive, users
 from hsmkm.km.audit import AuditAction
-from hsmkm.km.authority import issue_user_certificate, serial_hex
+from hsmkm.km.authority import SerialTaken, record_certificate, serial_hex, sign_user_certificate
 from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, seal_key
 from hsmkm.x509.profiles import CertKind
@@ -44,13 +44,18 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
 
 
 def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
-    """Check the code and CSR, make and archive the encryption key, issue both certificates."""
+    """Check the code and CSR, make and archive the encryption key, issue both certificates.
+
+    The token's work (signatures, sealing) happens outside the database's write lock, so
+    several KM processes enroll in parallel; the code is burnt, and the certificates and
+    archive record are written, in one transaction at the end.
+    """
     csr = parse_csr(req.csr_der)
     sign_alg = algorithm_of(csr.public_key())
     email = users.normalize_email(req.email)
-    emails = [users.normalize_email(e) for e in _csr_email(csr) if "@" in e]
-    if emails != [email] and set(emails) != {email}:
-        raise errors.PolicyViolation(f"the CSR names {', '.join(emails) or 'no address'}, not {email}")
+    emails = {users.normalize_email(e) for e in _csr_email(csr) if "@" in e}
+    if emails != {email}:
+        raise errors.PolicyViolation(f"the CSR names {', '.join(sorted(emails)) or 'no address'}, not {email}")
 
     # A wrong code is a state change of its own (one attempt used), committed before refusing.
     with km.db.transaction() as conn:
@@ -62,64 +67,86 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
         raise errors.CodeRejected(f"{email}: {checked}")
 
     enc_key = km.config.user_key_alg.generate()
+    recovery_public = archive.recovery_public_key(km.db.conn)
+    for _ in range(_ISSUE_TRIES):
+        sign_cert = sign_user_certificate(km, csr.public_key(), CertKind.SIGN, email, user.name)  # type: ignore[arg-type]
+        enc_cert = sign_user_certificate(km, enc_key.public_key(), CertKind.ENCRYPT, email, user.name)
+        enc_serial = serial_hex(enc_cert.serial_number)
+        sealed = archive.seal_record(km.archive_key, recovery_public, user.id, enc_serial, enc_key)
+        try:
+            history = _commit_enrollment(km, user, checked, req.code, sign_cert, enc_cert, sealed, sign_alg.value)
+            break
+        except SerialTaken:
+            continue
+    else:
+        raise RuntimeError("no unique serials after several draws")
+    salt = history.salt
+    response = EnrollResponse(
+        email=email,
+        sign_cert_der=sign_cert.public_bytes(serialization.Encoding.DER),
+        encryption=seal_key(code_key(req.code, salt), enc_key, enc_cert.public_bytes(serialization.Encoding.DER)),
+        ca_cert_der=km.ca_cert.public_bytes(serialization.Encoding.DER),
+        salt=salt,
+        history=history.keys,
+    )
+    publish_user_certificates(km.home.certs_dir, email, sign_cert, enc_cert)
+    return response
+
+
+_ISSUE_TRIES = 4
+
+
+class _History:
+    def __init__(self, salt: bytes, keys: list[SealedKey]) -> None:
+        self.salt = salt
+        self.keys = keys
+
+
+def _commit_enrollment(
+    km: KeyManager,
+    user: users.User,
+    checked: users.CodeRow,
+    code: str,
+    sign_cert: x509.Certificate,
+    enc_cert: x509.Certificate,
+    sealed: archive.SealedRecord,
+    sign_alg: str,
+) -> _History:
     now = km.clock()
     salt = os.urandom(16)
-    transport = code_key(req.code, salt)
     history: list[SealedKey] = []
-    with km.change(AuditAction.ENROLL, email=email) as ch:
+    with km.change(AuditAction.ENROLL, email=user.email) as ch:
         conn = ch.conn
         # Re-check inside the write transaction: another process may have used the code.
-        again = users.check_code(km, conn, user, req.code)
+        again = users.check_code(km, conn, user, code)
         if isinstance(again, str) or again.id != checked.id:
-            raise errors.CodeRejected(f"{email}: the enrollment code was already used")
+            raise errors.CodeRejected(f"{user.email}: the enrollment code was already used")
         users.burn_code(conn, checked.id, now)
-        conn.execute(
-            "UPDATE certificates SET current = 0 WHERE user_id = ? AND current = 1", (user.id,)
-        )
-        sign_cert = issue_user_certificate(km, conn, csr.public_key(), CertKind.SIGN, email, user.name, user.id)  # type: ignore[arg-type]
-        enc_cert = issue_user_certificate(
-            km, conn, enc_key.public_key(), CertKind.ENCRYPT, email, user.name, user.id
-        )
-        enc_serial = serial_hex(enc_cert.serial_number)
-        record_id = archive.archive_key(
-            conn,
-            km.archive_key,
-            archive.recovery_public_key(conn),
-            user.id,
-            enc_serial,
-            km.config.user_key_alg.value,
-            enc_key,
-            now,
-        )
+        conn.execute("UPDATE certificates SET current = 0 WHERE user_id = ? AND current = 1", (user.id,))
+        record_certificate(conn, sign_cert, CertKind.SIGN, user.id, now)
+        record_certificate(conn, enc_cert, CertKind.ENCRYPT, user.id, now)
+        record_id = archive.store_record(conn, sealed, km.config.user_key_alg.value, now)
         if checked.purpose is users.CodePurpose.RECOVERY:
             from hsmkm.km.recovery import release_recovered
 
-            history = release_recovered(conn, checked.id, req.code, transport)
+            history = release_recovered(conn, checked.id, code, code_key(code, salt))
         conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.ACTIVE.value, user.id))
         ch.details.update(
             sign_serial=serial_hex(sign_cert.serial_number),
-            enc_serial=enc_serial,
+            enc_serial=sealed.cert_serial,
             archive_record=record_id,
-            sign_key=sign_alg.value,
+            sign_key=sign_alg,
             enc_key=km.config.user_key_alg.value,
             purpose=checked.purpose.value,
             history_keys=len(history),
         )
-    response = EnrollResponse(
-        email=email,
-        sign_cert_der=sign_cert.public_bytes(serialization.Encoding.DER),
-        encryption=seal_key(transport, enc_key, enc_cert.public_bytes(serialization.Encoding.DER)),
-        ca_cert_der=km.ca_cert.public_bytes(serialization.Encoding.DER),
-        salt=salt,
-        history=history,
-    )
-    publish_user_certificates(km.home.certs_dir, email, sign_cert, enc_cert)
-    return response
+    return _History(salt, history)
 
 
 def publish_user_certificates(
     certs_dir: Path, email: str, sign_cert: x509.Certificate, enc_cert: x509.Certificate
 ) -> None:
     """The directory's files: HOME/pub/certs/EMAIL.enc.crt and EMAIL.sign.crt (DER)."""
-    write_atomic(certs_dir / f"{email}.enc.crt", enc_cert.public_bytes(serialization.Encoding.DER))
-    write_atomic(certs_dir / f"{email}.sign.crt", sign_cert.public_bytes(serialization.Encoding.DER))
+    # Derived from the database, so no fsync: readers still see whole files (rename).
+    write_atomic(certs_dir / f"{email}.enc.crt", enc_cert.public_bytes(serialization.Encoding.DER), durable=False)
+    write_atomic(certs_dir / f"{email}.sign.crt", sign_cert.public_bytes(serialization.Encoding.DER), durable=False)

@@ -6,6 +6,7 @@ signs through the same code.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -126,20 +127,34 @@ def build_ca_csr(subject: x509.Name, ca_key: PrivateKey) -> x509.CertificateSign
     )
 
 
-def _user_key_usage(kind: CertKind, public_key: PublicKey) -> x509.KeyUsage:
-    if kind is CertKind.SIGN:
-        return x509.KeyUsage(True, True, False, False, False, False, False, False, False)
-    rsa_key = isinstance(public_key, rsa.RSAPublicKey)
-    return x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=rsa_key,
-        data_encipherment=False,
-        key_agreement=not rsa_key,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
+@functools.lru_cache(maxsize=64)
+def _user_base(kind: CertKind, rsa_key: bool, issuer_cert: x509.Certificate, urls: PublicationUrls) -> x509.CertificateBuilder:
+    """The extensions every user certificate of this kind shares, built once per issuer."""
+    issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    ku = (
+        x509.KeyUsage(True, True, False, False, False, False, False, False, False)
+        if kind is CertKind.SIGN
+        else x509.KeyUsage(False, False, rsa_key, False, not rsa_key, False, False, False, False)
+    )
+
+    def point(url: str) -> list[x509.DistributionPoint]:
+        return [x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)]
+
+    return (
+        x509.CertificateBuilder()
+        .issuer_name(issuer_cert.subject)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(ku, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
+        .add_extension(x509.CRLDistributionPoints(point(urls.full_crl)), critical=False)
+        .add_extension(x509.FreshestCRL(point(urls.delta_crl)), critical=False)
+        .add_extension(
+            x509.AuthorityInformationAccess(
+                [x509.AccessDescription(x509.AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls.ca_cert))]
+            ),
+            critical=False,
+        )
     )
 
 
@@ -156,39 +171,14 @@ def build_user_certificate(
     urls: PublicationUrls,
 ) -> x509.Certificate:
     """A user's signing or encryption certificate (S/MIME, emailProtection, address in SAN)."""
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name or email)])
-    issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    base = _user_base(kind, isinstance(public_key, rsa.RSAPublicKey), issuer_cert, urls)
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject)
+        base.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name or email)]))
         .public_key(public_key)
         .serial_number(serial)
         .not_valid_before(not_before - BACKDATE)
         .not_valid_after(min(not_after, issuer_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_user_key_usage(kind, public_key), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
         .add_extension(_ski(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
-        .add_extension(
-            x509.CRLDistributionPoints(
-                [x509.DistributionPoint([x509.UniformResourceIdentifier(urls.full_crl)], None, None, None)]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.FreshestCRL(
-                [x509.DistributionPoint([x509.UniformResourceIdentifier(urls.delta_crl)], None, None, None)]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityInformationAccess(
-                [x509.AccessDescription(x509.AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls.ca_cert))]
-            ),
-            critical=False,
-        )
     )
     return builder.sign(ca_key, signature_hash(ca_key))
