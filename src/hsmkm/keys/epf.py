@@ -311,6 +311,10 @@ class EpfKeystore:
         self._pending = []
         self.save()
 
+    def add_entry(self, key: PrivateKey | None, cert: x509.Certificate, name: str | None = None) -> None:
+        """Add a key with its certificate (or a certificate alone); written by ``save``."""
+        self._items.append(_Item(key, cert, name or f"{_email_of(cert)} {cert.serial_number:x}"[:80]))
+
     # --- writing -----------------------------------------------------------------------
 
     def save(self) -> None:

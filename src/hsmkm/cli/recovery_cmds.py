@@ -1,0 +1,285 @@
+"""Recovery and officer commands: request, approve, complete; officers and the quorum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hsmkm import errors
+from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.session import open_km
+from hsmkm.keys.epf import EpfKeystore
+from hsmkm.keys.pkcs11 import Pkcs11Module, TokenSession
+from hsmkm.keys.uri import Pkcs11Uri
+from hsmkm.km import custody, recovery
+from hsmkm.km.ceremony import OFFICER_KEY_ALG
+from hsmkm.km.config import OFFICER_KEY_LABEL
+from hsmkm.km.manager import KeyManager
+
+
+def _officer_token(cli_ctx: CliContext, km: KeyManager, uri_text: str, pin_source: str | None, who: str) -> TokenSession:
+    uri = Pkcs11Uri.parse(uri_text)
+    module = uri.module_path or km.config.km_token.module
+    config = km.config.softhsm_config if module == km.config.km_token.module else None
+    pin = cli_ctx.secret(pin_source or uri.pin_source, f"PIN of {who}'s token")
+    slot = int(uri.slot_id) if uri.slot_id is not None else None
+    return Pkcs11Module.load(module, config).open_token(pin, label=uri.token, serial=uri.serial, slot_id=slot)
+
+
+@cli.group("recovery")
+def recovery_group() -> None:
+    """Key recovery under K-of-N officer approval."""
+
+
+@recovery_group.command("request")
+@click.argument("email")
+@click.option("--reason", required=True, help="Why the keys must be recovered (kept in the audit log).")
+@pass_cli
+def recovery_request(cli_ctx: CliContext, email: str, reason: str) -> None:
+    """Open a recovery request for all of the user's archived keys; prints its id.
+
+    \b
+    Example:
+      hsmkm recovery request alice@example.com --reason "lost laptop, ticket 4711"
+    """
+    km = open_km(cli_ctx)
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, reason, email=email)
+    quorum = custody.quorum(km.db.conn)
+    cli_ctx.emit(
+        {"id": req.id, "email": req.email, "records": req.records, "expires_at": req.expires_at,
+         "digest": req.digest.hex(), "quorum": quorum},
+        f"recovery request {req.id} for {req.email}: {len(req.records)} archived key(s); "
+        f"needs {quorum} officer approvals before {req.expires_at}",
+    )
+
+
+@recovery_group.command("approve")
+@click.argument("request_id", type=int)
+@click.option("--officer", required=True, help="The approving officer's name.")
+@click.option("--token", "token_uri", help="The officer's token (default: as registered).")
+@click.option("--pin-source", "officer_pin_source", help="Source of the officer token's PIN.")
+@pass_cli
+def recovery_approve(
+    cli_ctx: CliContext, request_id: int, officer: str, token_uri: str | None, officer_pin_source: str | None
+) -> None:
+    """One officer's approval, signed and unsealed on the officer's own token.
+
+    \b
+    Examples:
+      hsmkm recovery approve 7 --officer officer1
+      hsmkm recovery approve 7 --officer ann --pin-source prompt
+    """
+    km = open_km(cli_ctx)
+    registered = {o.name: o for o in custody.active_officers(km.db.conn)}
+    if officer not in registered:
+        raise errors.PolicyViolation(f"{officer} is not a recovery officer")
+    session = _officer_token(cli_ctx, km, token_uri or registered[officer].uri, officer_pin_source, officer)
+    count = recovery.approve(km, request_id, officer, session)
+    quorum = custody.quorum(km.db.conn)
+    cli_ctx.emit(
+        {"id": request_id, "officer": officer, "approvals": count, "quorum": quorum},
+        f"{officer} approved request {request_id} ({count} of {quorum})",
+    )
+
+
+@recovery_group.command("complete")
+@click.argument("request_id", type=int)
+@click.option("--reenable", is_flag=True, help="Give the user a one-time code to re-enroll with their keys.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the keys to this PKCS#12.")
+@click.option("--password-source", help="Source of the PKCS#12 password (with --out).")
+@pass_cli
+def recovery_complete(
+    cli_ctx: CliContext, request_id: int, reenable: bool, out_path: Path | None, password_source: str | None
+) -> None:
+    """With K approvals: recover the keys, then give the recovery token a new, re-split PIN.
+
+    \b
+    Examples:
+      hsmkm recovery complete 7 --reenable
+      hsmkm recovery complete 7 --out alice-keys.p12 --password-source prompt
+    """
+    if reenable == (out_path is not None):
+        raise errors.BadInput("give exactly one of --reenable or --out FILE.p12")
+    km = open_km(cli_ctx)
+    deliver = None
+    if out_path is not None:
+        if out_path.exists():
+            raise errors.AlreadyExists(f"{out_path} exists")
+        password = cli_ctx.secret(password_source, f"password of {out_path}", confirm=True)
+
+        def deliver(keys: list[recovery.RecoveredKey]) -> None:
+            from cryptography import x509
+
+            store = EpfKeystore.create(out_path, password)
+            for k in keys:
+                store.add_entry(k.key, x509.load_der_x509_certificate(k.cert_der))
+            store.add_entry(None, km.ca_cert, "hsmkm CA")
+            store.save()
+
+    done = recovery.complete_recovery(km, request_id, deliver, reenable)
+    data: dict[str, Any] = {"id": done.request_id, "email": done.email, "keys": len(done.keys)}
+    if done.code:
+        data["code"] = done.code
+        text = f"{len(done.keys)} key(s) held for {done.email}; one-time re-enrollment code (shown once): {done.code}"
+    else:
+        data["out"] = str(out_path)
+        text = f"{len(done.keys)} key(s) of {done.email} written to {out_path}"
+    cli_ctx.emit(data, text + "\nthe recovery token's PIN was changed and re-split among the officers")
+
+
+@recovery_group.command("list")
+@pass_cli
+def recovery_list(cli_ctx: CliContext) -> None:
+    """Requests (recoveries and officer changes) with their approvals."""
+    km = open_km(cli_ctx)
+    rows: list[dict[str, Any]] = []
+    for r in recovery.list_requests(km.db.conn):
+        approvals = [a[0] for a in km.db.conn.execute("SELECT officer FROM approvals WHERE request_id = ?", (r.id,))]
+        rows.append({"id": r.id, "kind": r.kind.value, "email": r.email, "status": r.status.value,
+                     "approvals": approvals, "expires_at": r.expires_at, "params": r.params})
+    cli_ctx.emit({"requests": rows}, "\n".join(
+        f"{r['id']:>4} {r['kind']:<15} {r['status']:<10} {r['email'] or ''} approvals: {', '.join(r['approvals']) or '-'}"
+        for r in rows) or "no requests")
+
+
+def _change(cli_ctx: CliContext, km: KeyManager, kind: recovery.RequestKind, request_id: int | None,
+            reason: str, params: dict[str, Any], what: str) -> None:
+    if request_id is None:
+        req = recovery.open_request(km, kind, reason, params=params)
+        quorum = custody.quorum(km.db.conn)
+        cli_ctx.emit(
+            {"id": req.id, "kind": kind.value, "status": "open", "quorum": quorum, "params": params},
+            f"change request {req.id} ({what}) opened: {quorum} officers approve it with "
+            f"'hsmkm recovery approve {req.id} --officer NAME', then run this command again with --request {req.id}",
+        )
+        return
+    req_obj = recovery._load(km.db.conn, request_id)
+    if req_obj.kind is not kind or {k: req_obj.params.get(k) for k in params if k != "public_key"} != {
+        k: v for k, v in params.items() if k != "public_key"
+    }:
+        raise errors.PolicyViolation(f"request {request_id} was approved for something else")
+    result = recovery.complete_change(km, request_id)
+    if result["quorum"] < 2:
+        cli_ctx.warn("a quorum of 1 lets a single officer recover keys")
+    cli_ctx.emit({"id": request_id, **result},
+                 f"{what}: officers now {', '.join(result['officers'])} (quorum {result['quorum']}); PIN re-split")
+
+
+@cli.group("officer")
+def officer_group() -> None:
+    """Recovery officers (changes need a quorum of the current officers)."""
+
+
+@officer_group.command("list")
+@pass_cli
+def officer_list(cli_ctx: CliContext) -> None:
+    """Officers and the quorum."""
+    km = open_km(cli_ctx)
+    officers = custody.active_officers(km.db.conn)
+    quorum = custody.quorum(km.db.conn)
+    cli_ctx.emit({"officers": [{"name": o.name, "token": o.uri} for o in officers], "quorum": quorum},
+                 "\n".join(f"{o.name:<16} {o.uri}" for o in officers) + f"\nquorum: {quorum} of {len(officers)}")
+
+
+@officer_group.command("add")
+@click.argument("name")
+@click.option("--token", "token_uri", required=True, help="The new officer's token (pkcs11: URI).")
+@click.option("--request", "request_id", type=int, help="Complete this approved change request.")
+@pass_cli
+def officer_add(cli_ctx: CliContext, name: str, token_uri: str, request_id: int | None) -> None:
+    """Add a recovery officer: their key pair on their own token (made there if absent).
+
+    \b
+    Examples:
+      hsmkm officer add dana --token 'pkcs11:token=dana?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:DANA_PIN'
+      hsmkm recovery approve 9 --officer officer1; hsmkm recovery approve 9 --officer officer2
+      hsmkm officer add dana --token '…' --request 9
+    """
+    km = open_km(cli_ctx)
+    params: dict[str, Any] = {"name": name, "uri": token_uri}
+    if request_id is None:
+        session = _officer_token(cli_ctx, km, token_uri, None, name)
+        if session.has_object(OFFICER_KEY_LABEL):
+            key = session.private_key(label=OFFICER_KEY_LABEL)
+        else:
+            key = session.generate_keypair(OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer",
+                                           sign=True, decrypt=False, derive=True)
+        params["public_key"] = custody.public_der(key.public_key()).hex()
+    _change(cli_ctx, km, recovery.RequestKind.OFFICER_ADD, request_id, f"add officer {name}", params, f"add {name}")
+
+
+@officer_group.command("remove")
+@click.argument("name")
+@click.option("--request", "request_id", type=int, help="Complete this approved change request.")
+@pass_cli
+def officer_remove(cli_ctx: CliContext, name: str, request_id: int | None) -> None:
+    """Remove an officer (e.g. one who lost their token), with a quorum of the others.
+
+    \b
+    Example:
+      hsmkm officer remove officer3; …approvals…; hsmkm officer remove officer3 --request 10
+    """
+    km = open_km(cli_ctx)
+    _change(cli_ctx, km, recovery.RequestKind.OFFICER_REMOVE, request_id, f"remove officer {name}",
+            {"name": name}, f"remove {name}")
+
+
+@recovery_group.command("policy")
+@click.option("--quorum", type=click.IntRange(1, 255), required=True, help="Approvals needed (K of N).")
+@click.option("--request", "request_id", type=int, help="Complete this approved change request.")
+@pass_cli
+def recovery_policy(cli_ctx: CliContext, quorum: int, request_id: int | None) -> None:
+    """Set K of the N officers; the recovery token's PIN is re-split.
+
+    \b
+    Example:
+      hsmkm recovery policy --quorum 3; …approvals…; hsmkm recovery policy --quorum 3 --request 11
+    """
+    km = open_km(cli_ctx)
+    n = len(custody.active_officers(km.db.conn))
+    if quorum > n:
+        raise errors.PolicyViolation(f"quorum {quorum} is more than the {n} officers")
+    if quorum < 2:
+        cli_ctx.warn("a quorum of 1 lets a single officer recover keys")
+    _change(cli_ctx, km, recovery.RequestKind.POLICY, request_id, f"quorum {quorum}", {"quorum": quorum},
+            f"quorum {quorum}")
+
+
+@cli.group("archive")
+def archive_group() -> None:
+    """The key archive."""
+
+
+@archive_group.command("rotate")
+@pass_cli
+def archive_rotate(cli_ctx: CliContext) -> None:
+    """A new archive master key on the KM token; every record re-sealed under it on the token,
+    in batches, resumable after a crash; then the old key is destroyed.
+
+    \b
+    Example:
+      hsmkm archive rotate
+    """
+    import sys
+
+    from hsmkm.km.rotation import rotate_archive_key
+
+    km = open_km(cli_ctx)
+    show = sys.stderr.isatty() and not cli_ctx.json
+    if show:
+        with click.progressbar(length=1, label="re-sealing archive records", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.length = total
+                bar.update(done - bar.pos)
+
+            result = rotate_archive_key(km, progress)
+    else:
+        result = rotate_archive_key(km)
+    cli_ctx.emit(
+        {"old": result.old_label, "new": result.new_label, "records": result.records},
+        f"archive master key rotated: {result.records} record(s) moved from {result.old_label} to "
+        f"{result.new_label}; {result.old_label} destroyed",
+    )
