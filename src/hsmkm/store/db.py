@@ -93,7 +93,7 @@ CREATE TABLE crls (
 );
 CREATE TABLE recovery_requests (
     id          INTEGER PRIMARY KEY,
-    user_id     INTEGER NOT NULL REFERENCES users(id),
+    user_id     INTEGER REFERENCES users(id),
     reason      TEXT NOT NULL,
     requested_by TEXT NOT NULL,
     created_at  TEXT NOT NULL,
