@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -56,6 +57,9 @@ _PSS_MECH = {
     "sha384": (Mechanism.SHA384_RSA_PKCS_PSS, Mechanism.SHA384, pkcs11.MGF.SHA384),
     "sha512": (Mechanism.SHA512_RSA_PKCS_PSS, Mechanism.SHA512, pkcs11.MGF.SHA512),
 }
+
+
+_FIND_TRIES = 6
 
 
 @contextlib.contextmanager
@@ -162,6 +166,23 @@ class Pkcs11Module:
             raise errors.TokenNotFound(f"more than one token with {what}; name it by serial")
         return found[0]
 
+    def _find_token_retrying(self, label: str | None, serial: str | None, slot_id: int | None) -> Any:
+        # SoftHSM2's file store can be caught mid-write by another process (a login rewrites
+        # the token file), so a token may briefly look absent or fail: look again, and
+        # re-read the store when this process has no sessions to lose.
+        for attempt in range(_FIND_TRIES):
+            try:
+                return self.find_token(label, serial, slot_id)
+            except (errors.TokenNotFound, errors.TokenError):
+                if attempt == _FIND_TRIES - 1:
+                    raise
+                time.sleep(0.02 * (2**attempt))
+                with self.lock:
+                    if not any(t.is_open for t in self._tokens.values()):
+                        with contextlib.suppress(p11e.PKCS11Error):
+                            self.lib.reinitialize()
+        raise AssertionError("unreachable")
+
     def token_labels(self) -> list[str]:
         with self.lock, mapped_errors(f"PKCS#11 module {self.path}"):
             return [s.get_token().label for s in self.lib.get_slots(token_present=True)]
@@ -174,15 +195,24 @@ class Pkcs11Module:
         slot_id: int | None = None,
     ) -> TokenSession:
         """A logged-in read/write session on one token, opened once per process."""
-        token = self.find_token(label, serial, slot_id)
+        token = self._find_token_retrying(label, serial, slot_id)
         key = (token.serial.decode().strip(), token.label)
         with self.lock:
             existing = self._tokens.get(key)
             if existing is not None and existing.is_open:
                 existing.check_pin(pin)
                 return existing
-            with mapped_errors(f"token '{token.label}'"):
-                session = token.open(rw=True, user_pin=pin)
+            for attempt in range(_FIND_TRIES):
+                try:
+                    with mapped_errors(f"token '{token.label}'"):
+                        session = token.open(rw=True, user_pin=pin)
+                    break
+                except (errors.WrongPin, errors.PinLocked):
+                    raise
+                except errors.TokenError:
+                    if attempt == _FIND_TRIES - 1:
+                        raise
+                    time.sleep(0.02 * (2**attempt))
             ts = TokenSession(self, token.label, key[0], session, pin_digest=_pin_digest(pin))
             self._tokens[key] = ts
             return ts

@@ -1,0 +1,5 @@
+"""python -m hsmkm.cli"""
+
+from hsmkm.cli.main import main
+
+main()
