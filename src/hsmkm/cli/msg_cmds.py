@@ -1,0 +1,188 @@
+"""Messaging commands: msg sign, verify, encrypt, decrypt."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from cryptography import x509
+
+from hsmkm import errors
+from hsmkm.atomic import write_atomic
+from hsmkm.cli.client_cmds import open_user_keystore
+from hsmkm.cli.crl_cmds import client_cache, revocation_status
+from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.client import messaging
+from hsmkm.clock import system_clock
+from hsmkm.cms import enveloped
+from hsmkm.cms.validation import Revoked, ValidationContext
+from hsmkm.km.users import normalize_email
+
+
+def _read(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise errors.BadInput(f"{path}: {exc.strerror}") from None
+
+
+def _write(path: str, data: bytes, private: bool = False) -> None:
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(path, data, 0o600 if private else 0o644)
+
+
+def _context(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> ValidationContext:
+    store, ca = client_cache(km_home, cache)
+    warned: list[bool] = []
+
+    def check(cert: x509.Certificate) -> Revoked | None:
+        if cert.issuer != ca.subject:
+            return None
+        try:
+            info = revocation_status(cli_ctx, store, km_home, ca, cert.serial_number)
+        except errors.Unreachable as exc:
+            if not warned:
+                cli_ctx.warn(f"revocation not checked: {exc}")
+                warned.append(True)
+            return None
+        return None if info is None else Revoked(info.revoked_at, info.reason.value)
+
+    return ValidationContext([ca], system_clock(), check)
+
+
+@cli.group("msg")
+def msg() -> None:
+    """S/MIME messages: sign, verify, encrypt, decrypt."""
+
+
+@msg.command("sign")
+@click.option("--keystore", "ref", required=True, help="Your keystore (.epf or pkcs11: URI).")
+@click.option("--password-source", help="Source of the .epf password.")
+@click.option("--detached", is_flag=True, help="multipart/signed (clear-signed) instead of opaque.")
+@click.argument("infile", default="-")
+@click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
+@pass_cli
+def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detached: bool, infile: str, outfile: str) -> None:
+    """Sign a message (RFC 5322/MIME in, S/MIME out).
+
+    \b
+    Examples:
+      hsmkm msg sign --keystore alice.epf --password-source env:PW note.eml -o signed.eml
+      hsmkm msg sign --keystore alice.epf --detached - -o - < note.eml
+    """
+    ks = open_user_keystore(cli_ctx, ref, password_source)
+    _write(outfile, messaging.sign_message(_read(infile), ks, detached))
+
+
+@msg.command("verify")
+@click.option("--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home (trust and CRLs).")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
+@click.argument("infile", default="-")
+@click.option("-o", "--out", "outfile", help="Write the signed content here.")
+@pass_cli
+def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: str, outfile: str | None) -> None:
+    """Verify a signed message: signature, chain to the KM's CA, usage, revocation.
+    Exit 1 with the reason if it is invalid or the signer is revoked.
+
+    \b
+    Example:
+      hsmkm msg verify --km ./km signed.eml -o content.txt
+    """
+    result = messaging.verify_message(_read(infile), _context(cli_ctx, km_home, cache))
+    for w in result.warnings:
+        cli_ctx.warn(w)
+    if outfile:
+        _write(outfile, result.content)
+    cli_ctx.emit(
+        {"valid": True, "signer": result.email, "signing_time": result.signing_time.isoformat() if result.signing_time else None,
+         "serial": f"{result.signer.serial_number:x}", "warnings": result.warnings},
+        f"signature OK: signed by {result.email}" + (f" at {result.signing_time.isoformat()}" if result.signing_time else ""),
+    )
+
+
+def _directory_cert(km_home: Path, email: str) -> x509.Certificate:
+    path = km_home / "pub" / "certs" / f"{normalize_email(email)}.enc.crt"
+    try:
+        return x509.load_der_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise errors.NotFound(f"no encryption certificate for {email} in the directory (revoked or not enrolled)") from None
+
+
+@msg.command("encrypt")
+@click.option("--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home (directory, CRLs).")
+@click.option("--to", "to", multiple=True, help="A recipient's address (repeatable).")
+@click.option("--cert", "cert_files", multiple=True, type=click.Path(exists=True, dir_okay=False), help="A recipient's certificate file.")
+@click.option("--from", "sender", help="Your address: a lock box for you too.")
+@click.option("--sign-with", "sign_with", help="Sign first with this keystore (and add a lock box for you).")
+@click.option("--password-source", help="Source of the --sign-with .epf password.")
+@click.option("--cipher", type=click.Choice([c.value for c in enveloped.ContentCipher]), default="aes256-gcm", show_default=True)
+@click.option("--key-transport", type=click.Choice([t.value for t in enveloped.KeyTransport]), default="rsa-oaep", show_default=True)
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
+@click.argument("infile", default="-")
+@click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
+@pass_cli
+def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_files: tuple[str, ...], sender: str | None,
+                sign_with: str | None, password_source: str | None, cipher: str, key_transport: str, cache: Path | None,
+                infile: str, outfile: str) -> None:
+    """Encrypt to each recipient (one lock box each, and one for you when known).
+
+    \b
+    Examples:
+      hsmkm msg encrypt --km ./km --to bob@example.com --from alice@example.com note.eml -o secret.eml
+      hsmkm msg encrypt --km ./km --to bob@example.com --sign-with alice.epf --password-source env:PW note.eml -o s.eml
+      hsmkm msg encrypt --km ./km --to old@example.com --cipher aes256-cbc --key-transport rsa-pkcs1v15 in.eml -o out.eml
+    """
+    recipients = [_directory_cert(km_home, e) for e in to]
+    for f in cert_files:
+        data = Path(f).read_bytes()
+        try:
+            recipients.append(x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data))
+        except ValueError:
+            raise errors.MalformedInput(f"{f}: not a certificate") from None
+    if not recipients:
+        raise errors.BadInput("name at least one recipient with --to or --cert")
+    ks = open_user_keystore(cli_ctx, sign_with, password_source) if sign_with else None
+    if sender:
+        recipients.append(_directory_cert(km_home, sender))
+    elif ks is not None and ks.encryption_entries():
+        recipients.append(ks.encryption_entries()[0].certificate)
+    ctx = _context(cli_ctx, km_home, cache)
+    out = messaging.encrypt_message(_read(infile), recipients, ctx, enveloped.ContentCipher(cipher),
+                                    enveloped.KeyTransport(key_transport), ks)
+    _write(outfile, out)
+
+
+@msg.command("decrypt")
+@click.option("--keystore", "ref", required=True, help="Your keystore (.epf or pkcs11: URI).")
+@click.option("--password-source", help="Source of the .epf password.")
+@click.option("--km", "km_home", type=click.Path(file_okay=False, path_type=Path), help="The KM's home (to verify a signed message).")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
+@click.argument("infile", default="-")
+@click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
+@pass_cli
+def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_home: Path | None, cache: Path | None,
+                infile: str, outfile: str) -> None:
+    """Decrypt with whichever of your keys (current or older) the message names; verify a
+    signed message inside and warn if its signer is revoked.
+
+    \b
+    Example:
+      hsmkm msg decrypt --keystore bob.epf --password-source env:PW --km ./km secret.eml -o note.eml
+    """
+    ks = open_user_keystore(cli_ctx, ref, password_source)
+    ctx = _context(cli_ctx, km_home, cache) if km_home else None
+    opened = messaging.decrypt_message(_read(infile), ks, ctx)
+    for w in opened.warnings:
+        cli_ctx.warn(w)
+    _write(outfile, opened.entity, private=True)
+    if cli_ctx.json or outfile != "-":
+        signer = opened.signer.email if opened.signer else None
+        cli_ctx.emit({"decrypted": True, "key_serial": f"{opened.recipient_serial:x}", "signed_by": signer,
+                      "warnings": opened.warnings},
+                     f"decrypted with key {opened.recipient_serial:x}" + (f"; signed by {signer}" if signer else ""))

@@ -1,0 +1,90 @@
+"""The user's messaging: sign, verify, encrypt (a lock box per recipient) and decrypt, with
+keys from any keystore and revocation from the client's CRL cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from hsmkm import errors
+from hsmkm.clock import Clock, system_clock
+from hsmkm.cms import enveloped, signed, smime
+from hsmkm.cms.validation import ValidationContext, check_recipient
+from hsmkm.keys.base import Keystore
+
+
+@dataclass
+class Opened:
+    """A decrypted (and, when it was signed, verified) message."""
+
+    entity: bytes
+    signer: signed.VerifyResult | None
+    recipient_serial: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def sign_message(message: bytes, keystore: Keystore, detached: bool, clock: Clock = system_clock) -> bytes:
+    entry = keystore.signing_entry()
+    if entry is None:
+        raise errors.NotFound("the keystore has no signing key")
+    outer, entity = smime.entity_of(message)
+    der = signed.sign(entity, entry, keystore.ca_certificates(), detached, clock())
+    micalg = "sha-384" if getattr(entry.key, "key_size", 0) == 384 else "sha-256"
+    if detached:
+        return smime.multipart_signed(entity, der, micalg, outer)
+    return smime.pkcs7_mime(der, smime.SmimeType.SIGNED_DATA, outer)
+
+
+def verify_message(message: bytes, ctx: ValidationContext) -> signed.VerifyResult:
+    parsed = smime.parse(message)
+    return signed.verify(parsed.der, parsed.detached_content, ctx)
+
+
+def encrypt_message(
+    message: bytes,
+    recipients: list[x509.Certificate],
+    ctx: ValidationContext,
+    cipher: enveloped.ContentCipher,
+    transport: enveloped.KeyTransport,
+    sign_with: Keystore | None = None,
+) -> bytes:
+    """Check every recipient (chain, validity, revocation), optionally sign first, encrypt."""
+    for cert in recipients:
+        check_recipient(cert, ctx)
+    outer, entity = smime.entity_of(message)
+    if sign_with is not None:
+        signed_msg = sign_message(entity, sign_with, detached=False, clock=lambda: ctx.now)
+        _, entity = smime.entity_of(signed_msg)
+    der = enveloped.encrypt(entity, _unique(recipients), cipher, transport)
+    kind = smime.SmimeType.AUTH_ENVELOPED_DATA if cipher is enveloped.ContentCipher.AES256_GCM else smime.SmimeType.ENVELOPED_DATA
+    return smime.pkcs7_mime(der, kind, outer)
+
+
+def _unique(certs: list[x509.Certificate]) -> list[x509.Certificate]:
+    out: list[x509.Certificate] = []
+    for c in certs:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def decrypt_message(message: bytes, keystore: Keystore, ctx: ValidationContext | None) -> Opened:
+    """Open the lock box for one of the keystore's keys (current or older); verify the inner
+    signature when there is one, warning (not failing) when its signer is revoked."""
+    parsed = smime.parse(message)
+    out = enveloped.decrypt(parsed.der, keystore.encryption_entries())
+    entity = out.content
+    opened = Opened(entity, None, out.recipient.certificate.serial_number)
+    if smime.is_smime(entity) and ctx is not None:
+        inner = smime.parse(entity)
+        try:
+            result = signed.verify(inner.der, inner.detached_content, ctx)
+        except errors.CertificateRevoked as exc:
+            opened.warnings.append(str(exc))
+            ctx_no_rev = ValidationContext(ctx.trust_anchors, ctx.now, None, ctx.extra_certs)
+            result = signed.verify(inner.der, inner.detached_content, ctx_no_rev)
+        opened.signer = result
+        opened.entity = result.content
+        opened.warnings += result.warnings
+    return opened

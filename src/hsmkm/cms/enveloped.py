@@ -1,0 +1,370 @@
+"""CMS EnvelopedData (AES-256-CBC) and AuthEnvelopedData (AES-256-GCM, RFC 5083/5084):
+one RecipientInfo — a lock box — per recipient: RSA-OAEP or RSA PKCS#1 v1.5 key transport,
+or ECDH (RFC 5753, dhSinglePass-stdDH with the X9.63 KDF and AES key wrap).
+
+Private keys are reached only through the key interface (``decrypt``, ``exchange``), so a
+key on a token opens a lock box the same way as a key in an .epf.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from asn1crypto import algos, cms, core
+from asn1crypto import x509 as asn1x509
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, keywrap, serialization
+from cryptography.hazmat.primitives import padding as sympadding
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
+
+from hsmkm import errors
+from hsmkm.keys.base import KeyEntry
+
+
+HashFactory = Callable[[], hashes.HashAlgorithm]
+
+
+class ContentCipher(str, Enum):
+    AES256_GCM = "aes256-gcm"
+    AES256_CBC = "aes256-cbc"
+
+
+class KeyTransport(str, Enum):
+    RSA_OAEP = "rsa-oaep"
+    RSA_PKCS1V15 = "rsa-pkcs1v15"
+
+
+OID_DH_SHA256 = "1.3.132.1.11.1"  # dhSinglePass-stdDH-sha256kdf-scheme
+OID_DH_SHA384 = "1.3.132.1.11.2"
+OID_AES256_WRAP = "2.16.840.1.101.3.4.1.45"
+OID_AES128_WRAP = "2.16.840.1.101.3.4.1.5"
+OID_AES192_WRAP = "2.16.840.1.101.3.4.1.25"
+_WRAP_SIZES = {OID_AES128_WRAP: 16, OID_AES192_WRAP: 24, OID_AES256_WRAP: 32}
+# dhSinglePass-stdDH and -cofactorDH (the same on prime curves, whose cofactor is 1), by KDF hash.
+_KDF_HASH: dict[str, HashFactory] = {
+    "1.3.133.16.840.63.0.2": hashes.SHA1, "1.3.133.16.840.63.0.3": hashes.SHA1,
+    "1.3.132.1.11.0": hashes.SHA224, OID_DH_SHA256: hashes.SHA256, OID_DH_SHA384: hashes.SHA384,
+    "1.3.132.1.11.3": hashes.SHA512, "1.3.132.1.14.0": hashes.SHA224, "1.3.132.1.14.1": hashes.SHA256,
+    "1.3.132.1.14.2": hashes.SHA384, "1.3.132.1.14.3": hashes.SHA512,
+}
+_HASH_BY_NAME: dict[str, HashFactory] = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
+                 "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
+class GcmParameters(core.Sequence):
+    """RFC 5084 GCMParameters."""
+
+    _fields = [("aes_nonce", core.OctetString), ("aes_icv_len", core.Integer, {"default": 12})]
+
+
+class EccCmsSharedInfo(core.Sequence):
+    """RFC 5753 ECC-CMS-SharedInfo."""
+
+    _fields = [
+        ("key_info", algos.EncryptionAlgorithm),
+        ("entity_u_info", core.OctetString, {"explicit": 0, "optional": True}),
+        ("supp_pub_info", core.OctetString, {"explicit": 2}),
+    ]
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    content: bytes
+    content_type: str
+    recipient: KeyEntry
+    authenticated: bool
+
+
+def _issuer_and_serial(cert: x509.Certificate) -> cms.IssuerAndSerialNumber:
+    return cms.IssuerAndSerialNumber(
+        {"issuer": asn1x509.Name.load(cert.issuer.public_bytes()), "serial_number": cert.serial_number}
+    )
+
+
+def _check_recipient(cert: x509.Certificate) -> None:
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    pub = cert.public_key()
+    if isinstance(pub, rsa.RSAPublicKey) and not ku.key_encipherment:
+        raise errors.ValidationFailed(f"{_name(cert)}: certificate not for key encipherment")
+    if isinstance(pub, ec.EllipticCurvePublicKey) and not ku.key_agreement:
+        raise errors.ValidationFailed(f"{_name(cert)}: certificate not for key agreement")
+
+
+def _name(cert: x509.Certificate) -> str:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        emails = san.get_values_for_type(x509.RFC822Name)
+        if emails:
+            return str(emails[0])
+    except x509.ExtensionNotFound:
+        pass
+    return cert.subject.rfc4514_string()
+
+
+def _oaep(hash_cls: HashFactory, mgf_cls: HashFactory) -> padding.OAEP:
+    return padding.OAEP(mgf=padding.MGF1(mgf_cls()), algorithm=hash_cls(), label=None)
+
+
+def _ktri(cert: x509.Certificate, cek: bytes, transport: KeyTransport) -> cms.RecipientInfo:
+    pub = cert.public_key()
+    assert isinstance(pub, rsa.RSAPublicKey)
+    if transport is KeyTransport.RSA_OAEP:
+        alg = {
+            "algorithm": "rsaes_oaep",
+            "parameters": {
+                "hash_algorithm": {"algorithm": "sha256"},
+                "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}},
+            },
+        }
+        wrapped = pub.encrypt(cek, _oaep(hashes.SHA256, hashes.SHA256))
+    else:
+        alg = {"algorithm": "rsaes_pkcs1v15", "parameters": core.Null()}
+        wrapped = pub.encrypt(cek, padding.PKCS1v15())
+    return cms.RecipientInfo(
+        name="ktri",
+        value={"version": "v0", "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=_issuer_and_serial(cert)),
+               "key_encryption_algorithm": alg, "encrypted_key": wrapped},
+    )
+
+
+def _shared_info(wrap_oid: str, ukm: bytes | None, size: int) -> bytes:
+    info = {"key_info": {"algorithm": wrap_oid}, "supp_pub_info": (size * 8).to_bytes(4, "big")}
+    if ukm:
+        info["entity_u_info"] = ukm
+    return EccCmsSharedInfo(info).dump()
+
+
+def _kari(cert: x509.Certificate, cek: bytes) -> cms.RecipientInfo:
+    pub = cert.public_key()
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    scheme, hash_cls = (OID_DH_SHA384, hashes.SHA384) if pub.curve.key_size >= 384 else (OID_DH_SHA256, hashes.SHA256)
+    eph = ec.generate_private_key(pub.curve)
+    kek = X963KDF(hash_cls(), 32, _shared_info(OID_AES256_WRAP, None, 32)).derive(eph.exchange(ec.ECDH(), pub))
+    point = eph.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    originator = cms.OriginatorIdentifierOrKey(
+        name="originator_key",
+        value={"algorithm": {"algorithm": "ec"}, "public_key": point},
+    )
+    return cms.RecipientInfo(
+        name="kari",
+        value={
+            "version": "v3",
+            "originator": originator,
+            "key_encryption_algorithm": {"algorithm": scheme, "parameters": algos.EncryptionAlgorithm({"algorithm": OID_AES256_WRAP})},
+            "recipient_encrypted_keys": [
+                {"rid": cms.KeyAgreementRecipientIdentifier(name="issuer_and_serial_number", value=_issuer_and_serial(cert)),
+                 "encrypted_key": keywrap.aes_key_wrap(kek, cek)}
+            ],
+        },
+    )
+
+
+def lock_boxes(recipients: list[x509.Certificate], cek: bytes, transport: KeyTransport) -> list[cms.RecipientInfo]:
+    """One RecipientInfo per recipient certificate."""
+    out = []
+    for cert in recipients:
+        _check_recipient(cert)
+        pub = cert.public_key()
+        if isinstance(pub, rsa.RSAPublicKey):
+            out.append(_ktri(cert, cek, transport))
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            out.append(_kari(cert, cek))
+        else:
+            raise errors.UnsupportedAlgorithm(f"{_name(cert)}: recipient key type not supported")
+    return out
+
+
+def encrypt(
+    content: bytes,
+    recipients: list[x509.Certificate],
+    cipher: ContentCipher = ContentCipher.AES256_GCM,
+    transport: KeyTransport = KeyTransport.RSA_OAEP,
+) -> bytes:
+    """A DER ContentInfo with the content encrypted to every recipient."""
+    if not recipients:
+        raise errors.BadInput("no recipients")
+    cek = os.urandom(32)
+    infos = lock_boxes(recipients, cek, transport)
+    if cipher is ContentCipher.AES256_GCM:
+        nonce = os.urandom(12)
+        enc = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
+        ct = enc.update(content) + enc.finalize()
+        params = GcmParameters({"aes_nonce": nonce, "aes_icv_len": 16})
+        body = cms.AuthEnvelopedData(
+            {
+                "version": "v0",
+                "recipient_infos": infos,
+                "auth_encrypted_content_info": {
+                    "content_type": "data",
+                    "content_encryption_algorithm": {"algorithm": "aes256_gcm", "parameters": params},
+                    "encrypted_content": ct,
+                },
+                "mac": enc.tag,
+            }
+        )
+        return cms.ContentInfo({"content_type": "1.2.840.113549.1.9.16.1.23", "content": body}).dump()
+    iv = os.urandom(16)
+    padder = sympadding.PKCS7(128).padder()
+    cbc = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
+    ct = cbc.update(padder.update(content) + padder.finalize()) + cbc.finalize()
+    version = "v2" if any(i.name == "kari" for i in infos) else "v0"
+    body = cms.EnvelopedData(
+        {
+            "version": version,
+            "recipient_infos": infos,
+            "encrypted_content_info": {
+                "content_type": "data",
+                "content_encryption_algorithm": {"algorithm": "aes256_cbc", "parameters": iv},
+                "encrypted_content": ct,
+            },
+        }
+    )
+    return cms.ContentInfo({"content_type": "enveloped_data", "content": body}).dump()
+
+
+# --- decryption ------------------------------------------------------------------------------
+
+
+def _rid_matches(rid: core.Choice, cert: x509.Certificate) -> bool:
+    if rid.name == "issuer_and_serial_number":
+        value = rid.chosen
+        return bool(
+            value["serial_number"].native == cert.serial_number and value["issuer"].dump() == cert.issuer.public_bytes()
+        )
+    if rid.name in ("subject_key_identifier", "r_key_id"):
+        ski = rid.chosen.native if rid.name == "subject_key_identifier" else rid.chosen["subject_key_identifier"].native
+        try:
+            mine = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        except x509.ExtensionNotFound:
+            mine = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type,unused-ignore]
+        return bool(ski == mine)
+    return False
+
+
+def _open_ktri(info: cms.KeyTransRecipientInfo, entry: KeyEntry) -> bytes:
+    key = entry.key
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise errors.SignatureInvalid("lock box is RSA but the key is not")
+    alg = info["key_encryption_algorithm"]
+    name = alg["algorithm"].native
+    if name == "rsaes_oaep":
+        params = alg["parameters"]
+        h = _HASH_BY_NAME.get(params["hash_algorithm"]["algorithm"].native)
+        mgf = params["mask_gen_algorithm"]
+        m = _HASH_BY_NAME.get(mgf["parameters"]["algorithm"].native) if mgf["algorithm"].native == "mgf1" else None
+        if h is None or m is None or params["p_source_algorithm"]["parameters"].native not in (b"", None):
+            raise errors.UnsupportedAlgorithm("RSA-OAEP parameters not supported")
+        return key.decrypt(info["encrypted_key"].native, _oaep(h, m))
+    if name in ("rsa", "rsaes_pkcs1v15"):
+        return key.decrypt(info["encrypted_key"].native, padding.PKCS1v15())
+    raise errors.UnsupportedAlgorithm(f"key transport {name}")
+
+
+def _open_kari(info: cms.KeyAgreeRecipientInfo, encrypted_key: bytes, entry: KeyEntry) -> bytes:
+    key = entry.key
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise errors.SignatureInvalid("lock box is ECDH but the key is not EC")
+    alg = info["key_encryption_algorithm"]
+    scheme = alg["algorithm"].dotted
+    hash_cls = _KDF_HASH.get(scheme)
+    if hash_cls is None:
+        raise errors.UnsupportedAlgorithm(f"key agreement {scheme} (X25519/HKDF not supported)")
+    wrap = algos.EncryptionAlgorithm.load(alg["parameters"].dump())
+    wrap_oid = wrap["algorithm"].dotted
+    size = _WRAP_SIZES.get(wrap_oid)
+    if size is None:
+        raise errors.UnsupportedAlgorithm(f"key wrap {wrap_oid}")
+    originator = info["originator"]
+    if originator.name != "originator_key":
+        raise errors.UnsupportedAlgorithm("static-static ECDH originators are not supported")
+    point = originator.chosen["public_key"].native
+    peer = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, point)
+    ukm = info["ukm"].native if info["ukm"].native else None
+    kek = X963KDF(hash_cls(), size, _shared_info(wrap_oid, ukm, size)).derive(key.exchange(ec.ECDH(), peer))
+    try:
+        return keywrap.aes_key_unwrap(kek, encrypted_key)
+    except keywrap.InvalidUnwrap:
+        raise errors.SignatureInvalid("the lock box does not open (wrong key or tampered)") from None
+
+
+def _find_cek(infos: cms.RecipientInfos, candidates: list[KeyEntry]) -> tuple[bytes, KeyEntry]:
+    for info in infos:
+        if info.name == "ktri":
+            for entry in candidates:
+                if _rid_matches(info.chosen["rid"], entry.certificate):
+                    return _open_ktri(info.chosen, entry), entry
+        elif info.name == "kari":
+            for rek in info.chosen["recipient_encrypted_keys"]:
+                for entry in candidates:
+                    if _rid_matches(rek["rid"], entry.certificate):
+                        return _open_kari(info.chosen, rek["encrypted_key"].native, entry), entry
+    raise errors.NotFound("the message is not addressed to any of this keystore's keys")
+
+
+def decrypt(der: bytes, candidates: list[KeyEntry]) -> Decrypted:
+    """Open the lock box addressed to one of ``candidates``, then the content."""
+    try:
+        info = cms.ContentInfo.load(der)
+        ctype = info["content_type"].dotted
+        body = info["content"]
+        if ctype == "1.2.840.113549.1.9.16.1.23":
+            body = cms.AuthEnvelopedData.load(body.contents) if not isinstance(body, cms.AuthEnvelopedData) else body
+            infos = body["recipient_infos"]
+            eci = body["auth_encrypted_content_info"]
+        elif ctype == "1.2.840.113549.1.7.3":
+            infos = body["recipient_infos"]
+            eci = body["encrypted_content_info"]
+        else:
+            raise errors.MalformedInput(f"not an enveloped message (content type {ctype})")
+        alg = eci["content_encryption_algorithm"]
+        alg_name = alg["algorithm"].dotted
+        ct = eci["encrypted_content"].native or b""
+        inner_type = eci["content_type"].native
+        _ = len(infos)
+    except errors.HsmkmError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise errors.MalformedInput(f"malformed CMS message ({type(exc).__name__})") from None
+    cek, entry = _find_cek(infos, candidates)
+    sizes = {"2.16.840.1.101.3.4.1.2": 16, "2.16.840.1.101.3.4.1.22": 24, "2.16.840.1.101.3.4.1.42": 32}
+    gcm = {"2.16.840.1.101.3.4.1.6": 16, "2.16.840.1.101.3.4.1.26": 24, "2.16.840.1.101.3.4.1.46": 32}
+    try:
+        if alg_name in gcm:
+            if ctype != "1.2.840.113549.1.9.16.1.23":
+                raise errors.MalformedInput("GCM content outside AuthEnvelopedData")
+            params = GcmParameters.load(alg["parameters"].dump())
+            nonce = params["aes_nonce"].native
+            tag = body["mac"].native
+            if len(cek) != gcm[alg_name] or len(tag) != params["aes_icv_len"].native or len(tag) < 12:
+                raise errors.SignatureInvalid("GCM parameters do not match")
+            aad = body["auth_attrs"].untag().retag("universal", 17).dump() if body["auth_attrs"].native else b""
+            dec = Cipher(algorithms.AES(cek), modes.GCM(nonce, tag, min_tag_length=12)).decryptor()
+            if aad:
+                dec.authenticate_additional_data(aad)
+            plain = dec.update(ct) + dec.finalize()
+            return Decrypted(plain, inner_type, entry, True)
+        if alg_name in sizes:
+            iv = alg["parameters"].native
+            if len(cek) != sizes[alg_name] or len(iv) != 16 or len(ct) % 16:
+                raise errors.SignatureInvalid("the content does not decrypt (wrong key or tampered)")
+            cbc = Cipher(algorithms.AES(cek), modes.CBC(iv)).decryptor()
+            unpadder = sympadding.PKCS7(128).unpadder()
+            plain = unpadder.update(cbc.update(ct) + cbc.finalize()) + unpadder.finalize()
+            return Decrypted(plain, inner_type, entry, False)
+    except errors.HsmkmError:
+        raise
+    except ValueError:
+        raise errors.SignatureInvalid("the content does not decrypt (wrong key or tampered)") from None
+    except Exception as exc:  # cryptography's InvalidTag
+        if type(exc).__name__ == "InvalidTag":
+            raise errors.SignatureInvalid("authentication tag does not verify: the message was altered") from None
+        raise
+    raise errors.UnsupportedAlgorithm(f"content encryption {alg['algorithm'].native} is not supported")

@@ -1,0 +1,199 @@
+"""CMS SignedData (RFC 5652) for S/MIME (RFC 8551): sign with the key interface, verify with
+an explicit validation context."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from asn1crypto import cms, tsp
+from asn1crypto import x509 as asn1x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from hsmkm import errors
+from hsmkm.cms.validation import ValidationContext, validate_signer
+from hsmkm.keys.base import KeyEntry
+
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512, "sha224": hashes.SHA224,
+           "sha1": hashes.SHA1}
+
+
+@dataclass
+class VerifyResult:
+    signer: x509.Certificate
+    email: str | None
+    signing_time: datetime | None
+    content: bytes
+    warnings: list[str] = field(default_factory=list)
+
+
+def _digest_name(key: object) -> str:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return "sha384"
+    return "sha256"
+
+
+def _capabilities() -> cms.SMIMECapabilites:
+    return cms.SMIMECapabilites(
+        [{"capability_id": oid} for oid in ("2.16.840.1.101.3.4.1.46", "2.16.840.1.101.3.4.1.42", "1.2.840.113549.1.1.7")]
+    )
+
+
+def sign(
+    content: bytes,
+    signer: KeyEntry,
+    extra_certs: list[x509.Certificate],
+    detached: bool,
+    signing_time: datetime,
+) -> bytes:
+    """A DER ContentInfo holding SignedData over ``content`` (absent from it when detached)."""
+    digest_name = _digest_name(signer.key)
+    hash_cls = _HASHES[digest_name]
+    cert_der = signer.certificate.public_bytes(serialization.Encoding.DER)
+    # ESSCertIDv2 with the default hash (SHA-256) leaves hashAlgorithm out, as DER requires.
+    ess = tsp.SigningCertificateV2({"certs": [{"cert_hash": hashlib.sha256(cert_der).digest()}]})
+    items = [
+        cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+        cms.CMSAttribute({"type": "signing_time", "values": [cms.Time(name="utc_time", value=signing_time)]}),
+        cms.CMSAttribute({"type": "message_digest", "values": [hashlib.new(digest_name, content).digest()]}),
+        cms.CMSAttribute({"type": "smime_capabilities", "values": [_capabilities()]}),
+        cms.CMSAttribute({"type": "signing_certificate_v2", "values": [ess]}),
+    ]
+    # DER sorts a SET OF by encoding; verifiers re-encode before checking, so sign that order.
+    attrs = cms.CMSAttributes(sorted(items, key=lambda a: a.dump()))
+    to_sign = attrs.dump()  # the SET OF that RFC 5652 §5.4 says is signed
+    key = signer.key
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(to_sign, padding.PKCS1v15(), hash_cls())
+        sig_alg = {"algorithm": f"{digest_name}_rsa"}
+    else:
+        signature = key.sign(to_sign, ec.ECDSA(hash_cls()))
+        sig_alg = {"algorithm": f"{digest_name}_ecdsa"}
+    cert = asn1x509.Certificate.load(cert_der)
+    signer_info = {
+        "version": "v1",
+        "sid": cms.SignerIdentifier(
+            name="issuer_and_serial_number",
+            value={"issuer": cert.issuer, "serial_number": cert.serial_number},
+        ),
+        "digest_algorithm": {"algorithm": digest_name},
+        "signed_attrs": attrs,
+        "signature_algorithm": sig_alg,
+        "signature": signature,
+    }
+    certs = [cert] + [asn1x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in extra_certs]
+    body = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [{"algorithm": digest_name}],
+            "encap_content_info": {"content_type": "data", "content": None if detached else content},
+            "certificates": certs,
+            "signer_infos": [signer_info],
+        }
+    )
+    return cms.ContentInfo({"content_type": "signed_data", "content": body}).dump()
+
+
+def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, hash_cls: Callable[[], hashes.HashAlgorithm],
+                params: object) -> None:
+    try:
+        if isinstance(public, rsa.RSAPublicKey):
+            if sig_alg == "rsassa_pss":
+                p = params  # RSASSA-PSS-params
+                h = _HASHES[p["hash_algorithm"]["algorithm"].native]  # type: ignore[index]
+                salt = p["salt_length"].native  # type: ignore[index]
+                public.verify(signature, data, padding.PSS(padding.MGF1(h()), salt), h())
+            else:
+                public.verify(signature, data, padding.PKCS1v15(), hash_cls())
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, data, ec.ECDSA(hash_cls()))
+        else:
+            raise errors.UnsupportedAlgorithm("signature algorithm not supported (Ed25519 is not)")
+    except InvalidSignature:
+        raise errors.SignatureInvalid("the signature does not verify") from None
+
+
+def verify(der: bytes, detached_content: bytes | None, context: ValidationContext) -> VerifyResult:
+    """Check the signature, the signed attributes and the signer's chain, usage, validity and
+    revocation. Invalid or revoked: a NegativeAnswer (exit 1); malformed: MalformedInput."""
+    try:
+        info = cms.ContentInfo.load(der)
+        if info["content_type"].native != "signed_data":
+            raise errors.MalformedInput("not a signed message")
+        sd = info["content"]
+        encap = sd["encap_content_info"]
+        content = encap["content"].native if encap["content"].native is not None else detached_content
+        if content is None:
+            raise errors.MalformedInput("detached signature without its content")
+        certs = [x509.load_der_x509_certificate(c.chosen.dump()) for c in sd["certificates"] if c.name == "certificate"]
+        signer_infos = list(sd["signer_infos"])
+        econtent_type = encap["content_type"].dotted
+    except errors.HsmkmError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise errors.MalformedInput(f"malformed signed message ({type(exc).__name__})") from None
+    if not signer_infos:
+        raise errors.MalformedInput("no signer in the message")
+    si = signer_infos[0]
+    sid = si["sid"]
+    signer_cert = None
+    for cert in certs + context.extra_certs:
+        if sid.name == "issuer_and_serial_number":
+            if cert.serial_number == sid.chosen["serial_number"].native and cert.issuer.public_bytes() == sid.chosen["issuer"].dump():
+                signer_cert = cert
+                break
+        else:
+            try:
+                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+            except x509.ExtensionNotFound:
+                continue
+            if ski == sid.chosen.native:
+                signer_cert = cert
+                break
+    if signer_cert is None:
+        raise errors.ValidationFailed("the signer's certificate is not in the message")
+    digest_name = si["digest_algorithm"]["algorithm"].native
+    hash_cls = _HASHES.get(digest_name)
+    if hash_cls is None:
+        raise errors.UnsupportedAlgorithm(f"digest {digest_name} not supported")
+    sig_alg = si["signature_algorithm"]["algorithm"].native
+    signature = si["signature"].native
+    signing_time = None
+    attrs = si["signed_attrs"]
+    if attrs.native:
+        values = {a["type"].native: a["values"] for a in attrs}
+        md = values.get("message_digest")
+        if md is None or md[0].native != hashlib.new(digest_name, content).digest():
+            raise errors.SignatureInvalid("the content does not match the signed digest: it was altered")
+        ct = values.get("content_type")
+        if ct is None or ct[0].dotted != econtent_type:
+            raise errors.SignatureInvalid("the signed content type does not match")
+        if "signing_time" in values:
+            signing_time = values["signing_time"][0].native
+        signed_bytes = _as_set(attrs)
+    else:
+        signed_bytes = content
+    _verify_raw(signer_cert.public_key(), signature, signed_bytes, sig_alg, hash_cls, si["signature_algorithm"]["parameters"])
+    warnings = validate_signer(signer_cert, certs, context, signing_time)
+    return VerifyResult(signer_cert, _email(signer_cert), signing_time, content, warnings)
+
+
+def _as_set(attrs: cms.CMSAttributes) -> bytes:
+    """The signed attributes as the SET OF that was signed (the [0] tag replaced)."""
+    raw = attrs.dump()
+    return b"\x31" + raw[1:]
+
+
+def _email(cert: x509.Certificate) -> str | None:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        found = san.get_values_for_type(x509.RFC822Name)
+        return str(found[0]) if found else None
+    except x509.ExtensionNotFound:
+        return None
+
