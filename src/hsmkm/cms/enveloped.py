@@ -252,7 +252,7 @@ def _rid_matches(rid: core.Choice, cert: x509.Certificate) -> bool:
 def _open_ktri(info: cms.KeyTransRecipientInfo, entry: KeyEntry) -> bytes:
     key = entry.key
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise errors.SignatureInvalid("lock box is RSA but the key is not")
+        raise errors.UnsupportedAlgorithm("unsupported algorithm: RSA lock box for a key that is not RSA")
     alg = info["key_encryption_algorithm"]
     name = alg["algorithm"].native
     if name == "rsaes_oaep":
@@ -270,13 +270,13 @@ def _open_ktri(info: cms.KeyTransRecipientInfo, entry: KeyEntry) -> bytes:
 
 def _open_kari(info: cms.KeyAgreeRecipientInfo, encrypted_key: bytes, entry: KeyEntry) -> bytes:
     key = entry.key
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise errors.SignatureInvalid("lock box is ECDH but the key is not EC")
     alg = info["key_encryption_algorithm"]
     scheme = alg["algorithm"].dotted
     hash_cls = _KDF_HASH.get(scheme)
     if hash_cls is None:
-        raise errors.UnsupportedAlgorithm(f"key agreement {scheme} (X25519/HKDF not supported)")
+        raise errors.UnsupportedAlgorithm(f"unsupported algorithm: key agreement {scheme} (X25519/HKDF is not supported)")
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise errors.UnsupportedAlgorithm("unsupported algorithm: ECDH lock box for a key that is not NIST EC")
     wrap = algos.EncryptionAlgorithm.load(alg["parameters"].dump())
     wrap_oid = wrap["algorithm"].dotted
     size = _WRAP_SIZES.get(wrap_oid)
@@ -300,12 +300,18 @@ def _find_cek(infos: cms.RecipientInfos, candidates: list[KeyEntry]) -> tuple[by
         if info.name == "ktri":
             for entry in candidates:
                 if _rid_matches(info.chosen["rid"], entry.certificate):
-                    return _open_ktri(info.chosen, entry), entry
+                    try:
+                        return _open_ktri(info.chosen, entry), entry
+                    except ValueError:
+                        raise errors.SignatureInvalid("the lock box does not open (wrong key or tampered)") from None
         elif info.name == "kari":
             for rek in info.chosen["recipient_encrypted_keys"]:
                 for entry in candidates:
                     if _rid_matches(rek["rid"], entry.certificate):
                         return _open_kari(info.chosen, rek["encrypted_key"].native, entry), entry
+    kinds = {info.name for info in infos}
+    if kinds & {"kekri", "pwri", "ori"} and not kinds & {"ktri", "kari"}:
+        raise errors.UnsupportedAlgorithm(f"unsupported algorithm: recipient info {', '.join(sorted(kinds))}")
     raise errors.NotFound("the message is not addressed to any of this keystore's keys")
 
 
@@ -367,4 +373,4 @@ def decrypt(der: bytes, candidates: list[KeyEntry]) -> Decrypted:
         if type(exc).__name__ == "InvalidTag":
             raise errors.SignatureInvalid("authentication tag does not verify: the message was altered") from None
         raise
-    raise errors.UnsupportedAlgorithm(f"content encryption {alg['algorithm'].native} is not supported")
+    raise errors.UnsupportedAlgorithm(f"unsupported algorithm: content encryption {alg['algorithm'].native}")

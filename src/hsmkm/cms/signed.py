@@ -113,7 +113,7 @@ def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, has
         elif isinstance(public, ec.EllipticCurvePublicKey):
             public.verify(signature, data, ec.ECDSA(hash_cls()))
         else:
-            raise errors.UnsupportedAlgorithm("signature algorithm not supported (Ed25519 is not)")
+            raise errors.UnsupportedAlgorithm("unsupported algorithm: signatures other than RSA and ECDSA (Ed25519 is not supported)")
     except InvalidSignature:
         raise errors.SignatureInvalid("the signature does not verify") from None
 
