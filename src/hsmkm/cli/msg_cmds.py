@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 from cryptography import x509
 
 from hsmkm import errors
-from hsmkm.atomic import write_atomic
+from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.cli.client_cmds import open_user_keystore
 from hsmkm.cli.crl_cmds import client_cache, revocation_status
 from hsmkm.cli.main import CliContext, cli, pass_cli
@@ -27,6 +32,29 @@ def _read(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise errors.BadInput(f"{path}: {exc.strerror}") from None
+
+
+@contextlib.contextmanager
+def _input(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise errors.BadInput(f"{path}: {exc.strerror}") from None
+    with fh:
+        yield fh
+
+
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with atomic_writer(path, 0o644) as fh:
+        yield fh
 
 
 def _write(path: str, data: bytes, private: bool = False) -> None:
@@ -153,9 +181,14 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
     elif ks is not None and ks.encryption_entries():
         recipients.append(ks.encryption_entries()[0].certificate)
     ctx = _context(cli_ctx, km_home, cache)
-    out = messaging.encrypt_message(_read(infile), recipients, ctx, enveloped.ContentCipher(cipher),
-                                    enveloped.KeyTransport(key_transport), ks)
-    _write(outfile, out)
+    if ks is not None:
+        out = messaging.encrypt_message(_read(infile), recipients, ctx, enveloped.ContentCipher(cipher),
+                                        enveloped.KeyTransport(key_transport), ks)
+        _write(outfile, out)
+        return
+    with _input(infile) as src, _output(outfile) as dst:
+        messaging.encrypt_file(src, dst, recipients, ctx, enveloped.ContentCipher(cipher),
+                               enveloped.KeyTransport(key_transport))
 
 
 @msg.command("decrypt")
@@ -177,10 +210,18 @@ def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_h
     """
     ks = open_user_keystore(cli_ctx, ref, password_source)
     ctx = _context(cli_ctx, km_home, cache) if km_home else None
-    opened = messaging.decrypt_message(_read(infile), ks, ctx)
+    with _input(infile) as src:
+        if outfile == "-":
+            with tempfile.TemporaryDirectory(prefix="hsmkm-") as tmp:
+                target = Path(tmp) / "plain"
+                opened = messaging.decrypt_file(src, target, ks, ctx)
+                with open(target, "rb") as fh:
+                    shutil.copyfileobj(fh, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+        else:
+            opened = messaging.decrypt_file(src, Path(outfile), ks, ctx)
     for w in opened.warnings:
         cli_ctx.warn(w)
-    _write(outfile, opened.entity, private=True)
     if cli_ctx.json or outfile != "-":
         signer = opened.signer.email if opened.signer else None
         cli_ctx.emit({"decrypted": True, "key_serial": f"{opened.recipient_serial:x}", "signed_by": signer,

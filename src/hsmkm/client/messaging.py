@@ -4,12 +4,15 @@ keys from any keystore and revocation from the client's CRL cache."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 from cryptography import x509
 
 from hsmkm import errors
 from hsmkm.clock import Clock, system_clock
-from hsmkm.cms import enveloped, signed, smime
+from hsmkm.atomic import write_atomic
+from hsmkm.cms import enveloped, signed, smime, stream
 from hsmkm.cms.validation import ValidationContext, check_recipient
 from hsmkm.keys.base import Keystore
 
@@ -87,4 +90,38 @@ def decrypt_message(message: bytes, keystore: Keystore, ctx: ValidationContext |
         opened.signer = result
         opened.entity = result.content
         opened.warnings += result.warnings
+    return opened
+
+
+def encrypt_file(
+    src: BinaryIO,
+    out: BinaryIO,
+    recipients: list[x509.Certificate],
+    ctx: ValidationContext,
+    cipher: enveloped.ContentCipher,
+    transport: enveloped.KeyTransport,
+) -> None:
+    """Streaming encryption, in bounded memory, after the recipients are checked."""
+    for cert in recipients:
+        check_recipient(cert, ctx)
+    stream.encrypt_stream(src, out, _unique(recipients), cipher, transport)
+
+
+def decrypt_file(src: BinaryIO, out_path: Path, keystore: Keystore, ctx: ValidationContext | None) -> Opened:
+    """Streaming decryption into ``out_path``; a signed message inside is then verified and
+    replaced by its content (signed messages are read into memory for that)."""
+    entry = stream.decrypt_stream(src, out_path, keystore.encryption_entries())
+    opened = Opened(b"", None, entry.certificate.serial_number)
+    with open(out_path, "rb") as fh:
+        head = fh.read(64 << 10)
+    if ctx is not None and smime.is_smime(head):
+        inner = smime.parse(out_path.read_bytes())
+        try:
+            result = signed.verify(inner.der, inner.detached_content, ctx)
+        except errors.CertificateRevoked as exc:
+            opened.warnings.append(str(exc))
+            result = signed.verify(inner.der, inner.detached_content, ValidationContext(ctx.trust_anchors, ctx.now, None, ctx.extra_certs))
+        opened.signer = result
+        opened.warnings += result.warnings
+        write_atomic(out_path, result.content, 0o600)
     return opened

@@ -36,13 +36,13 @@ def canonical(data: bytes) -> bytes:
     return re.sub(rb"\r?\n", b"\r\n", data)
 
 
-def _split_head(data: bytes) -> tuple[list[tuple[str, str]], bytes] | None:
-    """Headers and body of a MIME entity, or None if ``data`` does not start with headers."""
+def split_head(data: bytes) -> tuple[list[tuple[str, str]], int] | None:
+    """Headers of a MIME entity and the offset of its body, or None if ``data`` does not
+    start with headers."""
     m = re.search(rb"\r?\n\r?\n", data)
     if m is None:
         return None
-    head = data[: m.start()]
-    lines = re.split(rb"\r?\n", head)
+    lines = re.split(rb"\r?\n", data[: m.start()])
     if not lines or not re.match(rb"^[!-9;-~]+:", lines[0]):
         return None
     headers: list[tuple[str, str]] = []
@@ -55,10 +55,15 @@ def _split_head(data: bytes) -> tuple[list[tuple[str, str]], bytes] | None:
         if not sep:
             return None
         headers.append((raw_name.decode("ascii", "replace").strip(), raw_value.decode("utf-8", "replace").strip()))
-    return headers, data[m.end() :]
+    return headers, m.end()
 
 
-def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+def _split_head(data: bytes) -> tuple[list[tuple[str, str]], bytes] | None:
+    split = split_head(data)
+    return None if split is None else (split[0], data[split[1] :])
+
+
+def header_value(headers: list[tuple[str, str]], name: str) -> str | None:
     for k, v in headers:
         if k.lower() == name.lower():
             return v
@@ -88,14 +93,18 @@ def _outer(outer: list[tuple[str, str]]) -> bytes:
     return "".join(f"{k}: {v}\r\n" for k, v in outer).encode() + b"MIME-Version: 1.0\r\n"
 
 
-def pkcs7_mime(der: bytes, smime_type: SmimeType, outer: list[tuple[str, str]]) -> bytes:
+def pkcs7_mime_head(smime_type: SmimeType, outer: list[tuple[str, str]]) -> bytes:
+    """The headers of an application/pkcs7-mime message, up to its base64 body."""
     return (
         _outer(outer)
         + f"Content-Type: application/pkcs7-mime; smime-type={smime_type.value}; name=smime.p7m\r\n".encode()
         + b"Content-Transfer-Encoding: base64\r\n"
         + b"Content-Disposition: attachment; filename=smime.p7m\r\n\r\n"
-        + _b64(der)
     )
+
+
+def pkcs7_mime(der: bytes, smime_type: SmimeType, outer: list[tuple[str, str]]) -> bytes:
+    return pkcs7_mime_head(smime_type, outer) + _b64(der)
 
 
 def multipart_signed(entity: bytes, signature_der: bytes, micalg: str, outer: list[tuple[str, str]]) -> bytes:
@@ -136,11 +145,11 @@ def parse(data: bytes) -> Parsed:
     if split is None:
         raise errors.MalformedInput("not an S/MIME message, DER or PEM")
     headers, body = split
-    ctype = _header(headers, "Content-Type") or ""
+    ctype = header_value(headers, "Content-Type") or ""
     outer = [(k, v) for k, v in headers if not k.lower().startswith("content-") and k.lower() != "mime-version"]
     low = ctype.lower()
     if low.startswith(("application/pkcs7-mime", "application/x-pkcs7-mime")):
-        enc = (_header(headers, "Content-Transfer-Encoding") or "").lower()
+        enc = (header_value(headers, "Content-Transfer-Encoding") or "").lower()
         der = _decode_b64(body) if enc == "base64" else body
         return Parsed(outer, der, None)
     if low.startswith("multipart/signed"):
@@ -170,5 +179,5 @@ def is_smime(entity: bytes) -> bool:
     split = _split_head(entity)
     if split is None:
         return entity[:1] == b"\x30"
-    ctype = (_header(split[0], "Content-Type") or "").lower()
+    ctype = (header_value(split[0], "Content-Type") or "").lower()
     return ctype.startswith(("application/pkcs7-mime", "application/x-pkcs7-mime", "multipart/signed"))

@@ -1,0 +1,285 @@
+"""Streaming S/MIME encryption and decryption in bounded memory.
+
+Encryption writes indefinite-length BER, base64-encoded line by line into the MIME body.
+Decryption reads base64 and BER incrementally, writes the plaintext to a temporary file and
+renames it into place only after an AuthEnvelopedData tag has checked, so no unauthenticated
+plaintext is ever left where the output was asked for.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from asn1crypto import algos, cms
+from cryptography import x509
+from cryptography.hazmat.primitives import padding as sympadding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from hsmkm import errors
+from hsmkm.cms import ber, enveloped, smime
+from hsmkm.keys.base import KeyEntry
+
+CHUNK = 1 << 20
+OID_AUTH_ENVELOPED = "1.2.840.113549.1.9.16.1.23"
+OID_ENVELOPED = "1.2.840.113549.1.7.3"
+
+
+def _oid(dotted: str) -> bytes:
+    return algos.EncryptionAlgorithmId(dotted).dump()
+
+
+class Base64Writer:
+    """Base64 in 76-character lines, CRLF-terminated, written as it comes."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.pending = b""
+
+    def write(self, data: bytes) -> None:
+        data = self.pending + data
+        usable = len(data) - len(data) % 57
+        if usable:
+            encoded = base64.encodebytes(data[:usable])  # 76-char lines ending in \n
+            self.out.write(encoded.replace(b"\n", b"\r\n"))
+        self.pending = data[usable:]
+
+    def close(self) -> None:
+        if self.pending:
+            self.out.write(base64.encodebytes(self.pending).replace(b"\n", b"\r\n"))
+            self.pending = b""
+
+
+class Base64Reader:
+    """A binary stream over base64 text, decoded as it is read."""
+
+    def __init__(self, src: BinaryIO, head: bytes = b"") -> None:
+        self.src = src
+        self.text = head
+        self.buf = b""
+        self.eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        while (n < 0 or len(self.buf) < n) and not self.eof:
+            more = self.src.read(CHUNK)
+            if not more:
+                self.eof = True
+            text = b"".join((self.text + more).split())
+            usable = len(text) if self.eof else len(text) - len(text) % 4
+            try:
+                self.buf += binascii.a2b_base64(text[:usable], strict_mode=True) if usable else b""
+            except binascii.Error:
+                raise errors.MalformedInput("the S/MIME part is not valid base64") from None
+            self.text = text[usable:]
+        if n < 0:
+            out, self.buf = self.buf, b""
+        else:
+            out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+class Canonicalizer:
+    """LF to CRLF over a stream (RFC 8551 §3.1.1), a CRLF split across chunks included."""
+
+    def __init__(self) -> None:
+        self.after_cr = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return chunk
+        lead = b""
+        if self.after_cr and chunk[:1] == b"\n":
+            lead, chunk = b"\n", chunk[1:]
+        self.after_cr = chunk[-1:] == b"\r"
+        return lead + chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def encrypt_stream(
+    src: BinaryIO,
+    out: BinaryIO,
+    recipients: list[x509.Certificate],
+    cipher: enveloped.ContentCipher,
+    transport: enveloped.KeyTransport,
+) -> None:
+    """Read a message from ``src``, write the S/MIME encrypted message to ``out``."""
+    head = src.read(64 << 10)
+    outer, entity_head, body_start = _split_message(head)
+    cek = os.urandom(32)
+    boxes = enveloped.lock_boxes(recipients, cek, transport)
+    infos = cms.RecipientInfos(boxes).dump()
+    gcm = cipher is enveloped.ContentCipher.AES256_GCM
+    if gcm:
+        nonce = os.urandom(12)
+        alg = algos.EncryptionAlgorithm(
+            {"algorithm": "aes256_gcm", "parameters": enveloped.GcmParameters({"aes_nonce": nonce, "aes_icv_len": 16})}
+        ).dump()
+        enc = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
+        ctype, version = OID_AUTH_ENVELOPED, b"\x02\x01\x00"
+        kind = smime.SmimeType.AUTH_ENVELOPED_DATA
+    else:
+        iv = os.urandom(16)
+        alg = algos.EncryptionAlgorithm({"algorithm": "aes256_cbc", "parameters": iv}).dump()
+        enc = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()  # type: ignore[assignment]
+        # RFC 5652 §6.1: version 2 once any lock box is not a version-0 key transport one.
+        ctype, version = OID_ENVELOPED, (b"\x02\x01\x02" if any(b.name != "ktri" for b in boxes) else b"\x02\x01\x00")
+        kind = smime.SmimeType.ENVELOPED_DATA
+        padder = sympadding.PKCS7(128).padder()
+    out.write(smime.pkcs7_mime_head(kind, outer))
+    b64 = Base64Writer(out)
+    b64.write(
+        ber.header(0x30, ber.INDEFINITE) + _oid(ctype) + ber.header(0xA0, ber.INDEFINITE)
+        + ber.header(0x30, ber.INDEFINITE) + version + infos
+        + ber.header(0x30, ber.INDEFINITE) + _oid("1.2.840.113549.1.7.1") + alg + ber.header(0xA0, ber.INDEFINITE)
+    )
+
+    def emit(ct: bytes) -> None:
+        if ct:
+            b64.write(ber.header(0x04, len(ct)) + ct)
+
+    canon = Canonicalizer()
+    pieces = [entity_head, canon(head[body_start:])]
+    for piece in pieces:
+        emit(enc.update(piece if gcm else padder.update(piece)))
+    while True:
+        chunk = src.read(CHUNK)
+        if not chunk:
+            break
+        data = canon(chunk)
+        emit(enc.update(data if gcm else padder.update(data)))
+    if gcm:
+        emit(enc.finalize())
+        b64.write(ber.EOC + ber.EOC + ber.header(0x04, 16) + enc.tag + ber.EOC + ber.EOC + ber.EOC)
+    else:
+        emit(enc.update(padder.finalize()) + enc.finalize())
+        b64.write(ber.EOC * 5)
+    b64.close()
+
+
+def _split_message(head: bytes) -> tuple[list[tuple[str, str]], bytes, int]:
+    """Outer headers, the protected entity's header block, and where the body starts."""
+    split = smime.split_head(head)
+    if split is None:
+        return [], b"Content-Type: text/plain; charset=utf-8\r\n\r\n", 0
+    headers, body_start = split
+    outer = [(k, v) for k, v in headers if not k.lower().startswith("content-") and k.lower() != "mime-version"]
+    content = [(k, v) for k, v in headers if k.lower().startswith("content-")] or [
+        ("Content-Type", "text/plain; charset=utf-8")
+    ]
+    return outer, "".join(f"{k}: {v}\r\n" for k, v in content).encode() + b"\r\n", body_start
+
+
+def open_cms_stream(src: BinaryIO) -> BinaryIO:
+    """The CMS bytes of a message: bare DER/BER as is, base64 under S/MIME headers decoded."""
+    head = src.read(64 << 10)
+    if head[:1] == b"\x30":
+        return _Prefixed(head, src)  # type: ignore[return-value]
+    split = smime.split_head(head)
+    if split is None:
+        raise errors.MalformedInput("not an S/MIME message or DER")
+    headers, body_start = split
+    ctype = (smime.header_value(headers, "Content-Type") or "").lower()
+    if not ctype.startswith(("application/pkcs7-mime", "application/x-pkcs7-mime")):
+        raise errors.MalformedInput(f"not an encrypted S/MIME message (Content-Type {ctype or 'missing'})")
+    return Base64Reader(src, head[body_start:])  # type: ignore[return-value]
+
+
+class _Prefixed:
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            if n < 0 or n >= len(self.head):
+                out, self.head = self.head, b""
+                more = self.rest.read(-1 if n < 0 else n - len(out))
+                return out + more
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        return self.rest.read(n)
+
+
+def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mode: int = 0o600) -> KeyEntry:
+    """Decrypt into ``out_path`` (atomically, after the tag checks); returns the key used."""
+    reader = ber.Reader(open_cms_stream(src))
+    try:
+        ci = reader.header()
+        oid = reader.element()
+        if ci.tag != 0x30 or oid[:1] != b"\x06":
+            raise errors.MalformedInput("not a CMS message")
+        ctype = algos.EncryptionAlgorithmId.load(oid).dotted
+        if ctype not in (OID_AUTH_ENVELOPED, OID_ENVELOPED):
+            raise errors.MalformedInput(f"not an enveloped message (content type {ctype})")
+        reader.header()  # [0] EXPLICIT
+        reader.header()  # the (Auth)EnvelopedData SEQUENCE
+        reader.element()  # version
+        nxt = reader.header()
+        if nxt.tag == 0xA0:  # originatorInfo
+            reader.element(nxt)
+            nxt = reader.header()
+        infos = cms.RecipientInfos.load(reader.element(nxt))
+        eci = reader.header()
+        reader.element()  # content type
+        alg = algos.EncryptionAlgorithm.load(reader.element())
+        enc_hdr = reader.header()
+    except errors.HsmkmError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise errors.MalformedInput(f"malformed CMS message ({type(exc).__name__})") from None
+    cek, entry = enveloped._find_cek(infos, candidates)
+    name = alg["algorithm"].dotted
+    gcm = ctype == OID_AUTH_ENVELOPED
+    if gcm:
+        if name not in ("2.16.840.1.101.3.4.1.46", "2.16.840.1.101.3.4.1.6", "2.16.840.1.101.3.4.1.26"):
+            raise errors.UnsupportedAlgorithm(f"unsupported algorithm: content encryption {alg['algorithm'].native}")
+        params = enveloped.GcmParameters.load(alg["parameters"].dump())
+        dec = Cipher(algorithms.AES(cek), modes.GCM(params["aes_nonce"].native)).decryptor()
+    else:
+        if name not in ("2.16.840.1.101.3.4.1.42", "2.16.840.1.101.3.4.1.2", "2.16.840.1.101.3.4.1.22"):
+            raise errors.UnsupportedAlgorithm(f"unsupported algorithm: content encryption {alg['algorithm'].native}")
+        dec = Cipher(algorithms.AES(cek), modes.CBC(alg["parameters"].native)).decryptor()  # type: ignore[assignment]
+        unpadder = sympadding.PKCS7(128).unpadder()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            if enc_hdr.tag not in (0x80, 0xA0):
+                raise errors.MalformedInput("CMS: no encrypted content")
+            if enc_hdr.tag == 0x80:
+                pieces = reader.octet_pieces(ber.Header(0x04, enc_hdr.length, enc_hdr.size))
+            else:
+                pieces = reader.octet_pieces(ber.Header(0x24, enc_hdr.length, enc_hdr.size))
+            for piece in pieces:
+                plain = dec.update(piece)
+                fh.write(plain if gcm else unpadder.update(plain))
+            if eci.length == ber.INDEFINITE:
+                reader.end_of_contents()
+            if gcm:
+                nxt = reader.header()
+                if nxt.tag == 0xA1:
+                    raise errors.UnsupportedAlgorithm("unsupported algorithm: authenticated attributes")
+                if nxt.tag != 0x04:
+                    raise errors.MalformedInput("CMS: no authentication tag")
+                tag = reader.read_exact(nxt.length)
+                try:
+                    fh.write(dec.finalize_with_tag(tag))
+                except Exception:
+                    raise errors.SignatureInvalid("authentication tag does not verify: the message was altered") from None
+            else:
+                try:
+                    fh.write(unpadder.update(dec.finalize()) + unpadder.finalize())
+                except ValueError:
+                    raise errors.SignatureInvalid("the content does not decrypt (wrong key or tampered)") from None
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return entry
