@@ -111,7 +111,7 @@ def encrypt_stream(
     outer, entity_head, body_start = _split_message(head)
     cek = os.urandom(32)
     boxes = enveloped.lock_boxes(recipients, cek, transport)
-    infos = cms.RecipientInfos(boxes).dump()
+    infos = enveloped.recipient_infos(boxes)
     gcm = cipher is enveloped.ContentCipher.AES256_GCM
     if gcm:
         nonce = os.urandom(12)
@@ -126,7 +126,7 @@ def encrypt_stream(
         alg = algos.EncryptionAlgorithm({"algorithm": "aes256_cbc", "parameters": iv}).dump()
         enc = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()  # type: ignore[assignment]
         # RFC 5652 §6.1: version 2 once any lock box is not a version-0 key transport one.
-        ctype, version = OID_ENVELOPED, (b"\x02\x01\x02" if any(b.name != "ktri" for b in boxes) else b"\x02\x01\x00")
+        ctype, version = OID_ENVELOPED, (b"\x02\x01\x02" if any(b[:1] != b"\x30" for b in boxes) else b"\x02\x01\x00")
         kind = smime.SmimeType.ENVELOPED_DATA
         padder = sympadding.PKCS7(128).padder()
     out.write(smime.pkcs7_mime_head(kind, outer))
