@@ -106,3 +106,42 @@ def test_canonicalisation_is_independent_of_chunking(text: list[bytes], cuts: li
         pos += n
     out += canon(data[pos:])
     assert out == whole and b"\n" not in whole.replace(b"\r\n", b"")
+
+
+def test_streamed_signatures_verify_with_openssl_and_hsmkm(tmp_path: Path, km_home: Path) -> None:
+    """msg sign and msg verify stream: opaque and clear-signed, a few MiB, checked both ways."""
+    from conftest import hsmkm
+
+    pw = {"PW": "stream-password-1"}
+    code = hsmkm("user", "add", "sven@example.com", "--json", home=km_home).json()["code"]
+    epf = tmp_path / "sven.epf"
+    hsmkm("enroll", "--km", str(km_home), "--email", "sven@example.com", "--code-source", "env:CODE",
+          "--keystore", str(epf), "--password-source", "env:PW", env={"CODE": code, **pw})
+    src = tmp_path / "in.eml"
+    src.write_bytes(b"Subject: long\nFrom: sven@example.com\n\n" + b"a line of text\n" * 300_000)
+    ca = tmp_path / "ca.pem"
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca.write_bytes(x509.load_der_x509_certificate((km_home / "pub/ca.crt").read_bytes()).public_bytes(serialization.Encoding.PEM))
+    for detached in (False, True):
+        out = tmp_path / f"signed-{detached}.eml"
+        hsmkm("msg", "sign", "--keystore", str(epf), "--password-source", "env:PW", *(["--detached"] if detached else []),
+              str(src), "-o", str(out), env=pw)
+        head = out.read_bytes()[:400]
+        assert b"Subject: long" in head and (b"multipart/signed" in head) == detached
+        ossl = subprocess.run(["openssl", "cms", "-verify", "-in", str(out), "-CAfile", str(ca), "-purpose", "smimesign"],
+                              capture_output=True)
+        assert ossl.returncode == 0, ossl.stderr
+        content = tmp_path / f"content-{detached}.eml"
+        ok = hsmkm("msg", "verify", "--km", str(km_home), str(out), "-o", str(content), "--json")
+        assert ok.json()["signer"] == "sven@example.com"
+        assert content.read_bytes().count(b"a line of text\r\n") == 300_000
+        tampered = bytearray(out.read_bytes())
+        i = len(tampered) // 2
+        tampered[i] = ord("A") if tampered[i] != ord("A") else ord("B")
+        bad = tmp_path / "bad.eml"
+        bad.write_bytes(bytes(tampered))
+        gone = tmp_path / "never.eml"
+        r = hsmkm("msg", "verify", "--km", str(km_home), str(bad), "-o", str(gone), check=False)
+        assert r.returncode in (1, 2) and r.stderr.startswith("hsmkm: error:") and not gone.exists()

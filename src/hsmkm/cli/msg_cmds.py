@@ -105,7 +105,8 @@ def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detache
       hsmkm msg sign --keystore alice.epf --detached - -o - < note.eml
     """
     ks = open_user_keystore(cli_ctx, ref, password_source)
-    _write(outfile, messaging.sign_message(_read(infile), ks, detached))
+    with _input(infile) as src, _output(outfile) as dst:
+        messaging.sign_file(src, dst, ks, detached)
 
 
 @msg.command("verify")
@@ -122,11 +123,19 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
     Example:
       hsmkm msg verify --km ./km signed.eml -o content.txt
     """
-    result = messaging.verify_message(_read(infile), _context(cli_ctx, km_home, cache))
+    ctx = _context(cli_ctx, km_home, cache)
+    with _input(infile) as src:
+        if outfile == "-":
+            with tempfile.TemporaryDirectory(prefix="hsmkm-") as tmp:
+                target = Path(tmp) / "content"
+                result = messaging.verify_file(src, target, ctx)
+                with open(target, "rb") as fh:
+                    shutil.copyfileobj(fh, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+        else:
+            result = messaging.verify_file(src, Path(outfile) if outfile else None, ctx)
     for w in result.warnings:
         cli_ctx.warn(w)
-    if outfile:
-        _write(outfile, result.content)
     cli_ctx.emit(
         {"valid": True, "signer": result.email, "signing_time": result.signing_time.isoformat() if result.signing_time else None,
          "serial": f"{result.signer.serial_number:x}", "warnings": result.warnings},

@@ -125,3 +125,16 @@ def decrypt_file(src: BinaryIO, out_path: Path, keystore: Keystore, ctx: Validat
         opened.warnings += result.warnings
         write_atomic(out_path, result.content, 0o600)
     return opened
+
+
+def sign_file(src: BinaryIO, out: BinaryIO, keystore: Keystore, detached: bool, clock: Clock = system_clock) -> None:
+    """Streaming signature (opaque or clear-signed), in bounded memory."""
+    entry = keystore.signing_entry()
+    if entry is None:
+        raise errors.NotFound("the keystore has no signing key")
+    stream.sign_stream(src, out, entry, keystore.ca_certificates(), detached, clock())
+
+
+def verify_file(src: BinaryIO, out_path: Path | None, ctx: ValidationContext) -> signed.VerifyResult:
+    """Streaming verification of an opaque signed message (clear-signed ones are read whole)."""
+    return stream.verify_stream(src, out_path, ctx)

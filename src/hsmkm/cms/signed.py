@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsmkm import errors
+from hsmkm.der import tlv
 from hsmkm.cms.validation import ValidationContext, validate_signer
 from hsmkm.keys.base import KeyEntry
 
@@ -44,14 +45,13 @@ def _capabilities() -> cms.SMIMECapabilites:
     )
 
 
-def sign(
-    content: bytes,
-    signer: KeyEntry,
-    extra_certs: list[x509.Certificate],
-    detached: bool,
-    signing_time: datetime,
-) -> bytes:
-    """A DER ContentInfo holding SignedData over ``content`` (absent from it when detached)."""
+def digest_name_for(key: object) -> str:
+    """The digest a signature by this key uses (SHA-384 for P-384, else SHA-256)."""
+    return _digest_name(key)
+
+
+def signer_info(digest: bytes, signer: KeyEntry, signing_time: datetime) -> cms.SignerInfo:
+    """A SignerInfo over a content digest: the signed attributes signed with the key interface."""
     digest_name = _digest_name(signer.key)
     hash_cls = _HASHES[digest_name]
     cert_der = signer.certificate.public_bytes(serialization.Encoding.DER)
@@ -60,7 +60,7 @@ def sign(
     items = [
         cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
         cms.CMSAttribute({"type": "signing_time", "values": [cms.Time(name="utc_time", value=signing_time)]}),
-        cms.CMSAttribute({"type": "message_digest", "values": [hashlib.new(digest_name, content).digest()]}),
+        cms.CMSAttribute({"type": "message_digest", "values": [digest]}),
         cms.CMSAttribute({"type": "smime_capabilities", "values": [_capabilities()]}),
         cms.CMSAttribute({"type": "signing_certificate_v2", "values": [ess]}),
     ]
@@ -75,25 +75,45 @@ def sign(
         signature = key.sign(to_sign, ec.ECDSA(hash_cls()))
         sig_alg = {"algorithm": f"{digest_name}_ecdsa"}
     cert = asn1x509.Certificate.load(cert_der)
-    signer_info = {
-        "version": "v1",
-        "sid": cms.SignerIdentifier(
-            name="issuer_and_serial_number",
-            value={"issuer": cert.issuer, "serial_number": cert.serial_number},
-        ),
-        "digest_algorithm": {"algorithm": digest_name},
-        "signed_attrs": attrs,
-        "signature_algorithm": sig_alg,
-        "signature": signature,
-    }
-    certs = [cert] + [asn1x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in extra_certs]
+    return cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": cms.SignerIdentifier(
+                name="issuer_and_serial_number",
+                value={"issuer": cert.issuer, "serial_number": cert.serial_number},
+            ),
+            "digest_algorithm": {"algorithm": digest_name},
+            "signed_attrs": attrs,
+            "signature_algorithm": sig_alg,
+            "signature": signature,
+        }
+    )
+
+
+def certificates_der(signer: KeyEntry, extra_certs: list[x509.Certificate]) -> bytes:
+    """The [0] IMPLICIT certificates field: the signer's certificate, then the others."""
+    body = b"".join(c.public_bytes(serialization.Encoding.DER) for c in [signer.certificate, *extra_certs])
+    return tlv(0xA0, body)
+
+
+def sign(
+    content: bytes,
+    signer: KeyEntry,
+    extra_certs: list[x509.Certificate],
+    detached: bool,
+    signing_time: datetime,
+) -> bytes:
+    """A DER ContentInfo holding SignedData over ``content`` (absent from it when detached)."""
+    digest_name = _digest_name(signer.key)
+    si = signer_info(hashlib.new(digest_name, content).digest(), signer, signing_time)
+    certs = [asn1x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in [signer.certificate, *extra_certs]]
     body = cms.SignedData(
         {
             "version": "v1",
             "digest_algorithms": [{"algorithm": digest_name}],
             "encap_content_info": {"content_type": "data", "content": None if detached else content},
             "certificates": certs,
-            "signer_infos": [signer_info],
+            "signer_infos": [si],
         }
     )
     return cms.ContentInfo({"content_type": "signed_data", "content": body}).dump()
@@ -118,7 +138,9 @@ def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, has
         raise errors.SignatureInvalid("the signature does not verify") from None
 
 
-def verify(der: bytes, detached_content: bytes | None, context: ValidationContext) -> VerifyResult:
+def verify(
+    der: bytes, detached_content: bytes | None, context: ValidationContext, content_digest: bytes | None = None
+) -> VerifyResult:
     """Check the signature, the signed attributes and the signer's chain, usage, validity and
     revocation. Invalid or revoked: a NegativeAnswer (exit 1); malformed: MalformedInput."""
     try:
@@ -128,7 +150,7 @@ def verify(der: bytes, detached_content: bytes | None, context: ValidationContex
         sd = info["content"]
         encap = sd["encap_content_info"]
         content = encap["content"].native if encap["content"].native is not None else detached_content
-        if content is None:
+        if content is None and content_digest is None:
             raise errors.MalformedInput("detached signature without its content")
         certs = [x509.load_der_x509_certificate(c.chosen.dump()) for c in sd["certificates"] if c.name == "certificate"]
         signer_infos = list(sd["signer_infos"])
@@ -168,7 +190,8 @@ def verify(der: bytes, detached_content: bytes | None, context: ValidationContex
     if attrs.native:
         values = {a["type"].native: a["values"] for a in attrs}
         md = values.get("message_digest")
-        if md is None or md[0].native != hashlib.new(digest_name, content).digest():
+        digest = content_digest if content is None else hashlib.new(digest_name, content).digest()
+        if md is None or md[0].native != digest:
             raise errors.SignatureInvalid("the content does not match the signed digest: it was altered")
         ct = values.get("content_type")
         if ct is None or ct[0].dotted != econtent_type:
@@ -177,10 +200,12 @@ def verify(der: bytes, detached_content: bytes | None, context: ValidationContex
             signing_time = values["signing_time"][0].native
         signed_bytes = _as_set(attrs)
     else:
+        if content is None:
+            raise errors.UnsupportedAlgorithm("unsupported algorithm: a streamed message without signed attributes")
         signed_bytes = content
     _verify_raw(signer_cert.public_key(), signature, signed_bytes, sig_alg, hash_cls, si["signature_algorithm"]["parameters"])
     warnings = validate_signer(signer_cert, certs, context, signing_time)
-    return VerifyResult(signer_cert, _email(signer_cert), signing_time, content, warnings)
+    return VerifyResult(signer_cert, _email(signer_cert), signing_time, content or b"", warnings)
 
 
 def _as_set(attrs: cms.CMSAttributes) -> bytes:

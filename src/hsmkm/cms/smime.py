@@ -107,22 +107,32 @@ def pkcs7_mime(der: bytes, smime_type: SmimeType, outer: list[tuple[str, str]]) 
     return pkcs7_mime_head(smime_type, outer) + _b64(der)
 
 
-def multipart_signed(entity: bytes, signature_der: bytes, micalg: str, outer: list[tuple[str, str]]) -> bytes:
-    boundary = "----hsmkm-" + os.urandom(12).hex()
+def multipart_signed_head(micalg: str, outer: list[tuple[str, str]], boundary: str) -> bytes:
+    """A multipart/signed message up to its first part (the signed entity comes next)."""
     return (
         _outer(outer)
         + f'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg={micalg}; '
         f'boundary="{boundary}"\r\n\r\n'.encode()
         + b"This is an S/MIME signed message\r\n\r\n"
         + f"--{boundary}\r\n".encode()
-        + entity
-        + f"\r\n--{boundary}\r\n".encode()
+    )
+
+
+def multipart_signed_tail(signature_der: bytes, boundary: str) -> bytes:
+    """The rest of a multipart/signed message after the signed entity: the signature part."""
+    return (
+        f"\r\n--{boundary}\r\n".encode()
         + b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n"
         + b"Content-Transfer-Encoding: base64\r\n"
         + b"Content-Disposition: attachment; filename=smime.p7s\r\n\r\n"
         + _b64(signature_der)
         + f"\r\n--{boundary}--\r\n".encode()
     )
+
+
+def multipart_signed(entity: bytes, signature_der: bytes, micalg: str, outer: list[tuple[str, str]]) -> bytes:
+    boundary = "----hsmkm-" + os.urandom(12).hex()
+    return multipart_signed_head(micalg, outer, boundary) + entity + multipart_signed_tail(signature_der, boundary)
 
 
 def _decode_b64(body: bytes) -> bytes:

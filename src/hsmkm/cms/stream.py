@@ -11,8 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,7 +25,10 @@ from cryptography.hazmat.primitives import padding as sympadding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from hsmkm import errors
-from hsmkm.cms import ber, enveloped, smime
+from hsmkm.atomic import write_atomic
+from hsmkm.cms import ber, enveloped, signed, smime
+from hsmkm.cms.validation import ValidationContext
+from hsmkm.der import der_oid, seq as der_seq, tlv
 from hsmkm.keys.base import KeyEntry
 
 CHUNK = 1 << 20
@@ -283,3 +289,148 @@ def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mo
             os.unlink(tmp)
         raise
     return entry
+
+
+def sign_stream(
+    src: BinaryIO, out: BinaryIO, signer: KeyEntry, extra_certs: list[x509.Certificate], detached: bool, now: datetime
+) -> None:
+    """Sign a message of any size: hashed and written as it is read, the signature last."""
+    head = src.read(64 << 10)
+    outer, entity_head, body_start = _split_message(head)
+    digest_name = signed.digest_name_for(signer.key)
+    h = hashlib.new(digest_name)
+    canon = Canonicalizer()
+
+    def entity() -> Iterator[bytes]:
+        yield entity_head
+        yield canon(head[body_start:])
+        while chunk := src.read(CHUNK):
+            yield canon(chunk)
+
+    if detached:
+        boundary = "----hsmkm-" + os.urandom(12).hex()
+        micalg = "sha-384" if digest_name == "sha384" else "sha-256"
+        out.write(smime.multipart_signed_head(micalg, outer, boundary))
+        for piece in entity():
+            h.update(piece)
+            out.write(piece)
+        si = signed.signer_info(h.digest(), signer, now)
+        der = _signed_data_der(digest_name, None, signed.certificates_der(signer, extra_certs), si.dump())
+        out.write(smime.multipart_signed_tail(der, boundary))
+        return
+    out.write(smime.pkcs7_mime_head(smime.SmimeType.SIGNED_DATA, outer))
+    b64 = Base64Writer(out)
+    digest_alg = der_seq(der_oid(_DIGEST_OIDS[digest_name]))
+    b64.write(
+        ber.header(0x30, ber.INDEFINITE) + der_oid("1.2.840.113549.1.7.2") + ber.header(0xA0, ber.INDEFINITE)
+        + ber.header(0x30, ber.INDEFINITE) + b"\x02\x01\x01" + tlv(0x31, digest_alg)
+        + ber.header(0x30, ber.INDEFINITE) + der_oid("1.2.840.113549.1.7.1") + ber.header(0xA0, ber.INDEFINITE)
+        + ber.header(0x24, ber.INDEFINITE)
+    )
+    for piece in entity():
+        if piece:
+            h.update(piece)
+            b64.write(ber.header(0x04, len(piece)) + piece)
+    si = signed.signer_info(h.digest(), signer, now)
+    b64.write(ber.EOC * 3 + signed.certificates_der(signer, extra_certs) + tlv(0x31, si.dump()) + ber.EOC * 3)
+    b64.close()
+
+
+_DIGEST_OIDS = {
+    "sha256": "2.16.840.1.101.3.4.2.1",
+    "sha384": "2.16.840.1.101.3.4.2.2",
+    "sha512": "2.16.840.1.101.3.4.2.3",
+    "sha224": "2.16.840.1.101.3.4.2.4",
+    "sha1": "1.3.14.3.2.26",
+}
+
+
+def _signed_data_der(digest_name: str, content: bytes | None, certs: bytes, signer_infos: bytes) -> bytes:
+    encap = der_seq(der_oid("1.2.840.113549.1.7.1"), b"" if content is None else tlv(0xA0, tlv(0x04, content)))
+    sd = der_seq(b"\x02\x01\x01", tlv(0x31, der_seq(der_oid(_DIGEST_OIDS[digest_name]))), encap, certs,
+                 tlv(0x31, signer_infos))
+    return der_seq(der_oid("1.2.840.113549.1.7.2"), tlv(0xA0, sd))
+
+
+def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext) -> signed.VerifyResult:
+    """Verify an opaque signed message of any size, writing its content to ``out_path`` only once
+    the signature and the signer check out. A clear-signed (multipart/signed) message is read
+    into memory."""
+    head = src.read(64 << 10)
+    if head[:1] == b"\x30":
+        cms_stream: BinaryIO = _Prefixed(head, src)  # type: ignore[assignment]
+    else:
+        split = smime.split_head(head)
+        ctype = (smime.header_value(split[0], "Content-Type") or "").lower() if split else ""
+        if not ctype.startswith(("application/pkcs7-mime", "application/x-pkcs7-mime")):
+            parsed = smime.parse(head + src.read())
+            result = signed.verify(parsed.der, parsed.detached_content, ctx)
+            if out_path is not None:
+                write_atomic(out_path, result.content, 0o600)
+            return result
+        assert split is not None
+        cms_stream = Base64Reader(src, head[split[1]:])  # type: ignore[assignment]
+    reader = ber.Reader(cms_stream)
+    target = out_path or Path(os.devnull)
+    fd, tmp = tempfile.mkstemp(prefix=".hsmkm-verify.", suffix=".tmp", dir=None if out_path is None else out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            try:
+                reader.header()
+                oid = reader.element()
+                if oid != der_oid("1.2.840.113549.1.7.2"):
+                    raise errors.MalformedInput("not a signed message")
+                reader.header()  # [0]
+                reader.header()  # SignedData
+                reader.element()  # version
+                digest_set = cms.DigestAlgorithms.load(reader.element())
+                names = [d["algorithm"].native for d in digest_set]
+                hashers = {n: hashlib.new(n) for n in names if n in _DIGEST_OIDS}
+                encap = reader.header()
+                reader.element()  # eContentType
+                nxt = reader.header()
+                if nxt.tag == 0xA0:
+                    inner = reader.header()
+                    for piece in reader.octet_pieces(inner):
+                        for hh in hashers.values():
+                            hh.update(piece)
+                        fh.write(piece)
+                    if nxt.length == ber.INDEFINITE:
+                        reader.end_of_contents()
+                    if encap.length == ber.INDEFINITE:
+                        reader.end_of_contents()
+                    nxt = reader.header()
+                elif nxt.tag == 0 and nxt.length == 0:
+                    raise errors.MalformedInput("detached signature without its content")
+                certs = b""
+                if nxt.tag == 0xA0:
+                    certs = reader.element(nxt)
+                    nxt = reader.header()
+                if nxt.tag == 0xA1:  # crls
+                    reader.element(nxt)
+                    nxt = reader.header()
+                signer_infos = reader.element(nxt)
+            except errors.HsmkmError:
+                raise
+            except (ValueError, TypeError, KeyError) as exc:
+                raise errors.MalformedInput(f"malformed signed message ({type(exc).__name__})") from None
+            fh.flush()
+        si_set = cms.SignerInfos.load(b"\x31" + signer_infos[1:])
+        if not len(si_set):
+            raise errors.MalformedInput("no signer in the message")
+        digest_name = si_set[0]["digest_algorithm"]["algorithm"].native
+        if digest_name not in hashers:
+            raise errors.UnsupportedAlgorithm(f"unsupported algorithm: digest {digest_name}")
+        der = _signed_data_der(digest_name, None, certs, signer_infos[_header_len(signer_infos):])
+        result = signed.verify(der, None, ctx, content_digest=hashers[digest_name].digest())
+        if out_path is not None:
+            os.replace(tmp, target)
+        return result
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _header_len(element: bytes) -> int:
+    n = element[1]
+    return 2 if n < 0x80 else 2 + (n & 0x7F)
