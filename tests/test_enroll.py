@@ -232,7 +232,7 @@ def test_reenable_and_update_keep_the_older_keys(enrolled: dict[str, Path], tmp_
     home = enrolled["home"]
     epf = tmp_path / "ivy.epf"
     enroll_epf(home, "ivy@example.com", add_user(home, "ivy@example.com"), epf)
-    hsmkm("user", "revoke", "ivy@example.com", "--reason", "superseded", home=home, check=False)
+    hsmkm("user", "revoke", "ivy@example.com", "--reason", "superseded", home=home)
     code = hsmkm("user", "reenable", "ivy@example.com", "--json", home=home).json()["code"]
     enroll_epf(home, "ivy@example.com", code, epf, "--update")
     info = hsmkm("keystore", "info", str(epf), "--password-source", "env:PW", "--json", env={"PW": PW}).json()

@@ -1,9 +1,7 @@
 """The client's CRL cache: verified CRLs and an index whose lookup cost does not grow.
 
-The index is a memory-mapped file: the revoked serials sorted, in fixed 32-byte records,
-with a table of bucket offsets over the serials' top bits. There are about as many buckets as
-entries, so a check reads two offsets and compares about one record, at 10 entries or at
-1,000,000. Updates write a new index and then switch ``meta.json`` to it (both atomically),
+The index is a memory-mapped open-addressing table of fixed 28-byte slots, at most two
+thirds full, so a check reads one slot (now and then the next) at 10 entries or at 1,000,000. Updates write a new index and then switch ``meta.json`` to it (both atomically),
 so a refused or interrupted update leaves the previous cache answering.
 """
 
@@ -25,8 +23,11 @@ from hsmkm import errors
 from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.x509.crl import ParsedCrl, RevocationReason, parse_crl, verify_crl_signature
 
-MAGIC = b"HKCRLIX1"
-RECORD = 32  # serial (20) + revocation time (8) + reason code (1) + padding
+MAGIC = b"HKCRLIX2"
+RECORD = 28  # serial (20) + revocation time (4, seconds) + reason code (1) + in use (1) + padding
+SLOT = struct.Struct(">20sIBB2x")
+_TAIL = struct.Struct(">IB")
+_REASONS = {r.code: r for r in RevocationReason}
 HEADER = struct.Struct(">8sQB7x")
 SERIAL_BITS = 160
 
@@ -47,37 +48,39 @@ class CacheStatus:
     stale: bool
 
 
-def _bucket_bits(count: int) -> int:
-    return min(22, max(4, count.bit_length()))
+def _table_bits(count: int) -> int:
+    """Slots: the power of two at or above 1.5 × the entries (load at most two thirds)."""
+    return max(4, (count + count // 2).bit_length())
+
+
+def _slot(serial: int, mask: int) -> int:
+    # Python's int hash (serial mod 2**61 - 1) spreads sequential and random serials alike.
+    return hash(serial) & mask
 
 
 def build_index(entries: dict[int, tuple[int, int]]) -> bytes:
-    """The index file for {serial: (revoked epoch seconds, reason code)}."""
+    """The index file for {serial: (revoked epoch seconds, reason code)}: an open-addressing
+    table, so a check reads one slot (rarely a neighbour) whatever the number of entries."""
     count = len(entries)
-    bits = _bucket_bits(count)
-    shift = SERIAL_BITS - bits
-    serials = sorted(entries)
-    offsets = [0] * ((1 << bits) + 1)
-    for s in serials:
-        offsets[(s >> shift) + 1] += 1
-    for i in range(1, len(offsets)):
-        offsets[i] += offsets[i - 1]
-    out = bytearray(HEADER.size + 4 * len(offsets) + RECORD * count)
+    bits = _table_bits(count)
+    mask = (1 << bits) - 1
+    out = bytearray(HEADER.size + RECORD * (1 << bits))
     HEADER.pack_into(out, 0, MAGIC, count, bits)
-    struct.pack_into(f">{len(offsets)}I", out, HEADER.size, *offsets)
-    pos = HEADER.size + 4 * len(offsets)
-    pack = struct.Struct(">20sqB3x").pack_into
-    for s in serials:
-        when, reason = entries[s]
-        pack(out, pos, s.to_bytes(20, "big"), when, reason)
-        pos += RECORD
+    pack = SLOT.pack_into
+    used = bytearray(1 << bits)
+    for serial, (when, reason) in entries.items():
+        i = _slot(serial, mask)
+        while used[i]:
+            i = (i + 1) & mask
+        used[i] = 1
+        pack(out, HEADER.size + i * RECORD, serial.to_bytes(20, "big"), max(0, min(when, 0xFFFFFFFF)), reason, 1)
     return bytes(out)
 
 
 def _map(fh: io.BufferedReader, size: int) -> mmap.mmap:
     """The index in memory. A large one goes into anonymous memory backed by huge pages, so
-    that a lookup's two random reads do not also miss the TLB (at 1,000,000 entries the
-    page-table walks, not the comparisons, were what made a check slower than at 10)."""
+    that a lookup's random read does not also miss the TLB (at 1,000,000 entries the page-table
+    walks, not the comparisons, were what made a check slower than at 10)."""
     if size < _HUGE or not hasattr(mmap, "MADV_HUGEPAGE"):
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     mm = mmap.mmap(-1, size)
@@ -106,9 +109,9 @@ class CrlIndex:
         if self._mm is None or self._mm[:8] != MAGIC:
             raise errors.MalformedInput(f"{path}: not a CRL index")
         _, self.count, self.bits = HEADER.unpack_from(self._mm, 0)
-        self._shift = SERIAL_BITS - self.bits
-        self._offsets = HEADER.size
-        self._records = HEADER.size + 4 * ((1 << self.bits) + 1)
+        self._mask = (1 << self.bits) - 1
+        if size != HEADER.size + RECORD * (1 << self.bits):
+            raise errors.MalformedInput(f"{path}: CRL index of the wrong size")
         self.size = size
 
     def check(self, serial: int) -> RevocationInfo | None:
@@ -116,22 +119,17 @@ class CrlIndex:
         assert mm is not None
         if serial < 0 or serial >> SERIAL_BITS:
             return None
-        at = self._offsets + 4 * (serial >> self._shift)
-        lo, hi = struct.unpack_from(">II", mm, at)
         key = serial.to_bytes(20, "big")
-        base = self._records
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            rec = base + mid * RECORD
-            got = mm[rec : rec + 20]
-            if got == key:
-                when, reason = struct.unpack_from(">qB", mm, rec + 20)
-                return RevocationInfo(datetime.fromtimestamp(when, timezone.utc), RevocationReason.from_code(reason))
-            if got < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        return None
+        mask = self._mask
+        i = _slot(serial, mask)
+        while True:
+            at = HEADER.size + i * RECORD
+            if not mm[at + 25]:
+                return None
+            if mm[at : at + 20] == key:
+                when, reason = _TAIL.unpack_from(mm, at + 20)
+                return RevocationInfo(datetime.fromtimestamp(when, timezone.utc), _REASONS[reason])
+            i = (i + 1) & mask
 
     def close(self) -> None:
         if self._mm is not None:
