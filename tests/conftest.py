@@ -74,3 +74,14 @@ def all_bytes_under(root: Path) -> Iterator[tuple[Path, bytes]]:
     for path in root.rglob("*"):
         if path.is_file():
             yield path, path.read_bytes()
+
+
+def pkcs11_tool_objects(listing: str) -> list[str]:
+    """`pkcs11-tool --list-objects` output split into one block per object."""
+    out: list[str] = []
+    for line in listing.splitlines():
+        if line and not line.startswith(" "):
+            out.append(line + "\n")
+        elif out:
+            out[-1] += line + "\n"
+    return out

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import all_bytes_under, hsmkm, softhsm_env, trial_pin
+from conftest import all_bytes_under, hsmkm, pkcs11_tool_objects, softhsm_env, trial_pin
 
 PW = "correct-horse-battery"
 
@@ -78,7 +78,7 @@ def test_pkcs11_tool_shows_bob_signing_key_non_extractable_and_certificates(
          "--list-objects"],
         capture_output=True, text=True, env={**os.environ, **softhsm_env(enrolled["home"])}, check=True,
     )
-    objects = _objects(proc.stdout)
+    objects = pkcs11_tool_objects(proc.stdout)
     sign_key = [o for o in objects if o.startswith("Private Key") and "-sign-" in o]
     assert len(sign_key) == 1
     assert "never extractable" in sign_key[0] and "sensitive" in sign_key[0]
@@ -89,16 +89,6 @@ def test_pkcs11_tool_shows_bob_signing_key_non_extractable_and_certificates(
     ids = {line.split(":", 1)[1].strip() for o in sign_key + enc_key for line in o.splitlines() if "ID:" in line}
     cert_ids = {line.split(":", 1)[1].strip() for o in certs for line in o.splitlines() if "ID:" in line}
     assert ids <= cert_ids, "each key's certificate carries the key's CKA_ID"
-
-
-def _objects(listing: str) -> list[str]:
-    out: list[str] = []
-    for line in listing.splitlines():
-        if line and not line.startswith(" "):
-            out.append(line + "\n")
-        elif out:
-            out[-1] += line + "\n"
-    return out
 
 
 def test_user_certificates_lint_clean_and_verify(enrolled: dict[str, Path]) -> None:

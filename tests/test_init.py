@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from pkcs11 import ObjectClass
 
-from conftest import all_bytes_under, hsmkm, softhsm_env, trial_pin
+from conftest import all_bytes_under, hsmkm, pkcs11_tool_objects, softhsm_env, trial_pin
 from hsmkm import errors
 from hsmkm.keys.pkcs11 import Pkcs11Module
 from hsmkm.km import custody
@@ -62,20 +62,10 @@ def test_pkcs11_tool_shows_ca_and_archive_keys_sensitive_never_extractable(km_ho
     text = proc.stdout
     assert "hsmkm-ca" in text and "hsmkm-archive-1" in text
     for label in ("hsmkm-ca", "hsmkm-archive-1", "hsmkm-audit"):
-        block = next(b for b in _objects(text) if f'label:      {label}' in b and ("Private Key" in b or "Secret Key" in b))
+        block = next(b for b in pkcs11_tool_objects(text) if f'label:      {label}' in b and ("Private Key" in b or "Secret Key" in b))
         assert "sensitive" in block, block
         assert "never extractable" in block, block
         assert "extractable" not in block.replace("never extractable", ""), block
-
-
-def _objects(listing: str) -> list[str]:
-    out: list[str] = []
-    for line in listing.splitlines():
-        if line and not line.startswith(" "):
-            out.append(line + "\n")
-        elif out:
-            out[-1] += line + "\n"
-    return out
 
 
 def test_custody_attributes_through_pkcs11(km_home: Path) -> None:

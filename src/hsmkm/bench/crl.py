@@ -48,6 +48,7 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     sizes = [10, 10_000, 100_000] + ([] if quick else [1_000_000])
     rows: list[Row] = []
     checks: dict[int, float] = {}
+    caches: dict[int, tuple[CrlCache, list[int]]] = {}
     index_mib: dict[int, float] = {}
     have = 0
     all_serials: list[int] = []
@@ -67,11 +68,21 @@ def run(tmp: Path, quick: bool) -> list[Row]:
         rng = random.Random(size)
         probes = [rng.choice(all_serials) for _ in range(5000)] + [profiles.random_serial() for _ in range(5000)]
         rng.shuffle(probes)
-        checks[size] = _check_time(cache, probes)
+        caches[size] = (cache, probes)
         meta_index = next((cache.dir).glob("index-*.bin"))
         index_mib[size] = os.path.getsize(meta_index) / 2**20
-        rows.append(Row("crl", f"check_{label}_us", checks[size] * 1e6, "us", "one lookup, half hits"))
         rows.append(Row("crl", f"index_mib_{label}", index_mib[size], "MiB", "memory-mapped index file"))
+    # The check times alternate between the sizes, round after round, so that the machine's
+    # noisy moments fall on every size alike; each size keeps its best round.
+    best = {size: float("inf") for size in sizes}
+    for _ in range(9):
+        for size in sizes:
+            cache, probes = caches[size]
+            best[size] = min(best[size], _check_time(cache, probes, rounds=1))
+    for size in sizes:
+        checks[size] = best[size]
+        label = {10: "10", 10_000: "10k", 100_000: "100k", 1_000_000: "1m"}[size]
+        rows.append(Row("crl", f"check_{label}_us", checks[size] * 1e6, "us", "one lookup, half hits"))
     largest = max(sizes)
     ratio = checks[largest] / checks[10]
     name = "check_ratio_1m_vs_10" if largest == 1_000_000 else f"check_ratio_{largest}_vs_10"

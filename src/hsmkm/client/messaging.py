@@ -77,21 +77,24 @@ def decrypt_message(message: bytes, keystore: Keystore, ctx: ValidationContext |
     signature when there is one, warning (not failing) when its signer is revoked."""
     parsed = smime.parse(message)
     out = enveloped.decrypt(parsed.der, keystore.encryption_entries())
-    entity = out.content
-    opened = Opened(entity, None, out.recipient.certificate.serial_number)
-    if smime.is_smime(entity) and ctx is not None:
-        inner = smime.parse(entity)
-        try:
-            result = signed.verify(inner.der, inner.detached_content, ctx)
-        except errors.CertificateRevoked as exc:
-            opened.warnings.append(str(exc))
-            ctx_no_rev = ValidationContext(ctx.trust_anchors, ctx.now, None, ctx.extra_certs)
-            result = signed.verify(inner.der, inner.detached_content, ctx_no_rev)
-        opened.signer = result
-        opened.entity = result.content
-        opened.warnings += result.warnings
+    opened = Opened(out.content, None, out.recipient.certificate.serial_number)
+    if ctx is not None and smime.is_smime(out.content):
+        _verify_inner(opened, out.content, ctx)
     return opened
 
+
+def _verify_inner(opened: Opened, entity: bytes, ctx: ValidationContext) -> None:
+    """Verify a signed message found inside an encrypted one; a revoked signer is a warning."""
+    inner = smime.parse(entity)
+    try:
+        result = signed.verify(inner.der, inner.detached_content, ctx)
+    except errors.CertificateRevoked as exc:
+        opened.warnings.append(str(exc))
+        no_revocation = ValidationContext(ctx.trust_anchors, ctx.now, None, ctx.extra_certs)
+        result = signed.verify(inner.der, inner.detached_content, no_revocation)
+    opened.signer = result
+    opened.entity = result.content
+    opened.warnings += result.warnings
 
 def encrypt_file(
     src: BinaryIO,
@@ -115,15 +118,8 @@ def decrypt_file(src: BinaryIO, out_path: Path, keystore: Keystore, ctx: Validat
     with open(out_path, "rb") as fh:
         head = fh.read(64 << 10)
     if ctx is not None and smime.is_smime(head):
-        inner = smime.parse(out_path.read_bytes())
-        try:
-            result = signed.verify(inner.der, inner.detached_content, ctx)
-        except errors.CertificateRevoked as exc:
-            opened.warnings.append(str(exc))
-            result = signed.verify(inner.der, inner.detached_content, ValidationContext(ctx.trust_anchors, ctx.now, None, ctx.extra_certs))
-        opened.signer = result
-        opened.warnings += result.warnings
-        write_atomic(out_path, result.content, 0o600)
+        _verify_inner(opened, out_path.read_bytes(), ctx)
+        write_atomic(out_path, opened.entity, 0o600)
     return opened
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 
 from hsmkm import errors
+from hsmkm.certnames import label_of
 from hsmkm.der import der_int, der_oid, seq, tlv
 from hsmkm.keys.base import KeyEntry
 
@@ -91,20 +92,11 @@ def _check_recipient(cert: x509.Certificate) -> None:
         return
     pub = cert.public_key()
     if isinstance(pub, rsa.RSAPublicKey) and not ku.key_encipherment:
-        raise errors.ValidationFailed(f"{_name(cert)}: certificate not for key encipherment")
+        raise errors.ValidationFailed(f"{label_of(cert)}: certificate not for key encipherment")
     if isinstance(pub, ec.EllipticCurvePublicKey) and not ku.key_agreement:
-        raise errors.ValidationFailed(f"{_name(cert)}: certificate not for key agreement")
+        raise errors.ValidationFailed(f"{label_of(cert)}: certificate not for key agreement")
 
 
-def _name(cert: x509.Certificate) -> str:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        emails = san.get_values_for_type(x509.RFC822Name)
-        if emails:
-            return str(emails[0])
-    except x509.ExtensionNotFound:
-        pass
-    return cert.subject.rfc4514_string()
 
 
 def _oaep(hash_cls: HashFactory, mgf_cls: HashFactory) -> padding.OAEP:
@@ -161,7 +153,7 @@ def lock_boxes(recipients: list[x509.Certificate], cek: bytes, transport: KeyTra
         elif isinstance(pub, ec.EllipticCurvePublicKey):
             out.append(_kari(cert, pub, cek))
         else:
-            raise errors.UnsupportedAlgorithm(f"{_name(cert)}: recipient key type not supported")
+            raise errors.UnsupportedAlgorithm(f"{label_of(cert)}: recipient key type not supported")
     return out
 
 

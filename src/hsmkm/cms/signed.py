@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsmkm import errors
+from hsmkm.certnames import email_of
 from hsmkm.der import tlv
 from hsmkm.cms.validation import ValidationContext, validate_signer
 from hsmkm.keys.base import KeyEntry
@@ -33,7 +34,8 @@ class VerifyResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _digest_name(key: object) -> str:
+def digest_name_for(key: object) -> str:
+    """The digest a signature by this key uses (SHA-384 for P-384, else SHA-256)."""
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return "sha384"
     return "sha256"
@@ -45,14 +47,9 @@ def _capabilities() -> cms.SMIMECapabilites:
     )
 
 
-def digest_name_for(key: object) -> str:
-    """The digest a signature by this key uses (SHA-384 for P-384, else SHA-256)."""
-    return _digest_name(key)
-
-
 def signer_info(digest: bytes, signer: KeyEntry, signing_time: datetime) -> cms.SignerInfo:
     """A SignerInfo over a content digest: the signed attributes signed with the key interface."""
-    digest_name = _digest_name(signer.key)
+    digest_name = digest_name_for(signer.key)
     hash_cls = _HASHES[digest_name]
     cert_der = signer.certificate.public_bytes(serialization.Encoding.DER)
     # ESSCertIDv2 with the default hash (SHA-256) leaves hashAlgorithm out, as DER requires.
@@ -104,7 +101,7 @@ def sign(
     signing_time: datetime,
 ) -> bytes:
     """A DER ContentInfo holding SignedData over ``content`` (absent from it when detached)."""
-    digest_name = _digest_name(signer.key)
+    digest_name = digest_name_for(signer.key)
     si = signer_info(hashlib.new(digest_name, content).digest(), signer, signing_time)
     certs = [asn1x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in [signer.certificate, *extra_certs]]
     body = cms.SignedData(
@@ -205,7 +202,7 @@ def verify(
         signed_bytes = content
     _verify_raw(signer_cert.public_key(), signature, signed_bytes, sig_alg, hash_cls, si["signature_algorithm"]["parameters"])
     warnings = validate_signer(signer_cert, certs, context, signing_time)
-    return VerifyResult(signer_cert, _email(signer_cert), signing_time, content or b"", warnings)
+    return VerifyResult(signer_cert, email_of(signer_cert), signing_time, content or b"", warnings)
 
 
 def _as_set(attrs: cms.CMSAttributes) -> bytes:
@@ -214,11 +211,4 @@ def _as_set(attrs: cms.CMSAttributes) -> bytes:
     return b"\x31" + raw[1:]
 
 
-def _email(cert: x509.Certificate) -> str | None:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        found = san.get_values_for_type(x509.RFC822Name)
-        return str(found[0]) if found else None
-    except x509.ExtensionNotFound:
-        return None
 

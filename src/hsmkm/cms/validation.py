@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from hsmkm import errors
+from hsmkm.certnames import label_of
 
 MAX_DEPTH = 6
 
@@ -34,15 +35,6 @@ class ValidationContext:
     extra_certs: list[x509.Certificate] = field(default_factory=list)
 
 
-def _name(cert: x509.Certificate) -> str:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        found = san.get_values_for_type(x509.RFC822Name)
-        if found:
-            return str(found[0])
-    except x509.ExtensionNotFound:
-        pass
-    return cert.subject.rfc4514_string()
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -70,7 +62,7 @@ def build_chain(cert: x509.Certificate, pool: list[x509.Certificate], anchors: l
             break
         chain.append(nxt)
         current = nxt
-    raise errors.ValidationFailed(f"{_name(cert)}: certificate does not chain to the KM's CA")
+    raise errors.ValidationFailed(f"{label_of(cert)}: certificate does not chain to the KM's CA")
 
 
 def validate_signer(
@@ -85,33 +77,33 @@ def validate_signer(
         at = ctx.now
     for c in chain:
         if not (c.not_valid_before_utc <= at <= c.not_valid_after_utc):
-            raise errors.ValidationFailed(f"{_name(c)}: certificate not valid at {at.isoformat()}")
+            raise errors.ValidationFailed(f"{label_of(c)}: certificate not valid at {at.isoformat()}")
     for ca in chain[1:]:
         try:
             bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
         except x509.ExtensionNotFound:
             bc = None
         if bc is None or not bc.ca:
-            raise errors.ValidationFailed(f"{_name(ca)}: issuer is not a CA")
+            raise errors.ValidationFailed(f"{label_of(ca)}: issuer is not a CA")
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         if not (ku.digital_signature or ku.content_commitment):
-            raise errors.ValidationFailed(f"{_name(cert)}: certificate not for signing")
+            raise errors.ValidationFailed(f"{label_of(cert)}: certificate not for signing")
     except x509.ExtensionNotFound:
         pass
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if ExtendedKeyUsageOID.EMAIL_PROTECTION not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
-            raise errors.ValidationFailed(f"{_name(cert)}: certificate not for e-mail protection")
+            raise errors.ValidationFailed(f"{label_of(cert)}: certificate not for e-mail protection")
     except x509.ExtensionNotFound:
         pass
     if ctx.now > cert.not_valid_after_utc:
-        warnings.append(f"{_name(cert)}'s certificate has expired since it signed")
+        warnings.append(f"{label_of(cert)}'s certificate has expired since it signed")
     if ctx.revocation is not None:
         revoked = ctx.revocation(cert)
         if revoked is not None:
             raise errors.CertificateRevoked(
-                f"signer {_name(cert)} revoked on {revoked.revoked_at.date().isoformat()} ({revoked.reason})"
+                f"signer {label_of(cert)} revoked on {revoked.revoked_at.date().isoformat()} ({revoked.reason})"
             )
     return warnings
 
@@ -120,11 +112,11 @@ def check_recipient(cert: x509.Certificate, ctx: ValidationContext) -> None:
     """A recipient's certificate must chain to the CA, be valid now and not be revoked."""
     build_chain(cert, ctx.extra_certs, ctx.trust_anchors)
     if not (cert.not_valid_before_utc <= ctx.now <= cert.not_valid_after_utc):
-        raise errors.ValidationFailed(f"{_name(cert)}: certificate expired or not yet valid; not encrypting to it")
+        raise errors.ValidationFailed(f"{label_of(cert)}: certificate expired or not yet valid; not encrypting to it")
     if ctx.revocation is not None:
         revoked = ctx.revocation(cert)
         if revoked is not None:
             raise errors.CertificateRevoked(
-                f"recipient {_name(cert)} revoked on {revoked.revoked_at.date().isoformat()} ({revoked.reason}); "
+                f"recipient {label_of(cert)} revoked on {revoked.revoked_at.date().isoformat()} ({revoked.reason}); "
                 "not encrypting to it"
             )

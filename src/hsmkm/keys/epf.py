@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from hsmkm import errors
+from hsmkm.certnames import label_of
 from hsmkm.atomic import write_atomic
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.base import KeyEntry, KeyRole, PrivateKey
@@ -302,7 +303,7 @@ class EpfKeystore:
                 have.add(cert.fingerprint(hashes.SHA256()))
 
         key, cert = signing
-        email = _email_of(cert)
+        email = label_of(cert)
         add(key, cert, f"{email} sign {cert.not_valid_before_utc.date()} {cert.serial_number:x}"[:80])
         for k, c in encryption:
             add(k, c, f"{email} enc {c.not_valid_before_utc.date()} {c.serial_number:x}"[:80])
@@ -313,7 +314,7 @@ class EpfKeystore:
 
     def add_entry(self, key: PrivateKey | None, cert: x509.Certificate, name: str | None = None) -> None:
         """Add a key with its certificate (or a certificate alone); written by ``save``."""
-        self._items.append(_Item(key, cert, name or f"{_email_of(cert)} {cert.serial_number:x}"[:80]))
+        self._items.append(_Item(key, cert, name or f"{label_of(cert)} {cert.serial_number:x}"[:80]))
 
     # --- writing -----------------------------------------------------------------------
 
@@ -383,7 +384,7 @@ class EpfKeystore:
     def info(self) -> EpfInfo:
         def describe(e: KeyEntry) -> str:
             c = e.certificate
-            return f"{c.serial_number:x} ({_email_of(c)}, until {c.not_valid_after_utc.date()})"
+            return f"{c.serial_number:x} ({label_of(c)}, until {c.not_valid_after_utc.date()})"
 
         s = self.signing_entry()
         return EpfInfo(
@@ -395,12 +396,3 @@ class EpfKeystore:
         )
 
 
-def _email_of(cert: x509.Certificate) -> str:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        found = san.get_values_for_type(x509.RFC822Name)
-        if found:
-            return str(found[0])
-    except x509.ExtensionNotFound:
-        pass
-    return cert.subject.rfc4514_string()

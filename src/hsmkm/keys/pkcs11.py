@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pkcs11
 import pkcs11.exceptions as p11e
 from asn1crypto import core as asn1core
-from asn1crypto import keys as asn1keys
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
@@ -638,11 +637,25 @@ class TokenSecretKey:
             self._obj.destroy()
 
 
-def _refuse_export(what: str) -> NoReturn:
-    raise errors.PolicyViolation(f"{what} is on a token and cannot be exported")
+class _StaysOnToken:
+    """What every token key shares: its private half never leaves the token."""
+
+    label: str
+
+    def private_numbers(self) -> NoReturn:
+        raise errors.PolicyViolation(f"key '{self.label}' is on a token and cannot be exported")
+
+    def private_bytes(self, encoding: Any, format: Any, encryption_algorithm: Any) -> NoReturn:
+        raise errors.PolicyViolation(f"key '{self.label}' is on a token and cannot be exported")
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Any:
+        return self
 
 
-class TokenRSAPrivateKey(rsa.RSAPrivateKey):
+class TokenRSAPrivateKey(_StaysOnToken, rsa.RSAPrivateKey):
     """An RSA private key on a token; cryptography's builders sign with it unchanged."""
 
     def __init__(self, ts: TokenSession, obj: Any, public: rsa.RSAPublicKey) -> None:
@@ -713,20 +726,9 @@ class TokenRSAPrivateKey(rsa.RSAPrivateKey):
             return oaep_decode(em, hash_alg, mgf_alg, label)
         raise errors.UnsupportedAlgorithm(f"RSA decryption padding {padding.name}")
 
-    def private_numbers(self) -> rsa.RSAPrivateNumbers:
-        _refuse_export(f"key '{self.label}'")
-
-    def private_bytes(self, encoding: Any, format: Any, encryption_algorithm: Any) -> bytes:
-        _refuse_export(f"key '{self.label}'")
-
-    def __copy__(self) -> TokenRSAPrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TokenRSAPrivateKey:
-        return self
 
 
-class TokenECPrivateKey(ec.EllipticCurvePrivateKey):
+class TokenECPrivateKey(_StaysOnToken, ec.EllipticCurvePrivateKey):
     """An EC private key on a token: ECDSA (hash in software, DER out) and ECDH."""
 
     def __init__(self, ts: TokenSession, obj: Any, public: ec.EllipticCurvePublicKey) -> None:
@@ -789,17 +791,6 @@ class TokenECPrivateKey(ec.EllipticCurvePrivateKey):
             finally:
                 secret.destroy()
 
-    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
-        _refuse_export(f"key '{self.label}'")
-
-    def private_bytes(self, encoding: Any, format: Any, encryption_algorithm: Any) -> bytes:
-        _refuse_export(f"key '{self.label}'")
-
-    def __copy__(self) -> TokenECPrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TokenECPrivateKey:
-        return self
 
 
 TokenPrivateKey = TokenRSAPrivateKey | TokenECPrivateKey
@@ -843,10 +834,3 @@ def _mgf1(seed: bytes, length: int, alg: hashes.HashAlgorithm) -> bytes:
 
 def _xor(a: bytes, b: bytes) -> bytes:
     return bytes(x ^ y for x, y in zip(a, b))
-
-
-def spki_of(public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> asn1keys.PublicKeyInfo:
-    der = public.public_bytes(
-        _serialization().Encoding.DER, _serialization().PublicFormat.SubjectPublicKeyInfo
-    )
-    return asn1keys.PublicKeyInfo.load(der)
