@@ -7,7 +7,6 @@ so a refused or interrupted update leaves the previous cache answering.
 
 from __future__ import annotations
 
-import io
 import json
 import mmap
 import os
@@ -77,35 +76,13 @@ def build_index(entries: dict[int, tuple[int, int]]) -> bytes:
     return bytes(out)
 
 
-def _map(fh: io.BufferedReader, size: int) -> mmap.mmap:
-    """The index in memory. A large one goes into anonymous memory backed by huge pages, so
-    that a lookup's random read does not also miss the TLB (at 1,000,000 entries the page-table
-    walks, not the comparisons, were what made a check slower than at 10)."""
-    if size < _HUGE or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    mm = mmap.mmap(-1, size)
-    mm.madvise(mmap.MADV_HUGEPAGE)
-    view = memoryview(mm)
-    pos = 0
-    while pos < size:
-        n = fh.readinto(view[pos : pos + (8 << 20)])
-        if not n:
-            break
-        pos += n
-    view.release()
-    return mm
-
-
-_HUGE = 4 << 20
-
-
 class CrlIndex:
     """A read-only, memory-mapped index; ``check`` is a bucket lookup."""
 
     def __init__(self, path: Path) -> None:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            self._mm = _map(fh, size) if size else None
+            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         if self._mm is None or self._mm[:8] != MAGIC:
             raise errors.MalformedInput(f"{path}: not a CRL index")
         _, self.count, self.bits = HEADER.unpack_from(self._mm, 0)
