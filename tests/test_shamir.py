@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import random
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -12,71 +14,135 @@ from hsmkm import errors
 from hsmkm.km import shamir
 
 
+def _interpolate(points: list[tuple[int, int]]) -> list[int]:
+    """Coefficients (constant first) of the lowest-degree polynomial through ``points``."""
+    coeffs = [0] * len(points)
+    for i, (xi, yi) in enumerate(points):
+        # basis polynomial l_i(x) = prod_{j != i} (x - x_j) / (x_i - x_j), built term by term
+        basis = [1]
+        den = 1
+        for j, (xj, _) in enumerate(points):
+            if i == j:
+                continue
+            basis = [a ^ shamir._mul(b, xj) for a, b in zip([0] + basis, basis + [0])]
+            den = shamir._mul(den, xi ^ xj)
+        scale = shamir._div(yi, den)
+        coeffs = [c ^ shamir._mul(scale, b) for c, b in zip(coeffs, basis)]
+    return coeffs
+
+
 @settings(max_examples=60, deadline=None)
 @given(secret=st.binary(min_size=1, max_size=40), n=st.integers(1, 7), data=st.data())
 def test_any_k_of_n_rebuild_the_secret(secret: bytes, n: int, data: st.DataObject) -> None:
     k = data.draw(st.integers(1, n))
     shares = shamir.split(secret, k, n)
+    assert [s.x for s in shares] == list(range(1, n + 1))
     for subset in itertools.combinations(shares, k):
         assert shamir.combine(list(subset)) == secret
     picked = data.draw(st.permutations(shares))[: data.draw(st.integers(k, n))]
     assert shamir.combine(picked) == secret
 
 
-@settings(max_examples=40, deadline=None)
-@given(secret=st.binary(min_size=1, max_size=16), candidate=st.binary(min_size=16, max_size=16), k=st.integers(2, 5))
-def test_k_minus_1_shares_fit_every_candidate_secret(secret: bytes, candidate: bytes, k: int) -> None:
-    """Perfect secrecy: with K-1 shares, any candidate secret is consistent with a polynomial."""
-    candidate = candidate[: len(secret)]
-    shares = shamir.split(secret, k, k + 1)[: k - 1]
-    fake = shamir.Share(0, candidate)  # the point (0, candidate)
-    # Interpolating the K-1 shares plus (0, candidate) defines a degree K-1 polynomial whose
-    # value at 0 is the candidate: the shares cannot rule it out.
-    xs = [s.x for s in shares]
-    assert 0 not in xs
-    # Evaluate that polynomial at a fresh x and check it round-trips through combine.
-    rebuilt = _interpolate([(0, candidate)] + [(s.x, s.y) for s in shares], len(candidate))
-    assert shamir.combine([shamir.Share(x, y) for x, y in rebuilt]) == candidate
-    assert fake.y == candidate
+def test_large_n_and_k() -> None:
+    secret = bytes(range(32))
+    shares = shamir.split(secret, 200, 255)
+    assert shamir.combine(random.Random(1).sample(shares, 200)) == secret
 
 
-def _interpolate(points: list[tuple[int, bytes]], length: int) -> list[tuple[int, bytes]]:
-    """Shares at x = 1..K of the polynomial through ``points`` (one of which is at x=0)."""
-    k = len(points)
-    out = []
-    for x in range(200, 200 + k):
-        y = bytearray(length)
-        for i, (xi, yi) in enumerate(points):
-            num, den = 1, 1
-            for j, (xj, _) in enumerate(points):
-                if i != j:
-                    num = shamir._mul(num, x ^ xj)
-                    den = shamir._mul(den, xi ^ xj)
-            w = shamir._div(num, den)
-            for idx in range(length):
-                y[idx] ^= shamir._mul(w, yi[idx])
-        out.append((x, bytes(y)))
-    return out
+@settings(max_examples=80, deadline=None)
+@given(secret=st.binary(min_size=1, max_size=12), data=st.data(), k=st.integers(2, 6), n_extra=st.integers(0, 3))
+def test_k_minus_1_shares_fit_every_candidate_secret(
+    secret: bytes, data: st.DataObject, k: int, n_extra: int
+) -> None:
+    """Perfect secrecy: K-1 shares plus (0, any candidate) lie on a polynomial of degree < K."""
+    candidate = data.draw(st.binary(min_size=len(secret), max_size=len(secret)))
+    shares = shamir.split(secret, k, k + n_extra)
+    held = data.draw(st.permutations(shares))[: k - 1]
+    fresh_x = data.draw(st.sampled_from([x for x in range(1, 256) if x not in {s.x for s in held}]))
+    forged = bytearray()
+    for idx in range(len(secret)):
+        points = [(0, candidate[idx])] + [(s.x, s.y[idx]) for s in held]
+        poly = _interpolate(points)
+        assert len(poly) <= k  # degree at most K-1: a polynomial split() could have drawn
+        assert poly[0] == candidate[idx]
+        assert all(shamir._eval(poly, x) == y for x, y in points)
+        forged.append(shamir._eval(poly, fresh_x))
+    # The held shares and one more point of that polynomial make a valid K-set for the candidate.
+    assert shamir.combine([*held, shamir.Share(fresh_x, bytes(forged))]) == candidate
+
+
+@pytest.mark.parametrize("secret_byte", [0, 1, 0x53, 0xFF])
+def test_one_share_of_two_is_uniform_for_every_secret(secret_byte: int) -> None:
+    """K=2: as the random coefficient runs over GF(256), each share value occurs exactly once."""
+
+    class Fixed:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+        def getrandbits(self, k: int) -> int:
+            return self.value
+
+    for x_index in (0, 1, 4):
+        seen = Counter(
+            shamir.split(bytes([secret_byte]), 2, 5, rng=Fixed(a))[x_index].y[0] for a in range(256)
+        )
+        assert set(seen) == set(range(256)) and set(seen.values()) == {1}
 
 
 def test_fewer_than_k_shares_do_not_rebuild() -> None:
+    rng = random.Random(7)
     secret = b"correct horse battery staple 123"
-    shares = shamir.split(secret, 3, 5)
-    assert shamir.combine(shares[:2]) != secret
-    assert shamir.combine(shares[:3]) == secret
+    misses = 0
+    for _ in range(200):
+        shares = shamir.split(secret, 3, 5, rng=rng)
+        pair = rng.sample(shares, 2)
+        misses += shamir.combine(pair) != secret
+        assert shamir.combine(rng.sample(shares, 3)) == secret
+    assert misses == 200  # a 32-byte match by chance has probability 2^-256
 
 
-def test_share_encoding_round_trips_and_rejects_garbage() -> None:
-    share = shamir.split(b"pin", 2, 3)[1]
-    assert shamir.decode_share(shamir.encode_share(share)) == share
+def test_seeded_rng_is_deterministic_and_default_is_not() -> None:
+    a = shamir.split(b"pin", 2, 3, rng=random.Random(5))
+    b = shamir.split(b"pin", 2, 3, rng=random.Random(5))
+    assert a == b
+    assert shamir.split(b"x" * 16, 2, 3) != shamir.split(b"x" * 16, 2, 3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(secret=st.binary(min_size=1, max_size=32), n=st.integers(1, 5))
+def test_share_encoding_round_trips(secret: bytes, n: int) -> None:
+    for share in shamir.split(secret, 1, n):
+        data = shamir.encode_share(share)
+        assert data[0] == shamir.SHARE_VERSION and data[1] == share.x
+        assert shamir.decode_share(data) == share
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x01\x01", b"\x09\x01abc", b"\x01\x00abc"])
+def test_share_decoding_rejects_garbage(bad: bytes) -> None:
     with pytest.raises(errors.MalformedInput):
-        shamir.decode_share(b"\x09\x01abc")
-    with pytest.raises(errors.BadInput):
+        shamir.decode_share(bad)
+
+
+def test_bad_parameters_and_inputs() -> None:
+    share = shamir.split(b"pin", 2, 3)[1]
+    with pytest.raises(errors.BadInput, match="twice"):
         shamir.combine([share, share])
     with pytest.raises(errors.BadInput):
-        shamir.split(b"pin", 4, 3)
+        shamir.combine([])
+    with pytest.raises(errors.MalformedInput):
+        shamir.combine([share, shamir.Share(3, b"toolong")])
+    for k, n in [(4, 3), (0, 3), (1, 256), (-1, 2)]:
+        with pytest.raises(errors.BadInput):
+            shamir.split(b"pin", k, n)
+    with pytest.raises(errors.BadInput):
+        shamir.split(b"", 1, 1)
+    assert "pin" not in repr(share) and str(len(share.y)) in repr(share)
 
 
-def test_field_arithmetic_is_a_field() -> None:
+def test_field_arithmetic_is_the_aes_field() -> None:
     for a in range(1, 256):
         assert shamir._mul(a, shamir._div(1, a)) == 1
+    assert shamir._mul(0x57, 0x83) == 0xC1  # FIPS 197, section 4.2
+    assert shamir._mul(0x57, 0x13) == 0xFE
+    with pytest.raises(ZeroDivisionError):
+        shamir._div(1, 0)

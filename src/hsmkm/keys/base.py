@@ -45,3 +45,16 @@ class Keystore(Protocol):
 
     def ca_certificates(self) -> list[x509.Certificate]:
         """The CA certificates this keystore trusts (the KM's)."""
+
+
+def role_of(cert: x509.Certificate) -> KeyRole:
+    """What a certificate's key is for, from its key usage."""
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return KeyRole.SIGN
+    if ku.key_cert_sign:
+        return KeyRole.CA
+    if ku.key_encipherment or ku.key_agreement:
+        return KeyRole.ENCRYPT
+    return KeyRole.SIGN

@@ -26,8 +26,7 @@ from hsmkm import errors
 from hsmkm.certnames import label_of
 from hsmkm.atomic import write_atomic
 from hsmkm.keys.algorithms import KeyAlgorithm
-from hsmkm.keys.base import KeyEntry, KeyRole, PrivateKey
-from hsmkm.keys.token_keystore import role_of
+from hsmkm.keys.base import KeyEntry, KeyRole, PrivateKey, role_of
 
 OWASP_PBKDF2_SHA256_ITERATIONS = 600_000
 

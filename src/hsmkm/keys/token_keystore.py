@@ -11,12 +11,12 @@ import os
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from pkcs11 import ObjectClass
 
 from hsmkm import errors
 from hsmkm.keys.algorithms import KeyAlgorithm
-from hsmkm.keys.base import KeyEntry, KeyRole, PrivateKey, PublicKey
+from hsmkm.keys.base import KeyEntry, KeyRole, PrivateKey, PublicKey, role_of
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenECPrivateKey, TokenPrivateKey, TokenRSAPrivateKey, TokenSession
 from hsmkm.keys.uri import Pkcs11Uri
 
@@ -26,18 +26,6 @@ CA_CERT_ID = b"hsmkm-ca"
 def key_id_of(public_key: PublicKey) -> bytes:
     """The CKA_ID for a key: the SHA-1 of its subjectPublicKey (RFC 5280 §4.2.1.2 method 1)."""
     return x509.SubjectKeyIdentifier.from_public_key(public_key).digest
-
-
-def role_of(cert: x509.Certificate) -> KeyRole:
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return KeyRole.SIGN
-    if ku.key_cert_sign:
-        return KeyRole.CA
-    if ku.key_encipherment or ku.key_agreement:
-        return KeyRole.ENCRYPT
-    return KeyRole.SIGN
 
 
 @dataclass
@@ -166,7 +154,3 @@ class TokenKeystore:
             kid,
             cert.subject.public_bytes(),
         )
-
-
-def fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
