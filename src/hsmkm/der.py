@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 
 def _len(n: int) -> bytes:
     if n < 0x80:
@@ -33,3 +35,11 @@ def der_oid(dotted: str) -> bytes:
             p >>= 7
         body += bytes(reversed(chunk))
     return tlv(0x06, bytes(body))
+
+
+def der_time(when: datetime) -> bytes:
+    """UTCTime through 2049, GeneralizedTime after (RFC 5280 §5.1.2.4)."""
+    when = when.astimezone(timezone.utc)
+    if when.year < 2050:
+        return tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
+    return tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())

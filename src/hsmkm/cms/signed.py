@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from asn1crypto import cms, tsp
+from asn1crypto import cms
 from asn1crypto import x509 as asn1x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsmkm import errors
 from hsmkm.certnames import email_of
-from hsmkm.der import tlv
+from hsmkm.der import der_int, der_oid, der_time, seq, tlv
 from hsmkm.cms.validation import ValidationContext, validate_signer
 from hsmkm.keys.base import KeyEntry
 
@@ -41,50 +41,63 @@ def digest_name_for(key: object) -> str:
     return "sha256"
 
 
-def _capabilities() -> cms.SMIMECapabilites:
-    return cms.SMIMECapabilites(
-        [{"capability_id": oid} for oid in ("2.16.840.1.101.3.4.1.46", "2.16.840.1.101.3.4.1.42", "1.2.840.113549.1.1.7")]
-    )
+# What we read, best first: AES-256-GCM, AES-256-CBC, RSA-OAEP.
+_CAPABILITIES = seq(*(seq(der_oid(oid)) for oid in ("2.16.840.1.101.3.4.1.46", "2.16.840.1.101.3.4.1.42",
+                                                     "1.2.840.113549.1.1.7")))
+
+
+_OID_DATA = der_oid("1.2.840.113549.1.7.1")
+_DIGEST_ALGS = {
+    "sha256": seq(der_oid("2.16.840.1.101.3.4.2.1")),
+    "sha384": seq(der_oid("2.16.840.1.101.3.4.2.2")),
+    "sha512": seq(der_oid("2.16.840.1.101.3.4.2.3")),
+}
+_SIGNATURE_ALGS = {
+    ("rsa", "sha256"): seq(der_oid("1.2.840.113549.1.1.11"), b"\x05\x00"),
+    ("rsa", "sha384"): seq(der_oid("1.2.840.113549.1.1.12"), b"\x05\x00"),
+    ("ec", "sha256"): seq(der_oid("1.2.840.10045.4.3.2")),
+    ("ec", "sha384"): seq(der_oid("1.2.840.10045.4.3.3")),
+}
+
+
+def _attribute(oid: str, value: bytes) -> bytes:
+    return seq(der_oid(oid), tlv(0x31, value))
 
 
 def signer_info(digest: bytes, signer: KeyEntry, signing_time: datetime) -> cms.SignerInfo:
-    """A SignerInfo over a content digest: the signed attributes signed with the key interface."""
+    """A SignerInfo over a content digest: the signed attributes (encoded here directly, as
+    DER) signed with the key interface."""
     digest_name = digest_name_for(signer.key)
     hash_cls = _HASHES[digest_name]
-    cert_der = signer.certificate.public_bytes(serialization.Encoding.DER)
-    # ESSCertIDv2 with the default hash (SHA-256) leaves hashAlgorithm out, as DER requires.
-    ess = tsp.SigningCertificateV2({"certs": [{"cert_hash": hashlib.sha256(cert_der).digest()}]})
-    items = [
-        cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
-        cms.CMSAttribute({"type": "signing_time", "values": [cms.Time(name="utc_time", value=signing_time)]}),
-        cms.CMSAttribute({"type": "message_digest", "values": [digest]}),
-        cms.CMSAttribute({"type": "smime_capabilities", "values": [_capabilities()]}),
-        cms.CMSAttribute({"type": "signing_certificate_v2", "values": [ess]}),
-    ]
-    # DER sorts a SET OF by encoding; verifiers re-encode before checking, so sign that order.
-    attrs = cms.CMSAttributes(sorted(items, key=lambda a: a.dump()))
-    to_sign = attrs.dump()  # the SET OF that RFC 5652 §5.4 says is signed
+    cert = signer.certificate
+    cert_hash = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+    attrs = sorted(  # DER sorts a SET OF by encoding; verifiers re-encode before checking
+        [
+            _attribute("1.2.840.113549.1.9.3", _OID_DATA),  # contentType
+            _attribute("1.2.840.113549.1.9.5", der_time(signing_time)),  # signingTime
+            _attribute("1.2.840.113549.1.9.4", tlv(0x04, digest)),  # messageDigest
+            _attribute("1.2.840.113549.1.9.15", _CAPABILITIES),  # SMIMECapabilities
+            # signingCertificateV2 with one ESSCertIDv2 (default hash SHA-256, left out as DER requires)
+            _attribute("1.2.840.113549.1.9.16.2.47", seq(seq(seq(tlv(0x04, cert_hash))))),
+        ]
+    )
+    to_sign = tlv(0x31, b"".join(attrs))  # the SET OF that RFC 5652 §5.4 says is signed
     key = signer.key
     if isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(to_sign, padding.PKCS1v15(), hash_cls())
-        sig_alg = {"algorithm": f"{digest_name}_rsa"}
+        sig_alg = _SIGNATURE_ALGS[("rsa", digest_name)]
     else:
         signature = key.sign(to_sign, ec.ECDSA(hash_cls()))
-        sig_alg = {"algorithm": f"{digest_name}_ecdsa"}
-    cert = asn1x509.Certificate.load(cert_der)
-    return cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": cms.SignerIdentifier(
-                name="issuer_and_serial_number",
-                value={"issuer": cert.issuer, "serial_number": cert.serial_number},
-            ),
-            "digest_algorithm": {"algorithm": digest_name},
-            "signed_attrs": attrs,
-            "signature_algorithm": sig_alg,
-            "signature": signature,
-        }
+        sig_alg = _SIGNATURE_ALGS[("ec", digest_name)]
+    der = seq(
+        b"\x02\x01\x01",
+        seq(cert.issuer.public_bytes(), der_int(cert.serial_number)),
+        _DIGEST_ALGS[digest_name],
+        tlv(0xA0, b"".join(attrs)),
+        sig_alg,
+        tlv(0x04, signature),
     )
+    return cms.SignerInfo.load(der)
 
 
 def certificates_der(signer: KeyEntry, extra_certs: list[x509.Certificate]) -> bytes:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsmkm import errors
-from hsmkm.der import _len, der_int, der_oid, seq as _seq, tlv
+from hsmkm.der import _len, der_int, der_oid, der_time, seq as _seq, tlv
 from hsmkm.keys.base import PrivateKey, PublicKey
 
 
@@ -68,14 +68,6 @@ class RevokedEntry:
     serial: int
     revoked_at: datetime
     reason: RevocationReason = RevocationReason.UNSPECIFIED
-
-
-def der_time(when: datetime) -> bytes:
-    """UTCTime through 2049, GeneralizedTime after (RFC 5280 §5.1.2.4)."""
-    when = when.astimezone(timezone.utc)
-    if when.year < 2050:
-        return tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
-    return tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
 
 
 def _ext(oid: str, value: bytes, critical: bool = False) -> bytes:
