@@ -6,26 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-from cryptography import x509
-
 from hsmkm import errors
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.uri import Pkcs11Uri
 from hsmkm.km.ceremony import InitRequest, OfficerSpec, run_ceremony
+from hsmkm.x509.names import parse_dn
 
 ALGS = click.Choice([a.value for a in KeyAlgorithm])
-
-
-def _parse_subject(text: str) -> x509.Name:
-    try:
-        name = x509.Name.from_rfc4514_string(text)
-    except ValueError as exc:
-        raise errors.MalformedInput(f"--ca-subject: not an RFC 4514 name ({exc})") from None
-    if not name.rdns:
-        raise errors.MalformedInput("--ca-subject: empty name")
-    return name
 
 
 def _officer_spec(cli_ctx: CliContext, text: str) -> OfficerSpec:
@@ -85,7 +74,7 @@ def init(
           --officer 'ann=pkcs11:token=ann?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:ANN_PIN' \\
           --officer 'bo=pkcs11:token=bo?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:BO_PIN'
     """
-    subject = _parse_subject(ca_subject)
+    subject = parse_dn(ca_subject, require_cn=False)
     req = InitRequest(
         root=cli_ctx.home,
         ca_subject=subject,
