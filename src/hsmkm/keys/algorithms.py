@@ -11,6 +11,8 @@ from hsmkm import errors
 
 
 class KeyAlgorithm(str, Enum):
+    """A key type and size hsmkm generates: the values are the CLI's names."""
+
     RSA2048 = "rsa2048"
     RSA3072 = "rsa3072"
     P256 = "p256"
@@ -27,11 +29,16 @@ class KeyAlgorithm(str, Enum):
     @property
     def curve_name(self) -> str:
         """The cryptography name of the curve (EC algorithms only)."""
-        return {"p256": "secp256r1", "p384": "secp384r1"}[self.value]
+        return self.curve.name
 
     @property
     def curve(self) -> ec.EllipticCurve:
-        return ec.SECP256R1() if self is KeyAlgorithm.P256 else ec.SECP384R1()
+        """The curve (EC algorithms only)."""
+        if self is KeyAlgorithm.P256:
+            return ec.SECP256R1()
+        if self is KeyAlgorithm.P384:
+            return ec.SECP384R1()
+        raise ValueError(f"{self.value} is not an elliptic-curve algorithm")
 
     @property
     def signature_hash(self) -> hashes.HashAlgorithm:
