@@ -427,3 +427,13 @@ def test_key_algorithms() -> None:
         algorithm_of(rsa.generate_private_key(65537, 1024))
     with pytest.raises(errors.UnsupportedAlgorithm):
         algorithm_of(ec.generate_private_key(ec.SECP521R1()))
+
+
+def test_a_new_epf_never_replaces_a_file_that_appeared_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "race.epf"
+    store = EpfKeystore.create(path, "password-123", iterations=1000)
+    path.write_bytes(b"someone else's file")
+    with pytest.raises(errors.AlreadyExists):
+        store.save()
+    assert path.read_bytes() == b"someone else's file"
+    assert [p.name for p in tmp_path.iterdir()] == ["race.epf"]

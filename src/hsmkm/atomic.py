@@ -12,12 +12,14 @@ from typing import BinaryIO
 
 @contextlib.contextmanager
 def atomic_writer(
-    path: str | os.PathLike[str], mode: int = 0o644, durable: bool = True
+    path: str | os.PathLike[str], mode: int = 0o644, durable: bool = True, exclusive: bool = False
 ) -> Iterator[BinaryIO]:
     """Yield a binary file; on a clean exit it is fsynced and renamed over ``path``.
 
     On an exception the temporary file is removed and ``path`` is untouched. ``durable=False``
-    skips the fsyncs, for files that can be rebuilt from the database.
+    skips the fsyncs, for files that can be rebuilt from the database. ``exclusive=True``
+    links the file into place instead, failing with FileExistsError if ``path`` exists, so a
+    new file never replaces one that appeared meanwhile.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +31,11 @@ def atomic_writer(
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if exclusive:
+            os.link(tmp, target)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -38,9 +44,11 @@ def atomic_writer(
         _fsync_dir(target.parent)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+def write_atomic(
+    path: str | os.PathLike[str], data: bytes, mode: int = 0o644, durable: bool = True, exclusive: bool = False
+) -> None:
     """Write ``data`` to ``path`` atomically with the given permission bits."""
-    with atomic_writer(path, mode, durable) as fh:
+    with atomic_writer(path, mode, durable, exclusive) as fh:
         fh.write(data)
 
 

@@ -541,9 +541,11 @@ class EpfKeystore:
 
     def _write(self, password: str) -> None:
         data = self._encode(password)
-        if self._new and (self.path.exists() or self.path.is_symlink()):
-            raise errors.AlreadyExists(f"{self.path} appeared meanwhile; not overwriting it")
-        write_atomic(self.path, data, EPF_MODE)
+        try:
+            # A new keystore is linked into place, so one that appeared meanwhile is never replaced.
+            write_atomic(self.path, data, EPF_MODE, exclusive=self._new)
+        except FileExistsError:
+            raise errors.AlreadyExists(f"{self.path} appeared meanwhile; not overwriting it") from None
         self._new = False
 
     def save(self) -> None:
