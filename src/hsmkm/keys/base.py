@@ -34,6 +34,23 @@ class KeyEntry:
     role: KeyRole
 
 
+class EntriesByRole:
+    """signing_entry and encryption_entries for a keystore that can list its entries by role,
+    newest certificate first."""
+
+    def _entries(self, role: KeyRole) -> list[KeyEntry]:
+        raise NotImplementedError
+
+    def signing_entry(self) -> KeyEntry | None:
+        """The newest signing key with its certificate."""
+        entries = self._entries(KeyRole.SIGN)
+        return entries[0] if entries else None
+
+    def encryption_entries(self) -> list[KeyEntry]:
+        """Encryption keys, the current one first, then the history."""
+        return self._entries(KeyRole.ENCRYPT)
+
+
 class Keystore(Protocol):
     """A user's keys: one signing key, current and historical encryption keys, CA certs."""
 

@@ -31,7 +31,7 @@ from hsmkm import errors
 from hsmkm.atomic import write_atomic
 from hsmkm.certnames import label_of
 from hsmkm.keys.algorithms import KeyAlgorithm
-from hsmkm.keys.base import KeyEntry, KeyRole, PrivateKey, role_of
+from hsmkm.keys.base import EntriesByRole, KeyEntry, KeyRole, PrivateKey, role_of
 
 OWASP_PBKDF2_SHA256_ITERATIONS = 600_000
 # A file may ask for any count; past this it is a denial of service, not protection.
@@ -230,7 +230,7 @@ def _check_password(password: str) -> None:
         raise errors.BadInput(f".epf password: at least {MIN_PASSWORD_LENGTH} characters")
 
 
-class EpfKeystore:
+class EpfKeystore(EntriesByRole):
     """A user's keys in a password-protected PKCS#12 file (an .epf)."""
 
     def __init__(self, path: Path, password: str, iterations: int = OWASP_PBKDF2_SHA256_ITERATIONS) -> None:
@@ -411,14 +411,7 @@ class EpfKeystore:
         mine.sort(key=lambda i: (i.cert.not_valid_before_utc, i.order), reverse=True)
         return [KeyEntry(i.key, i.cert, role) for i in mine if i.key is not None]
 
-    def signing_entry(self) -> KeyEntry | None:
-        """The newest signing key with its certificate."""
-        entries = self._entries(KeyRole.SIGN)
-        return entries[0] if entries else None
 
-    def encryption_entries(self) -> list[KeyEntry]:
-        """Encryption keys, newest certificate first (the current one), then the history."""
-        return self._entries(KeyRole.ENCRYPT)
 
     def ca_certificates(self) -> list[x509.Certificate]:
         """The CA certificates stored without a key."""

@@ -638,9 +638,15 @@ class TokenSecretKey:
 
 
 class _StaysOnToken:
-    """What every token key shares: its private half never leaves the token."""
+    """What every token key shares: a session and object on the token, and a private half
+    that never leaves it."""
 
-    label: str
+    def __init__(self, ts: TokenSession, obj: Any, public: Any) -> None:
+        self._ts = ts
+        self._obj = obj
+        self._public = public
+        self.label: str = obj.label
+        self.key_id: bytes = bytes(obj[Attribute.ID] or b"")
 
     def private_numbers(self) -> NoReturn:
         raise errors.PolicyViolation(f"key '{self.label}' is on a token and cannot be exported")
@@ -658,12 +664,7 @@ class _StaysOnToken:
 class TokenRSAPrivateKey(_StaysOnToken, rsa.RSAPrivateKey):
     """An RSA private key on a token; cryptography's builders sign with it unchanged."""
 
-    def __init__(self, ts: TokenSession, obj: Any, public: rsa.RSAPublicKey) -> None:
-        self._ts = ts
-        self._obj = obj
-        self._public = public
-        self.label: str = obj.label
-        self.key_id: bytes = bytes(obj[Attribute.ID] or b"")
+    _public: rsa.RSAPublicKey
 
     @property
     def key_size(self) -> int:
@@ -731,12 +732,7 @@ class TokenRSAPrivateKey(_StaysOnToken, rsa.RSAPrivateKey):
 class TokenECPrivateKey(_StaysOnToken, ec.EllipticCurvePrivateKey):
     """An EC private key on a token: ECDSA (hash in software, DER out) and ECDH."""
 
-    def __init__(self, ts: TokenSession, obj: Any, public: ec.EllipticCurvePublicKey) -> None:
-        self._ts = ts
-        self._obj = obj
-        self._public = public
-        self.label: str = obj.label
-        self.key_id: bytes = bytes(obj[Attribute.ID] or b"")
+    _public: ec.EllipticCurvePublicKey
 
     @property
     def curve(self) -> ec.EllipticCurve:

@@ -16,7 +16,7 @@ from pkcs11 import ObjectClass
 
 from hsmkm import errors
 from hsmkm.keys.algorithms import KeyAlgorithm
-from hsmkm.keys.base import KeyEntry, KeyRole, PrivateKey, PublicKey, role_of
+from hsmkm.keys.base import EntriesByRole, KeyEntry, KeyRole, PrivateKey, PublicKey, role_of
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenECPrivateKey, TokenPrivateKey, TokenRSAPrivateKey, TokenSession
 from hsmkm.keys.uri import Pkcs11Uri
 
@@ -37,7 +37,7 @@ class TokenKeystoreInfo:
     ca: list[str]
 
 
-class TokenKeystore:
+class TokenKeystore(EntriesByRole):
     """The Keystore interface over one token."""
 
     def __init__(self, uri: Pkcs11Uri, session: TokenSession) -> None:
@@ -78,12 +78,7 @@ class TokenKeystore:
         entries.sort(key=lambda e: e.certificate.not_valid_before_utc, reverse=True)
         return entries
 
-    def signing_entry(self) -> KeyEntry | None:
-        entries = self._entries(KeyRole.SIGN)
-        return entries[0] if entries else None
 
-    def encryption_entries(self) -> list[KeyEntry]:
-        return self._entries(KeyRole.ENCRYPT)
 
     def ca_certificates(self) -> list[x509.Certificate]:
         return [c for c, _cid in self._pairs() if role_of(c) is KeyRole.CA]
