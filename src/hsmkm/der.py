@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+
+from hsmkm import errors
+
+UTC_TIME = 0x17
+GENERALIZED_TIME = 0x18
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
 
 
 def _len(n: int) -> bytes:
@@ -38,8 +44,35 @@ def der_oid(dotted: str) -> bytes:
 
 
 def der_time(when: datetime) -> bytes:
-    """UTCTime through 2049, GeneralizedTime after (RFC 5280 §5.1.2.4)."""
+    """UTCTime for 1950 through 2049, GeneralizedTime otherwise (RFC 5280 §4.1.2.5)."""
     when = when.astimezone(timezone.utc)
-    if when.year < 2050:
-        return tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
-    return tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
+    if 1950 <= when.year < 2050:
+        return tlv(UTC_TIME, when.strftime("%y%m%d%H%M%SZ").encode())
+    return tlv(GENERALIZED_TIME, f"{when.year:04d}{when.strftime('%m%d%H%M%S')}Z".encode())
+
+
+def time_seconds(tag: int, raw: bytes, days: dict[bytes, int] | None = None) -> int:
+    """Seconds since 1970 of a DER UTCTime or GeneralizedTime in RFC 5280's forms
+    (YYMMDDHHMMSSZ, YYYYMMDDHHMMSSZ); ``days`` memoises the date part across many calls."""
+    size = len(raw)
+    if not ((size == 13 and tag == UTC_TIME) or (size == 15 and tag == GENERALIZED_TIME)) \
+            or raw[-1:] != b"Z" or not raw[:-1].isdigit():  # bytes.isdigit: ASCII digits only
+        raise errors.MalformedInput(f"bad time {bytes(raw)!r}")
+    cut = size - 7
+    day_part = raw[:cut]
+    day = days.get(day_part) if days is not None else None
+    if day is None:
+        year = int(day_part[:-4])
+        if cut == 6:
+            year += 1900 if year >= 50 else 2000  # RFC 5280 §4.1.2.5.1
+        try:
+            day = date(year, int(day_part[-4:-2]), int(day_part[-2:])).toordinal() - _EPOCH_DAY
+        except ValueError:
+            raise errors.MalformedInput(f"bad time {bytes(raw)!r}") from None
+        if days is not None:
+            days[day_part] = day
+    hours, rest = divmod(int(raw[cut:-1]), 10000)
+    minutes, seconds = divmod(rest, 100)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        raise errors.MalformedInput(f"bad time {bytes(raw)!r}")
+    return day * 86400 + hours * 3600 + minutes * 60 + seconds

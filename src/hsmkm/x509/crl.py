@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsmkm import errors
-from hsmkm.der import _len, der_int, der_oid, der_time, seq as _seq, tlv
+from hsmkm.der import GENERALIZED_TIME, UTC_TIME, _len, der_int, der_oid, der_time, seq as _seq, time_seconds, tlv
 from hsmkm.keys.base import PrivateKey, PublicKey
 
 
@@ -43,10 +43,10 @@ class RevocationReason(str, Enum):
 
     @classmethod
     def from_code(cls, code: int) -> RevocationReason:
-        for reason, value in _CODES.items():
-            if value == code:
-                return reason
-        raise errors.MalformedInput(f"unknown CRL reason code {code}")
+        try:
+            return _BY_CODE[code]
+        except KeyError:
+            raise errors.MalformedInput(f"unknown CRL reason code {code}") from None
 
 
 _CODES = {
@@ -61,6 +61,7 @@ _CODES = {
     RevocationReason.PRIVILEGE_WITHDRAWN: 9,
     RevocationReason.AA_COMPROMISE: 10,
 }
+_BY_CODE = {code: reason for reason, code in _CODES.items()}
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ _REASON_EXT = {
     reason: _seq(_seq(der_oid(OID_REASON), tlv(0x04, tlv(0x0A, bytes([code])))))
     for reason, code in _CODES.items()
 }
+# The crlEntryExtensions of an entry whose one extension is its reason, up to the code.
+_ONLY_REASON = _REASON_EXT[RevocationReason.KEY_COMPROMISE][:-1]
 
 
 def _signature_algorithm(key: PrivateKey) -> tuple[bytes, hashes.HashAlgorithm]:
@@ -184,12 +187,10 @@ def _read(data: bytes | memoryview, pos: int) -> tuple[int, int, int]:
 
 
 def _parse_time(tag: int, raw: bytes) -> datetime:
-    text = raw.decode("ascii")
-    fmt = "%y%m%d%H%M%SZ" if tag == 0x17 else "%Y%m%d%H%M%SZ"
     try:
-        return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise errors.MalformedInput(f"CRL: bad time {text!r}") from None
+        return datetime.fromtimestamp(time_seconds(tag, raw), timezone.utc)
+    except errors.MalformedInput as exc:
+        raise errors.MalformedInput(f"CRL: {exc}") from None
 
 
 @dataclass
@@ -208,27 +209,81 @@ class ParsedCrl:
 
     def entries(self) -> Iterator[RevokedEntry]:
         """The revoked entries, walked directly over the DER."""
+        for serial, seconds, code in self.revocations():
+            yield RevokedEntry(serial, datetime.fromtimestamp(seconds, timezone.utc), RevocationReason.from_code(code))
+
+    def revocations(self) -> Iterator[tuple[int, int, int]]:
+        """(serial, revocation time in seconds since 1970, reason code) of each entry: what
+        an index needs, without a datetime or an enum per entry."""
+        try:
+            yield from self._revocations()
+        except IndexError:
+            raise errors.MalformedInput("CRL: truncated entry") from None
+
+    def _revocations(self) -> Iterator[tuple[int, int, int]]:
         data = self.der
-        pos = self.revoked_start
-        reason_oid = der_oid(OID_REASON)
-        while pos < self.revoked_end:
-            tag, start, end = _read(data, pos)
-            if tag != 0x30:
+        pos, stop = self.revoked_start, self.revoked_end
+        days: dict[bytes, int] = {}
+        only_reason = _ONLY_REASON
+        reason_at = len(only_reason)
+        while pos < stop:
+            # Entries are short, so their lengths take the one-byte form; others go the long way.
+            n = data[pos + 1]
+            if data[pos] != 0x30:
                 raise errors.MalformedInput("CRL: bad entry")
-            t, s, e = _read(data, start)
+            if n < 0x80:
+                start, end = pos + 2, pos + 2 + n
+            else:
+                _, start, end = _read(data, pos)
+            n = data[start + 1]
+            if end > stop or data[start] != 0x02 or not 0 < n < 0x80 or start + 2 + n >= end:
+                raise errors.MalformedInput("CRL: bad serial number")
+            s = start + 2
+            e = s + n
             serial = int.from_bytes(data[s:e], "big", signed=True)
-            t2, s2, e2 = _read(data, e)
-            when = _parse_time(t2, data[s2:e2])
-            reason = RevocationReason.UNSPECIFIED
-            if e2 < end:
-                exts = data[e2:end]
-                i = exts.find(reason_oid)
-                if i >= 0:
-                    # OID, then OCTET STRING { ENUMERATED n }: the value is the last byte.
-                    _, os_, oe = _read(exts, i + len(reason_oid))
-                    reason = RevocationReason.from_code(exts[oe - 1])
-            yield RevokedEntry(serial, when, reason)
+            n = data[e + 1]
+            e2 = e + 2 + n
+            if n >= 0x80 or e2 > end:
+                raise errors.MalformedInput("CRL: bad revocation date")
+            try:
+                seconds = time_seconds(data[e], data[e + 2 : e2], days)
+            except errors.MalformedInput as exc:
+                raise errors.MalformedInput(f"CRL: {exc}") from None
+            if e2 == end:
+                code = 0
+            elif end - e2 == reason_at + 1 and data[e2:end - 1] == only_reason:
+                code = data[end - 1]
+            else:
+                code = _entry_reason(data, e2, end)
+            if code not in _BY_CODE:
+                raise errors.MalformedInput(f"CRL: unknown reason code {code}")
+            yield serial, seconds, code
             pos = end
+
+
+def _entry_reason(data: bytes, pos: int, end: int) -> int:
+    """The reason code in crlEntryExtensions, or 0 (unspecified) without one."""
+    tag, s, e = _read(data, pos)
+    if tag != 0x30 or e != end:
+        raise errors.MalformedInput("CRL: bad entry extensions")
+    reason_oid = der_oid(OID_REASON)
+    pos = s
+    while pos < e:
+        tag, es, ee = _read(data, pos)
+        _, os_, oe = _read(data, es)
+        if tag != 0x30 or ee > e:
+            raise errors.MalformedInput("CRL: bad entry extension")
+        if data[es:oe] == reason_oid:
+            vpos = oe
+            if data[vpos] == 0x01:  # critical flag
+                _, _, vpos = _read(data, vpos)
+            _, vs, ve = _read(data, vpos)
+            value = data[vs:ve]
+            if len(value) != 3 or value[:2] != b"\x0a\x01":
+                raise errors.MalformedInput("CRL: bad reason code")
+            return value[2]
+        pos = ee
+    return 0
 
 
 def parse_crl(der: bytes) -> ParsedCrl:
