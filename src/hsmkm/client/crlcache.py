@@ -1,40 +1,30 @@
-"""The client's CRL cache: verified CRLs and an index whose lookup cost does not grow.
+"""The client's CRL cache: the verified full and delta CRLs of one CA and a revocation index.
 
-The index is a memory-mapped open-addressing table of fixed 28-byte slots, at most two
-thirds full, so a check reads one slot (now and then the next) at 10 entries or at 1,000,000. Updates write a new index and then switch ``meta.json`` to it (both atomically),
-so a refused or interrupted update leaves the previous cache answering.
+The index (``crlindex``) is built from the full CRL once, when a new full CRL arrives; a
+delta CRL only replaces a small in-memory overlay read from its file, so the daily update
+costs what the delta holds, not what the base holds. Files carry their CRL numbers and
+``meta.json`` names the current set: an update writes the new files, then switches
+``meta.json`` (atomically), so a refused or interrupted update leaves the previous cache
+answering.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
-import os
-import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-
 
 from cryptography import x509
 
 from hsmkm import errors
 from hsmkm.atomic import atomic_writer, write_atomic
+from hsmkm.client.crlindex import CrlIndex, RevocationInfo, build_index
 from hsmkm.x509.crl import ParsedCrl, RevocationReason, parse_crl, verify_crl_signature
 
-MAGIC = b"HKCRLIX2"
-RECORD = 28  # serial (20) + revocation time (4, seconds) + reason code (1) + in use (1) + padding
-SLOT = struct.Struct(">20sIBB2x")
-_TAIL = struct.Struct(">IB")
-_REASONS = {r.code: r for r in RevocationReason}
-HEADER = struct.Struct(">8sQB7x")
-SERIAL_BITS = 160
+__all__ = ["CacheStatus", "CrlCache", "RevocationInfo"]
 
-
-@dataclass(frozen=True)
-class RevocationInfo:
-    revoked_at: datetime
-    reason: RevocationReason
+Overlay = dict[int, "RevocationInfo | None"]  # None: removed from the CRL by the delta
 
 
 @dataclass(frozen=True)
@@ -47,70 +37,14 @@ class CacheStatus:
     stale: bool
 
 
-def _table_bits(count: int) -> int:
-    """Slots: the power of two at or above 1.5 × the entries (load at most two thirds)."""
-    return max(4, (count + count // 2).bit_length())
-
-
-def _slot(serial: int, mask: int) -> int:
-    # Python's int hash (serial mod 2**61 - 1) spreads sequential and random serials alike.
-    return hash(serial) & mask
-
-
-def build_index(entries: dict[int, tuple[int, int]]) -> bytes:
-    """The index file for {serial: (revoked epoch seconds, reason code)}: an open-addressing
-    table, so a check reads one slot (rarely a neighbour) whatever the number of entries."""
-    count = len(entries)
-    bits = _table_bits(count)
-    mask = (1 << bits) - 1
-    out = bytearray(HEADER.size + RECORD * (1 << bits))
-    HEADER.pack_into(out, 0, MAGIC, count, bits)
-    pack = SLOT.pack_into
-    used = bytearray(1 << bits)
-    for serial, (when, reason) in entries.items():
-        i = _slot(serial, mask)
-        while used[i]:
-            i = (i + 1) & mask
-        used[i] = 1
-        pack(out, HEADER.size + i * RECORD, serial.to_bytes(20, "big"), max(0, min(when, 0xFFFFFFFF)), reason, 1)
-    return bytes(out)
-
-
-class CrlIndex:
-    """A read-only, memory-mapped index; ``check`` is a bucket lookup."""
-
-    def __init__(self, path: Path) -> None:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        if self._mm is None or self._mm[:8] != MAGIC:
-            raise errors.MalformedInput(f"{path}: not a CRL index")
-        _, self.count, self.bits = HEADER.unpack_from(self._mm, 0)
-        self._mask = (1 << self.bits) - 1
-        if size != HEADER.size + RECORD * (1 << self.bits):
-            raise errors.MalformedInput(f"{path}: CRL index of the wrong size")
-        self.size = size
-
-    def check(self, serial: int) -> RevocationInfo | None:
-        mm = self._mm
-        assert mm is not None
-        if serial < 0 or serial >> SERIAL_BITS:
-            return None
-        key = serial.to_bytes(20, "big")
-        mask = self._mask
-        i = _slot(serial, mask)
-        while True:
-            at = HEADER.size + i * RECORD
-            if not mm[at + 25]:
-                return None
-            if mm[at : at + 20] == key:
-                when, reason = _TAIL.unpack_from(mm, at + 20)
-                return RevocationInfo(datetime.fromtimestamp(when, timezone.utc), _REASONS[reason])
-            i = (i + 1) & mask
-
-    def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
+def delta_overlay(delta: ParsedCrl) -> Overlay:
+    """What a delta CRL changes: {serial: its revocation, or None when removeFromCRL}."""
+    remove = RevocationReason.REMOVE_FROM_CRL.code
+    return {
+        serial: None if code == remove else
+        RevocationInfo(datetime.fromtimestamp(when, timezone.utc), RevocationReason.from_code(code))
+        for serial, when, code in delta.revocations()
+    }
 
 
 class CrlCache:
@@ -119,6 +53,7 @@ class CrlCache:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self._index: CrlIndex | None = None
+        self._overlay: Overlay = {}
         self._meta: dict[str, object] | None = None
 
     @property
@@ -128,24 +63,59 @@ class CrlCache:
     def _load_meta(self) -> dict[str, object] | None:
         if self._meta is None and self.meta_path.exists():
             try:
-                self._meta = dict(json.loads(self.meta_path.read_text()))
-            except ValueError:
-                raise errors.MalformedInput(f"{self.meta_path}: damaged cache metadata") from None
+                meta = dict(json.loads(self.meta_path.read_text()))
+                for key in ("full", "index", "full_number", "next_update", "this_update", "entries"):
+                    meta[key]  # noqa: B018 - presence check
+            except (ValueError, KeyError, TypeError):
+                raise errors.MalformedInput(f"{self.meta_path}: damaged CRL cache (run 'hsmkm crl fetch')") from None
+            self._meta = meta
         return self._meta
 
-    def _index_now(self) -> CrlIndex | None:
+    def _open(self) -> CrlIndex | None:
         meta = self._load_meta()
         if meta is None:
             return None
-        if self._index is None:
-            self._index = CrlIndex(self.dir / str(meta["index"]))
-        return self._index
+        path = self.dir / str(meta["index"])
+        try:
+            index = CrlIndex.open(path)
+        except (errors.MalformedInput, FileNotFoundError):
+            # Another version's index, or a damaged or missing one: rebuild it from the full
+            # CRL this cache verified when it installed it.
+            index = self._rebuilt_index(meta, path)
+        overlay: Overlay = {}
+        if meta.get("delta"):
+            delta = self._cached_crl(str(meta["delta"]), meta.get("delta_number"))
+            overlay = delta_overlay(delta)
+        self._index, self._overlay = index, overlay
+        return index
+
+    def _cached_crl(self, name: str, number: object) -> ParsedCrl:
+        try:
+            crl = parse_crl((self.dir / name).read_bytes())
+        except (OSError, errors.MalformedInput):
+            crl = None
+        if crl is None or crl.number != number:
+            raise errors.MalformedInput(f"{self.dir}: damaged CRL cache (run 'hsmkm crl fetch')")
+        return crl
+
+    def _rebuilt_index(self, meta: dict[str, object], path: Path) -> CrlIndex:
+        full = self._cached_crl(str(meta["full"]), meta["full_number"])
+        data = build_index(full.revocations())
+        try:
+            with atomic_writer(path, 0o644) as fh:
+                fh.write(data)
+        except OSError:
+            return CrlIndex(data, str(path))  # a read-only cache still answers, from memory
+        return CrlIndex.open(path)
 
     def check(self, serial: int) -> RevocationInfo | None:
-        """Revocation status from the cache: one lookup, whatever the CRL's size."""
-        index = self._index_now()
+        """Revocation status from the cache: the delta's overlay, then one index lookup."""
+        index = self._index or self._open()
         if index is None:
             raise errors.Unreachable("no CRL in the cache yet (run 'hsmkm crl fetch')")
+        overlay = self._overlay
+        if overlay and serial in overlay:
+            return overlay[serial]
         return index.check(serial)
 
     def status(self, now: datetime) -> CacheStatus:
@@ -169,58 +139,72 @@ class CrlCache:
             raise errors.ValidationFailed("the full CRL is a delta CRL")
         delta = self._verified(delta_der, ca_cert, "delta CRL") if delta_der else None
         meta = self._load_meta()
+        full_number = full.number or 0
         if meta is not None:
             cached_full = int(meta["full_number"])  # type: ignore[call-overload]
-            if (full.number or 0) < cached_full:
+            if full_number < cached_full:
                 raise errors.ValidationFailed(
                     f"the full CRL (#{full.number}) is older than the cached one (#{cached_full}); keeping the cache"
                 )
             cached_delta = meta.get("delta_number")
             if (
-                delta is not None and cached_delta is not None and (full.number or 0) == cached_full
+                delta is not None and cached_delta is not None and full_number == cached_full
                 and (delta.number or 0) < int(cached_delta)  # type: ignore[call-overload]
             ):
                 raise errors.ValidationFailed("the delta CRL is older than the cached one; keeping the cache")
         if delta is not None:
             if delta.delta_of is None:
                 raise errors.ValidationFailed("the delta CRL has no delta CRL indicator")
-            if delta.delta_of > (full.number or 0) or (delta.number or 0) <= (full.number or 0):
+            if delta.delta_of > full_number or (delta.number or 0) <= full_number:
                 # A delta for another base (RFC 5280 §5.2.4): use the full CRL alone.
                 delta = None
-        entries: dict[int, tuple[int, int]] = {}
-        for e in full.entries():
-            entries[e.serial] = (int(e.revoked_at.timestamp()), e.reason.code)
+        overlay = delta_overlay(delta) if delta is not None else {}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        full_name, index_name = f"full-{full_number}.crl", f"index-{full_number}.bin"
+        index = self._current_index_for(full, full_name, index_name)
+        if index is None:
+            data = build_index(full.revocations())
+            write_atomic(self.dir / full_name, full.der)
+            with atomic_writer(self.dir / index_name, 0o644) as fh:
+                fh.write(data)
+            index = CrlIndex.open(self.dir / index_name)
+        delta_name = None
         if delta is not None:
-            for e in delta.entries():
-                if e.reason is RevocationReason.REMOVE_FROM_CRL:
-                    entries.pop(e.serial, None)
-                else:
-                    entries[e.serial] = (int(e.revoked_at.timestamp()), e.reason.code)
+            delta_name = f"delta-{delta.number}.crl"
+            write_atomic(self.dir / delta_name, delta.der)
         source = delta if delta is not None else full
         next_update = min(x for x in (full.next_update, source.next_update) if x is not None) if full.next_update else now
-        self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"index-{full.number}-{delta.number if delta else 0}.bin"
-        with atomic_writer(self.dir / name, 0o644) as fh:
-            fh.write(build_index(entries))
-        write_atomic(self.dir / "full.crl", full.der)
-        if delta is not None:
-            write_atomic(self.dir / "delta.crl", delta.der)
         new_meta: dict[str, object] = {
+            "full": full_name,
             "full_number": full.number,
+            "index": index_name,
+            "delta": delta_name,
             "delta_number": delta.number if delta else None,
             "this_update": source.this_update.isoformat(),
             "next_update": next_update.isoformat(),
-            "entries": len(entries),
-            "index": name,
+            "entries": _effective_count(index, overlay),
         }
         write_atomic(self.meta_path, json.dumps(new_meta, indent=1).encode())
-        if self._index is not None:
+        if self._index is not None and self._index is not index:
             self._index.close()
-        self._index, self._meta = None, new_meta
-        for old in self.dir.glob("index-*.bin"):
-            if old.name != name:
+        self._index, self._overlay, self._meta = index, overlay, new_meta
+        keep = {full_name, index_name, delta_name, "meta.json"}
+        for old in self.dir.iterdir():
+            if old.name not in keep and old.suffix in (".crl", ".bin"):
                 old.unlink(missing_ok=True)
         return self.status(now)
+
+    def _current_index_for(self, full: ParsedCrl, full_name: str, index_name: str) -> CrlIndex | None:
+        """The installed index, when it was built from a full CRL with this very content."""
+        meta = self._load_meta()
+        if meta is None or meta.get("full") != full_name or meta.get("index") != index_name:
+            return None
+        try:
+            if parse_crl((self.dir / full_name).read_bytes()).tbs != full.tbs:
+                return None
+            return self._index or self._open()
+        except (OSError, errors.MalformedInput):
+            return None
 
     @staticmethod
     def _verified(der: bytes, ca_cert: x509.Certificate, what: str) -> ParsedCrl:
@@ -237,3 +221,15 @@ class CrlCache:
         if crl.number is None:
             raise errors.ValidationFailed(f"{what}: no CRL number")
         return crl
+
+
+def _effective_count(index: CrlIndex, overlay: Overlay) -> int:
+    """Entries of the full CRL with the delta applied."""
+    count = index.count
+    for serial, info in overlay.items():
+        in_base = index.check(serial) is not None
+        if info is None and in_base:
+            count -= 1
+        elif info is not None and not in_base:
+            count += 1
+    return count
