@@ -16,6 +16,8 @@ from hsmkm.km.manager import KeyManager
 from hsmkm.km.publication import CrlKind, publish_crl
 from hsmkm.x509 import profiles
 
+LABELS = {10: "10", 10_000: "10k", 100_000: "100k", 1_000_000: "1m"}
+
 
 def _revoke_synthetic(km: KeyManager, count: int, start_seq: int) -> list[int]:
     """``count`` revoked certificates straight into the database (a stand-in for years of use)."""
@@ -58,7 +60,7 @@ def run(tmp: Path, quick: bool) -> list[Row]:
         t = time.perf_counter()
         pub = publish_crl(km, CrlKind.FULL)
         seconds = time.perf_counter() - t
-        label = {10: "10", 10_000: "10k", 100_000: "100k", 1_000_000: "1m"}[size]
+        label = LABELS[size]
         rows.append(Row("crl", f"publish_{label}_s", seconds, "s",
                         f"{pub.size / 2**20:.1f} MiB CRL, RSA-3072 signature on SoftHSM2; target 1m <= 10 s"))
         cache = CrlCache(tmp / f"cache-{size}")
@@ -76,23 +78,39 @@ def run(tmp: Path, quick: bool) -> list[Row]:
         index_mib[size] = os.path.getsize(meta_index) / 2**20
         rows.append(Row("crl", f"index_mib_{label}", index_mib[size], "MiB", "memory-mapped index file"))
     # The check times alternate between the sizes, round after round, so that the machine's
-    # noisy moments fall on every size alike; each size keeps its best round.
+    # noisy moments fall on every size alike; each size keeps its best round (a round is
+    # 10,000 checks, a few milliseconds, so many rounds cost little).
+    largest = max(sizes)
     best = {size: float("inf") for size in sizes}
-    for _ in range(9):
+    # A diagnostic beside the main rows: 100 serials checked again and again keep their index
+    # lines in the processor's cache, which leaves the work of a check without the latency of
+    # fetching a random line of a large index from memory.
+    cached = [s for s in caches[largest][1][:100] for _ in range(100)]
+    best_cached = float("inf")
+    for _ in range(21):
         for size in sizes:
             cache, probes = caches[size]
             best[size] = min(best[size], _check_time(cache, probes, rounds=1))
+        best_cached = min(best_cached, _check_time(caches[largest][0], cached, rounds=1))
     for size in sizes:
         checks[size] = best[size]
-        label = {10: "10", 10_000: "10k", 100_000: "100k", 1_000_000: "1m"}[size]
+        label = LABELS[size]
         rows.append(Row("crl", f"check_{label}_us", checks[size] * 1e6, "us", "one lookup, half hits"))
-    largest = max(sizes)
     ratio = checks[largest] / checks[10]
-    name = "check_ratio_1m_vs_10" if largest == 1_000_000 else f"check_ratio_{largest}_vs_10"
+    name = f"check_ratio_{LABELS[largest]}_vs_10"
     rows.append(Row("crl", name, ratio, "ratio", "target <= 1.2", ratio))
+    rows.append(Row("crl", f"check_{LABELS[largest]}_cached_lines_us", best_cached * 1e6, "us",
+                    "diagnostic: 100 serials repeated, index lines in cache; ratio against check_10",
+                    best_cached / checks[10]))
     # Bytes a client downloads per day, 1,000 revocations a day on the largest base.
     _revoke_synthetic(km, 1000, have)
     delta = publish_crl(km, CrlKind.DELTA)
+    cache = caches[largest][0]
+    base = (cache.dir / f"full-{cache.status(km.clock()).full_number}.crl").read_bytes()
+    t = time.perf_counter()
+    cache.update(base, delta.path.read_bytes(), km.ca_cert, km.clock())
+    rows.append(Row("crl", f"cache_update_delta_{LABELS[largest]}_s", time.perf_counter() - t, "s",
+                    "apply a 1,000-entry delta: verify both CRLs, overlay the delta, keep the base index"))
     full = publish_crl(km, CrlKind.FULL)
     rows.append(Row("crl", "daily_bytes_full", full.size, "bytes", f"a new full CRL each day ({largest} + 1000 entries)"))
     rows.append(Row("crl", "daily_bytes_delta", delta.size, "bytes", "one delta CRL per day with 1,000 entries",

@@ -1,4 +1,4 @@
-"""The client's revocation index: a minimal perfect hash over the revoked serials.
+"""The client's revocation index: a perfect hash over the revoked serials.
 
 Each revoked serial owns exactly one slot, found from its hash and its bucket's *pilot*
 (hash and displace, as in CHD and PTHash). A check reads one 16-bit pilot and one 32-byte
