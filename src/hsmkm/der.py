@@ -51,6 +51,16 @@ def der_time(when: datetime) -> bytes:
     return tlv(GENERALIZED_TIME, f"{when.year:04d}{when.strftime('%m%d%H%M%S')}Z".encode())
 
 
+def der_time_of_iso(text: str) -> bytes:
+    """der_time of an ISO 8601 text; UTC texts of 1950 through 2049 (what the KM stores) are
+    rearranged directly, which is several times quicker than parsing and formatting."""
+    if len(text) in (25, 32) and text.endswith("+00:00") and "1950" <= text[:4] < "2050" and text[10] == "T":
+        digits = text[2:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]
+        if digits.isdigit() and text[4] + text[7] + text[13] + text[16] == "--::":
+            return b"\x17\x0d" + digits.encode() + b"Z"
+    return der_time(datetime.fromisoformat(text))
+
+
 def time_seconds(tag: int, raw: bytes, days: dict[bytes, int] | None = None) -> int:
     """Seconds since 1970 of a DER UTCTime or GeneralizedTime in RFC 5280's forms
     (YYMMDDHHMMSSZ, YYYYMMDDHHMMSSZ); ``days`` memoises the date part across many calls."""

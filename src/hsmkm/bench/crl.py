@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from datetime import timedelta
 
 from pathlib import Path
 
@@ -17,17 +18,22 @@ from hsmkm.km.publication import CrlKind, publish_crl
 from hsmkm.x509 import profiles
 
 LABELS = {10: "10", 10_000: "10k", 100_000: "100k", 1_000_000: "1m"}
+REASONS = ("keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "unspecified")
 
 
 def _revoke_synthetic(km: KeyManager, count: int, start_seq: int) -> list[int]:
     """``count`` revoked certificates straight into the database (a stand-in for years of use)."""
-    now = km.clock().isoformat()
+    clock = km.clock().replace(microsecond=0)
+    now = clock.isoformat()
     serials = [profiles.random_serial() for _ in range(count)]
+    # Each revocation at its own second, as in years of real use (a shared time would let
+    # the encoders reuse one DER time for every entry).
     with km.db.transaction() as conn:
         conn.executemany(
             "INSERT INTO certificates(serial, user_id, kind, der, not_before, not_after, issued_at, status, current, "
-            "revoked_at, reason, revoked_seq) VALUES (?, NULL, 'sign', x'', ?, ?, ?, 'revoked', 0, ?, 'keyCompromise', ?)",
-            ((f"{s:040x}", now, now, now, now, start_seq + i + 1) for i, s in enumerate(serials)),
+            "revoked_at, reason, revoked_seq) VALUES (?, NULL, 'sign', x'', ?, ?, ?, 'revoked', 0, ?, ?, ?)",
+            ((f"{s:040x}", now, now, now, (clock - timedelta(seconds=3 * (start_seq + i))).isoformat(),
+              REASONS[i % len(REASONS)], start_seq + i + 1) for i, s in enumerate(serials)),
         )
     return serials
 

@@ -19,7 +19,8 @@ from hsmkm import errors
 from hsmkm.atomic import write_atomic
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
-from hsmkm.x509.crl import RevocationReason, RevokedEntry, build_crl, parse_crl
+from hsmkm.der import der_time_of_iso
+from hsmkm.x509.crl import RevocationReason, encode_rows, parse_crl, sign_crl
 
 
 class CrlKind(str, Enum):
@@ -39,20 +40,21 @@ class Published:
     size: int
 
 
-def _entries(conn: sqlite3.Connection, after_seq: int, upto_seq: int) -> Iterator[RevokedEntry]:
+def _rows(conn: sqlite3.Connection, after_seq: int, upto_seq: int) -> Iterator[tuple[int, bytes, RevocationReason]]:
+    """(serial, DER revocation time, reason) of the revocations in (after_seq, upto_seq], in
+    the order they happened (the revoked_seq index gives them without a sort)."""
     cur = conn.execute(
         "SELECT serial, revoked_at, reason FROM certificates WHERE revoked_seq > ? AND revoked_seq <= ? "
-        "ORDER BY serial",
+        "ORDER BY revoked_seq",
         (after_seq, upto_seq),
     )
     reasons = {r.value: r for r in RevocationReason}
-    parse = datetime.fromisoformat
     while True:
         rows = cur.fetchmany(10_000)
         if not rows:
             return
         for serial, at, reason in rows:
-            yield RevokedEntry(int(serial, 16), parse(at), reasons[reason])
+            yield int(serial, 16), der_time_of_iso(at), reasons[reason]
 
 
 def publish_crl(km: KeyManager, kind: CrlKind = CrlKind.FULL, next_update_hours: int | None = None) -> Published:
@@ -83,8 +85,8 @@ def publish_crl(km: KeyManager, kind: CrlKind = CrlKind.FULL, next_update_hours:
         )
         ch.details.update(number=number, base=base, entries=count, next_update=next_update.isoformat())
     # The number is committed: a crash from here on leaves a gap, never a reused number.
-    der = build_crl(
-        km.ca_cert, km.ca_key, _entries(km.db.conn, after, upto), number, now, next_update,
+    der = sign_crl(
+        km.ca_cert, km.ca_key, b"".join(encode_rows(_rows(km.db.conn, after, upto))), number, now, next_update,
         delta_of=base, freshest_url=km.config.delta_crl_url if kind is CrlKind.FULL else None,
     )
     path = km.home.crl_dir / f"{kind.value}.crl"
