@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hsmkm import errors
+from hsmkm.client import crlindex
 from hsmkm.client.crlcache import CrlCache
 from hsmkm.client.crlindex import MAGIC, CrlIndex, IndexOutdated, build_index
-from hsmkm.der import GENERALIZED_TIME, UTC_TIME, der_time, time_seconds
+from hsmkm.der import GENERALIZED_TIME, UTC_TIME, der_time, der_time_of_iso, time_seconds
 from hsmkm.x509 import profiles
 from hsmkm.x509.crl import RevocationReason, RevokedEntry, build_crl, parse_crl
 
@@ -67,6 +68,18 @@ def test_every_revoked_serial_is_found_and_no_other(rows, others, collide) -> No
     for serial in others + [r[0] + 1 for r in rows] + [r[0] + MERSENNE for r in rows]:
         if serial not in revoked:
             assert index.check(serial) is None, serial
+
+
+def test_a_bucket_without_a_pilot_makes_the_table_roomier(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With pilot 0 alone, most tables have a bucket whose keys collide; the build must grow the
+    # table until none does, and the index must still be exact.
+    monkeypatch.setattr(crlindex, "MAX_PILOT", 0)
+    rows = [(profiles.random_serial(), i, RevocationReason.SUPERSEDED.code) for i in range(40)]
+    index = CrlIndex(build_index(rows))
+    assert index.size > crlindex.HEADER.size + 64 + crlindex.SLOT_SIZE * 58  # grown past 40 / 0.7 slots
+    assert all(index.check(s) == (datetime.fromtimestamp(i, timezone.utc), RevocationReason.SUPERSEDED)
+               for s, i, _ in rows)
+    assert index.check(rows[0][0] + 1) is None
 
 
 def test_an_empty_crl_gives_an_index_that_answers_no() -> None:
@@ -167,6 +180,20 @@ def test_time_decoder_inverts_the_encoder(when: datetime) -> None:
     encoded = der_time(when)
     assert encoded[0] == (UTC_TIME if 1950 <= when.year < 2050 else GENERALIZED_TIME)
     assert time_seconds(encoded[0], encoded[2:]) == int(when.timestamp())
+
+
+@settings(max_examples=300, deadline=None)
+@given(when=st.one_of(utc_times, any_times), offset_minutes=st.sampled_from([0, 0, 60, -330, 14 * 60]),
+       micro=st.integers(0, 999_999))
+def test_der_time_of_the_stored_iso_text_matches_der_time(when: datetime, offset_minutes: int, micro: int) -> None:
+    zone = timezone(timedelta(minutes=offset_minutes))
+    when = when.replace(microsecond=micro, tzinfo=timezone.utc)
+    try:
+        local = when.astimezone(zone)
+    except OverflowError:
+        return
+    assert der_time_of_iso(local.isoformat()) == der_time(when)
+    assert der_time_of_iso(local.replace(microsecond=0).isoformat()) == der_time(when)
 
 
 @settings(max_examples=300, deadline=None)
