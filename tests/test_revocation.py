@@ -224,3 +224,48 @@ def test_crl_numbers_increase_under_concurrent_publishers(revoked_km: dict[str, 
     published = parse_crl((home / "pub/crl/full.crl").read_bytes()).number
     assert published == max(numbers)
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
+
+
+def test_crl_fetch_refuses_a_bad_crl_in_one_line_and_the_cache_still_answers(tmp_path: Path) -> None:
+    home = tmp_path / "km"
+    hsmkm("init", "--ca-subject", "CN=Fetch CA", "--ca-key", "p256", "--user-key", "p256", home=home)
+    _enroll(home, "dan@example.com", tmp_path / "dan.epf")
+    cert = tmp_path / "dan.crt"
+    cert.write_bytes((home / "pub" / "certs" / "dan@example.com.sign.crt").read_bytes())
+    hsmkm("user", "revoke", "dan@example.com", "--reason", "cessationOfOperation", home=home)
+    hsmkm("crl", "publish", home=home)
+    old = (home / "pub" / "crl" / "full.crl").read_bytes()
+    hsmkm("crl", "publish", home=home)
+    good = (home / "pub" / "crl" / "full.crl").read_bytes()
+    # The client reads a mirror of pub/, so each bad CRL can be put where the good one was.
+    mirror = tmp_path / "mirror"
+    (mirror / "pub" / "crl").mkdir(parents=True)
+    (mirror / "pub" / "ca.crt").write_bytes((home / "pub" / "ca.crt").read_bytes())
+    served = mirror / "pub" / "crl" / "full.crl"
+    served.write_bytes(good)
+    cache = tmp_path / "cache"
+    fetched = hsmkm("crl", "fetch", "--km", str(mirror), "--cache", str(cache), "--json").json()
+    assert fetched["full"] == parse_crl(good).number and fetched["entries"] == 2  # signing and encryption
+    meta = (cache / "meta.json").read_bytes()
+    tampered = bytearray(good)
+    tampered[-5] ^= 0x40  # inside the signature
+    for bad, why in ((bytes(tampered), "signature"), (good[:-9], "truncated"), (old, "older"),
+                     (b"garbage", "not a DER CertificateList")):
+        served.write_bytes(bad)
+        r = hsmkm("crl", "fetch", "--km", str(mirror), "--cache", str(cache), check=False)
+        assert r.returncode in (1, 2), r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("hsmkm: error:") and why in lines[0], r.stderr
+        assert (cache / "meta.json").read_bytes() == meta
+        still = hsmkm("crl", "check", "--km", str(mirror), "--cache", str(cache), str(cert), check=False)
+        assert still.returncode == 1 and "cessationOfOperation" in still.stderr
+    # A good full CRL with a damaged delta: the whole update is refused.
+    hsmkm("crl", "publish", "--delta", home=home)
+    served.write_bytes(good)
+    delta = bytearray((home / "pub" / "crl" / "delta.crl").read_bytes())
+    delta[-3] ^= 0x01
+    (mirror / "pub" / "crl" / "delta.crl").write_bytes(bytes(delta))
+    r = hsmkm("crl", "fetch", "--km", str(mirror), "--cache", str(cache), check=False)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "hsmkm: error: delta CRL: its signature does not verify with the CA's key"]
+    assert (cache / "meta.json").read_bytes() == meta

@@ -211,7 +211,7 @@ class CrlCache:
         try:
             crl = parse_crl(der)
         except errors.MalformedInput as exc:
-            raise errors.MalformedInput(f"{what}: {exc}") from None
+            raise errors.MalformedInput(f"{what}: {str(exc).removeprefix('CRL: ')}") from None
         if crl.issuer_der != ca_cert.subject.public_bytes():
             raise errors.ValidationFailed(f"{what}: issued by another CA")
         try:

@@ -308,6 +308,8 @@ def _entry_reason(data: bytes, pos: int, end: int) -> int:
 
 def parse_crl(der: bytes) -> ParsedCrl:
     """Split a DER CRL into what a cache needs; malformed input is MalformedInput."""
+    if der[:1] != b"\x30":
+        raise errors.MalformedInput("CRL: not a DER CertificateList")
     try:
         tag, start, end = _read(der, 0)
         if tag != 0x30 or end != len(der):
