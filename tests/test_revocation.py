@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -213,8 +214,6 @@ def test_crl_numbers_increase_under_concurrent_publishers(revoked_km: dict[str, 
     home = revoked_km["home"]
     procs = [subprocess.Popen([sys.executable, "-m", "hsmkm.cli", "--home", str(home), "--json", "crl", "publish"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
-    import json
-
     numbers = []
     for p in procs:
         out, err = p.communicate(timeout=120)
@@ -226,7 +225,7 @@ def test_crl_numbers_increase_under_concurrent_publishers(revoked_km: dict[str, 
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
 
 
-def test_crl_fetch_refuses_a_bad_crl_in_one_line_and_the_cache_still_answers(tmp_path: Path) -> None:
+def test_crl_fetch_refuses_bad_crls_in_one_line_keeps_the_cache_and_refreshes_when_stale(tmp_path: Path) -> None:
     home = tmp_path / "km"
     hsmkm("init", "--ca-subject", "CN=Fetch CA", "--ca-key", "p256", "--user-key", "p256", home=home)
     _enroll(home, "dan@example.com", tmp_path / "dan.epf")
@@ -269,3 +268,22 @@ def test_crl_fetch_refuses_a_bad_crl_in_one_line_and_the_cache_still_answers(tmp
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "hsmkm: error: delta CRL: its signature does not verify with the CA's key"]
     assert (cache / "meta.json").read_bytes() == meta
+    # A day later (the cache's nextUpdate moved into the past): online, a check refreshes the
+    # cache by itself; offline, it answers from the stale cache with a warning.
+    (mirror / "pub" / "crl" / "delta.crl").unlink()
+
+    def age_cache() -> None:
+        stale = json.loads((cache / "meta.json").read_text())
+        stale["next_update"] = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+        (cache / "meta.json").write_text(json.dumps(stale))
+
+    age_cache()
+    online = hsmkm("crl", "check", "--km", str(mirror), "--cache", str(cache), str(cert), check=False)
+    assert online.returncode == 1 and "stale" not in online.stderr
+    refreshed = datetime.fromisoformat(json.loads((cache / "meta.json").read_text())["next_update"])
+    assert refreshed > datetime.now(timezone.utc)
+    age_cache()
+    served.unlink()
+    offline = hsmkm("crl", "check", "--km", str(mirror), "--cache", str(cache), str(cert), check=False)
+    assert offline.returncode == 1 and "cessationOfOperation" in offline.stderr
+    assert "CRL cache is stale" in offline.stderr and "working offline" in offline.stderr
