@@ -165,7 +165,7 @@ def test_a_new_delta_leaves_the_index_in_place_and_overlays_it(tmp_path: Path) -
                        later + timedelta(hours=6), delta_of=10)
     cache.update(full, delta2, ca, later)
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert names == ["delta-12.crl", "full-10.crl", "index-10.bin", "meta.json"]
+    assert names == [".update.lock", "delta-12.crl", "full-10.crl", "index-10.bin", "meta.json"]
     assert CrlCache(tmp_path / "cache").check(base[0].serial) is not None  # delta 12 no longer releases it
 
 
@@ -231,3 +231,31 @@ def test_the_crl_parser_refuses_damage_with_malformed_input_only(edits, cut) -> 
     for serial, seconds, code in rows:
         assert RevocationReason.from_code(code) in RevocationReason and isinstance(serial, int)
         assert isinstance(seconds, int)
+
+
+def test_concurrent_updaters_leave_one_consistent_cache(tmp_path: Path) -> None:
+    import multiprocessing
+
+    key, ca = CA
+    entries = [RevokedEntry(profiles.random_serial(), NOW, RevocationReason.KEY_COMPROMISE) for _ in range(3000)]
+    crls = [build_crl(ca, key, entries[: 1000 * (n + 1)], n + 1, NOW, NOW + timedelta(days=1)) for n in range(3)]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_update_quietly, args=(tmp_path / "cache", crls[n % 3], ca)) for n in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 6
+    cache = CrlCache(tmp_path / "cache")
+    status = cache.status(NOW)
+    assert status.full_number == 3 and status.entries == 3000  # the newest won, whatever the order
+    assert all(cache.check(e.serial) is not None for e in entries[::97])
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == [
+        "full-3.crl", "index-3.bin", "meta.json"]
+
+
+def _update_quietly(directory: Path, der: bytes, ca: x509.Certificate) -> None:
+    try:
+        CrlCache(directory).update(der, None, ca, NOW)
+    except errors.ValidationFailed:  # an older CRL than the one another process installed
+        pass

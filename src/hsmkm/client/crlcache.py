@@ -10,6 +10,7 @@ answering.
 
 from __future__ import annotations
 
+import fcntl
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -134,6 +135,19 @@ class CrlCache:
 
     def update(self, full_der: bytes, delta_der: bytes | None, ca_cert: x509.Certificate, now: datetime) -> CacheStatus:
         """Verify the CRLs against the CA and install them; a refusal changes nothing."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".update.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one updater at a time; readers never wait
+            self._reload()  # what another updater installed meanwhile counts
+            return self._update(full_der, delta_der, ca_cert, now)
+
+    def _reload(self) -> None:
+        seen, self._meta = self._meta, None
+        if self._load_meta() != seen and self._index is not None:
+            self._index.close()
+            self._index, self._overlay = None, {}
+
+    def _update(self, full_der: bytes, delta_der: bytes | None, ca_cert: x509.Certificate, now: datetime) -> CacheStatus:
         full = self._verified(full_der, ca_cert, "full CRL")
         if full.delta_of is not None:
             raise errors.ValidationFailed("the full CRL is a delta CRL")
@@ -159,7 +173,6 @@ class CrlCache:
                 # A delta for another base (RFC 5280 §5.2.4): use the full CRL alone.
                 delta = None
         overlay = delta_overlay(delta) if delta is not None else {}
-        self.dir.mkdir(parents=True, exist_ok=True)
         full_name, index_name = f"full-{full_number}.crl", f"index-{full_number}.bin"
         index = self._current_index_for(full, full_name, index_name)
         if index is None:
