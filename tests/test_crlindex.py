@@ -4,6 +4,7 @@ parsers under random input."""
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -259,3 +260,22 @@ def _update_quietly(directory: Path, der: bytes, ca: x509.Certificate) -> None:
         CrlCache(directory).update(der, None, ca, NOW)
     except errors.ValidationFailed:  # an older CRL than the one another process installed
         pass
+
+
+def test_a_cache_of_an_earlier_layout_counts_as_empty_and_the_next_update_replaces_it(tmp_path: Path) -> None:
+    key, ca = CA
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    (directory / "meta.json").write_text(json.dumps({"full_number": 4, "delta_number": None, "entries": 1,
+                                                     "index": "index-4-0.bin", "this_update": NOW.isoformat(),
+                                                     "next_update": NOW.isoformat()}))
+    (directory / "index-4-0.bin").write_bytes(b"HKCRLIX2" + bytes(100))
+    (directory / "full.crl").write_bytes(b"old")
+    cache = CrlCache(directory)
+    assert cache.status(NOW).full_number is None and cache.status(NOW).stale
+    with pytest.raises(errors.Unreachable, match="crl fetch"):
+        cache.check(1)
+    serial = profiles.random_serial()
+    cache.update(build_crl(ca, key, [RevokedEntry(serial, NOW)], 2, NOW, NOW + timedelta(days=1)), None, ca, NOW)
+    assert cache.check(serial) == (NOW, RevocationReason.UNSPECIFIED)
+    assert sorted(p.name for p in directory.iterdir()) == [".update.lock", "full-2.crl", "index-2.bin", "meta.json"]

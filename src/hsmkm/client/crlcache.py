@@ -25,7 +25,8 @@ from hsmkm.x509.crl import ParsedCrl, RevocationReason, parse_crl, verify_crl_si
 
 __all__ = ["CacheStatus", "CrlCache", "RevocationInfo"]
 
-Overlay = dict[int, "RevocationInfo | None"]  # None: removed from the CRL by the delta
+Overlay = dict[int, RevocationInfo | None]  # None: removed from the CRL by the delta
+_META_KEYS = ("full", "full_number", "index", "this_update", "next_update", "entries")
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,15 @@ class CrlCache:
         return self.dir / "meta.json"
 
     def _load_meta(self) -> dict[str, object] | None:
+        """The current set, or None for an empty cache and for one this version cannot read
+        (damaged, or of an earlier layout): the next update replaces it."""
         if self._meta is None and self.meta_path.exists():
             try:
                 meta = dict(json.loads(self.meta_path.read_text()))
-                for key in ("full", "index", "full_number", "next_update", "this_update", "entries"):
-                    meta[key]  # noqa: B018 - presence check
-            except (ValueError, KeyError, TypeError):
-                raise errors.MalformedInput(f"{self.meta_path}: damaged CRL cache (run 'hsmkm crl fetch')") from None
-            self._meta = meta
+            except (ValueError, TypeError):
+                return None
+            if all(key in meta for key in _META_KEYS):
+                self._meta = meta
         return self._meta
 
     def _open(self) -> CrlIndex | None:
@@ -113,7 +115,7 @@ class CrlCache:
         """Revocation status from the cache: the delta's overlay, then one index lookup."""
         index = self._index or self._open()
         if index is None:
-            raise errors.Unreachable("no CRL in the cache yet (run 'hsmkm crl fetch')")
+            raise errors.Unreachable("no usable CRL in the cache (run 'hsmkm crl fetch')")
         overlay = self._overlay
         if overlay and serial in overlay:
             return overlay[serial]
