@@ -91,8 +91,10 @@ def run(tmp: Path, quick: bool) -> list[Row]:
         index_mib[size] = os.path.getsize(meta_index) / 2**20
         rows.append(Row("crl", f"index_mib_{label}", index_mib[size], "MiB", "memory-mapped index file"))
     # The check times alternate between the sizes and kinds of probe, round after round, so
-    # that the machine's noisy moments fall on all alike; each keeps its best round (a round is
-    # at most 10,000 checks, a few milliseconds, so many rounds cost little).
+    # that the machine's noisy moments fall on all alike; each keeps its best round. A large
+    # index feels other tenants' memory traffic and a 10-entry one (in L1) does not, so the
+    # rounds span several seconds for the large ones to meet a quiet moment too (a round is
+    # at most 10,000 checks, a few milliseconds).
     largest = max(sizes)
     # A diagnostic: 100 serials checked again and again keep their index lines in the
     # processor's cache, which leaves the work of a check without the latency of fetching a
@@ -101,7 +103,7 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     caches_probes[(largest, "cached")] = (caches[largest][0], [s for s in caches[largest][1]["mixed"][:100]
                                                               for _ in range(100)])
     best = {key: float("inf") for key in caches_probes}
-    for _ in range(21):
+    for _ in range(61):
         for key, (cache, probes) in caches_probes.items():
             best[key] = min(best[key], _check_time(cache, probes, rounds=1))
     for size in sizes:
