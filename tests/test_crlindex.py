@@ -262,13 +262,22 @@ def _update_quietly(directory: Path, der: bytes, ca: x509.Certificate) -> None:
         pass
 
 
-def test_a_cache_of_an_earlier_layout_counts_as_empty_and_the_next_update_replaces_it(tmp_path: Path) -> None:
+EARLIER_LAYOUT = {"full_number": 4, "delta_number": None, "entries": 1, "index": "index-4-0.bin",
+                  "this_update": NOW.isoformat(), "next_update": NOW.isoformat()}
+
+
+@pytest.mark.parametrize("meta", [
+    json.dumps(EARLIER_LAYOUT),
+    json.dumps({**EARLIER_LAYOUT, "full": "full-4.crl", "full_number": "four"}),
+    json.dumps({**EARLIER_LAYOUT, "full": "full-4.crl", "next_update": "tomorrow"}),
+    '{"full": ',
+    "[]",
+], ids=["earlier layout", "wrong type", "bad time", "truncated", "not an object"])
+def test_a_cache_it_cannot_read_counts_as_empty_and_the_next_update_replaces_it(tmp_path: Path, meta: str) -> None:
     key, ca = CA
     directory = tmp_path / "cache"
     directory.mkdir()
-    (directory / "meta.json").write_text(json.dumps({"full_number": 4, "delta_number": None, "entries": 1,
-                                                     "index": "index-4-0.bin", "this_update": NOW.isoformat(),
-                                                     "next_update": NOW.isoformat()}))
+    (directory / "meta.json").write_text(meta)
     (directory / "index-4-0.bin").write_bytes(b"HKCRLIX2" + bytes(100))
     (directory / "full.crl").write_bytes(b"old")
     cache = CrlCache(directory)

@@ -26,7 +26,6 @@ from hsmkm.x509.crl import ParsedCrl, RevocationReason, parse_crl, verify_crl_si
 __all__ = ["CacheStatus", "CrlCache", "RevocationInfo"]
 
 Overlay = dict[int, RevocationInfo | None]  # None: removed from the CRL by the delta
-_META_KEYS = ("full", "full_number", "index", "this_update", "next_update", "entries")
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class CrlCache:
                 meta = dict(json.loads(self.meta_path.read_text()))
             except (ValueError, TypeError):
                 return None
-            if all(key in meta for key in _META_KEYS):
+            if _well_formed(meta):
                 self._meta = meta
         return self._meta
 
@@ -236,6 +235,20 @@ class CrlCache:
         if crl.number is None:
             raise errors.ValidationFailed(f"{what}: no CRL number")
         return crl
+
+
+def _well_formed(meta: dict[str, object]) -> bool:
+    """meta.json as update() writes it: names, numbers and times of the right types."""
+    try:
+        datetime.fromisoformat(str(meta["this_update"]))
+        datetime.fromisoformat(str(meta["next_update"]))
+    except (KeyError, ValueError):
+        return False
+    return (
+        isinstance(meta.get("full"), str) and isinstance(meta.get("index"), str)
+        and isinstance(meta.get("full_number"), int) and isinstance(meta.get("entries"), int)
+        and isinstance(meta.get("delta"), (str, type(None))) and isinstance(meta.get("delta_number"), (int, type(None)))
+    )
 
 
 def _effective_count(index: CrlIndex, overlay: Overlay) -> int:
