@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import hashlib
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -46,19 +47,33 @@ class Base64Writer:
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.pending = b""
+        self._cutters: dict[int, struct.Struct] = {}
 
     def write(self, data: bytes) -> None:
         data = self.pending + data
-        usable = len(data) - len(data) % 57
-        if usable:
-            encoded = base64.encodebytes(data[:usable])  # 76-char lines ending in \n
-            self.out.write(encoded.replace(b"\n", b"\r\n"))
-        self.pending = data[usable:]
+        lines = len(data) // 57
+        if lines:
+            self.out.write(self._encode_lines(data[: lines * 57], lines))
+        self.pending = data[lines * 57 :]
+
+    def _encode_lines(self, data: bytes, lines: int) -> bytes:
+        # The whole block is encoded at once and cut into 76-character lines by a struct of
+        # that many fields, both in C: base64.encodebytes loops in Python over 57-byte pieces,
+        # which took more time than the encryption itself.
+        cutter = self._cutters.get(lines)
+        if cutter is None:
+            if len(self._cutters) >= 4:
+                self._cutters.clear()
+            cutter = self._cutters[lines] = struct.Struct("76s" * lines)
+        return b"\r\n".join(cutter.unpack(binascii.b2a_base64(data, newline=False))) + b"\r\n"
 
     def close(self) -> None:
         if self.pending:
             self.out.write(base64.encodebytes(self.pending).replace(b"\n", b"\r\n"))
             self.pending = b""
+
+
+_WHITESPACE = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on
 
 
 class Base64Reader:
@@ -75,7 +90,7 @@ class Base64Reader:
             more = self.src.read(CHUNK)
             if not more:
                 self.eof = True
-            text = b"".join((self.text + more).split())
+            text = (self.text + more).translate(None, _WHITESPACE)
             usable = len(text) if self.eof else len(text) - len(text) % 4
             try:
                 self.buf += binascii.a2b_base64(text[:usable], strict_mode=True) if usable else b""
