@@ -143,15 +143,22 @@ def test_gpgsm_decrypts_cbc_pkcs1v15(files: Path) -> None:
     # gpgsm 2.2 imports only the traditional PKCS#12 encryption.
     assert run("openssl", "pkcs12", "-export", "-legacy", "-inkey", str(files / "bob.encrypt.key"),
                "-in", str(files / "bob.encrypt.crt"), "-passout", "pass:bob", "-out", str(p12)).returncode == 0
-    imp = run("gpgsm", "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--import", str(p12),
-              input=b"bob\n", env=env)
-    assert b"secret keys imported: 1" in imp.stderr, imp.stderr
-    der = enveloped.encrypt(b"hello gpgsm\r\n", [cert("bob.encrypt.crt")], enveloped.ContentCipher.AES256_CBC,
-                            enveloped.KeyTransport.RSA_PKCS1V15)
-    (files / "g.p7m").write_bytes(der)
-    out = run("gpgsm", "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--decrypt", str(files / "g.p7m"),
-              input=b"bob\n", env=env)
-    run("gpgconf", "--kill", "gpg-agent", env=env)
+    # The agent is started and answering before gpgsm needs it: on a loaded machine, gpgsm's
+    # own start of the agent can lose the loopback passphrase, and the import then fails with
+    # "error parsing or decrypting the PKCS#12 file".
+    assert run("gpgconf", "--launch", "gpg-agent", env=env).returncode == 0
+    assert run("gpg-connect-agent", "--no-autostart", "/bye", env=env).returncode == 0
+    try:
+        imp = run("gpgsm", "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--import", str(p12),
+                  input=b"bob\n", env=env)
+        assert b"secret keys imported: 1" in imp.stderr, imp.stderr
+        der = enveloped.encrypt(b"hello gpgsm\r\n", [cert("bob.encrypt.crt")], enveloped.ContentCipher.AES256_CBC,
+                                enveloped.KeyTransport.RSA_PKCS1V15)
+        (files / "g.p7m").write_bytes(der)
+        out = run("gpgsm", "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--decrypt",
+                  str(files / "g.p7m"), input=b"bob\n", env=env)
+    finally:
+        run("gpgconf", "--kill", "gpg-agent", env=env)
     assert out.returncode == 0 and out.stdout == b"hello gpgsm\r\n", out.stderr
 
 
