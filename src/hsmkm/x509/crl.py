@@ -85,7 +85,9 @@ _REASON_EXT = {
     reason: _seq(_seq(der_oid(OID_REASON), tlv(0x04, tlv(0x0A, bytes([code])))))
     for reason, code in _CODES.items()
 }
-# The crlEntryExtensions of an entry whose one extension is its reason, up to the code.
+# An entry's crlEntryExtensions by reason (none when unspecified, RFC 5280 §5.3.1), and that
+# of an entry whose one extension is its reason, up to the code.
+_ENTRY_EXTENSIONS = {r: b"" if r is RevocationReason.UNSPECIFIED else ext for r, ext in _REASON_EXT.items()}
 _ONLY_REASON = _REASON_EXT[RevocationReason.KEY_COMPROMISE][:-1]
 
 
@@ -108,19 +110,23 @@ def _sign(key: PrivateKey, data: bytes, algorithm: hashes.HashAlgorithm) -> byte
 def encode_entries(entries: Iterable[RevokedEntry]) -> Iterator[bytes]:
     """DER of each revokedCertificates element; a reason is omitted when unspecified."""
     time_cache: dict[datetime, bytes] = {}
-    for e in entries:
-        t = time_cache.get(e.revoked_at)
-        if t is None:
-            t = der_time(e.revoked_at)
-            if len(time_cache) < 100_000:
-                time_cache[e.revoked_at] = t
-        yield from encode_rows(((e.serial, t, e.reason),))
+
+    def rows() -> Iterator[tuple[int, bytes, RevocationReason]]:
+        for e in entries:
+            t = time_cache.get(e.revoked_at)
+            if t is None:
+                t = der_time(e.revoked_at)
+                if len(time_cache) < 100_000:
+                    time_cache[e.revoked_at] = t
+            yield e.serial, t, e.reason
+
+    return encode_rows(rows())
 
 
 def encode_rows(rows: Iterable[tuple[int, bytes, RevocationReason]]) -> Iterator[bytes]:
     """DER of revokedCertificates elements from (serial, DER revocation time, reason) rows,
     the form a database gives most cheaply: no datetime and no dataclass per entry."""
-    exts = {reason: b"" if reason is RevocationReason.UNSPECIFIED else ext for reason, ext in _REASON_EXT.items()}
+    exts = _ENTRY_EXTENSIONS
     for serial, when, reason in rows:
         sb = serial.to_bytes(serial.bit_length() // 8 + 1, "big", signed=True)
         body = b"\x02" + _len(len(sb)) + sb + when + exts[reason]
