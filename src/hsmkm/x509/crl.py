@@ -289,27 +289,31 @@ class ParsedCrl:
 
 def _entry_reason(data: bytes, pos: int, end: int) -> int:
     """The reason code in crlEntryExtensions, or 0 (unspecified) without one."""
-    tag, s, e = _read(data, pos)
-    if tag != 0x30 or e != end:
-        raise errors.MalformedInput("CRL: bad entry extensions")
-    reason_oid = der_oid(OID_REASON)
-    pos = s
-    while pos < e:
-        tag, es, ee = _read(data, pos)
-        _, os_, oe = _read(data, es)
-        if tag != 0x30 or ee > e:
-            raise errors.MalformedInput("CRL: bad entry extension")
-        if data[es:oe] == reason_oid:
-            vpos = oe
-            if data[vpos] == 0x01:  # critical flag
-                _, _, vpos = _read(data, vpos)
-            _, vs, ve = _read(data, vpos)
-            value = data[vs:ve]
+    for oid, value in _extensions(data, pos, end):
+        if oid == der_oid(OID_REASON):
             if len(value) != 3 or value[:2] != b"\x0a\x01":
                 raise errors.MalformedInput("CRL: bad reason code")
             return value[2]
-        pos = ee
     return 0
+
+
+def _extensions(data: bytes, pos: int, end: int) -> Iterator[tuple[bytes, bytes]]:
+    """(DER OID, extnValue contents) of the Extensions SEQUENCE at ``pos``, which ends at ``end``."""
+    tag, s, e = _read(data, pos)
+    if tag != 0x30 or e != end:
+        raise errors.MalformedInput("CRL: bad extensions")
+    pos = s
+    while pos < e:
+        tag, es, ee = _read(data, pos)
+        _, _, oe = _read(data, es)
+        if tag != 0x30 or ee > e:
+            raise errors.MalformedInput("CRL: bad extension")
+        vpos = oe
+        if data[vpos] == 0x01:  # critical flag
+            _, _, vpos = _read(data, vpos)
+        _, vs, ve = _read(data, vpos)
+        yield data[es:oe], data[vs:ve]
+        pos = ee
 
 
 def parse_crl(der: bytes) -> ParsedCrl:
@@ -360,25 +364,15 @@ def parse_crl(der: bytes) -> ParsedCrl:
 
 
 def _crl_extensions(data: bytes) -> tuple[int | None, int | None]:
+    """(CRL number, base CRL number of a delta) from the CRL's [0] extensions contents."""
     number = delta = None
-    t, s, e = _read(data, 0)
-    pos = s
-    while pos < e:
-        _, es, ee = _read(data, pos)
-        _, os_, oe = _read(data, es)
-        oid = data[es:oe]
-        vpos = oe
-        if data[vpos] == 0x01:  # critical flag
-            _, _, vpos = _read(data, vpos)
-        _, vs, ve = _read(data, vpos)
-        value = data[vs:ve]
-        if oid == der_oid(OID_CRL_NUMBER):
+    for oid, value in _extensions(data, 0, len(data)):
+        if oid in (der_oid(OID_CRL_NUMBER), der_oid(OID_DELTA)):
             _, is_, ie = _read(value, 0)
-            number = int.from_bytes(value[is_:ie], "big", signed=True)
-        elif oid == der_oid(OID_DELTA):
-            _, is_, ie = _read(value, 0)
-            delta = int.from_bytes(value[is_:ie], "big", signed=True)
-        pos = ee
+            if oid == der_oid(OID_CRL_NUMBER):
+                number = int.from_bytes(value[is_:ie], "big", signed=True)
+            else:
+                delta = int.from_bytes(value[is_:ie], "big", signed=True)
     return number, delta
 
 
