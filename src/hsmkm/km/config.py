@@ -82,7 +82,8 @@ class KmConfig:
     """What ``hsmkm init`` decided; read by every later command."""
 
     km_token: TokenRef
-    recovery_token: TokenRef
+    # Only a KM of the first release has one, until 'archive migrate' destroys its key.
+    recovery_token: TokenRef | None
     ca_key_alg: KeyAlgorithm
     user_key_alg: KeyAlgorithm
     cert_days: int
@@ -117,7 +118,8 @@ class KmConfig:
             raise errors.MalformedInput(f"{home.config}: configuration version {data.get('version')} unknown")
         try:
             data["km_token"] = TokenRef(**data["km_token"])
-            data["recovery_token"] = TokenRef(**data["recovery_token"])
+            rec = data.get("recovery_token")
+            data["recovery_token"] = TokenRef(**rec) if rec else None
             data["ca_key_alg"] = KeyAlgorithm(data["ca_key_alg"])
             data["user_key_alg"] = KeyAlgorithm(data["user_key_alg"])
             return cls(**data)

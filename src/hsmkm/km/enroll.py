@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from hsmkm import errors
 from hsmkm.atomic import write_atomic
 from hsmkm.keys.algorithms import algorithm_of
-from hsmkm.km import archive, users
+from hsmkm.keys.base import PrivateKey
+from hsmkm.km import archive, epochs, users
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import SerialTaken, record_certificate, serial_hex, sign_user_certificate
 from hsmkm.km.manager import KeyManager
@@ -67,14 +68,14 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
         raise errors.CodeRejected(f"{email}: {checked}")
 
     enc_key = km.config.user_key_alg.generate()
-    recovery_public = archive.recovery_public_key(km.db.conn)
+    sharing = epochs.sharing(km.db.conn)
     for _ in range(_ISSUE_TRIES):
         sign_cert = sign_user_certificate(km, csr.public_key(), CertKind.SIGN, email, user.name)  # type: ignore[arg-type]
         enc_cert = sign_user_certificate(km, enc_key.public_key(), CertKind.ENCRYPT, email, user.name)
         enc_serial = serial_hex(enc_cert.serial_number)
-        sealed = archive.seal_record(km.archive_key, recovery_public, user.id, enc_serial, enc_key)
+        sealed = archive.seal_record(km.archive_key, sharing, user.id, enc_serial, enc_key)
         try:
-            history = _commit_enrollment(km, user, checked, req.code, sign_cert, enc_cert, sealed, sign_alg.value)
+            history = _commit_enrollment(km, user, checked, req.code, sign_cert, enc_cert, sealed, sign_alg.value, enc_key)
             break
         except SerialTaken:
             continue
@@ -111,6 +112,7 @@ def _commit_enrollment(
     enc_cert: x509.Certificate,
     sealed: archive.SealedRecord,
     sign_alg: str,
+    enc_key: PrivateKey,
 ) -> _History:
     now = km.clock()
     salt = os.urandom(16)
@@ -125,6 +127,10 @@ def _commit_enrollment(
         conn.execute("UPDATE certificates SET current = 0 WHERE user_id = ? AND current = 1", (user.id,))
         record_certificate(conn, sign_cert, CertKind.SIGN, user.id, now)
         record_certificate(conn, enc_cert, CertKind.ENCRYPT, user.id, now)
+        sharing = epochs.sharing(conn)
+        if tuple(e.number for e in sharing) != sealed.epochs:
+            # an officer change opened or ended meanwhile: split for the epochs current now
+            sealed = archive.seal_record(km.archive_key, sharing, user.id, sealed.cert_serial, enc_key)
         record_id = archive.store_record(conn, sealed, km.config.user_key_alg.value, now)
         if checked.purpose is users.CodePurpose.RECOVERY:
             from hsmkm.km.recovery import release_recovered

@@ -26,11 +26,16 @@ def _kdf(shared: bytes, context: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"hsmkm-seal-v1\x00" + context).derive(shared)
 
 
-def seal(public_key: PublicKey, plaintext: bytes, context: bytes) -> bytes:
-    """Encrypt ``plaintext`` to ``public_key``; ``context`` is bound in as associated data."""
+def seal(
+    public_key: PublicKey, plaintext: bytes, context: bytes, ephemeral: ec.EllipticCurvePrivateKey | None = None
+) -> bytes:
+    """Encrypt ``plaintext`` to ``public_key``; ``context`` is bound in as associated data.
+
+    One ``ephemeral`` EC key may serve several recipients of the same curve when each
+    ``context`` names its recipient (the key derivation covers context and point)."""
     nonce = os.urandom(12)
     if isinstance(public_key, ec.EllipticCurvePublicKey):
-        eph = ec.generate_private_key(public_key.curve)
+        eph = ephemeral if ephemeral is not None else ec.generate_private_key(public_key.curve)
         point = eph.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )

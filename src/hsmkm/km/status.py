@@ -51,7 +51,7 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "serial": km.session.serial,
             "reachable": True,
         },
-        "recovery_token": km.config.recovery_token.label,
+        "recovery_token": km.config.recovery_token.label if km.config.recovery_token else None,
         "keys": keys,
         "ca": {
             "subject": km.ca_cert.subject.rfc4514_string() if km.home.ca_cert.exists() else None,
