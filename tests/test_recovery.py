@@ -287,3 +287,74 @@ def test_archive_rotate_keeps_every_record_recoverable(km_with_alice: dict[str, 
     approve(km, home, req.id, "officer1", "officer3")
     assert len(recovery.complete_recovery(km, req.id, None, reenable=False).keys) == 27
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
+
+
+def _two_requests(home: Path) -> tuple[int, int]:
+    km = KeyManager.open(home, trial_pin(home, "km"))
+    ids = []
+    for reason in ("first", "second"):
+        req = recovery.open_request(km, recovery.RequestKind.RECOVERY, reason, email="alice@example.com")
+        approve(km, home, req.id, "officer1", "officer2")
+        ids.append(req.id)
+    km.close()
+    return ids[0], ids[1]
+
+
+def test_concurrent_completions_of_one_request_complete_once(km_with_alice: dict[str, Path]) -> None:
+    """Two processes complete the same request; the second arrives while the first holds it
+    (paused right after its claim): one completes, the other is refused in one line."""
+    import multiprocessing
+
+    from custody_helpers import complete_in_child
+
+    home = km_with_alice["home"]
+    rid, _ = _two_requests(home)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    claimed = [ctx.Event(), ctx.Event()]
+    go = [ctx.Event(), ctx.Event()]
+    first = ctx.Process(target=complete_in_child, args=(str(home), rid, claimed[0], go[0], results))
+    first.start()
+    assert claimed[0].wait(120)
+    second = ctx.Process(target=complete_in_child, args=(str(home), rid, claimed[1], go[1], results))
+    second.start()
+    second.join(120)
+    assert results.get(timeout=60) == (rid, "refused", f"request {rid} is being completed by another process")
+    assert not claimed[1].is_set()
+    go[0].set()
+    first.join(120)
+    assert results.get(timeout=60) == (rid, "completed", 2)
+    with sqlite3.connect(home / "km.db") as conn:
+        done = conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'recovery.complete' AND details LIKE ?",
+                            (f'%"id":{rid}%"mode"%',)).fetchone()[0]
+        assert done == 1
+        assert conn.execute("SELECT status FROM recovery_requests WHERE id = ?", (rid,)).fetchone()[0] == "completed"
+    late = hsmkm("recovery", "complete", str(rid), "--reenable", home=home, check=False)
+    assert late.returncode == 2 and f"request {rid} is completed" in late.stderr
+    assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
+
+
+def test_two_different_requests_complete_side_by_side(km_with_alice: dict[str, Path]) -> None:
+    """Both processes hold their claims at the same moment, then both finish."""
+    import multiprocessing
+
+    from custody_helpers import complete_in_child
+
+    home = km_with_alice["home"]
+    ids = _two_requests(home)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    claimed = [ctx.Event(), ctx.Event()]
+    go = ctx.Event()
+    procs = [ctx.Process(target=complete_in_child, args=(str(home), rid, claimed[i], go, results))
+             for i, rid in enumerate(ids)]
+    for p in procs:
+        p.start()
+    assert claimed[0].wait(120) and claimed[1].wait(120)  # both in flight at once
+    with sqlite3.connect(home / "km.db") as conn:
+        assert [r[0] for r in conn.execute("SELECT status FROM recovery_requests ORDER BY id")] == ["completing"] * 2
+    go.set()
+    for p in procs:
+        p.join(120)
+    assert sorted([results.get(timeout=60), results.get(timeout=60)]) == [(ids[0], "completed", 2), (ids[1], "completed", 2)]
+    assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
