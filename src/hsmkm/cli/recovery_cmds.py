@@ -16,7 +16,7 @@ from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenSession
 from hsmkm.keys.uri import Pkcs11Uri
-from hsmkm.km import custody, epochs, officer_side, recovery, request_content
+from hsmkm.km import custody, epochs, recovery, request_content
 from hsmkm.km.ceremony import OFFICER_KEY_ALG, check_officer_token
 from hsmkm.km.config import OFFICER_KEY_LABEL
 from hsmkm.km.manager import KeyManager
@@ -50,7 +50,7 @@ def recovery_request(cli_ctx: CliContext, email: str, reason: str) -> None:
     km = open_km(cli_ctx)
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, reason, email=email)
     quorum = custody.quorum(km.db.conn)
-    digest = officer_side.content_digest(request_content.build(km.db.conn, req.id, None).canonical)
+    digest = req.digest  # of the content as opened; approvals sign the content itself
     cli_ctx.emit(
         {"id": req.id, "email": req.email, "records": req.records, "expires_at": req.expires_at,
          "digest": digest.hex(), "quorum": quorum},

@@ -84,14 +84,12 @@ def split_and_seal_key(record_key: bytes, identity: RecordIdentity, epochs: list
     One ephemeral EC key serves every officer of the record: each share's context names the
     record, epoch, officer and index, and the key derivation covers it."""
     out = []
-    eph = ec.generate_private_key(ec.SECP256R1())
+    eph = sealing.new_ephemeral(ec.SECP256R1())
     for ep in epochs:
         shares = shamir.split_at(record_key, ep.quorum, [o.x for o in ep.officers])
         for o, share in zip(ep.officers, shares):
             ctx = share_context(identity, ep.number, o.name, o.x)
-            e = eph if isinstance(o.public_key, ec.EllipticCurvePublicKey) and isinstance(
-                o.public_key.curve, ec.SECP256R1) else None
-            out.append(SealedShare(ep.number, o.name, o.x, sealing.seal(o.public_key, shamir.encode_share(share), ctx, e)))
+            out.append(SealedShare(ep.number, o.name, o.x, sealing.seal(o.public_key, shamir.encode_share(share), ctx, eph)))
     return tuple(out)
 
 

@@ -80,6 +80,8 @@ class InitRequest:
     recovery_pin: str | None = None
     officers: list[OfficerSpec] = field(default_factory=list)
     quorum: int | None = None
+    # The embedded default's trial officers: officer1..officerN.
+    embedded_officers: int = len(EMBEDDED_OFFICERS)
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
         init_token(module, EMBEDDED_KM_TOKEN, custody.random_pin(), km_pin)
         write_secret_file(home.trial_pin_file("km"), km_pin)
         officer_specs = []
-        for name in EMBEDDED_OFFICERS:
+        for name in [f"officer{i}" for i in range(1, req.embedded_officers + 1)]:
             pin = custody.random_pin(16)
             init_token(module, name, custody.random_pin(), pin)
             write_secret_file(home.trial_pin_file(name), pin)
@@ -153,7 +155,7 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
                 f"&pin-source=file:{home.trial_pin_file(name)}"
             )
             officer_specs.append(OfficerSpec(name, module_path, name, None, pin, uri))
-        quorum = req.quorum or EMBEDDED_QUORUM
+        quorum = req.quorum or min(EMBEDDED_QUORUM, req.embedded_officers)
         km_ref = TokenRef(module_path, EMBEDDED_KM_TOKEN)
         km_pin_source = f"file:{home.trial_pin_file('km')}"
         warnings.append(

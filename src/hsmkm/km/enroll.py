@@ -127,10 +127,9 @@ def _commit_enrollment(
         conn.execute("UPDATE certificates SET current = 0 WHERE user_id = ? AND current = 1", (user.id,))
         record_certificate(conn, sign_cert, CertKind.SIGN, user.id, now)
         record_certificate(conn, enc_cert, CertKind.ENCRYPT, user.id, now)
-        sharing = epochs.sharing(conn)
-        if tuple(e.number for e in sharing) != sealed.epochs:
+        if epochs.sharing_numbers(conn) != sealed.epochs:
             # an officer change opened or ended meanwhile: split for the epochs current now
-            sealed = archive.seal_record(km.archive_key, sharing, user.id, sealed.cert_serial, enc_key)
+            sealed = archive.seal_record(km.archive_key, epochs.sharing(conn), user.id, sealed.cert_serial, enc_key)
         record_id = archive.store_record(conn, sealed, km.config.user_key_alg.value, now)
         if checked.purpose is users.CodePurpose.RECOVERY:
             from hsmkm.km.recovery import release_recovered

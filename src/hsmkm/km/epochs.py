@@ -42,9 +42,20 @@ class Epoch:
         raise errors.PolicyViolation(f"{name} is not an officer of share epoch {self.number}")
 
 
+_PUBLIC_KEYS: dict[bytes, PublicKey] = {}
+
+
+def _public(der: bytes) -> PublicKey:
+    """Parsed once per process: every enrollment seals to the same few officer keys."""
+    key = _PUBLIC_KEYS.get(der)
+    if key is None:
+        key = _PUBLIC_KEYS[der] = custody.load_public(der)
+    return key
+
+
 def _load(conn: sqlite3.Connection, row: tuple[int, int, str, int | None]) -> Epoch:
     officers = tuple(
-        EpochOfficer(str(n), int(x), custody.load_public(bytes(p)))
+        EpochOfficer(str(n), int(x), _public(bytes(p)))
         for n, x, p in conn.execute(
             "SELECT officer, x, public_key FROM epoch_officers WHERE epoch = ? ORDER BY x", (row[0],)
         )
@@ -77,6 +88,13 @@ def sharing(conn: sqlite3.Connection) -> list[Epoch]:
             (EpochStatus.ACTIVE.value, EpochStatus.PENDING.value),
         )
     ]
+
+
+def sharing_numbers(conn: sqlite3.Connection) -> tuple[int, ...]:
+    return tuple(int(r[0]) for r in conn.execute(
+        "SELECT epoch FROM share_epochs WHERE status IN (?, ?) ORDER BY epoch",
+        (EpochStatus.ACTIVE.value, EpochStatus.PENDING.value),
+    ))
 
 
 def create(

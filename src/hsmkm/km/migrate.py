@@ -82,8 +82,9 @@ def migrate(
                 master = km.archive_key
                 sharing = epochs.sharing(conn)
                 updates = []
+                masters = {label: km.archive_key_by_label(label) for label in {r.master_label for r in rows}}
                 for rec in rows:
-                    inner_v1 = archive.open_outer(rec, km.archive_key_by_label(rec.master_label))
+                    inner_v1 = archive.open_outer(rec, masters[rec.master_label])
                     pkcs8 = archive.open_inner_v1(rec, inner_v1, recovery_key)
                     record_key = os.urandom(32)
                     inner = archive.seal_inner(record_key, pkcs8, rec.user_id, rec.cert_serial)

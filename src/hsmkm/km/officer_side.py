@@ -223,8 +223,8 @@ def combine_received(
     return out
 
 
-def _ephemeral(public: PublicKey) -> ec.EllipticCurvePrivateKey | None:
-    return ec.generate_private_key(public.curve) if isinstance(public, ec.EllipticCurvePublicKey) else None
+def _ephemeral(public: PublicKey) -> sealing.Ephemeral | None:
+    return sealing.new_ephemeral(public.curve) if isinstance(public, ec.EllipticCurvePublicKey) else None
 
 
 # --- the first release's PIN share, for one last use of the recovery token ------------------------
