@@ -358,3 +358,39 @@ def test_two_different_requests_complete_side_by_side(km_with_alice: dict[str, P
         p.join(120)
     assert sorted([results.get(timeout=60), results.get(timeout=60)]) == [(ids[0], "completed", 2), (ids[1], "completed", 2)]
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
+
+
+def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alice: dict[str, Path]) -> None:
+    """An enrollment while an officer change is pending is split for the current and the
+    pending epoch; after the change, two officers of the new set recover it; an expired
+    change stops receiving shares."""
+    from datetime import timedelta
+
+    from hsmkm.km import epochs
+
+    home, root = km_with_alice["home"], km_with_alice["root"]
+    km = KeyManager.open(home, trial_pin(home, "km"))
+    change = recovery.open_request(km, recovery.RequestKind.POLICY, "quorum 3", params={"quorum": 3})
+    assert [e.number for e in epochs.sharing(km.db.conn)] == [1, 2]
+    approve(km, home, change.id, "officer1", "officer2")  # re-shares alice's two records
+    _enroll(home, "bob@example.com", root / "bob.epf")  # after the approvals: only direct shares
+    with sqlite3.connect(home / "km.db") as conn:
+        bob_record = conn.execute("SELECT MAX(id) FROM archive").fetchone()[0]
+        assert conn.execute("SELECT epoch, COUNT(*) FROM archive_shares WHERE record_id = ? GROUP BY epoch",
+                            (bob_record,)).fetchall() == [(1, 3), (2, 3)]
+    from custody_helpers import officer_key
+
+    recovery.complete_change(km, change.id, lambda name: officer_key(km, home, name))
+    assert epochs.active(km.db.conn).quorum == 3
+    with sqlite3.connect(home / "km.db") as conn:
+        assert conn.execute("SELECT DISTINCT epoch FROM archive_shares").fetchall() == [(2,)]
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "bob", email="bob@example.com")
+    approve(km, home, req.id, "officer1", "officer2", "officer3")
+    assert len(recovery.complete_recovery(km, req.id, None, reenable=False).keys) == 1
+    # A change left to expire: the next request retires its pending epoch.
+    stale = recovery.open_request(km, recovery.RequestKind.POLICY, "quorum 2", params={"quorum": 2})
+    later = KeyManager.open(home, trial_pin(home, "km"),
+                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1))
+    recovery.open_request(later, recovery.RequestKind.RECOVERY, "later", email="bob@example.com")
+    assert [e.number for e in epochs.sharing(km.db.conn)] == [epochs.active(km.db.conn).number]
+    assert stale.params["epoch"] not in [e.number for e in epochs.sharing(km.db.conn)]

@@ -1,8 +1,9 @@
-"""Custody of the recovery token's PIN: split K-of-N, each share sealed to one officer's key.
+"""The officers' registry, and the first release's custody of the recovery token's PIN.
 
-The PIN itself is never stored. A share is bound to its officer, the epoch of the split and
-the KM (``context``), so a share from an earlier split or for another officer does not
-count.
+Today each archive record's own key is split among the officers (see ``archive`` and
+``epochs``). A KM of the first release kept one recovery key on a recovery token whose PIN
+was split K-of-N, each share sealed to one officer's key and bound to its officer and epoch;
+those PIN shares serve once more, in ``archive migrate``, and are voided after it.
 """
 
 from __future__ import annotations

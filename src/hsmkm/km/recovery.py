@@ -147,6 +147,7 @@ def open_request(
             conn = ch.conn
             user_id = None
             records: list[int] = []
+            retire_stale(conn, now)
             active = epochs.active(conn)
             if kind is RequestKind.RECOVERY:
                 assert email is not None
@@ -627,14 +628,16 @@ def _activate_officers(conn: sqlite3.Connection, req: Request, new: epochs.Epoch
         )
 
 
-def cancel_stale(conn: sqlite3.Connection) -> None:
-    """Pending epochs of requests that are no longer open stop receiving new records' shares."""
-    for epoch_no, rid in conn.execute(
-        "SELECT e.epoch, e.request_id FROM share_epochs e JOIN recovery_requests r ON r.id = e.request_id "
-        "WHERE e.status = ? AND r.status NOT IN (?, ?)",
-        (epochs.EpochStatus.PENDING.value, RequestStatus.OPEN.value, RequestStatus.COMPLETING.value),
+def retire_stale(conn: sqlite3.Connection, now: datetime) -> None:
+    """Pending epochs of change requests that ended or expired stop receiving new records'
+    shares (inside the caller's transaction)."""
+    for epoch_no, status, expires in conn.execute(
+        "SELECT e.epoch, r.status, r.expires_at FROM share_epochs e JOIN recovery_requests r ON r.id = e.request_id "
+        "WHERE e.status = ?",
+        (epochs.EpochStatus.PENDING.value,),
     ).fetchall():
-        epochs.retire(conn, int(epoch_no))
+        if status not in (RequestStatus.OPEN.value, RequestStatus.COMPLETING.value) or now > datetime.fromisoformat(expires):
+            epochs.retire(conn, int(epoch_no))
 
 
 def list_requests(conn: sqlite3.Connection) -> list[Request]:
