@@ -238,3 +238,53 @@ def test_one_person_cannot_be_two_officers(insider: dict[str, object], module_pa
     run = hsmkm("officer", "add", "mallory", "--token", on_km, home=home, check=False)
     assert run.returncode == 2 and _one_line(run.stderr) and "is the KM token" in run.stderr
     assert km.db.conn.execute("SELECT COUNT(*) FROM recovery_requests WHERE kind = 'officer-add'").fetchone()[0] == 0
+
+
+def _officer_add_request(km: KeyManager, key_der: bytes) -> recovery.Request:
+    params = {"name": "mallory", "uri": "pkcs11:token=mallory", "public_key": key_der.hex()}
+    return recovery.open_request(km, recovery.RequestKind.OFFICER_ADD, "add mallory", params=params)
+
+
+def test_an_officer_key_swapped_in_the_database_is_refused_by_the_officers(insider: dict[str, object]) -> None:
+    """The operator replaces officer2's key by one of their own (in the active set, or only in
+    the new set a change would re-share to): officer1's side finds it and re-shares nothing."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hsmkm.km import custody
+
+    km, home = insider["km"], insider["home"]
+    assert isinstance(km, KeyManager) and isinstance(home, Path)
+    mine = custody.public_der(ec.generate_private_key(ec.SECP256R1()).public_key())
+    # 1. only in the new officer set (the request's parameters and the pending epoch)
+    req = _officer_add_request(km, mine)
+    with km.db.transaction() as conn:
+        params = recovery.load(conn, req.id).params
+        params["officers"] = [[n, x, mine.hex() if n == "officer2" else p] for n, x, p in params["officers"]]
+        conn.execute("UPDATE recovery_requests SET params = ? WHERE id = ?", (__import__("json").dumps(params), req.id))
+        conn.execute("UPDATE epoch_officers SET public_key = ? WHERE epoch = ? AND officer = 'officer2'",
+                     (mine, params["epoch"]))
+    with pytest.raises(errors.Tampered, match="officer2's key in the new officer set is not their key now"):
+        approve(km, home, req.id, "officer1")
+    assert km.db.conn.execute("SELECT COUNT(*) FROM reshares").fetchone()[0] == 0
+    # 2. in the active set itself (so the new set "keeps" the swapped key)
+    req2 = _officer_add_request(km, mine)
+    with km.db.transaction() as conn:
+        conn.execute("UPDATE epoch_officers SET public_key = ? WHERE officer = 'officer2'", (mine,))
+        conn.execute("UPDATE officers SET public_key = ? WHERE name = 'officer2'", (mine,))
+    run = hsmkm("recovery", "approve", str(req2.id), "--officer", "officer1", "--yes", home=home, check=False)
+    assert run.returncode == 1 and "carries officer1's own attestation" in run.stderr.splitlines()[-1]
+    # even a recovery approval refuses to work with an altered officer set
+    with pytest.raises(errors.Tampered):
+        approve(km, home, insider["req"].id, "officer3")  # type: ignore[union-attr]
+    assert km.db.conn.execute("SELECT COUNT(*) FROM reshares").fetchone()[0] == 0
+
+
+def test_a_deleted_attestation_needs_the_officers_explicit_trust(insider: dict[str, object]) -> None:
+    km, home = insider["km"], insider["home"]
+    assert isinstance(km, KeyManager) and isinstance(home, Path)
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "x", email="bob@example.com")
+    with km.db.transaction() as conn:
+        conn.execute("DELETE FROM epoch_attestations WHERE officer = 'officer3'")
+    run = hsmkm("recovery", "approve", str(req.id), "--officer", "officer3", "--yes", home=home, check=False)
+    assert run.returncode == 2 and "--trust-officer-set" in run.stderr.splitlines()[-1]
+    assert km.db.conn.execute("SELECT COUNT(*) FROM approvals WHERE request_id = ?", (req.id,)).fetchone()[0] == 0

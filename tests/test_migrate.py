@@ -42,7 +42,8 @@ def _encryption_keys(path: Path, password: str) -> set[int]:
 def _recover(home: Path, email: str, out: Path) -> set[int]:
     rid = hsmkm("recovery", "request", email, "--reason", "after migration", "--json", home=home).json()["id"]
     for officer in ("officer2", "officer3"):
-        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home)
+        # officer2 did not approve the migration: its first approval pins the officer set
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", "--trust-officer-set", home=home)
     hsmkm("recovery", "complete", str(rid), "--out", str(out), "--password-source", "env:OUT", home=home,
           env={"OUT": "recovered-pw"})
     return _encryption_keys(out, "recovered-pw")
@@ -66,8 +67,13 @@ def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(v1
     assert opened["records"] == 4
     short = hsmkm("archive", "migrate", "--request", str(rid), home=home, check=False)
     assert short.returncode == 1 and "0 of 2 approvals" in short.stderr
+    # The first release's officers never attested an officer set: they are shown the keys'
+    # fingerprints and must say they trust them.
+    untrusted = hsmkm("recovery", "approve", str(rid), "--officer", "officer1", "--yes", home=home, check=False)
+    assert untrusted.returncode == 2 and "--trust-officer-set" in untrusted.stderr.splitlines()[-1]
     for officer in ("officer1", "officer3"):
-        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home)
+        run = hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", "--trust-officer-set", home=home)
+        assert "officer1 SHA-256" in run.stderr
 
     # A crash after the first batch: the next run continues where it stopped.
     km = KeyManager.open(home, trial_pin(home, "km"))
@@ -115,7 +121,7 @@ def test_the_recovery_token_is_empty_after_migration(v1: dict[str, Path], monkey
     km = KeyManager.open(home, trial_pin(home, "km"))
     rid = recovery.open_request(km, recovery.RequestKind.MIGRATE, "migrate").id
     for officer in ("officer1", "officer2"):
-        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home)
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", "--trust-officer-set", home=home)
     migrate.migrate(km, rid)
     assert km.config.recovery_token is not None
     from hsmkm.km.manager import open_token

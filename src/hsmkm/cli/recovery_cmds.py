@@ -76,10 +76,13 @@ def _confirm(cli_ctx: CliContext, text: str, yes: bool) -> None:
 @click.option("--token", "token_uri", help="The officer's token (default: as registered).")
 @click.option("--pin-source", "officer_pin_source", help="Source of the officer token's PIN.")
 @click.option("--yes", is_flag=True, help="Approve what is shown without asking (for scripts).")
+@click.option("--trust-officer-set", is_flag=True,
+              help="First approval of an officer who has not attested the officer set (a migrated KM): trust the "
+                   "officers' key fingerprints shown.")
 @pass_cli
 def recovery_approve(
     cli_ctx: CliContext, request_id: int, officer: str, token_uri: str | None, officer_pin_source: str | None,
-    yes: bool,
+    yes: bool, trust_officer_set: bool,
 ) -> None:
     """One officer's approval, signed and unsealed on the officer's own token.
 
@@ -97,14 +100,26 @@ def recovery_approve(
     if officer not in registered:
         raise errors.PolicyViolation(f"{officer} is not a recovery officer")
     content = recovery.content_for_officer(km, request_id)
-    _confirm(cli_ctx, request_content.describe(content), yes)
+    shown = request_content.describe(content)
+    if trust_officer_set:
+        shown += "\n" + _fingerprints(km, content)
+    _confirm(cli_ctx, shown, yes)
     session = _officer_token(cli_ctx, km, token_uri or registered[officer].uri, officer_pin_source, officer)
-    count = recovery.approve(km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), content)
+    count = recovery.approve(km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), content,
+                             trust_officer_set)
     quorum = custody.quorum(km.db.conn)
     cli_ctx.emit(
         {"id": request_id, "officer": officer, "approvals": count, "quorum": quorum},
         f"{officer} approved request {request_id} ({count} of {quorum})",
     )
+
+
+def _fingerprints(km: KeyManager, content: request_content.Content) -> str:
+    import hashlib
+
+    ep = epochs.get(km.db.conn, int(content.data["epoch"]))
+    return "  officer set {} (quorum {}): {}".format(ep.number, ep.quorum, "; ".join(
+        f"{o.name} SHA-256 {hashlib.sha256(custody.public_der(o.public_key)).hexdigest()[:32]}" for o in ep.officers))
 
 
 @recovery_group.command("complete")

@@ -28,7 +28,7 @@ from hsmkm.clock import Clock, system_clock
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSession
 from hsmkm.keys.softhsm import find_softhsm_module, init_token, write_store_config
-from hsmkm.km import custody, epochs
+from hsmkm.km import custody, epochs, officer_side
 from hsmkm.km.audit import AuditAction, AuditLog
 from hsmkm.km.config import (
     ARCHIVE_KEY_PREFIX,
@@ -204,6 +204,7 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
 
     # --- the officers: one person, one officer, each on a token of its own ---------------------
     officer_keys = []
+    signing_keys = []
     officer_tokens: list[tuple[str, str, str]] = []
     for spec in officer_specs:
         omod = Pkcs11Module.load(spec.module)
@@ -215,7 +216,13 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
         )
         undo.add(functools.partial(_destroy_pair, ots, OFFICER_KEY_LABEL))
         officer_keys.append((spec.name, spec.uri, okey.public_key()))
+        signing_keys.append(okey)
         officer_tokens.append((spec.name, ots.serial, ots.label))
+    # Each officer attests the first officer set on their own token: later approvals check the
+    # set they work with descends from one they attested.
+    statement = officer_side.epoch_statement(
+        1, quorum, [(n, x, custody.public_der(p)) for x, (n, _, p) in enumerate(officer_keys, start=1)])
+    attestations = [(n, officer_side.attest(k, statement)) for (n, _, _), k in zip(officer_keys, signing_keys)]
 
     # --- the CA certificate ----------------------------------------------------------------
     now = clock()
@@ -247,6 +254,10 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
             custody.store_split(conn, officer_keys, {n: b"" for n, _, _ in officer_keys}, first.number, quorum, now)
             conn.executemany("INSERT INTO officer_tokens(officer, token_serial, token_label) VALUES (?, ?, ?)",
                              officer_tokens)
+            if epochs.statement(first) != statement:
+                raise errors.BadInput("the officer set stored is not the one attested")
+            for name, sig in attestations:
+                epochs.record_attestation(conn, first.number, name, sig)
             if ca_cert is not None:
                 from hsmkm.km.authority import record_certificate
 

@@ -137,3 +137,17 @@ def retire(conn: sqlite3.Connection, number: int) -> None:
     conn.execute("UPDATE share_epochs SET status = ? WHERE epoch = ? AND status = ?",
                  (EpochStatus.RETIRED.value, number, EpochStatus.PENDING.value))
     conn.execute("DELETE FROM archive_shares WHERE epoch = ?", (number,))
+
+
+def statement(ep: Epoch) -> bytes:
+    from hsmkm.km.officer_side import epoch_statement
+
+    return epoch_statement(ep.number, ep.quorum, [(o.name, o.x, custody.public_der(o.public_key)) for o in ep.officers])
+
+
+def record_attestation(conn: sqlite3.Connection, number: int, officer: str, signature: bytes) -> None:
+    conn.execute(
+        "INSERT INTO epoch_attestations(epoch, officer, signature) VALUES (?, ?, ?) "
+        "ON CONFLICT(epoch, officer) DO UPDATE SET signature = excluded.signature",
+        (number, officer, signature),
+    )

@@ -11,6 +11,7 @@ showed the officer, so a share row moved to another record does not open.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -248,3 +249,71 @@ def approve_pin_share(
 
 def open_pin_share(request_key: PrivateKey, blob: bytes, request_id: int, officer: str, content: bytes) -> bytes:
     return sealing.unseal(request_key, blob, _approval_context(request_id, officer, content))
+
+
+# --- the officer set: attested by its members, each change approved by K of the set before ------
+
+
+def epoch_statement(number: int, quorum: int, officers: Sequence[tuple[str, int, bytes]]) -> bytes:
+    """What a member of a share epoch attests: the epoch, its quorum, each officer's index and key."""
+    body = {"epoch": number, "quorum": quorum, "officers": [[n, x, der.hex()] for n, x, der in officers]}
+    return b"hsmkm-epoch-v1\x00" + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def attest(key: PrivateKey, statement: bytes) -> bytes:
+    return sign_content(key, statement)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One share epoch as stored, with what vouches for it."""
+
+    number: int
+    quorum: int
+    officers: tuple[tuple[str, int, bytes], ...]  # name, index, public key (DER)
+    attestations: dict[str, bytes]
+    # the completed change that made it: (base epoch, its content, [(officer, signature)])
+    made_by: tuple[int, bytes, tuple[tuple[str, bytes], ...]] | None
+
+
+def _load_public(der: bytes) -> PublicKey:
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_der_public_key(der)  # type: ignore[return-value]
+
+
+def _attested_by(rec: EpochRecord, name: str, der: bytes) -> bool:
+    sig = rec.attestations.get(name)
+    return sig is not None and verify_content(_load_public(der), sig, epoch_statement(rec.number, rec.quorum, rec.officers))
+
+
+def verify_officer_set(my_name: str, my_key: bytes, chain: Sequence[EpochRecord], active: int) -> None:
+    """Refuse unless the active epoch descends, by changes each approved by K members of the
+    epoch before (continuing officers keeping their keys) and attested by all its members,
+    from an epoch this officer attested itself. ``chain``: every epoch that was ever active."""
+    by_number = {r.number: r for r in chain}
+    anchor = next((r for r in chain if (my_name, my_key) in {(n, d) for n, _, d in r.officers}
+                   and _attested_by(r, my_name, my_key)), None)
+    if anchor is None:
+        raise errors.Tampered(f"no officer set of this KM carries {my_name}'s own attestation; refused")
+    current = anchor
+    while current.number != active:
+        nxt = next((r for r in chain if r.made_by is not None and r.made_by[0] == current.number), None)
+        if nxt is None or nxt.made_by is None:
+            raise errors.Tampered(f"the officer set changed from epoch {current.number} without an approved change; refused")
+        _, content, approvals = nxt.made_by
+        params = json.loads(content).get("params", {})
+        if [[n, x, d.hex()] for n, x, d in nxt.officers] != params.get("officers") or params.get("quorum") != nxt.quorum:
+            raise errors.Tampered(f"officer set {nxt.number} is not the one its change request named; refused")
+        keys = {n: d for n, _, d in current.officers}
+        good = {n for n, sig in approvals if n in keys and verify_content(_load_public(keys[n]), sig, content)}
+        if len(good) < current.quorum:
+            raise errors.Tampered(f"the change to officer set {nxt.number} lacks {current.quorum} valid approvals; refused")
+        for n, _, d in nxt.officers:
+            if n in keys and keys[n] != d:
+                raise errors.Tampered(f"{n}'s key changed in officer set {nxt.number}; refused")
+            if not _attested_by(nxt, n, d):
+                raise errors.Tampered(f"{n} did not attest officer set {nxt.number}; refused")
+        current = nxt
+    if current.number not in by_number:
+        raise errors.Tampered("the active officer set is unknown; refused")

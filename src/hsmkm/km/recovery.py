@@ -216,7 +216,54 @@ def _check_open(req: Request, content: Content, now: datetime) -> None:
 # --- approval (the officer's process) ------------------------------------------------------------
 
 
-def approve(km: KeyManager, request_id: int, officer_name: str, officer_key: PrivateKey, shown: Content) -> int:
+def officer_set_chain(conn: sqlite3.Connection) -> list[officer_side.EpochRecord]:
+    """Every share epoch that was ever active, with its members' attestations and the change
+    (content and approval signatures, rebuilt from the rows) that made it."""
+    out = []
+    for number, quorum, rid, rstatus in conn.execute(
+        "SELECT e.epoch, e.quorum, e.request_id, r.status FROM share_epochs e "
+        "LEFT JOIN recovery_requests r ON r.id = e.request_id ORDER BY e.epoch"
+    ).fetchall():
+        if rid is not None and rstatus != RequestStatus.COMPLETED.value:
+            continue  # a change that never happened
+        officers = tuple((str(n), int(x), bytes(p)) for n, x, p in conn.execute(
+            "SELECT officer, x, public_key FROM epoch_officers WHERE epoch = ? ORDER BY x", (number,)))
+        attestations = {str(n): bytes(sig) for n, sig in conn.execute(
+            "SELECT officer, signature FROM epoch_attestations WHERE epoch = ?", (number,))}
+        made_by = None
+        if rid is not None:
+            base = int(conn.execute("SELECT share_epoch FROM recovery_requests WHERE id = ?", (rid,)).fetchone()[0])
+            content = request_content.build(conn, int(rid), None).canonical
+            approvals = tuple((str(n), bytes(sig)) for n, sig in conn.execute(
+                "SELECT officer, signature FROM approvals WHERE request_id = ?", (rid,)))
+            made_by = (base, content, approvals)
+        out.append(officer_side.EpochRecord(int(number), int(quorum), officers, attestations, made_by))
+    return out
+
+
+def _check_officer_set(conn: sqlite3.Connection, officer_name: str, officer_key: PrivateKey, active: epochs.Epoch,
+                       trust_officer_set: bool) -> bytes | None:
+    """The officer's side checks the officer set it is about to work with (an attestation of
+    its own, then approved changes only); returns a new attestation when the officer, having
+    none yet, chose to trust the set shown to it."""
+    chain = officer_set_chain(conn)
+    my_der = custody.public_der(officer_key.public_key())
+    mine = [r for r in chain if officer_name in r.attestations and (officer_name, my_der) in
+            {(n, d) for n, _, d in r.officers}]
+    if mine:
+        officer_side.verify_officer_set(officer_name, my_der, [r for r in chain if r.number >= mine[-1].number],
+                                        active.number)
+        return None
+    if not trust_officer_set:
+        raise errors.PolicyViolation(
+            f"{officer_name} has not attested this KM's officer set yet: compare the officers' key fingerprints "
+            "shown above with the ones you know, then approve with --trust-officer-set"
+        )
+    return officer_side.attest(officer_key, epochs.statement(active))
+
+
+def approve(km: KeyManager, request_id: int, officer_name: str, officer_key: PrivateKey, shown: Content,
+            trust_officer_set: bool = False) -> int:
     """One officer's approval of the content ``shown`` to them, made with their token key.
     Returns the approvals so far."""
     conn = km.db.conn
@@ -236,6 +283,7 @@ def approve(km: KeyManager, request_id: int, officer_name: str, officer_key: Pri
         raise errors.PolicyViolation(f"the token's officer key is not {officer_name}'s registered key")
     if conn.execute("SELECT 1 FROM approvals WHERE request_id = ? AND officer = ?", (req.id, officer_name)).fetchone():
         raise errors.AlreadyExists(f"{officer_name} has already approved request {req.id}")
+    attestation = _check_officer_set(conn, officer_name, officer_key, epoch, trust_officer_set)
     text = shown.canonical
     reshares: dict[str, bytes] = {}
     if req.kind is RequestKind.RECOVERY:
@@ -267,8 +315,12 @@ def approve(km: KeyManager, request_id: int, officer_name: str, officer_key: Pri
                 (epoch.number, officer_name),
             )
         ]
-        p = req.params
+        p = shown.data["params"]
         new_officers = [NewOfficer(n, int(x), custody.load_public(bytes.fromhex(pub))) for n, x, pub in p["officers"]]
+        current = {o.name: custody.public_der(o.public_key) for o in epoch.officers}
+        for o in new_officers:
+            if o.name in current and current[o.name] != custody.public_der(o.public_key):
+                raise errors.Tampered(f"{o.name}'s key in the new officer set is not their key now; nothing was approved")
         signature = officer_side.sign_content(officer_key, text)
         blob = b""
         reshares = officer_side.reshare(
@@ -289,6 +341,9 @@ def approve(km: KeyManager, request_id: int, officer_name: str, officer_key: Pri
             "INSERT INTO reshares(request_id, from_officer, to_officer, sealed) VALUES (?, ?, ?, ?)",
             [(req.id, officer_name, to, sealed) for to, sealed in reshares.items()],
         )
+        if attestation is not None:
+            epochs.record_attestation(ch.conn, epoch.number, officer_name, attestation)
+            ch.details["attested_officer_set"] = epoch.number
         count = int(ch.conn.execute("SELECT COUNT(*) FROM approvals WHERE request_id = ?", (req.id,)).fetchone()[0])
         ch.details["approvals"] = count
     return count
@@ -552,10 +607,13 @@ def complete_change(
     try:
         after_claim()
         new_rows: list[tuple[int, str, int, bytes]] = []
+        attestations: list[tuple[str, bytes]] = []
         for o in new.officers:
             key = officer_key(o.name)
             if custody.public_der(key.public_key()) != custody.public_der(o.public_key):
                 raise errors.PolicyViolation(f"the token given for {o.name} does not hold {o.name}'s officer key")
+            # each member of the new set attests it, so later approvals can check it was not altered
+            attestations.append((o.name, officer_side.attest(key, epochs.statement(new))))
             received = []
             for a in approvals:
                 row = conn.execute(
@@ -585,6 +643,8 @@ def complete_change(
                 "INSERT OR IGNORE INTO archive_shares(record_id, epoch, officer, x, sealed) VALUES (?, ?, ?, ?, ?)",
                 [(rid, new.number, name, x, sealed) for rid, name, x, sealed in new_rows],
             )
+            for name, sig in attestations:
+                epochs.record_attestation(ch.conn, new.number, name, sig)
             _activate_officers(ch.conn, req, new, km.clock())
             _finish(ch.conn, req)
             ch.details.update(officers=[o.name for o in new.officers], quorum=new.quorum, new_epoch=new.number,

@@ -148,7 +148,10 @@ def describe(content: Content) -> str:
     if d["params"]:
         p = d["params"]
         if "officers" in p:
-            lines.append(f"  new officers: {', '.join(o[0] for o in p['officers'])}; quorum {p.get('quorum')}")
+            import hashlib
+
+            lines.append(f"  new officers (quorum {p.get('quorum')}): " + "; ".join(
+                f"{o[0]} key SHA-256 {hashlib.sha256(bytes.fromhex(o[2])).hexdigest()[:32]}" for o in p["officers"]))
         for k in ("name", "uri"):
             if k in p:
                 lines.append(f"  {k}: {p[k]}")

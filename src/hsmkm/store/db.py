@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS request_claims (
     request_id INTEGER PRIMARY KEY REFERENCES recovery_requests(id),
     claimed_by TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS epoch_attestations (
+    epoch     INTEGER NOT NULL REFERENCES share_epochs(epoch),
+    officer   TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (epoch, officer)
+);
 CREATE TABLE IF NOT EXISTS officer_tokens (
     officer      TEXT PRIMARY KEY,
     token_serial TEXT NOT NULL,
