@@ -288,3 +288,25 @@ def test_a_deleted_attestation_needs_the_officers_explicit_trust(insider: dict[s
     run = hsmkm("recovery", "approve", str(req.id), "--officer", "officer3", "--yes", home=home, check=False)
     assert run.returncode == 2 and "--trust-officer-set" in run.stderr.splitlines()[-1]
     assert km.db.conn.execute("SELECT COUNT(*) FROM approvals WHERE request_id = ?", (req.id,)).fetchone()[0] == 0
+
+
+def test_a_completed_request_reopened_in_the_database_opens_nothing(insider: dict[str, object], tmp_path: Path) -> None:
+    """One quorum buys one recovery: the request's key is destroyed at completion."""
+    km, req, home = insider["km"], insider["req"], insider["home"]
+    assert isinstance(km, KeyManager) and isinstance(req, recovery.Request) and isinstance(home, Path)
+    assert len(recovery.complete_recovery(km, req.id, None, reenable=False).keys) == 1
+    with km.db.transaction() as conn:
+        conn.execute("UPDATE recovery_requests SET status = 'open' WHERE id = ?", (req.id,))
+    code, stderr, written = _complete_cli(home, req.id, tmp_path)
+    assert code == 2 and _one_line(stderr) and not written
+    assert "key is gone from the KM token" in stderr
+    # and a forged claim of a dead process does not get past the expiry either
+    later = KeyManager.open(home, trial_pin(home, "km"),
+                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1))
+    other = recovery.open_request(km, recovery.RequestKind.RECOVERY, "old", email="alice@example.com")
+    approve(km, home, other.id, "officer1", "officer2")
+    with km.db.transaction() as conn:
+        conn.execute("UPDATE recovery_requests SET status = 'completing' WHERE id = ?", (other.id,))
+        conn.execute("INSERT INTO request_claims(request_id, claimed_by) VALUES (?, 'gone:1:00')", (other.id,))
+    with pytest.raises(errors.PolicyViolation, match="expired"):
+        recovery.complete_recovery(later, other.id, None, reenable=False)

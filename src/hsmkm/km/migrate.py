@@ -52,8 +52,7 @@ def migrate(
         raise errors.PolicyViolation("this KM has no recovery token: its archive is already per-record")
     content = request_content.build(conn, request_id, None)
     approvals = recovery.verified_approvals(km, req, content)
-    if req.status is recovery.RequestStatus.OPEN:
-        recovery._check_open(req, content, km.clock())
+    recovery._check_expiry(req, content, km.clock())  # whatever the status says
     me = recovery.claim(km, req)
     try:
         total = pending_records(km)
@@ -61,7 +60,7 @@ def migrate(
         destroyed = False
         rec_session = None
         if total:
-            request_key = km.session.private_key(label=req.key_label)
+            request_key = recovery._request_key(km, req)
             shares = [officer_side.open_pin_share(request_key, a.blob, req.id, a.officer, content.canonical)
                       for a in approvals]
             pin = custody.combine_pin(shares)
@@ -112,7 +111,7 @@ def migrate(
                 after_batch(done)
         if rec_session is None and km.db.get_meta("recovery_public_key") is not None:
             # nothing left to migrate (a run that crashed after its last batch): finish with the key
-            request_key = km.session.private_key(label=req.key_label)
+            request_key = recovery._request_key(km, req)
             shares = [officer_side.open_pin_share(request_key, a.blob, req.id, a.officer, content.canonical)
                       for a in approvals]
             pin = custody.combine_pin(shares)

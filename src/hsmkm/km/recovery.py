@@ -206,11 +206,16 @@ def content_for_officer(km: KeyManager, request_id: int) -> Content:
     return request_content.build(km.db.conn, request_id, km.ca_cert)
 
 
+def _check_expiry(req: Request, content: Content, now: datetime) -> None:
+    """Expiry as signed (the content is rebuilt from the rows, and the approvals cover it)."""
+    if now > datetime.fromisoformat(content.expires):
+        raise errors.PolicyViolation(f"request {req.id} expired at {content.expires}")
+
+
 def _check_open(req: Request, content: Content, now: datetime) -> None:
     if req.status is not RequestStatus.OPEN:
         raise errors.PolicyViolation(f"request {req.id} is {req.status.value}")
-    if now > datetime.fromisoformat(content.expires):
-        raise errors.PolicyViolation(f"request {req.id} expired at {content.expires}")
+    _check_expiry(req, content, now)
 
 
 # --- approval (the officer's process) ------------------------------------------------------------
@@ -452,9 +457,18 @@ class RecoveredKey:
     cert_der: bytes
 
 
+def _request_key(km: KeyManager, req: Request) -> PrivateKey:
+    try:
+        return km.session.private_key(label=req.key_label)
+    except errors.KeyNotFound:
+        raise errors.PolicyViolation(
+            f"request {req.id}'s key is gone from the KM token: the request was completed or cancelled"
+        ) from None
+
+
 def _record_keys(km: KeyManager, req: Request, content: Content, approvals: Sequence[Approval]) -> dict[int, bytes]:
     """Each approved record's key, from K officers' shares opened with the request's key."""
-    request_key = km.session.private_key(label=req.key_label)
+    request_key = _request_key(km, req)
     wanted = {v.identity.record_id: v.identity for v in content.records}
     shares: dict[int, list[shamir.Share]] = {rid: [] for rid in wanted}
     for a in approvals:
@@ -514,8 +528,7 @@ def complete_recovery(
         raise errors.BadInput(f"request {req.id} is a {req.kind.value} request")
     content = request_content.build(km.db.conn, request_id, None)
     approvals = verified_approvals(km, req, content)
-    if req.status is RequestStatus.OPEN:
-        _check_open(req, content, km.clock())
+    _check_expiry(req, content, km.clock())  # whatever the status says: a claim can be forged
     me = claim(km, req)
     try:
         after_claim()
@@ -597,8 +610,7 @@ def complete_change(
     conn = km.db.conn
     content = request_content.build(conn, request_id, None)
     approvals = verified_approvals(km, req, content)
-    if req.status is RequestStatus.OPEN:
-        _check_open(req, content, km.clock())
+    _check_expiry(req, content, km.clock())  # whatever the status says: a claim can be forged
     old = epochs.get(conn, req.share_epoch)
     new = epochs.get(conn, int(req.params["epoch"]))
     if old.status is not epochs.EpochStatus.ACTIVE or new.status is not epochs.EpochStatus.PENDING:
