@@ -310,3 +310,31 @@ def test_a_completed_request_reopened_in_the_database_opens_nothing(insider: dic
         conn.execute("INSERT INTO request_claims(request_id, claimed_by) VALUES (?, 'gone:1:00')", (other.id,))
     with pytest.raises(errors.PolicyViolation, match="expired"):
         recovery.complete_recovery(later, other.id, None, reenable=False)
+
+
+def test_a_certificate_not_signed_by_the_ca_is_refused_before_anything_is_signed(insider: dict[str, object]) -> None:
+    """The operator puts a certificate of their own making (alice's address, the record's
+    serial) under alice's record: the officer's side checks it against the CA's signature."""
+    from datetime import datetime, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    km, home = insider["km"], insider["home"]
+    assert isinstance(km, KeyManager) and isinstance(home, Path)
+    rec = _records(km, "alice@example.com")[0]
+    fake_ca = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(timezone.utc)
+    fake = (x509.CertificateBuilder().subject_name(km.ca_cert.subject).issuer_name(km.ca_cert.subject)
+            .public_key(fake_ca.public_key()).serial_number(int(rec.cert_serial, 16))
+            .not_valid_before(now).not_valid_after(now)
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("alice@example.com")]), critical=False)
+            .sign(fake_ca, hashes.SHA256()))
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "fake cert", email="alice@example.com")
+    with km.db.transaction() as conn:
+        conn.execute("UPDATE certificates SET der = ? WHERE serial = ?",
+                     (fake.public_bytes(serialization.Encoding.DER), rec.cert_serial))
+    run = hsmkm("recovery", "approve", str(req.id), "--officer", "officer1", "--yes", home=home, check=False)
+    assert run.returncode == 1 and _one_line(run.stderr) and "is not signed by the KM's CA" in run.stderr
+    assert km.db.conn.execute("SELECT COUNT(*) FROM approvals WHERE request_id = ?", (req.id,)).fetchone()[0] == 0

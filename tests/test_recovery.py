@@ -225,6 +225,9 @@ def test_officer_changes_need_a_quorum_and_reshare(km_with_alice: dict[str, Path
     for officer in ("dana", "officer1"):
         hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home, env=env)
     hsmkm("officer", "remove", "officer3", "--request", str(rid), home=home, env=env)
+    with sqlite3.connect(home / "km.db") as conn:
+        # the removed officer's shares went with the old epoch
+        assert {r[0] for r in conn.execute("SELECT DISTINCT officer FROM archive_shares")} == {"dana", "officer1", "officer2"}
     rid = hsmkm("recovery", "policy", "--quorum", "3", "--json", home=home).json()["id"]
     for officer in ("dana", "officer2"):
         hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home, env=env)
