@@ -12,7 +12,6 @@ master key. Neither layer alone opens a record; the plaintext key exists only in
 
 from __future__ import annotations
 
-import base64
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsmkm import errors
-from hsmkm.keys.base import PrivateKey, PublicKey
+from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.pkcs11 import TokenSecretKey
-from hsmkm.km import custody, sealing, shamir
+from hsmkm.km import sealing, shamir
 from hsmkm.km.epochs import Epoch
 from hsmkm.km.officer_side import RecordIdentity, share_context
 
@@ -49,13 +48,6 @@ class ArchiveRecord:
 
 def record_aad(user_id: int, cert_serial: str, version: int) -> bytes:
     return f"hsmkm-archive\x00v{version}\x00{user_id}\x00{cert_serial}".encode()
-
-
-def recovery_public_key(conn: sqlite3.Connection) -> PublicKey:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'recovery_public_key'").fetchone()
-    if row is None:
-        raise errors.NotFound("the KM has no recovery key")
-    return custody.load_public(base64.b64decode(row[0]))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from hsmkm import errors
 from hsmkm.atomic import write_atomic
 from hsmkm.clock import Clock, system_clock
 from hsmkm.keys.algorithms import KeyAlgorithm
-from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSession
+from hsmkm.keys.pkcs11 import Pkcs11Module, TokenSession
 from hsmkm.keys.softhsm import find_softhsm_module, init_token, write_store_config
 from hsmkm.km import custody, epochs, officer_side
 from hsmkm.km.audit import AuditAction, AuditLog

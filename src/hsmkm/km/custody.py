@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from hsmkm import errors
 from hsmkm.keys.base import PublicKey
-from hsmkm.km import sealing, shamir
+from hsmkm.km import shamir
 
 PIN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
 PIN_LENGTH = 32  # ~186 bits
@@ -31,10 +31,6 @@ class OfficerStatus:
 
 def random_pin(length: int = PIN_LENGTH) -> str:
     return "".join(secrets.choice(PIN_ALPHABET) for _ in range(length))
-
-
-def share_context(officer: str, epoch: int) -> bytes:
-    return f"hsmkm-share\x00{officer}\x00{epoch}".encode()
 
 
 @dataclass(frozen=True)
@@ -55,20 +51,6 @@ def load_public(der: bytes) -> PublicKey:
     return key  # type: ignore[return-value]
 
 
-def split_and_seal(
-    pin: str, officers: Sequence[tuple[str, PublicKey]], quorum: int, epoch: int
-) -> dict[str, bytes]:
-    """Split ``pin`` K-of-N and seal each share to its officer: {officer: sealed share}."""
-    n = len(officers)
-    if not 1 <= quorum <= n:
-        raise errors.PolicyViolation(f"quorum must be between 1 and the {n} officers")
-    shares = shamir.split(pin.encode(), quorum, n)
-    return {
-        name: sealing.seal(pub, shamir.encode_share(share), share_context(name, epoch))
-        for (name, pub), share in zip(officers, shares)
-    }
-
-
 def store_split(
     conn: sqlite3.Connection,
     officers: Sequence[tuple[str, str, PublicKey]],
@@ -77,7 +59,8 @@ def store_split(
     quorum: int,
     now: datetime,
 ) -> None:
-    """Replace the officers' shares with a new split (inside the caller's transaction)."""
+    """Register the officers (inside the caller's transaction); ``sealed`` is the first
+    release's PIN shares, empty for a KM of today."""
     conn.execute("UPDATE officers SET status = ? WHERE status = ?", (OfficerStatus.REMOVED, OfficerStatus.ACTIVE))
     for name, uri, pub in officers:
         conn.execute(
