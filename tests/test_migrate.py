@@ -130,3 +130,21 @@ def test_the_recovery_token_is_empty_after_migration(v1: dict[str, Path], monkey
     assert not rec.has_object("hsmkm-recovery") and rec.private_key_labels() == []
     with pytest.raises(errors.PolicyViolation, match="nothing to migrate"):
         recovery.open_request(km, recovery.RequestKind.MIGRATE, "again")
+
+
+def test_a_first_release_database_gains_the_new_tables_on_open_once(v1: dict[str, Path]) -> None:
+    from hsmkm.km import epochs
+    from hsmkm.store.db import SCHEMA_VERSION, Database
+
+    path = v1["home"] / "km.db"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+        pin_epoch = int(conn.execute("SELECT value FROM meta WHERE key = 'share_epoch'").fetchone()[0])
+    for _ in range(2):  # idempotent
+        db = Database.open(path)
+        assert db.get_meta("schema_version") == str(SCHEMA_VERSION)
+        active = epochs.active(db.conn)
+        assert active.number == pin_epoch and active.quorum == 2
+        assert [(o.name, o.x) for o in active.officers] == [("officer1", 1), ("officer2", 2), ("officer3", 3)]
+        assert db.conn.execute("SELECT COUNT(*) FROM share_epochs").fetchone()[0] == 1
+        db.close()
