@@ -434,7 +434,8 @@ def claim(km: KeyManager, req: Request) -> str:
 
 def release(km: KeyManager, req: Request, me: str) -> None:
     """completing -> open after a failed completion of ours."""
-    with km.db.transaction() as conn:
+    with km.change(AuditAction.RECOVERY_COMPLETE, id=req.id, stage="released") as ch:
+        conn = ch.conn
         conn.execute(
             "UPDATE recovery_requests SET status = ? WHERE id = ? AND status = ? AND "
             "EXISTS (SELECT 1 FROM request_claims WHERE request_id = ? AND claimed_by = ?)",

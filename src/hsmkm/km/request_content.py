@@ -155,6 +155,10 @@ def describe(content: Content) -> str:
         for k in ("name", "uri"):
             if k in p:
                 lines.append(f"  {k}: {p[k]}")
+    if d["kind"] in ("officer-add", "officer-remove", "policy"):
+        lines.append("  your token re-shares your share of every archive record to the new officer set")
+    elif d["kind"] == "archive-migrate":
+        lines.append("  your share of the recovery token's PIN opens it one last time to move every record to shares")
     lines.append(f"  reason:  {d['reason']}")
     lines.append(f"  created: {d['created']}; expires {d['expires']}")
     return "\n".join(lines)
