@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from hsmkm import errors
 from hsmkm.atomic import write_atomic
@@ -99,8 +101,12 @@ def recovery_approve(
     registered = {o.name: o for o in custody.active_officers(km.db.conn)}
     if officer not in registered:
         raise errors.PolicyViolation(f"{officer} is not a recovery officer")
+    status = recovery.load(km.db.conn, request_id).status
+    if status is not recovery.RequestStatus.OPEN:
+        raise errors.PolicyViolation(f"request {request_id} is {status.value}")
     content = recovery.content_for_officer(km, request_id)
     shown = request_content.describe(content)
+    shown += f"\n  KM CA certificate SHA-256 {hashlib.sha256(km.ca_cert.public_bytes(Encoding.DER)).hexdigest()}"
     if trust_officer_set:
         shown += "\n" + _fingerprints(km, content)
     _confirm(cli_ctx, shown, yes)
@@ -115,8 +121,6 @@ def recovery_approve(
 
 
 def _fingerprints(km: KeyManager, content: request_content.Content) -> str:
-    import hashlib
-
     ep = epochs.get(km.db.conn, int(content.data["epoch"]))
     return "  officer set {} (quorum {}): {}".format(ep.number, ep.quorum, "; ".join(
         f"{o.name} SHA-256 {hashlib.sha256(custody.public_der(o.public_key)).hexdigest()[:32]}" for o in ep.officers))
