@@ -176,6 +176,17 @@ def test_crash_during_complete_can_be_rerun(km_with_alice: dict[str, Path], monk
         conn.execute("UPDATE recovery_requests SET status = 'completing' WHERE id = ?", (req.id,))
         conn.execute("INSERT INTO request_claims(request_id, claimed_by) VALUES (?, ?)",
                      (req.id, f"{__import__('socket').gethostname()}:{dead.pid}:00"))
+    # A completion whose claim another run took over meanwhile commits nothing.
+    def taken_over() -> None:
+        with sqlite3.connect(home / "km.db") as conn:
+            conn.execute("UPDATE request_claims SET claimed_by = 'elsewhere:1:00' WHERE request_id = ?", (req.id,))
+
+    with pytest.raises(errors.PolicyViolation, match="taken over by another completion"):
+        recovery.complete_recovery(km, req.id, None, reenable=True, after_claim=taken_over)
+    assert km.db.conn.execute("SELECT COUNT(*) FROM recovered").fetchone()[0] == 0
+    with km.db.transaction() as conn:
+        conn.execute("UPDATE request_claims SET claimed_by = ? WHERE request_id = ?",
+                     (f"{__import__('socket').gethostname()}:{dead.pid}:00", req.id))
     done = recovery.complete_recovery(km, req.id, None, reenable=False)
     assert len(done.keys) == 2
     assert recovery.load(km.db.conn, req.id).status is recovery.RequestStatus.COMPLETED

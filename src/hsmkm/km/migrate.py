@@ -131,7 +131,7 @@ def migrate(
             ch.conn.execute("DELETE FROM meta WHERE key = 'recovery_public_key'")
             # the PIN shares are void now that the key they guarded is gone
             ch.conn.execute("UPDATE officers SET share = ?", (b"",))
-            recovery._finish(ch.conn, req)
+            recovery._finish(ch.conn, req, me)
     except BaseException:
         recovery.release(km, req, me)
         raise

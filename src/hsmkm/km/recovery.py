@@ -281,7 +281,7 @@ def approve(km: KeyManager, request_id: int, officer_name: str, officer_key: Pri
     epoch = epochs.get(conn, req.share_epoch)
     if epoch.status is not epochs.EpochStatus.ACTIVE:
         raise errors.PolicyViolation(f"request {req.id} predates the current officer set; open a new one")
-    me = epoch.officer(officer_name) if officer_name in {o.name for o in epoch.officers} else None
+    me = next((o for o in epoch.officers if o.name == officer_name), None)
     if me is None:
         raise errors.PolicyViolation(f"{officer_name} is not a recovery officer")
     if custody.public_der(officer_key.public_key()) != custody.public_der(me.public_key):
@@ -444,8 +444,15 @@ def release(km: KeyManager, req: Request, me: str) -> None:
         conn.execute("DELETE FROM request_claims WHERE request_id = ? AND claimed_by = ?", (req.id, me))
 
 
-def _finish(conn: sqlite3.Connection, req: Request) -> None:
-    conn.execute("UPDATE recovery_requests SET status = ? WHERE id = ?", (RequestStatus.COMPLETED.value, req.id))
+def _finish(conn: sqlite3.Connection, req: Request, me: str) -> None:
+    """completing -> completed, only for the holder of the claim (inside the final transaction)."""
+    cur = conn.execute(
+        "UPDATE recovery_requests SET status = ? WHERE id = ? AND status = ? AND "
+        "EXISTS (SELECT 1 FROM request_claims WHERE request_id = ? AND claimed_by = ?)",
+        (RequestStatus.COMPLETED.value, req.id, RequestStatus.COMPLETING.value, req.id, me),
+    )
+    if cur.rowcount != 1:
+        raise errors.PolicyViolation(f"request {req.id} was taken over by another completion; nothing was committed")
     conn.execute("DELETE FROM request_claims WHERE request_id = ?", (req.id,))
     conn.execute("DELETE FROM reshares WHERE request_id = ?", (req.id,))
 
@@ -547,7 +554,7 @@ def complete_recovery(
                 _hold_for_code(ch.conn, code_row, code, keys)
                 if before_commit is not None:
                     before_commit(code)
-            _finish(ch.conn, req)
+            _finish(ch.conn, req, me)
             ch.details.update(mode="reenable" if reenable else "export")
     except BaseException:
         release(km, req, me)
@@ -659,7 +666,7 @@ def complete_change(
             for name, sig in attestations:
                 epochs.record_attestation(ch.conn, new.number, name, sig)
             _activate_officers(ch.conn, req, new, km.clock())
-            _finish(ch.conn, req)
+            _finish(ch.conn, req, me)
             ch.details.update(officers=[o.name for o in new.officers], quorum=new.quorum, new_epoch=new.number,
                               records=len(covered))
     except BaseException:
