@@ -387,12 +387,21 @@ def verified_approvals(km: KeyManager, req: Request, content: Content) -> list[A
 # --- one-use completion ---------------------------------------------------------------------------
 
 
+def _start_time(pid: int) -> str:
+    """The process's start time (Linux /proc), so a reused pid is not taken for the claimant."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-"
+
+
 def _me() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
 
 
 def _alive(claimant: str) -> bool:
-    host, pid, _ = (claimant.split(":") + ["", "", ""])[:3]
+    host, pid, started = (claimant.split(":") + ["", "", ""])[:3]
     if host != socket.gethostname():
         return True  # another machine's process: assume it runs
     try:
@@ -401,7 +410,7 @@ def _alive(claimant: str) -> bool:
         return False
     except (PermissionError, ValueError):
         return True
-    return True
+    return started in ("-", _start_time(int(pid)))
 
 
 def claim(km: KeyManager, req: Request) -> str:
