@@ -51,7 +51,9 @@ def _recover(home: Path, email: str, out: Path) -> set[int]:
 
 def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(v1: dict[str, Path], tmp_path: Path) -> None:
     home, users = v1["home"], v1["users"]
-    assert hsmkm("status", "--json", home=home).json()["counts"]["archived_keys"] == 4
+    counts = hsmkm("status", "--json", home=home).json()["counts"]
+    assert counts["archived_keys"] == counts["archived_keys_to_migrate"] == 4
+    assert "run 'hsmkm archive migrate'" in hsmkm("status", home=home).stdout
     # Before migration: the first release's records cannot be requested, nor officers changed.
     early = hsmkm("recovery", "request", "alice@example.com", "--reason", "x", home=home, check=False)
     assert early.returncode == 2 and "run 'hsmkm archive migrate' first" in early.stderr
@@ -92,6 +94,7 @@ def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(v1
     assert result.records == 3 and result.recovery_key_destroyed
     assert km.db.get_meta("recovery_public_key") is None
     assert {r[0] for r in km.db.conn.execute("SELECT format_version FROM archive")} == {2}
+    assert hsmkm("status", "--json", home=home).json()["counts"]["archived_keys_to_migrate"] == 0
     again = hsmkm("archive", "migrate", home=home, check=False)
     assert again.returncode == 2 and "nothing to migrate" in again.stderr
     km.close()

@@ -63,6 +63,7 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "certificates": count("SELECT COUNT(*) FROM certificates WHERE kind != 'ca'"),
             "revoked": count("SELECT COUNT(*) FROM certificates WHERE status = 'revoked'"),
             "archived_keys": count("SELECT COUNT(*) FROM archive"),
+            "archived_keys_to_migrate": count("SELECT COUNT(*) FROM archive WHERE format_version = 1"),
             "audit_entries": count("SELECT COUNT(*) FROM audit"),
         },
         "crl": crl_info,
