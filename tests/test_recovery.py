@@ -408,3 +408,43 @@ def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alic
     recovery.open_request(later, recovery.RequestKind.RECOVERY, "later", email="bob@example.com")
     assert [e.number for e in epochs.sharing(km.db.conn)] == [epochs.active(km.db.conn).number]
     assert stale.params["epoch"] not in [e.number for e in epochs.sharing(km.db.conn)]
+
+
+def test_a_change_opened_between_sealing_and_commit_still_gets_the_new_record(
+    km_with_alice: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race as a deterministic test: the enrollment seals its record for epoch 1, then an
+    officer change opens (epoch 2) before the enrollment commits; the commit re-splits the
+    record for both, so the change loses nothing."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hsmkm.client.enroll import build_csr
+    from hsmkm.km import archive, enroll, users
+    from hsmkm.protocol import EnrollRequest
+
+    home = km_with_alice["home"]
+    km = KeyManager.open(home, trial_pin(home, "km"))
+    _, code = users.add_user(km, "carol@example.com", None)
+    real = archive.seal_record
+    opened: list[int] = []
+
+    def seal_then_change(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sealed = real(*args, **kwargs)
+        if not opened:  # between this seal and the enrollment's commit
+            opened.append(recovery.open_request(km, recovery.RequestKind.POLICY, "race", params={"quorum": 3}).id)
+        return sealed
+
+    monkeypatch.setattr(archive, "seal_record", seal_then_change)
+    key = ec.generate_private_key(ec.SECP256R1())
+    enroll.enroll(km, EnrollRequest("carol@example.com", code, build_csr(key, "carol@example.com")))
+    record = km.db.conn.execute("SELECT MAX(id) FROM archive").fetchone()[0]
+    assert km.db.conn.execute("SELECT epoch, COUNT(*) FROM archive_shares WHERE record_id = ? GROUP BY epoch",
+                              (record,)).fetchall() == [(1, 3), (2, 3)]
+    monkeypatch.setattr(archive, "seal_record", real)
+    approve(km, home, opened[0], "officer1", "officer3")
+    from custody_helpers import officer_key
+
+    recovery.complete_change(km, opened[0], lambda name: officer_key(km, home, name))
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "carol", email="carol@example.com")
+    approve(km, home, req.id, "officer1", "officer2", "officer3")
+    assert len(recovery.complete_recovery(km, req.id, None, reenable=False).keys) == 1
