@@ -14,6 +14,7 @@ import click
 from cryptography import x509
 
 from hsmkm import errors
+from hsmkm.addresses import address_file
 from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.cli.client_cmds import open_user_keystore
 from hsmkm.cli.crl_cmds import client_cache, revocation_status
@@ -22,7 +23,6 @@ from hsmkm.client import messaging
 from hsmkm.clock import system_clock
 from hsmkm.cms import enveloped
 from hsmkm.cms.validation import Revoked, ValidationContext
-from hsmkm.km.users import normalize_email
 
 
 def _read(path: str) -> bytes:
@@ -144,7 +144,7 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
 
 
 def _directory_cert(km_home: Path, email: str) -> x509.Certificate:
-    path = km_home / "pub" / "certs" / f"{normalize_email(email)}.enc.crt"
+    path = address_file(km_home / "pub" / "certs", email, ".enc.crt")
     try:
         return x509.load_der_x509_certificate(path.read_bytes())
     except FileNotFoundError:
