@@ -37,7 +37,7 @@ def _bad(text: str, why: str) -> errors.BadInput:
 
 def normalize_email(text: str) -> str:
     """The address in the form hsmkm stores (NFC, domain lower-cased), or BadInput."""
-    email = unicodedata.normalize("NFC", text.strip())
+    email = unicodedata.normalize("NFC", text.strip(" \t"))
     local, at, domain = email.rpartition("@")
     if not at or not local or not domain:
         raise _bad(email, "it needs a local part, @ and a domain")
@@ -72,11 +72,11 @@ def normalize_email(text: str) -> str:
 
 
 def check_name(name: str | None) -> str | None:
-    """A display name: at most 64 printable characters (surrounding spaces dropped); None or
+    """A display name: at most 64 printable characters (surrounding blanks dropped); None or
     empty means no name."""
     if name is None:
         return None
-    name = unicodedata.normalize("NFC", name.strip())
+    name = unicodedata.normalize("NFC", name.strip(" "))
     if not name:
         return None
     if len(name) > MAX_NAME_CHARS:

@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from hsmkm import errors
 from hsmkm.atomic import write_atomic
+from hsmkm.bounded import MAX_KEYSTORE, read_regular
 from hsmkm.certnames import label_of
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.base import EntriesByRole, KeyEntry, KeyRole, PrivateKey, role_of
@@ -212,8 +213,9 @@ def _pbes2_decrypt(alg: algos.EncryptionAlgorithm, data: bytes, password: str, c
         raise errors.WrongPassword(".epf: wrong password or corrupted file") from None
 
 
-def _legacy_decrypt(alg: algos.EncryptionAlgorithm, data: bytes, password: str) -> bytes:
-    """A legacy-PBE (RFC 7292 appendix C) encryption undone, its iteration count checked first."""
+def _legacy_decrypt(alg: algos.EncryptionAlgorithm, data: bytes, password: str) -> bytes | None:
+    """A legacy-PBE (RFC 7292 appendix C) encryption undone, its iteration count checked first;
+    None for a cipher only OpenSSL runs."""
     from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
 
     name = alg["algorithm"].native
@@ -227,6 +229,8 @@ def _legacy_decrypt(alg: algos.EncryptionAlgorithm, data: bytes, password: str) 
     if cipher_name == "rc4":
         dec = Cipher(decrepit.ARC4(key), mode=None).decryptor()
         return dec.update(data) + dec.finalize()
+    if cipher_name == "rc2" and key_size != 16:
+        return None  # cryptography runs RC2 with 128-bit keys only; openssl -legacy puts certificates here
     iv = _pkcs12_kdf(password, salt, iterations, 2, block, "sha1")
     algorithm = decrepit.TripleDES(key) if cipher_name == "3des" else decrepit.RC2(key)
     dec = Cipher(algorithm, modes.CBC(iv)).decryptor()
@@ -249,9 +253,11 @@ def _legacy_key_bags(auth_safe_der: bytes, password: str) -> int:
             eci = ci["content"]["encrypted_content_info"]
             alg = eci["content_encryption_algorithm"]
             data = eci["encrypted_content"].native
-            contents = _legacy_decrypt(alg, data, password) if alg["algorithm"].native != "pbes2" else None
-            if contents is None:
-                _pbes2_decrypt(alg, data, password, {})
+            if alg["algorithm"].native == "pbes2":
+                contents = _pbes2_decrypt(alg, data, password, {})
+            else:
+                contents = _legacy_decrypt(alg, data, password)
+            if contents is None:  # RC2-40, which only OpenSSL runs: its own count was checked
                 continue
         else:
             raise errors.UnsupportedAlgorithm(f"PKCS#12 content {ctype}")
@@ -331,13 +337,9 @@ class EpfKeystore(EntriesByRole):
         """Load an .epf; saves use ``iterations``, else the file's count raised to OWASP's figure."""
         path = Path(path)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+            data = read_regular(path, MAX_KEYSTORE, "keystore")
+        except errors.NotFound:
             raise errors.NotFound(f"no keystore at {path}") from None
-        except IsADirectoryError:
-            raise errors.BadInput(f"{path} is a directory, not a keystore") from None
-        except OSError as exc:
-            raise errors.BadInput(f"{path}: {exc.strerror}") from None
         store = cls(path, password)
         file_iterations = store._load(data)
         store.iterations = iterations if iterations is not None else max(file_iterations, OWASP_PBKDF2_SHA256_ITERATIONS)
