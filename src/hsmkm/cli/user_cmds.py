@@ -10,6 +10,7 @@ import click
 from cryptography.hazmat.primitives import serialization
 
 from hsmkm import errors
+from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.atomic import atomic_writer
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km
@@ -56,9 +57,9 @@ def user_import(cli_ctx: CliContext, csv_file: Path, codes_out: Path | None) -> 
       hsmkm user import staff.csv --codes-out staff-codes.csv
     """
     try:
-        text = csv_file.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise errors.MalformedInput(f"{csv_file}: unreadable ({exc})") from None
+        text = read_regular(csv_file, MAX_SMALL_FILE, "CSV").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.MalformedInput(f"{csv_file}: not UTF-8 text ({exc.reason} at octet {exc.start})") from None
     rows = users.parse_user_csv(text)
     out = codes_out or csv_file.with_name(csv_file.name + ".codes.csv")
     if out.exists():
