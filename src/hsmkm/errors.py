@@ -152,6 +152,7 @@ def malformed(what: str) -> Iterator[None]:
     except HsmkmError:
         raise
     except PARSE_ERRORS as exc:
-        raise MalformedInput(f"{what}: malformed ({type(exc).__name__})") from None
+        detail = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise MalformedInput(f"{what}: malformed ({type(exc).__name__}{': ' + detail if detail else ''})") from None
     except crypto_exceptions.UnsupportedAlgorithm:
         raise UnsupportedAlgorithm(f"{what}: unsupported algorithm") from None
