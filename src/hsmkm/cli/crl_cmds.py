@@ -18,6 +18,7 @@ from hsmkm.client.crlcache import CrlCache
 from hsmkm.clock import system_clock
 from hsmkm.km.publication import CrlKind, publish_crl
 from hsmkm.km.revocation import parse_reason, revoke_user
+from hsmkm.km.users import normalize_email
 from hsmkm.x509.anchor import load_ca_certificate
 from hsmkm.x509.crl import RevocationReason
 
@@ -35,6 +36,7 @@ def user_revoke(cli_ctx: CliContext, email: str, reason: str | None) -> None:
     Example:
       hsmkm user revoke bob@example.com --reason keyCompromise && hsmkm crl publish
     """
+    normalize_email(email)  # refused before the token is even opened
     km = open_km(cli_ctx)
     done = revoke_user(km, email, parse_reason(reason))
     cli_ctx.emit(
