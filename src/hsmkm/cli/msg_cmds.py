@@ -106,9 +106,10 @@ def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detache
       hsmkm msg sign --keystore alice.epf --detached - -o - < note.eml
     """
     _check_output(outfile)
-    ks = open_user_keystore(cli_ctx, ref, password_source)
-    with _input(infile) as src, _output(outfile) as dst:
-        messaging.sign_file(src, dst, ks, detached)
+    with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
+        ks = open_user_keystore(cli_ctx, ref, password_source)
+        with _output(outfile) as dst:
+            messaging.sign_file(src, dst, ks, detached)
 
 
 @msg.command("verify")
@@ -224,9 +225,9 @@ def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_h
       hsmkm msg decrypt --keystore bob.epf --password-source env:PW --km ./km secret.eml -o note.eml
     """
     _check_output(outfile)
-    ks = open_user_keystore(cli_ctx, ref, password_source)
-    ctx = _context(cli_ctx, km_home, cache) if km_home else None
-    with _input(infile) as src:
+    with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
+        ks = open_user_keystore(cli_ctx, ref, password_source)
+        ctx = _context(cli_ctx, km_home, cache) if km_home else None
         if outfile == "-":
             with tempfile.TemporaryDirectory(prefix="hsmkm-") as tmp:
                 target = Path(tmp) / "plain"
