@@ -455,6 +455,19 @@ def test_hostile_enveloped_messages_refused(world: World) -> None:
         path.unlink()
 
 
+def test_certificates_cryptography_cannot_parse_refused(world: World) -> None:
+    """An x400Address in a certificate's subjectAltName makes cryptography raise its own
+    exception type at the first look at the extensions: refused as malformed wherever it comes."""
+    bad = world.client / "x400.crt"
+    bad.write_bytes(hi.x400_certificate(world.alice_enc.certificate.public_bytes(serialization.Encoding.DER),
+                                        b"alice@example.com"))
+    try:
+        refused(world, [HSMKM, "msg", "encrypt", "--km", str(world.home), "--cert", str(bad), "note.eml",
+                        "-o", "x.eml"], 2)
+    finally:
+        bad.unlink()
+
+
 # --- a damaged home, ids ---------------------------------------------------------------------
 
 

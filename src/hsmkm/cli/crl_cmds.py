@@ -136,7 +136,7 @@ def crl_check(cli_ctx: CliContext, certificate: Path, km_home: Path, cache: Path
     data = read_regular(certificate, MAX_SMALL_FILE, "certificate")
     try:
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except (ValueError, x509.InvalidVersion):
+    except errors.CERTIFICATE_PARSE_ERRORS:
         raise errors.MalformedInput(f"{certificate}: not a certificate") from None
     store, ca = client_cache(km_home, cache)
     info = revocation_status(cli_ctx, store, km_home, ca, cert.serial_number)

@@ -186,9 +186,11 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
     for f in cert_files:
         data = read_regular(f, MAX_SMALL_FILE, "--cert")
         try:
-            recipients.append(x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data))
-        except ValueError:
+            cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+            cert.extensions  # parsed lazily: a bad extension must fail here
+        except errors.CERTIFICATE_PARSE_ERRORS:
             raise errors.MalformedInput(f"{f}: not a certificate") from None
+        recipients.append(cert)
     if not recipients:
         raise errors.BadInput("name at least one recipient with --to or --cert")
     ks = open_user_keystore(cli_ctx, sign_with, password_source) if sign_with else None
