@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +37,7 @@ CPU_LIMIT_S = 10.0  # "no hang": CPU time, which a loaded machine does not stret
 WALL_LIMIT_S = 120.0  # a process blocked for good (a FIFO) is killed here, and fails
 RSS_LIMIT_MIB = 256
 PW = "correct-horse-battery"
+MEASURED_CHILD = Path(__file__).with_name("measured_child.py")
 
 
 @dataclass
@@ -49,16 +51,19 @@ class Measured:
 
 
 def run_measured(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes | None = None) -> Measured:
-    """Run ``argv`` with its own rusage (wait4): CPU seconds and peak RSS of that process alone."""
-    out_path, err_path = cwd / ".run.out", cwd / ".run.err"
+    """Run ``argv`` with its own rusage (wait4, in tests/measured_child.py): CPU seconds and peak RSS of that
+    process alone."""
+    out_path, err_path, usage_path = cwd / ".run.out", cwd / ".run.err", cwd / ".run.usage"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=out, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen([sys.executable, str(MEASURED_CHILD), *argv],
+                                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=out, stderr=err, env={**env, "HSMKM_TEST_RUSAGE": str(usage_path)},
+                                cwd=cwd, start_new_session=True)
         killed = threading.Event()
 
         def kill() -> None:
             killed.set()
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
 
         timer = threading.Timer(WALL_LIMIT_S, kill)
         timer.start()
@@ -66,16 +71,18 @@ def run_measured(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes |
             assert proc.stdin is not None
             writer = threading.Thread(target=_feed, args=(proc.stdin, stdin))
             writer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc.wait()
         timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if stdin is not None:
             writer.join()
     stdout, stderr = out_path.read_bytes(), err_path.read_text(errors="replace")
     out_path.unlink()
     err_path.unlink()
-    return Measured(proc.returncode, stdout, stderr, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
-                    killed.is_set())
+    if killed.is_set():
+        return Measured(proc.returncode, stdout, stderr, WALL_LIMIT_S, 0.0, True)
+    usage = json.loads(usage_path.read_text())
+    usage_path.unlink()
+    return Measured(proc.returncode, stdout, stderr, usage["cpu_s"], usage["maxrss_kib"] / 1024, False)
 
 
 def _feed(pipe: object, data: bytes) -> None:
