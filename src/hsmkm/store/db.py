@@ -216,8 +216,11 @@ class Database:
     def open(cls, path: Path) -> Database:
         if not path.exists():
             raise errors.NotFound(f"no KM database at {path} (run 'hsmkm init')")
-        db = cls(path)
-        version = db.get_meta("schema_version")
+        try:
+            db = cls(path)
+            version = db.get_meta("schema_version")
+        except sqlite3.DatabaseError as exc:
+            raise errors.MalformedInput(f"{path}: a damaged database ({exc})") from None
         if version == "1":
             db._upgrade_from_1()
         elif version != str(SCHEMA_VERSION):
