@@ -71,6 +71,16 @@ def find(ts: TokenSession, application: str) -> list[DataObject]:
     return []
 
 
+def reread(ts: TokenSession, obj: DataObject) -> DataObject | None:
+    """The object's label as it is now (another process may have changed it), or None if the
+    object cannot be read (destroyed, or caught mid-write)."""
+    with ts.lock:
+        try:
+            return DataObject(str(obj.handle[Attribute.LABEL]), obj.handle)
+        except p11e.PKCS11Error:
+            return None
+
+
 def relabel(ts: TokenSession, obj: DataObject, label: str) -> DataObject:
     """Replace the object's label (one rewrite of its file)."""
     with ts.lock, mapped_errors(f"{ts.what()}: writing a data object"):

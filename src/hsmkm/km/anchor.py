@@ -88,11 +88,22 @@ class TokenAnchor:
         self._mac = mac
         self._lock_path = lock_path
         self._verified: dict[str, Anchor] = {}  # labels whose MAC this process checked already
+        self._known: list[data_objects.DataObject] = []
+
+    def _objects(self) -> list[data_objects.DataObject]:
+        """The slot objects as they are now: the ones this process knows, read again (cheaper
+        than a search, which reads every object on the token), or a search if one is gone."""
+        if self._known:
+            now = [data_objects.reread(self._session, obj) for obj in self._known]
+            if all(obj is not None for obj in now):
+                return [obj for obj in now if obj is not None]
+        self._known = data_objects.find(self._session, APPLICATION)
+        return self._known
 
     def _slots(self) -> tuple[list[tuple[Anchor, data_objects.DataObject]], list[data_objects.DataObject]]:
         """(valid slots, lowest seq first; objects of ours that are not valid anchors)."""
         valid, invalid = [], []
-        for obj in data_objects.find(self._session, APPLICATION):
+        for obj in self._objects():
             anchor = self._verified.get(obj.label)
             if anchor is None:
                 anchor = _decode(obj.label, self._mac)
@@ -160,9 +171,11 @@ class TokenAnchor:
             else:
                 data_objects.create(self._session, APPLICATION, label)
                 extra = []
+                self._known = []
             # Under the lock nobody else writes, so what does not verify is no one's work in progress.
             for obj in [o for _, o in extra] + invalid:
                 data_objects.destroy(self._session, obj)
+                self._known = []
 
     def start(self, head: Head) -> None:
         """The first anchor of a new KM, in both slots; objects left on the token by an
@@ -173,3 +186,4 @@ class TokenAnchor:
             label = _encode(Anchor(head.seq, head.digest, 0), self._mac)
             for _ in range(_SLOTS):
                 data_objects.create(self._session, APPLICATION, label)
+            self._known = []
