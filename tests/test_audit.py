@@ -164,6 +164,19 @@ def test_the_chain_head_edited_is_found(history: History) -> None:
     assert run.returncode == 1 and result["findings"][0]["problem"] == "the audit head is missing"
 
 
+def test_a_crl_number_set_back_is_found_and_no_number_is_drawn_twice(history: History) -> None:
+    crl_before = (history.home / "pub/crl/full.crl").read_bytes()
+    with db(history.home) as conn:
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'crl_number'")
+        conn.execute("DELETE FROM crls")
+    run, result = verify(history.home, history.checkpoint)
+    assert run.returncode == 1 and found_by(result) == {"anchor", "checkpoint"}
+    assert "the database's last CRL number is 0 but the token's anchor says 1 was drawn" in run.stderr
+    run = hsmkm("crl", "publish", home=history.home, check=False)
+    assert run.returncode == 1 and "rolled back" in run.stderr
+    assert (history.home / "pub/crl/full.crl").read_bytes() == crl_before
+
+
 # --- no ordinary state change writes over a cut --------------------------------------------
 
 

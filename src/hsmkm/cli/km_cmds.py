@@ -164,7 +164,14 @@ def status(cli_ctx: CliContext) -> None:
 
 @cli.group()
 def audit() -> None:
-    """The audit log."""
+    """The audit log: verify it, and export signed checkpoints of its head for others to keep.
+
+    \b
+    Examples:
+      hsmkm --home ./km audit verify
+      hsmkm --home ./km audit checkpoint -o checkpoint-$(date +%F).p7m
+      hsmkm --home ./km audit verify --checkpoint checkpoint-2026-06-01.p7m
+    """
 
 
 def _read_small_file(path: Path, what: str, limit: int = 1 << 20) -> bytes:
