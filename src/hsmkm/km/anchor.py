@@ -90,6 +90,10 @@ class TokenAnchor:
         self._verified: dict[str, Anchor] = {}  # labels whose MAC this process checked already
         self._known: list[data_objects.DataObject] = []
 
+    def _remember(self, label: str, anchor: Anchor) -> None:
+        """Keep the last few verified labels (the two slots, and what replaced them)."""
+        self._verified = {label: anchor, **dict(list(self._verified.items())[:3])}
+
     def _objects(self) -> list[data_objects.DataObject]:
         """The slot objects as they are now: the ones this process knows, read again (cheaper
         than a search, which reads every object on the token), or a search if one is gone."""
@@ -108,7 +112,7 @@ class TokenAnchor:
             if anchor is None:
                 anchor = _decode(obj.label, self._mac)
                 if anchor is not None:
-                    self._verified = {obj.label: anchor, **dict(list(self._verified.items())[:3])}
+                    self._remember(obj.label, anchor)
             if anchor is None:
                 invalid.append(obj)
             else:
@@ -164,7 +168,7 @@ class TokenAnchor:
                 return
             new = Anchor(head.seq, head.digest, crl_number)
             label = _encode(new, self._mac)
-            self._verified = {label: new, **dict(list(self._verified.items())[:3])}
+            self._remember(label, new)
             if len(valid) >= _SLOTS:
                 data_objects.relabel(self._session, valid[0][1], label)
                 extra = valid[1:-1]  # slots beyond two, left by an earlier repair
