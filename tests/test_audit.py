@@ -244,6 +244,46 @@ def test_a_whole_database_rollback_is_found_and_no_crl_number_is_reused(history:
     assert entries(home) == [1, 2, 3, 4, 5, 6]
 
 
+def test_an_operators_restore_is_accepted_on_the_record_and_crl_numbers_go_on(history: History, tmp_path: Path) -> None:
+    """km.db restored from a backup: refused like any rollback until the KM PIN holder accepts
+    it; the acceptance is an audit entry, the next CRL is numbered above every one drawn,
+    and a checkpoint from before the loss still shows what was lost."""
+    home = history.home
+    run = hsmkm("audit", "accept-rollback", "--yes", home=home, check=False)
+    assert run.returncode == 2 and "there is no rollback to accept" in run.stderr
+    aside = tmp_path / "backup.db"
+    with db(home) as src, sqlite3.connect(aside) as dst:
+        src.backup(dst)
+    hsmkm("user", "add", "dave@example.com", home=home)  # 7
+    assert hsmkm("crl", "publish", "--json", home=home).json()["number"] == 2  # 8
+    later = tmp_path / "later.p7m"
+    hsmkm("audit", "checkpoint", "-o", str(later), home=home)  # 9
+    with sqlite3.connect(aside) as src, db(home) as dst:
+        src.backup(dst)
+    assert hsmkm("user", "add", "erin@example.com", home=home, check=False).returncode == 1
+
+    run = hsmkm("audit", "accept-rollback", home=home, check=False)  # no terminal, no --yes
+    assert run.returncode == 2 and "--yes" in run.stderr
+    done = hsmkm("audit", "accept-rollback", "--yes", "--json", home=home).json()
+    assert done == {"log_ended_at": 6, "anchored_entry": 9, "entry": 7, "crl_number": 2}
+    run, result = verify(home, history.checkpoint)
+    assert run.returncode == 0 and result["anchor"]["seq"] == 7
+    assert verify(home, later)[0].returncode == 1  # what was lost stays visible to the witness
+    assert hsmkm("crl", "publish", "--json", home=home).json()["number"] == 3
+    hsmkm("user", "add", "erin@example.com", home=home)
+    with db(home) as conn:
+        action, details = conn.execute("SELECT action, details FROM audit WHERE seq = 7").fetchone()
+    assert action == "audit.rollback-accepted" and '"anchored_entry":9' in details
+
+
+def test_no_rollback_is_accepted_onto_a_broken_log(history: History) -> None:
+    with db(history.home) as conn:
+        conn.execute("DELETE FROM audit WHERE seq > 3")
+    run = hsmkm("audit", "accept-rollback", "--yes", home=history.home, check=False)
+    assert run.returncode == 1 and "only a rollback onto an intact log can be accepted" in run.stderr
+    assert entries(history.home) == [1, 2, 3]
+
+
 # --- what an honest crash leaves is no finding ------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,41 @@ def audit_checkpoint(cli_ctx: CliContext, out: Path, pem: bool) -> None:
     cli_ctx.emit(
         {"path": str(out), "seq": cp.seq, "hash": cp.digest.hex(), "crl_number": cp.crl_number, "at": cp.at},
         f"checkpoint of audit entry {cp.seq} written to {out}",
+    )
+
+
+@audit.command("accept-rollback")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@pass_cli
+def audit_accept_rollback(cli_ctx: CliContext, yes: bool) -> None:
+    """Accept a rollback the token's anchor found, after restoring km.db from a backup.
+
+    While the database lacks the entry anchored on the KM token, every state change is
+    refused. If that is your own restore, this records an audit entry naming what the anchor
+    held, continues CRL numbers above every one ever drawn, and anchors the new head. What
+    the lost entries did (revocations above all) must be done again.
+
+    \b
+    Example:
+      hsmkm --home ./km audit verify            # exit 1: the log ends before the anchor
+      hsmkm --home ./km audit accept-rollback --yes
+      hsmkm --home ./km user revoke bob@example.com --reason keyCompromise   # redo what was lost
+    """
+    from hsmkm.km.rollback import accept_rollback
+
+    km = open_km(cli_ctx)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise errors.BadInput("accept-rollback needs --yes when not run on a terminal")
+        click.confirm("The changes after the restored backup are lost for good. Accept the rollback?",
+                      abort=True, err=True)
+    done = accept_rollback(km)
+    cli_ctx.emit(
+        {"log_ended_at": done.log_ended_at, "anchored_entry": done.anchored, "entry": done.entry,
+         "crl_number": done.crl_number},
+        f"rollback accepted (entry {done.entry}): the log ended at entry {done.log_ended_at}, the token's anchor "
+        f"named entry {done.anchored}; the next CRL is numbered above {done.crl_number}. "
+        "Redo what the lost entries did (revocations first).",
     )
 
 

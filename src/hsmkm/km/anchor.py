@@ -191,3 +191,16 @@ class TokenAnchor:
             for _ in range(_SLOTS):
                 data_objects.create(self._session, APPLICATION, label)
             self._known = []
+
+    def replace(self, head: Head, crl_number: int) -> None:
+        """Anchor ``head`` even below the anchor there (an accepted rollback): new slots are
+        made before the old ones are destroyed, so a kill leaves the old anchor, and the
+        rollback still refused, rather than none."""
+        with self._writer():
+            old = data_objects.find(self._session, APPLICATION)
+            label = _encode(Anchor(head.seq, head.digest, crl_number), self._mac)
+            for _ in range(_SLOTS):
+                data_objects.create(self._session, APPLICATION, label)
+            for obj in old:
+                data_objects.destroy(self._session, obj)
+            self._known = []
