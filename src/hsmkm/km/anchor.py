@@ -13,8 +13,8 @@ other, which holds the anchor before it: a whole anchor survives any kill, and a
 is made again by the next write. Writers take a lock and compare before writing, so
 concurrent KM processes never move the anchor backwards; readers take the highest slot whose
 MAC verifies. (Creating a fresh object per change would avoid in-place writes altogether,
-but SoftHSM2 writes a new object's file a dozen times over and it cost a third of the
-enrollment rate.)
+but SoftHSM2 writes a new object's file a dozen times over, each a truncate and a write;
+one rewrite of a slot is the least a token update costs.)
 """
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ class TokenAnchor:
             now = [data_objects.reread(self._session, obj) for obj in self._known]
             if all(obj is not None for obj in now):
                 return [obj for obj in now if obj is not None]
-        self._known = data_objects.find(self._session, APPLICATION)
-        return self._known
+        found = data_objects.find(self._session, APPLICATION)
+        # Fewer than two: one may be mid-write in another process; search again next time.
+        self._known = found if len(found) >= _SLOTS else []
+        return found
 
     def _slots(self) -> tuple[list[tuple[Anchor, data_objects.DataObject]], list[data_objects.DataObject]]:
         """(valid slots, lowest seq first; objects of ours that are not valid anchors)."""
