@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import Run, hsmkm, softhsm_env
 from hsmkm.x509.crl import parse_crl
@@ -477,3 +479,96 @@ def test_help_shows_checkpoint_and_verify_examples() -> None:
     assert "hsmkm --home ./km audit checkpoint -o" in text and "openssl cms -verify" in text
     text = hsmkm("audit", "verify", "--help").stdout
     assert "--checkpoint" in text and "audit verify --checkpoint" in text
+
+
+# --- properties: any writer's mutation below a witness is found; anchors round-trip ---------
+
+
+def _software_log(n: int) -> tuple[sqlite3.Connection, Any]:
+    """A log of n entries in an in-memory database, MAC'd with a software key (the token's
+    HMAC does the same sums)."""
+    import hashlib
+    import hmac as hmac_mod
+    from datetime import datetime, timedelta, timezone
+
+    from hsmkm.km.audit import AuditAction, AuditLog
+    from hsmkm.store.db import SCHEMA
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    for stmt in SCHEMA.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    key = b"k" * 32
+
+    def mac(data: bytes) -> bytes:
+        return hmac_mod.new(key, data, hashlib.sha256).digest()
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    ticks = iter(range(10_000))
+    log = AuditLog(conn, mac, lambda: start + timedelta(seconds=next(ticks)))
+    for i in range(n):
+        log.append("operator", AuditAction.USER_ADD, {"email": f"u{i}@example.com"})
+    return conn, mac
+
+
+_MUTATIONS = st.sampled_from(["edit", "delete", "swap", "truncate", "rewrite_hash"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 12), data=st.data(), kind=_MUTATIONS)
+def test_any_writer_mutation_at_or_below_a_witness_is_found(n: int, data: st.DataObject, kind: str) -> None:
+    from hsmkm.km.audit import AuditLog, FindingSource, Witness, _entry_hash
+
+    conn, mac = _software_log(n)
+    w_seq = data.draw(st.integers(1, n), label="witnessed entry")
+    digest = bytes(conn.execute("SELECT hash FROM audit WHERE seq = ?", (w_seq,)).fetchone()[0])
+    witness = Witness(FindingSource.CHECKPOINT, w_seq, digest, 0, "the checkpoint")
+    target = data.draw(st.integers(1, w_seq), label="mutated entry")
+    if kind == "edit":
+        conn.execute("UPDATE audit SET details = details || ' ' WHERE seq = ?", (target,))
+    elif kind == "delete":
+        conn.execute("DELETE FROM audit WHERE seq = ?", (target,))
+    elif kind == "swap":
+        other = data.draw(st.integers(1, n).filter(lambda s: s != target), label="swapped with")
+        conn.execute("UPDATE audit SET seq = -1 WHERE seq = ?", (target,))
+        conn.execute("UPDATE audit SET seq = ? WHERE seq = ?", (target, other))
+        conn.execute("UPDATE audit SET seq = ? WHERE seq = -1", (other,))
+    elif kind == "truncate":
+        conn.execute("DELETE FROM audit WHERE seq >= ?", (target,))
+    else:  # the writer recomputes the keyless hashes from the target on (no MAC key)
+        rows = conn.execute("SELECT seq, at, actor, action, details, prev_hash FROM audit WHERE seq >= ? ORDER BY seq",
+                            (target,)).fetchall()
+        prev = bytes(rows[0][5])
+        for seq, at, actor, action, details, _ in rows:
+            details = details + " " if seq == target else details
+            d = _entry_hash(prev, seq, at, actor, action, details)
+            conn.execute("UPDATE audit SET details = ?, prev_hash = ?, hash = ? WHERE seq = ?", (details, prev, d, seq))
+            prev = d
+    from hsmkm.clock import system_clock
+
+    report = AuditLog(conn, mac, system_clock).verify([witness])
+    assert not report.ok
+    assert any(f.source is FindingSource.CHECKPOINT for f in report.findings), report
+    assert report.first_bad is not None and report.first_bad <= w_seq + 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(seq=st.integers(1, 2**63 - 1), digest=st.binary(min_size=32, max_size=32), crl=st.integers(0, 2**63 - 1),
+       flip=st.integers(0, 10_000))
+def test_anchor_labels_round_trip_and_any_changed_character_is_refused(seq: int, digest: bytes, crl: int,
+                                                                        flip: int) -> None:
+    import hashlib
+    import hmac as hmac_mod
+
+    from hsmkm.km.anchor import Anchor, _decode, _encode
+
+    def mac(data: bytes) -> bytes:
+        return hmac_mod.new(b"a" * 32, data, hashlib.sha256).digest()
+
+    anchor = Anchor(seq, digest, crl)
+    label = _encode(anchor, mac)
+    assert _decode(label, mac) == anchor
+    i = flip % len(label)
+    changed = label[:i] + ("0" if label[i] != "0" else "1") + label[i + 1:]
+    assert _decode(changed, mac) is None
+    assert _decode(label.upper(), mac) is None and _decode(label.replace(" ", "  ", 1), mac) is None
