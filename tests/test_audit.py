@@ -375,6 +375,21 @@ def test_concurrent_changes_never_move_the_anchor_backwards(history: History) ->
     assert run.returncode == 0 and result["entries"] == 14 and result["anchor"]["seq"] == 14
 
 
+def test_verify_during_concurrent_changes_finds_nothing(history: History) -> None:
+    """Readers see one snapshot, read after the anchor: commits and anchor writes going on
+    meanwhile are never a finding."""
+    exe = str(Path(sys.executable).parent / "hsmkm")
+    writers = [subprocess.Popen([exe, "--home", str(history.home), "user", "add", f"w{i}@example.com"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(6)]
+    readers = [subprocess.Popen([exe, "--home", str(history.home), "audit", "verify", "--checkpoint",
+                                 str(history.checkpoint)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for _ in range(6)]
+    for p in writers + readers:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    assert verify(history.home)[1]["anchor"]["seq"] == 12
+
+
 # --- the limit: the KM PIN holder, bounded by checkpoints held elsewhere -------------------
 
 _REWRITE = """

@@ -206,7 +206,19 @@ class AuditLog:
         """Walk the whole chain (hashes, links, MACs, sequence, the MAC'd head), then compare
         its content with each witness: the log must hold the witnessed entry with the
         witnessed hash, recomputed from the entries themselves (not their stored hashes), and
-        the database's CRL number must not be below the witnessed one."""
+        the database's CRL number must not be below the witnessed one.
+
+        Read witnesses before calling: all of this reads one snapshot of the database, which
+        then holds at least what they witnessed (concurrent commits are no finding)."""
+        if self._conn.in_transaction:
+            return self._verify(witnesses)
+        self._conn.execute("BEGIN")  # deferred: a read snapshot, no write lock
+        try:
+            return self._verify(witnesses)
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _verify(self, witnesses: Sequence[Witness]) -> AuditReport:
         findings: list[Finding] = []
         marks = {w.seq for w in witnesses}
         at_mark: dict[int, bytes] = {}
