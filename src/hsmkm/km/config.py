@@ -113,6 +113,8 @@ class KmConfig:
             raise errors.NotFound(f"no KM at {home.root} (run 'hsmkm init')") from None
         except (OSError, ValueError) as exc:
             raise errors.MalformedInput(f"{home.config}: unreadable configuration ({exc})") from None
+        if not isinstance(data, dict):
+            raise errors.MalformedInput(f"{home.config}: damaged configuration (not a JSON object)")
         if data.get("version") != CONFIG_VERSION:
             raise errors.MalformedInput(f"{home.config}: configuration version {data.get('version')} unknown")
         try:

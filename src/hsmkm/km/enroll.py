@@ -9,6 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from hsmkm import errors
+from hsmkm.addresses import address_file
 from hsmkm.atomic import write_atomic
 from hsmkm.keys.algorithms import algorithm_of
 from hsmkm.km import archive, users
@@ -33,12 +34,16 @@ def _csr_email(csr: x509.CertificateSigningRequest) -> list[str]:
 def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_der_x509_csr(der)
-    except ValueError:
+    except errors.CERTIFICATE_PARSE_ERRORS:
         try:
             csr = x509.load_pem_x509_csr(der)
-        except ValueError:
+        except errors.CERTIFICATE_PARSE_ERRORS:
             raise errors.MalformedInput("the CSR does not parse") from None
-    if not csr.is_signature_valid:
+    with errors.malformed("the CSR"):
+        algorithm_of(csr.public_key())  # an unknown key algorithm is refused here, by name
+        _csr_email(csr)  # parsed lazily: a bad extension must fail here
+        valid = csr.is_signature_valid
+    if not valid:
         raise errors.SignatureInvalid("the CSR's signature does not verify (no proof of possession)")
     return csr
 
@@ -148,5 +153,7 @@ def publish_user_certificates(
 ) -> None:
     """The directory's files: HOME/pub/certs/EMAIL.enc.crt and EMAIL.sign.crt (DER)."""
     # Derived from the database, so no fsync: readers still see whole files (rename).
-    write_atomic(certs_dir / f"{email}.enc.crt", enc_cert.public_bytes(serialization.Encoding.DER), durable=False)
-    write_atomic(certs_dir / f"{email}.sign.crt", sign_cert.public_bytes(serialization.Encoding.DER), durable=False)
+    write_atomic(address_file(certs_dir, email, ".enc.crt"), enc_cert.public_bytes(serialization.Encoding.DER),
+                 durable=False)
+    write_atomic(address_file(certs_dir, email, ".sign.crt"), sign_cert.public_bytes(serialization.Encoding.DER),
+                 durable=False)

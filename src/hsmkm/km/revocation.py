@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass
 
 from hsmkm import errors
+from hsmkm.addresses import address_file
 from hsmkm.km import users
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
@@ -55,5 +56,5 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
         ch.details.update(email=user.email, serials=serials)
     for kind in ("enc", "sign"):
         with contextlib.suppress(FileNotFoundError):
-            (km.home.certs_dir / f"{user.email}.{kind}.crt").unlink()
+            address_file(km.home.certs_dir, user.email, f".{kind}.crt").unlink()
     return Revoked(user.email, serials, reason, now.isoformat())
