@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -176,21 +174,6 @@ def audit() -> None:
     """
 
 
-def _read_small_file(path: Path, what: str, limit: int = 1 << 20) -> bytes:
-    """A regular file of at most ``limit`` bytes (no FIFO or device), or one clear error."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise errors.BadInput(f"{what} {path} is not a regular file")
-            data = fh.read(limit + 1)
-    except OSError as exc:
-        raise errors.BadInput(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > limit:
-        raise errors.MalformedInput(f"{what} {path} is larger than {limit} bytes")
-    return data
-
-
 @audit.command("verify")
 @click.option(
     "--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
@@ -214,7 +197,7 @@ def audit_verify(cli_ctx: CliContext, checkpoints: tuple[Path, ...]) -> None:
     from hsmkm.km.checkpoint import read_checkpoint
 
     km = open_km(cli_ctx)
-    cps = [read_checkpoint(_read_small_file(path, "checkpoint"), km.ca_cert, km.clock()) for path in checkpoints]
+    cps = [read_checkpoint(read_regular(path, 1 << 20, "checkpoint"), km.ca_cert, km.clock()) for path in checkpoints]
     anchor = km.anchor.read()
     witnesses = ([anchor.witness()] if anchor is not None else []) + [cp.witness() for cp in cps]
     report = km.audit().verify(witnesses)
