@@ -40,6 +40,8 @@ def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | Non
         config = KmConfig.load(Home(km_home))
         pin = cli_ctx.secret(km_pin_source or config.km_pin_source, "KM token PIN")
         km = KeyManager.open(km_home, pin, actor=f"enroll:{request.email}")
+        for repair in km.repairs:
+            cli_ctx.warn(repair.describe())
         try:
             return km_enroll(km, request)
         finally:

@@ -23,7 +23,7 @@ def _officer_token(cli_ctx: CliContext, km: KeyManager, uri_text: str, pin_sourc
     uri = Pkcs11Uri.parse(uri_text)
     module = uri.module_path or km.config.km_token.module
     config = km.config.softhsm_config if module == km.config.km_token.module else None
-    pin = cli_ctx.secret(pin_source or uri.pin_source, f"PIN of {who}'s token")
+    pin = cli_ctx.secret(pin_source or km.config.resolve_source(uri.pin_source), f"PIN of {who}'s token")
     slot = int(uri.slot_id) if uri.slot_id is not None else None
     return Pkcs11Module.load(module, config).open_token(pin, label=uri.token, serial=uri.serial, slot_id=slot)
 

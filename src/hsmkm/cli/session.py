@@ -12,4 +12,7 @@ def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
     config = KmConfig.load(Home(cli.home))
     spec = cli.pin_source or config.km_pin_source
     pin = cli.secret(spec, "KM token PIN")
-    return KeyManager.open(cli.home, pin, actor=actor)
+    km = KeyManager.open(cli.home, pin, actor=actor)
+    for repair in km.repairs:
+        cli.warn(repair.describe())
+    return km

@@ -41,6 +41,7 @@ class AuditAction(str, Enum):
     OFFICER_REMOVE = "officer.remove"
     POLICY_CHANGE = "recovery.policy"
     ARCHIVE_ROTATE = "archive.rotate"
+    TOKEN_REPAIR = "token.repair"
 
 
 Mac = Callable[[bytes], bytes]

@@ -14,6 +14,7 @@ from cryptography import x509
 from hsmkm import errors
 from hsmkm.clock import Clock, system_clock
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSecretKey, TokenSession
+from hsmkm.keys.softhsm_store import Repair
 from hsmkm.km.audit import AuditAction, AuditLog
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, TokenRef
 from hsmkm.store.db import Database
@@ -57,6 +58,8 @@ class KeyManager:
         self._ca_cert: x509.Certificate | None = None
         self._audit_key: TokenSecretKey | None = None
         self._archive_key: TokenSecretKey | None = None
+        # Token files the store check restored when this KM was opened (each audited).
+        self.repairs: list[Repair] = []
 
     @classmethod
     def open(
@@ -66,7 +69,14 @@ class KeyManager:
         config = KmConfig.load(home)
         db = Database.open(home.database)
         session = open_token(config.km_token, km_pin, config.softhsm_config)
-        return cls(home, config, db, session, clock, actor)
+        km = cls(home, config, db, session, clock, actor)
+        km.repairs = session.module.take_repairs()
+        if km.repairs:
+            with km.change(AuditAction.TOKEN_REPAIR, repairs=[
+                {"token_dir": r.token_dir, "file": r.file, "kind": r.kind.value} for r in km.repairs
+            ]):
+                pass
+        return km
 
     # --- keys on the KM token ---------------------------------------------------------------
 
