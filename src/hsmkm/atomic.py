@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,14 +24,16 @@ def atomic_writer(
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    sweep_temps(target.parent, target.name)
+    fd, tmp = _locked_temp(target)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
+        # The descriptor (and with it the lock) stays open until the rename is done.
+        with os.fdopen(fd, "wb", closefd=False) as fh:
             yield fh
             fh.flush()
             if durable:
-                os.fsync(fh.fileno())
+                os.fsync(fd)
         if exclusive:
             os.link(tmp, target)
             os.unlink(tmp)
@@ -40,8 +43,52 @@ def atomic_writer(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
     if durable:
         _fsync_dir(target.parent)
+
+
+def _locked_temp(target: Path) -> tuple[int, str]:
+    """A new temporary file beside ``target``, flock'ed for as long as it is being written.
+
+    The lock tells ``sweep_temps`` that its writer is alive; a temp that a sweep removed
+    between its creation and the lock (its link count is then 0) is made again.
+    """
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:
+            return fd, tmp
+        os.close(fd)
+
+
+def sweep_temps(directory: str | os.PathLike[str], name: str | None = None) -> list[Path]:
+    """Remove temporary files left in ``directory`` by writers that died (kill -9, power loss).
+
+    Only ``.NAME.*.tmp`` files (of ``name``, or of any name) whose lock nobody holds: a live
+    writer's file is never touched. Returns what was removed.
+    """
+    removed: list[Path] = []
+    pattern = f".{name}.*.tmp" if name is not None else ".*.tmp"
+    for tmp in Path(directory).glob(pattern):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def write_atomic(

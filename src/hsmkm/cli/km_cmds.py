@@ -155,6 +155,9 @@ def status(cli_ctx: CliContext) -> None:
             else f"CRL: #{crl['number']}, {crl['entries']} entries, {crl['age_seconds']} s old{' (stale)' if crl['stale'] else ''}"
         )
         lines.append(f"officers: {', '.join(st['officers'])} (quorum {st['quorum']})")
+        store = st["token_store"]
+        if store["guarded"]:
+            lines.append("token store: verified copy kept" + "".join(f"; {r}" for r in store["repairs"]))
         return "\n".join(lines)
 
     cli_ctx.emit(st, human)

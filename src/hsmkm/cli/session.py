@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from hsmkm.atomic import sweep_temps
 from hsmkm.cli.main import CliContext
+from hsmkm.km import directory
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.manager import KeyManager
 
@@ -15,4 +17,13 @@ def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
     km = KeyManager.open(cli.home, pin, actor=actor)
     for repair in km.repairs:
         cli.warn(repair.describe())
+    settle(km)
     return km
+
+
+def settle(km: KeyManager) -> None:
+    """What an earlier run left half-done: queued directory files, temporary files."""
+    directory.drain_outbox(km.db.conn, km.home.certs_dir)
+    for folder in km.home.written_dirs():
+        if folder.is_dir():
+            sweep_temps(folder)

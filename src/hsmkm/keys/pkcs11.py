@@ -137,7 +137,7 @@ class Pkcs11Module:
             else:
                 softhsm_config = os.environ.get("SOFTHSM2_CONF")
             # Only a store the caller names is guarded (a home's own), not one from the environment.
-            store = TokenStore.of_config(softhsm_config) if explicit else None
+            store = TokenStore.of_config(softhsm_config) if explicit and softhsm_config else None
             repairs = store.check() if store is not None else []
             if mod is not None:
                 # After a fork, or for another SoftHSM2 store: start the module afresh.

@@ -25,7 +25,7 @@ from enum import Enum
 from pathlib import Path
 
 from hsmkm import errors
-from hsmkm.atomic import write_atomic
+from hsmkm.atomic import sweep_temps, write_atomic
 
 MANIFEST_VERSION = 1
 _ULONG = 8
@@ -242,6 +242,9 @@ class TokenStore:
             return []
         repairs: list[Repair] = []
         with self._locked():
+            for leftover in (self.backup, self.blobs):
+                if leftover.is_dir():
+                    sweep_temps(leftover)
             manifest = self._manifest()
             for tname, files in sorted(manifest.items()):
                 tdir = self.tokendir / tname

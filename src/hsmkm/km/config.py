@@ -71,6 +71,10 @@ class Home:
     def exists(self) -> bool:
         return self.config.exists() or self.database.exists()
 
+    def written_dirs(self) -> list[Path]:
+        """The folders this home's commands write files into (where a kill can leave a temp)."""
+        return [self.root, self.pub, self.crl_dir, self.certs_dir, self.secrets_dir]
+
     def relative(self, path: str) -> str:
         """``path`` relative to the home when it lies inside it (else unchanged)."""
         p = Path(path)

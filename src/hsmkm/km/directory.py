@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 
 from hsmkm import errors
+from hsmkm.atomic import sweep_temps, write_atomic
 from hsmkm.km import users
 from hsmkm.x509.profiles import CertKind
 
@@ -51,3 +54,79 @@ def current_certificate(conn: sqlite3.Connection, email: str, kind: CertKind) ->
     if row is None:
         raise errors.NotFound(f"{user.email} has no current {kind.value} certificate")
     return x509.load_der_x509_certificate(bytes(row[0]))
+
+
+# --- the directory's files: derived from the database ------------------------------------------
+#
+# A change of a user's certificates queues the user in ``directory_outbox`` inside its own
+# transaction; the files are written after the commit and the entry dropped. A crash in
+# between leaves the entry, and the next command drains it: the files are never missing for
+# long, and never outlive a revocation (revoking removes them before it commits).
+
+
+def queue(conn: sqlite3.Connection, email: str, now: str) -> None:
+    """Queue the user's directory files for rewriting (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO directory_outbox(email, queued_at) VALUES (?, ?) "
+        "ON CONFLICT(email) DO UPDATE SET queued_at = excluded.queued_at",
+        (email, now),
+    )
+
+
+def cert_files(certs_dir: Path, email: str) -> dict[CertKind, Path]:
+    return {kind: certs_dir / f"{email}.{_SUFFIX[kind]}.crt" for kind in (CertKind.ENCRYPT, CertKind.SIGN)}
+
+
+_SUFFIX = {CertKind.ENCRYPT: "enc", CertKind.SIGN: "sign"}
+
+
+def remove_files(certs_dir: Path, email: str) -> None:
+    for path in cert_files(certs_dir, email).values():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def publish_user(conn: sqlite3.Connection, certs_dir: Path, email: str) -> None:
+    """Write (or remove) the user's files so they match the database's current certificates."""
+    for kind, path in cert_files(certs_dir, email).items():
+        row = conn.execute(
+            "SELECT c.der FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = ? AND c.kind = ? "
+            "AND c.current = 1 AND c.status = 'valid' ORDER BY c.issued_at DESC LIMIT 1",
+            (email, kind.value),
+        ).fetchone()
+        if row is None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        der = bytes(row[0])
+        try:
+            if path.read_bytes() == der:
+                continue
+        except OSError:
+            pass
+        # Derived from the database, so no fsync: readers still see whole files (rename).
+        write_atomic(path, der, 0o644, durable=False)
+
+
+def drain_outbox(conn: sqlite3.Connection, certs_dir: Path) -> int:
+    """Publish every queued user; returns how many."""
+    queued = conn.execute("SELECT email, queued_at FROM directory_outbox ORDER BY email").fetchall()
+    for email, queued_at in queued:
+        publish_user(conn, certs_dir, email)
+        conn.execute("DELETE FROM directory_outbox WHERE email = ? AND queued_at = ?", (email, queued_at))
+    return len(queued)
+
+
+def sync_all(conn: sqlite3.Connection, certs_dir: Path) -> int:
+    """Rewrite every user's files from the database and remove files of no current certificate."""
+    emails = [str(r[0]) for r in conn.execute("SELECT email FROM users ORDER BY email")]
+    for email in emails:
+        publish_user(conn, certs_dir, email)
+    wanted = {p.name for e in emails for p in cert_files(certs_dir, e).values() if p.exists()}
+    if certs_dir.is_dir():
+        for path in certs_dir.glob("*.crt"):
+            if path.name not in wanted:
+                path.unlink()
+    conn.execute("DELETE FROM directory_outbox")
+    sweep_temps(certs_dir)
+    return len(emails)

@@ -123,6 +123,20 @@ CREATE TABLE recovered (
 );
 """
 
+# Tables added within schema version 1: made when missing, so older databases gain them.
+ADDITIVE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS enroll_responses (
+    code_row    INTEGER PRIMARY KEY REFERENCES enrollment_codes(id),
+    salt        BLOB NOT NULL,
+    sealed      BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS directory_outbox (
+    email       TEXT PRIMARY KEY,
+    queued_at   TEXT NOT NULL
+)
+"""
+_ADDITIVE_TABLES = ("enroll_responses", "directory_outbox")
+
 
 class Database:
     """A connection to the KM's SQLite file."""
@@ -146,7 +160,7 @@ class Database:
             raise errors.AlreadyExists(f"database {path} already exists")
         db = cls(path)
         with db.transaction():
-            for stmt in SCHEMA.split(";"):
+            for stmt in (SCHEMA + ";" + ADDITIVE_SCHEMA).split(";"):
                 if stmt.strip():
                     db.conn.execute(stmt)
             db.conn.execute(
@@ -162,7 +176,17 @@ class Database:
         version = db.get_meta("schema_version")
         if version != str(SCHEMA_VERSION):
             raise errors.BadInput(f"database schema version {version} is not {SCHEMA_VERSION}")
+        db._add_missing_tables()
         return db
+
+    def _add_missing_tables(self) -> None:
+        have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if all(t in have for t in _ADDITIVE_TABLES):
+            return
+        with self.transaction():
+            for stmt in ADDITIVE_SCHEMA.split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
