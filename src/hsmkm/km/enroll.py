@@ -129,13 +129,13 @@ def _commit_enrollment(
 ) -> EnrollResponse:
     now = km.clock()
     history: list[SealedKey] = []
+    _before_commit(km)
     with km.change(AuditAction.ENROLL, email=user.email) as ch:
         conn = ch.conn
         # Re-check inside the write transaction: another process may have used the code.
         again = users.check_code(km, conn, user, code)
         if isinstance(again, str) or again.id != checked.id:
             raise errors.CodeRejected(f"{user.email}: the enrollment code was already used")
-        _before_commit(km)
         # A rotation may have started since the record was sealed: the record must be under
         # the master key that is current now, which rotation never destroys while it is.
         current = km.archive_key
@@ -168,7 +168,7 @@ def _commit_enrollment(
     return response
 
 
-# A test seam: called inside the commit transaction, after sealing (a race test holds it).
+# A test seam: called between sealing and the commit transaction, where a rotation can run.
 _before_commit: Callable[[KeyManager], None] = lambda km: None
 
 
