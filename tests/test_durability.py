@@ -121,6 +121,20 @@ def test_a_login_only_command_leaves_the_copy_alone_and_a_change_refreshes_it(ho
             assert hashlib.sha256((home / "softhsm" / "backup" / "objects" / digest).read_bytes()).hexdigest() == digest
 
 
+def test_commands_that_need_no_key_do_not_log_in(home: Path) -> None:
+    code = add_user(home, "rita@example.com")
+    enroll_epf(home, "rita@example.com", code, home.parent / "rita.epf")
+    token_object = km_token_dir(home) / "token.object"
+    before = token_object.read_bytes()
+    # No PIN source at all: these never read the PIN, never load the module.
+    for args in (["user", "list"], ["user", "show", "rita@example.com"], ["directory", "show", "rita@example.com"],
+                 ["directory", "sync"]):
+        hsmkm(*args, "--pin-source", "env:NO_SUCH_PIN", home=home)
+    assert token_object.read_bytes() == before
+    hsmkm("status", home=home)  # a login: SoftHSM2 rewrites the token's file (its generation)
+    assert token_object.read_bytes() != before
+
+
 # --- rotation and enrollment cannot race ------------------------------------------------------
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 from hsmkm.atomic import sweep_temps
 from hsmkm.cli.main import CliContext
 from hsmkm.km import directory
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.manager import KeyManager
+from hsmkm.store.db import Database
 
 
 def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
@@ -21,7 +25,36 @@ def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
     return km
 
 
-def settle(km: KeyManager) -> None:
+@dataclass
+class KmFiles:
+    """The KM's files without its token: for commands that read the database only."""
+
+    home: Home
+    config: KmConfig
+    db: Database
+
+
+def open_km_files(cli: CliContext) -> KmFiles:
+    """The home and database, without loading the module or logging in (no PIN is read).
+
+    A login makes SoftHSM2 rewrite the token's file, so commands that need no key skip it.
+    """
+    home = Home(cli.home)
+    config = KmConfig.load(home)
+    files = KmFiles(home, config, Database.open(home.database))
+    settle(files)
+    return files
+
+
+class _Settleable(Protocol):
+    @property
+    def home(self) -> Home: ...
+
+    @property
+    def db(self) -> Database: ...
+
+
+def settle(km: _Settleable) -> None:
     """What an earlier run left half-done: queued directory files, temporary files."""
     directory.drain_outbox(km.db.conn, km.home.certs_dir)
     for folder in km.home.written_dirs():

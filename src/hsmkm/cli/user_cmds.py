@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from hsmkm import errors
 from hsmkm.atomic import atomic_writer
 from hsmkm.cli.main import CliContext, cli, pass_cli
-from hsmkm.cli.session import open_km
+from hsmkm.cli.session import open_km, open_km_files
 from hsmkm.km import directory, users
 from hsmkm.x509.profiles import CertKind
 
@@ -138,7 +138,7 @@ def user_list(cli_ctx: CliContext) -> None:
     Example:
       hsmkm user list --json
     """
-    km = open_km(cli_ctx)
+    km = open_km_files(cli_ctx)
     rows = users.list_users(km.db.conn)
     data = [{"email": u.email, "name": u.name, "status": u.status.value, "created_at": u.created_at} for u in rows]
     cli_ctx.emit({"users": data}, "\n".join(f"{u.email:<40} {u.status.value:<8} {u.name or ''}" for u in rows) or "no users")
@@ -154,7 +154,7 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
     Example:
       hsmkm user show alice@example.com
     """
-    km = open_km(cli_ctx)
+    km = open_km_files(cli_ctx)
     u = users.find_user(km.db.conn, email)
     certs = directory.user_certificates(km.db.conn, u.id)
     archived = km.db.conn.execute("SELECT COUNT(*) FROM archive WHERE user_id = ?", (u.id,)).fetchone()[0]
@@ -213,7 +213,7 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
     Example:
       hsmkm directory show alice@example.com > alice.pem
     """
-    km = open_km(cli_ctx)
+    km = open_km_files(cli_ctx)
     out: dict[str, Any] = {"email": users.normalize_email(email)}
     pems = []
     for kind in (CertKind.ENCRYPT, CertKind.SIGN):
@@ -235,7 +235,7 @@ def directory_sync(cli_ctx: CliContext, full: bool) -> None:
       hsmkm directory sync
       hsmkm directory sync --full
     """
-    km = open_km(cli_ctx)
+    km = open_km_files(cli_ctx)
     if full:
         n = directory.sync_all(km.db.conn, km.home.certs_dir)
         cli_ctx.emit({"users": n, "full": True}, f"directory rewritten from the database: {n} users")
