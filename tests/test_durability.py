@@ -438,3 +438,40 @@ def test_a_first_release_home_extracted_elsewhere_works_where_it_is(tmp_path: Pa
     hsmkm("recovery", "complete", str(rid), "--out", str(tmp_path / "alice.p12"), "--password-source", "env:P",
           env={"P": "p12-pass"}, home=home)
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
+
+
+def test_a_token_enrollment_whose_answer_was_lost_is_answered_again(home: Path, module_path: str) -> None:
+    import subprocess
+    import sys
+
+    from conftest import softhsm_env
+
+    from hsmkm.client.enroll import build_csr
+    from hsmkm.keys.algorithms import KeyAlgorithm
+    from hsmkm.keys.token_keystore import TokenKeystore
+    from hsmkm.keys.uri import Pkcs11Uri
+    from hsmkm.km import enroll as km_enroll
+    from hsmkm.protocol import EnrollRequest
+
+    script = ("import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; "
+              "from hsmkm.keys.softhsm import find_softhsm_module, init_token; "
+              "init_token(Pkcs11Module.load(find_softhsm_module()), 'sam', 'so-sam-pin-1', 'sam-pin-1234')")
+    subprocess.run([sys.executable, "-c", script], env={**os.environ, **softhsm_env(home)}, check=True)
+    code = add_user(home, "sam@example.com")
+    uri = f"pkcs11:token=sam?module-path={module_path}&pin-source=env:SAM_PIN"
+    # The first attempt: the key is made on the token, the KM commits, the answer is lost.
+    km = _km(home)  # loads the module on the home's store
+    ks = TokenKeystore.open(Pkcs11Uri.parse(uri), "sam-pin-1234")
+    key = ks.generate_signing_key(KeyAlgorithm.P256)
+    first = km_enroll.enroll(km, EnrollRequest("sam@example.com", code, build_csr(key, "sam@example.com")))
+    km.close()
+    # The retry through the CLI takes up the same key and gets the same certificates.
+    run = hsmkm("enroll", "--km", str(home), "--email", "sam@example.com", "--code-source", "env:CODE",
+                "--keystore", uri, "--json", env={"CODE": code, "SAM_PIN": "sam-pin-1234", **softhsm_env(home)})
+    from cryptography import x509
+
+    assert run.json()["sign_serial"] == f"{x509.load_der_x509_certificate(first.sign_cert_der).serial_number:x}"
+    with sqlite3.connect(home / "km.db") as conn:
+        n = conn.execute("SELECT COUNT(*) FROM certificates c JOIN users u ON u.id = c.user_id "
+                         "WHERE u.email = 'sam@example.com'").fetchone()[0]
+    assert n == 2
