@@ -263,6 +263,7 @@ def verify_rotate(case: Case, _p: subprocess.CompletedProcess[str]) -> str | Non
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("status", lambda c: None, lambda c: [HSMKM, "--home", str(c.home), "status"]),
+    Scenario("audit verify", lambda c: None, lambda c: [HSMKM, "--home", str(c.home), "audit", "verify"]),
     Scenario("enroll", prepare_enroll,
              lambda c: enroll_argv(c, "carol@example.com", "CODE", c.work / "carol.epf"),
              lambda c: {"CODE": c.state()["code"], "PW": PW},
@@ -503,7 +504,7 @@ SMOKE = {"status": 2, "enroll": 2, "archive rotate": 2}
 def main() -> int:
     ap = argparse.ArgumentParser(description="kill -9 fault campaign over hsmkm's state-changing commands")
     ap.add_argument("--smoke", action="store_true", help="a few injections (the test suite's bounded run)")
-    ap.add_argument("--per-command", type=int, default=40, help="injections per command (default 40)")
+    ap.add_argument("--per-command", type=int, default=45, help="injections per command (default 45)")
     ap.add_argument("--only", help="comma-separated command names")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--keep", type=Path, help="keep the scratch directory here (failed cases stay)")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from hsmkm import errors
+from hsmkm.atomic import sweep_temps
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km
 from hsmkm.keys.epf import EpfKeystore
@@ -105,6 +106,7 @@ def recovery_complete(
     km = open_km(cli_ctx)
     deliver = None
     if out_path is not None:
+        sweep_temps(out_path.parent, out_path.name)  # a killed earlier run's temporary file
         if out_path.exists():
             raise errors.AlreadyExists(f"{out_path} exists")
         password = cli_ctx.secret(password_source, f"password of {out_path}", confirm=True)
