@@ -139,6 +139,8 @@ class Pkcs11Module:
             # Only a store the caller names is guarded (a home's own), not one from the environment.
             store = TokenStore.of_config(softhsm_config) if explicit and softhsm_config else None
             repairs = store.check() if store is not None else []
+            if store is not None:
+                store.attach()  # held for the process's life, before the module touches the store
             if mod is not None:
                 # After a fork, or for another SoftHSM2 store: start the module afresh.
                 with contextlib.suppress(p11e.PKCS11Error):

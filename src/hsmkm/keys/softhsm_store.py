@@ -33,6 +33,13 @@ _ULONG = 8
 _BOOL, _ULONG_KIND, _BYTES, _ATTRMAP, _MECHSET = 1, 2, 3, 4, 5
 _TOKEN_LABEL_ATTR = 0x80005349
 _RECHECKS = 4
+# While other processes use the store, a damaged-looking file may be one they are writing
+# right now (SoftHSM2 truncates, then writes): it must stay damaged this long to be repaired.
+_SHARED_RECHECKS = 20
+_SHARED_RECHECK_SECONDS = 0.1
+# A damaged file of an unknown object is set aside only when it is this old and nobody else
+# uses the store: a young one may be an object another process is making.
+_SET_ASIDE_AGE_SECONDS = 10.0
 # Without these a token is gone anyway; leave them for SoftHSM2 to report.
 _NEVER_SET_ASIDE = frozenset({"token.object", "generation"})
 
@@ -126,6 +133,34 @@ class TokenStore:
     def __init__(self, tokendir: Path, backup: Path) -> None:
         self.tokendir = tokendir
         self.backup = backup
+        self._users_fd: int | None = None
+
+    @property
+    def users_path(self) -> Path:
+        return self.backup / ".users"
+
+    def attach(self) -> None:
+        """Mark this process as using the store (a shared lock held until it exits)."""
+        if self._users_fd is not None or not self.tokendir.is_dir():
+            return
+        self.backup.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.users_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        self._users_fd = fd
+
+    def _alone(self) -> bool:
+        """Whether no other process has the store loaded."""
+        try:
+            fd = os.open(self.users_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     @classmethod
     def of_config(cls, config: str | os.PathLike[str]) -> TokenStore | None:
@@ -176,13 +211,14 @@ class TokenStore:
         except OSError:
             return b""
 
-    def _read_settled(self, path: Path) -> bytes | None:
+    def _read_settled(self, path: Path, alone: bool = True) -> bytes | None:
         """The file's content; an unsound read is retried, as another process may be mid-write."""
         data = self._read(path)
-        for attempt in range(_RECHECKS):
+        tries = _RECHECKS if alone else _SHARED_RECHECKS
+        for attempt in range(tries):
             if data is None or file_is_sound(path.name, data):
                 return data
-            time.sleep(0.01 * (attempt + 1))
+            time.sleep(0.01 * (attempt + 1) if alone else _SHARED_RECHECK_SECONDS)
             data = self._read(path)
         return data
 
@@ -236,12 +272,15 @@ class TokenStore:
 
         Run before the module reads the store. A file the copy has but the store does not is
         restored only if SoftHSM2 never removes it (``token.object``, ``generation``): an
-        object file goes away only when its object is destroyed.
+        object file goes away only when its object is destroyed. While other processes use
+        the store, a file is repaired only if it stays damaged for seconds (a live writer
+        takes microseconds), and nothing is set aside.
         """
         if not self.tokendir.is_dir():
             return []
         repairs: list[Repair] = []
         with self._locked():
+            alone = self._alone()
             for leftover in (self.backup, self.blobs):
                 if leftover.is_dir():
                     sweep_temps(leftover)
@@ -250,7 +289,7 @@ class TokenStore:
                 tdir = self.tokendir / tname
                 for fname, digest in sorted(files.items()):
                     path = tdir / fname
-                    data = self._read_settled(path)
+                    data = self._read_settled(path, alone)
                     if data is None and fname not in ("token.object", "generation"):
                         continue
                     if data is not None and file_is_sound(fname, data):
@@ -258,15 +297,19 @@ class TokenStore:
                     tdir.mkdir(parents=True, exist_ok=True, mode=0o700)
                     write_atomic(path, self._blob(digest), 0o600)
                     repairs.append(Repair(tname, fname, RepairKind.RESTORED))
-            for tdir in sorted(p for p in self.tokendir.iterdir() if p.is_dir()):
+            for tdir in sorted(p for p in self.tokendir.iterdir() if p.is_dir()) if alone else ():
                 known = manifest.get(tdir.name, {})
                 for path in sorted(tdir.iterdir()):
                     if path.name in known or path.name in _NEVER_SET_ASIDE or not path.is_file():
                         continue
                     if path.name.endswith(".lock"):
                         continue
+                    try:
+                        young = time.time() - path.stat().st_mtime < _SET_ASIDE_AGE_SECONDS
+                    except FileNotFoundError:
+                        continue
                     data = self._read_settled(path)
-                    if data is None or file_is_sound(path.name, data):
+                    if young or data is None or file_is_sound(path.name, data):
                         continue
                     self._set_aside(tdir, path)
                     repairs.append(Repair(tdir.name, path.name, RepairKind.SET_ASIDE))
