@@ -71,9 +71,14 @@ class Home:
     def exists(self) -> bool:
         return self.config.exists() or self.database.exists()
 
+    @property
+    def temp_dir(self) -> Path:
+        """Temporary files of folders too large to list on every write (the directory's)."""
+        return self.root / ".tmp"
+
     def written_dirs(self) -> list[Path]:
         """The folders this home's commands write files into (where a kill can leave a temp)."""
-        return [self.root, self.pub, self.crl_dir, self.certs_dir, self.secrets_dir]
+        return [self.root, self.temp_dir, self.pub, self.crl_dir, self.secrets_dir]
 
     def relative(self, path: str) -> str:
         """``path`` relative to the home when it lies inside it (else unchanged)."""

@@ -11,6 +11,7 @@ from cryptography import x509
 
 from hsmkm import errors
 from hsmkm.atomic import sweep_temps, write_atomic
+from hsmkm.km.config import Home
 from hsmkm.km import users
 from hsmkm.x509.profiles import CertKind
 
@@ -86,9 +87,9 @@ def remove_files(certs_dir: Path, email: str) -> None:
             path.unlink()
 
 
-def publish_user(conn: sqlite3.Connection, certs_dir: Path, email: str) -> None:
+def publish_user(conn: sqlite3.Connection, home: Home, email: str) -> None:
     """Write (or remove) the user's files so they match the database's current certificates."""
-    for kind, path in cert_files(certs_dir, email).items():
+    for kind, path in cert_files(home.certs_dir, email).items():
         row = conn.execute(
             "SELECT c.der FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = ? AND c.kind = ? "
             "AND c.current = 1 AND c.status = 'valid' ORDER BY c.issued_at DESC LIMIT 1",
@@ -104,29 +105,31 @@ def publish_user(conn: sqlite3.Connection, certs_dir: Path, email: str) -> None:
                 continue
         except OSError:
             pass
-        # Derived from the database, so no fsync: readers still see whole files (rename).
-        write_atomic(path, der, 0o644, durable=False)
+        # Derived from the database, so no fsync: readers still see whole files (rename). The
+        # temporary file is made outside pub/certs, which is too large to list on each write.
+        write_atomic(path, der, 0o644, durable=False, temp_dir=home.temp_dir)
 
 
-def drain_outbox(conn: sqlite3.Connection, certs_dir: Path) -> int:
+def drain_outbox(conn: sqlite3.Connection, home: Home) -> int:
     """Publish every queued user; returns how many."""
     queued = conn.execute("SELECT email, queued_at FROM directory_outbox ORDER BY email").fetchall()
     for email, queued_at in queued:
-        publish_user(conn, certs_dir, email)
+        publish_user(conn, home, email)
         conn.execute("DELETE FROM directory_outbox WHERE email = ? AND queued_at = ?", (email, queued_at))
     return len(queued)
 
 
-def sync_all(conn: sqlite3.Connection, certs_dir: Path) -> int:
+def sync_all(conn: sqlite3.Connection, home: Home) -> int:
     """Rewrite every user's files from the database and remove files of no current certificate."""
+    certs_dir = home.certs_dir
     emails = [str(r[0]) for r in conn.execute("SELECT email FROM users ORDER BY email")]
     for email in emails:
-        publish_user(conn, certs_dir, email)
+        publish_user(conn, home, email)
     wanted = {p.name for e in emails for p in cert_files(certs_dir, e).values() if p.exists()}
     if certs_dir.is_dir():
         for path in certs_dir.glob("*.crt"):
             if path.name not in wanted:
                 path.unlink()
     conn.execute("DELETE FROM directory_outbox")
-    sweep_temps(certs_dir)
+    sweep_temps(certs_dir)  # temporary files of earlier releases, written beside the certificates
     return len(emails)

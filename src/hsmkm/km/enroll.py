@@ -75,7 +75,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
     if isinstance(checked, str):
         if replay is not None:
             # The same request again (its response was lost): the same answer, nothing new.
-            directory.drain_outbox(km.db.conn, km.home.certs_dir)
+            directory.drain_outbox(km.db.conn, km.home)
             return replay
         raise errors.CodeRejected(f"{email}: {checked}")
 
@@ -108,7 +108,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
             continue
     else:
         raise RuntimeError("no unique serials after several draws")
-    directory.drain_outbox(km.db.conn, km.home.certs_dir)
+    directory.drain_outbox(km.db.conn, km.home)
     return response
 
 
@@ -153,7 +153,7 @@ def _commit_enrollment(
         conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.ACTIVE.value, user.id))
         response = dataclasses.replace(response, history=history)
         purge_responses(conn, now)
-        _store_response(conn, checked.id, code, response)
+        _store_response(conn, checked.id, code, response, now)
         directory.queue(conn, user.email, now.isoformat())
         ch.details.update(
             sign_serial=serial_hex(sign_cert.serial_number),
@@ -210,25 +210,20 @@ def _decode_response(data: bytes) -> EnrollResponse:
     )
 
 
-def _store_response(conn: sqlite3.Connection, code_row: int, code: str, response: EnrollResponse) -> None:
+def _store_response(
+    conn: sqlite3.Connection, code_row: int, code: str, response: EnrollResponse, now: datetime
+) -> None:
     salt = os.urandom(16)
     nonce = os.urandom(12)
     aad = f"hsmkm-enroll-replay\x00{code_row}".encode()
     sealed = nonce + AESGCM(_replay_key(code, salt)).encrypt(nonce, _encode_response(response), aad)
-    conn.execute("DELETE FROM enroll_responses WHERE code_row IN "
-                 "(SELECT id FROM enrollment_codes WHERE user_id = (SELECT user_id FROM enrollment_codes WHERE id = ?))",
-                 (code_row,))
-    conn.execute("INSERT INTO enroll_responses(code_row, salt, sealed) VALUES (?, ?, ?)", (code_row, salt, sealed))
+    conn.execute("INSERT INTO enroll_responses(code_row, kept_at, salt, sealed) VALUES (?, ?, ?, ?)",
+                 (code_row, now.isoformat(), salt, sealed))
 
 
 def purge_responses(conn: sqlite3.Connection, now: datetime) -> None:
-    """Drop kept responses whose replay window has passed."""
-    cutoff = (now - REPLAY_WINDOW).isoformat()
-    conn.execute(
-        "DELETE FROM enroll_responses WHERE code_row IN (SELECT id FROM enrollment_codes "
-        "WHERE used_at IS NOT NULL AND used_at NOT LIKE 'superseded:%' AND used_at < ?)",
-        (cutoff,),
-    )
+    """Drop kept responses whose replay window has passed (an index range, however many users)."""
+    conn.execute("DELETE FROM enroll_responses WHERE kept_at < ?", ((now - REPLAY_WINDOW).isoformat(),))
 
 
 def replayed_response(

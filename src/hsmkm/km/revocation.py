@@ -41,7 +41,7 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
         directory.queue(conn, user.email, now.isoformat())
     if user.status is users.UserStatus.REVOKED and not _valid_current(km, user.id):
         # Run again after it completed (e.g. after a crash): nothing left to revoke.
-        directory.drain_outbox(km.db.conn, km.home.certs_dir)
+        directory.drain_outbox(km.db.conn, km.home)
         return Revoked(user.email, [], reason, now.isoformat())
     with km.change(AuditAction.USER_REVOKE, email=email, reason=reason.value) as ch:
         user = users.find_user(ch.conn, email)
@@ -63,7 +63,7 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
         ch.details.update(email=user.email, serials=serials)
         # Before the commit: a revoked certificate is never left in the directory.
         directory.remove_files(km.home.certs_dir, user.email)
-    directory.drain_outbox(km.db.conn, km.home.certs_dir)
+    directory.drain_outbox(km.db.conn, km.home)
     return Revoked(user.email, serials, reason, now.isoformat())
 
 

@@ -127,9 +127,11 @@ CREATE TABLE recovered (
 ADDITIVE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS enroll_responses (
     code_row    INTEGER PRIMARY KEY REFERENCES enrollment_codes(id),
+    kept_at     TEXT NOT NULL,
     salt        BLOB NOT NULL,
     sealed      BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS enroll_responses_kept_at ON enroll_responses(kept_at);
 CREATE TABLE IF NOT EXISTS directory_outbox (
     email       TEXT PRIMARY KEY,
     queued_at   TEXT NOT NULL
