@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,33 +83,45 @@ def cert_files(certs_dir: Path, email: str) -> dict[CertKind, Path]:
 _SUFFIX = {CertKind.ENCRYPT: "enc", CertKind.SIGN: "sign"}
 
 
-def remove_files(certs_dir: Path, email: str) -> None:
-    for path in cert_files(certs_dir, email).values():
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+@contextlib.contextmanager
+def _files_lock(home: Home) -> Iterator[None]:
+    """Serialises reading the database and writing a user's files across processes, so a
+    publisher that read before a revocation never writes after the revoker's own sync."""
+    home.temp_dir.mkdir(parents=True, exist_ok=True)
+    with open(home.temp_dir / ".directory.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def remove_files(home: Home, email: str) -> None:
+    with _files_lock(home):
+        for path in cert_files(home.certs_dir, email).values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def publish_user(conn: sqlite3.Connection, home: Home, email: str) -> None:
     """Write (or remove) the user's files so they match the database's current certificates."""
-    for kind, path in cert_files(home.certs_dir, email).items():
-        row = conn.execute(
-            "SELECT c.der FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = ? AND c.kind = ? "
-            "AND c.current = 1 AND c.status = 'valid' ORDER BY c.issued_at DESC LIMIT 1",
-            (email, kind.value),
-        ).fetchone()
-        if row is None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        der = bytes(row[0])
-        try:
-            if path.read_bytes() == der:
+    with _files_lock(home):
+        rows = dict(conn.execute(
+            "SELECT c.kind, c.der FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = ? "
+            "AND c.current = 1 AND c.status = 'valid' ORDER BY c.issued_at",
+            (email,),
+        ).fetchall())
+        for kind, path in cert_files(home.certs_dir, email).items():
+            der = rows.get(kind.value)
+            if der is None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
                 continue
-        except OSError:
-            pass
-        # Derived from the database, so no fsync: readers still see whole files (rename). The
-        # temporary file is made outside pub/certs, which is too large to list on each write.
-        write_atomic(path, der, 0o644, durable=False, temp_dir=home.temp_dir)
+            try:
+                if path.read_bytes() == bytes(der):
+                    continue
+            except OSError:
+                pass
+            # Derived from the database, so no fsync: readers still see whole files (rename).
+            # The temporary file is made outside pub/certs, too large to list on each write.
+            write_atomic(path, bytes(der), 0o644, durable=False, temp_dir=home.temp_dir)
 
 
 def drain_outbox(conn: sqlite3.Connection, home: Home) -> int:

@@ -62,7 +62,7 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
         ch.conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.REVOKED.value, user.id))
         ch.details.update(email=user.email, serials=serials)
         # Before the commit: a revoked certificate is never left in the directory.
-        directory.remove_files(km.home.certs_dir, user.email)
+        directory.remove_files(km.home, user.email)
     directory.drain_outbox(km.db.conn, km.home)
     return Revoked(user.email, serials, reason, now.isoformat())
 
