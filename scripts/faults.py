@@ -49,7 +49,7 @@ PLAIN_KEY_MARKERS = (
 )
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)$")
 _FD_PATH = re.compile(r"^\d+<([^>]*)>")
-_OPEN_PATH = re.compile(r'^AT_FDCWD, "([^"]*)", ([A-Z_|]+)')
+_OPEN_PATH = re.compile(r'^AT_FDCWD(?:<[^>]*>)?, "([^"]*)", ([A-Z_|]+)')
 
 
 def env_for(extra: dict[str, str] | None = None) -> dict[str, str]:
