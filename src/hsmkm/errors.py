@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+from collections.abc import Iterator
 from enum import IntEnum
+
+from cryptography import exceptions as crypto_exceptions
+from cryptography import x509 as crypto_x509
 
 
 class ExitCode(IntEnum):
@@ -125,3 +131,34 @@ class Unreachable(HsmkmError):
     """A component (not the token) cannot be reached."""
 
     exit_code = ExitCode.UNREACHABLE
+
+
+# --- parsing hostile input -----------------------------------------------------------------
+
+# What asn1crypto, cryptography's loaders and the csv module raise on malformed input; asn1crypto
+# parses lazily, so these can come from any access to a parsed value, not only from load().
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError, csv.Error,
+    crypto_x509.InvalidVersion, crypto_x509.DuplicateExtension, crypto_x509.UnsupportedGeneralNameType,
+)
+# cryptography's certificate parsing errors that are not ValueErrors (extensions parse lazily, at
+# the first look, wherever that is)
+CERTIFICATE_ERRORS: tuple[type[Exception], ...] = (
+    crypto_x509.InvalidVersion, crypto_x509.DuplicateExtension, crypto_x509.UnsupportedGeneralNameType,
+)
+CERTIFICATE_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, *CERTIFICATE_ERRORS)
+
+
+@contextlib.contextmanager
+def malformed(what: str) -> Iterator[None]:
+    """Report a parser's own exceptions on hostile input as MalformedInput (or, for an algorithm
+    cryptography does not know, UnsupportedAlgorithm); hsmkm's errors pass through."""
+    try:
+        yield
+    except HsmkmError:
+        raise
+    except PARSE_ERRORS as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise MalformedInput(f"{what}: malformed ({type(exc).__name__}{': ' + detail if detail else ''})") from None
+    except crypto_exceptions.UnsupportedAlgorithm:
+        raise UnsupportedAlgorithm(f"{what}: unsupported algorithm") from None

@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 
 from hsmkm import errors
+from hsmkm.bounded import MAX_SECRET, read_regular
 
 
 class SourceKind(str, Enum):
@@ -61,12 +62,18 @@ class SecretSource:
         if self.kind is SourceKind.FILE:
             path = Path(self.ref)
             try:
-                data = path.read_text()
-            except OSError as exc:
-                raise errors.SecretSourceError(f"{what}: cannot read {path}: {exc.strerror}") from None
+                raw = read_regular(path, MAX_SECRET, what)
+            except errors.HsmkmError as exc:
+                raise errors.SecretSourceError(str(exc)) from None
+            try:
+                data = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise errors.SecretSourceError(f"{what}: {path} is not text (UTF-8)") from None
             value = data.rstrip("\r\n")
             if not value:
                 raise errors.SecretSourceError(f"{what}: {path} is empty")
+            if not value.isprintable():
+                raise errors.SecretSourceError(f"{what}: {path} holds control characters (one line of text expected)")
             return value
         if prompt is None:
             raise errors.SecretSourceError(f"{what}: no terminal to prompt on; use env:NAME or file:PATH")

@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from hsmkm import errors
+from hsmkm.bounded import MAX_CRL, MAX_SMALL_FILE, read_regular
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km
 from hsmkm.cli.user_cmds import user
@@ -17,6 +18,8 @@ from hsmkm.client.crlcache import CrlCache
 from hsmkm.clock import system_clock
 from hsmkm.km.publication import CrlKind, publish_crl
 from hsmkm.km.revocation import parse_reason, revoke_user
+from hsmkm.km.users import normalize_email
+from hsmkm.x509.anchor import load_ca_certificate
 from hsmkm.x509.crl import RevocationReason
 
 REASONS = [r.value for r in RevocationReason if r is not RevocationReason.REMOVE_FROM_CRL]
@@ -33,6 +36,7 @@ def user_revoke(cli_ctx: CliContext, email: str, reason: str | None) -> None:
     Example:
       hsmkm user revoke bob@example.com --reason keyCompromise && hsmkm crl publish
     """
+    normalize_email(email)  # refused before the token is even opened
     km = open_km(cli_ctx)
     done = revoke_user(km, email, parse_reason(reason))
     cli_ctx.emit(
@@ -77,9 +81,10 @@ def default_cache_dir(ca_cert: x509.Certificate) -> Path:
 
 
 def client_cache(km_home: Path, cache: Path | None) -> tuple[CrlCache, x509.Certificate]:
+    path = km_home / "pub" / "ca.crt"
     try:
-        ca = x509.load_der_x509_certificate((km_home / "pub" / "ca.crt").read_bytes())
-    except FileNotFoundError:
+        ca = load_ca_certificate(read_regular(path, MAX_SMALL_FILE, "the KM's CA certificate"), str(path))
+    except errors.NotFound:
         raise errors.NotFound(f"no KM CA certificate under {km_home}/pub") from None
     return CrlCache(cache or default_cache_dir(ca)), ca
 
@@ -87,11 +92,12 @@ def client_cache(km_home: Path, cache: Path | None) -> tuple[CrlCache, x509.Cert
 def fetch_into(cache: CrlCache, km_home: Path, ca: x509.Certificate) -> None:
     pub = km_home / "pub" / "crl"
     try:
-        full = (pub / "full.crl").read_bytes()
-    except FileNotFoundError:
+        full = read_regular(pub / "full.crl", MAX_CRL, "CRL")
+    except errors.NotFound:
         raise errors.Unreachable(f"no CRL published under {pub}") from None
     delta_path = pub / "delta.crl"
-    cache.update(full, delta_path.read_bytes() if delta_path.exists() else None, ca, system_clock())
+    delta = read_regular(delta_path, MAX_CRL, "delta CRL") if delta_path.exists() else None
+    cache.update(full, delta, ca, system_clock())
 
 
 @crl_group.command("fetch")
@@ -128,10 +134,10 @@ def crl_check(cli_ctx: CliContext, certificate: Path, km_home: Path, cache: Path
     Example:
       hsmkm crl check --km ./km bob.pem
     """
-    data = certificate.read_bytes()
+    data = read_regular(certificate, MAX_SMALL_FILE, "certificate")
     try:
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except ValueError:
+    except errors.CERTIFICATE_PARSE_ERRORS:
         raise errors.MalformedInput(f"{certificate}: not a certificate") from None
     store, ca = client_cache(km_home, cache)
     info = revocation_status(cli_ctx, store, km_home, ca, cert.serial_number)

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 from hsmkm import errors
+from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km
 from hsmkm.keys.algorithms import KeyAlgorithm
@@ -204,7 +205,7 @@ def ca_import(cli_ctx: CliContext, certificate: Path) -> None:
     from hsmkm.km.subordinate import import_ca_certificate
 
     km = open_km(cli_ctx)
-    cert = import_ca_certificate(km, certificate.read_bytes())
+    cert = import_ca_certificate(km, read_regular(certificate, MAX_SMALL_FILE, "certificate"))
     cli_ctx.emit(
         {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string()},
         f"CA certificate imported: {cert.subject.rfc4514_string()} issued by {cert.issuer.rfc4514_string()}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import traceback
 from collections.abc import Callable
@@ -37,16 +38,25 @@ class CliContext:
         return source.read(os.environ, prompt, what)
 
     def emit(self, result: dict[str, Any], human: str | Callable[[], str]) -> None:
-        """Print the result: one JSON object with --json, else text for people."""
+        """Print the result: one JSON object with --json, else text for people (with control
+        characters and terminal escapes from names, addresses or files shown escaped)."""
         if self.json:
             click.echo(json.dumps(result, default=str, sort_keys=True))
         else:
             text = human() if callable(human) else human
             if text:
-                click.echo(text)
+                click.echo(printable(text, keep="\n\t"))
 
     def warn(self, message: str) -> None:
-        click.echo(f"hsmkm: warning: {message}", err=True)
+        click.echo(f"hsmkm: warning: {printable(_one_line(message))}", err=True)
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every non-printable character (controls, ESC, C1, bidi overrides) but those
+    in ``keep`` written as a Python escape, so that nothing read from outside drives the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in keep else ascii(ch)[1:-1] for ch in text)
 
 
 pass_cli = click.make_pass_decorator(CliContext)
@@ -89,10 +99,7 @@ class HsmkmGroup(click.Group):
         try:
             return super().invoke(ctx)
         except errors.HsmkmError as exc:
-            if _debug(ctx):
-                traceback.print_exc()
-            click.echo(f"hsmkm: error: {_one_line(str(exc))}", err=True)
-            ctx.exit(int(exc.exit_code))
+            _fail(ctx, str(exc), exc.exit_code)
         except click.exceptions.Exit:
             raise
         except (click.ClickException, click.Abort):
@@ -102,11 +109,26 @@ class HsmkmGroup(click.Group):
             ctx.exit(130)
         except BrokenPipeError:
             ctx.exit(int(ExitCode.UNREACHABLE))
+        except sqlite3.OperationalError as exc:
+            _fail(ctx, f"the KM database is unavailable ({exc})", ExitCode.UNREACHABLE)
+        except sqlite3.DatabaseError as exc:
+            _fail(ctx, f"the KM database is damaged ({exc})", ExitCode.BAD_INPUT)
+        except errors.CERTIFICATE_ERRORS as exc:  # a certificate from a file, parsed lazily where first read
+            _fail(ctx, f"a malformed certificate ({exc})", ExitCode.BAD_INPUT)
+        except OverflowError:  # SQLite's integers are 64-bit: an id or count typed past that
+            _fail(ctx, "a number on the command line is out of range", ExitCode.BAD_INPUT)
+        except OSError as exc:  # a file named on the command line, or one of the home's
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(ctx, f"{where}{exc.strerror or type(exc).__name__}", ExitCode.BAD_INPUT)
         except Exception as exc:  # a bug: still one line, the traceback only with --debug
-            if _debug(ctx):
-                traceback.print_exc()
-            click.echo(f"hsmkm: error: internal error ({type(exc).__name__}); rerun with --debug", err=True)
-            ctx.exit(int(ExitCode.BAD_INPUT))
+            _fail(ctx, f"internal error ({type(exc).__name__}); rerun with --debug", ExitCode.BAD_INPUT)
+
+
+def _fail(ctx: click.Context, message: str, code: ExitCode) -> None:
+    if _debug(ctx):
+        traceback.print_exc()
+    click.echo(f"hsmkm: error: {printable(_one_line(message))}", err=True)
+    ctx.exit(int(code))
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -155,8 +177,11 @@ def main() -> None:
     from hsmkm.cli import commands  # noqa: F401  (registers the commands)
 
     try:
-        cli.main(prog_name="hsmkm", standalone_mode=True)
-    except SystemExit as exc:
-        code = exc.code
-        # click's usage errors exit 2, as CLI.md wants for bad usage.
-        sys.exit(code)
+        code = cli.main(prog_name="hsmkm", standalone_mode=False)
+    except click.ClickException as exc:  # bad usage: one line, exit 2, as every other error
+        click.echo(f"hsmkm: error: {printable(_one_line(exc.format_message()))}", err=True)
+        sys.exit(int(ExitCode.BAD_INPUT))
+    except click.Abort:
+        click.echo("hsmkm: error: aborted", err=True)
+        sys.exit(int(ExitCode.BAD_INPUT))
+    sys.exit(code if isinstance(code, int) else 0)

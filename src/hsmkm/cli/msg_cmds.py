@@ -14,7 +14,9 @@ import click
 from cryptography import x509
 
 from hsmkm import errors
+from hsmkm.addresses import address_file
 from hsmkm.atomic import atomic_writer, write_atomic
+from hsmkm.bounded import MAX_SMALL_FILE, open_regular, read_regular
 from hsmkm.cli.client_cmds import open_user_keystore
 from hsmkm.cli.crl_cmds import client_cache, revocation_status
 from hsmkm.cli.main import CliContext, cli, pass_cli
@@ -22,29 +24,26 @@ from hsmkm.client import messaging
 from hsmkm.clock import system_clock
 from hsmkm.cms import enveloped
 from hsmkm.cms.validation import Revoked, ValidationContext
-from hsmkm.km.users import normalize_email
 
 
 def _read(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise errors.BadInput(f"{path}: {exc.strerror}") from None
+    with _input(path) as fh:
+        return fh.read()
 
 
 @contextlib.contextmanager
 def _input(path: str) -> Iterator[BinaryIO]:
+    """The message: stdin for ``-``, else a regular file (a FIFO or a device is refused)."""
     if path == "-":
         yield sys.stdin.buffer
         return
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise errors.BadInput(f"{path}: {exc.strerror}") from None
-    with fh:
+    with open_regular(path, "message") as fh:
         yield fh
+
+
+def _check_output(path: str | None) -> None:
+    if path is not None and path != "-" and Path(path).is_dir():
+        raise errors.BadInput(f"-o {path}: is a directory; name a file")
 
 
 @contextlib.contextmanager
@@ -53,6 +52,7 @@ def _output(path: str) -> Iterator[BinaryIO]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
+    _check_output(path)
     with atomic_writer(path, 0o644) as fh:
         yield fh
 
@@ -62,6 +62,7 @@ def _write(path: str, data: bytes, private: bool = False) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
+        _check_output(path)
         write_atomic(path, data, 0o600 if private else 0o644)
 
 
@@ -104,9 +105,11 @@ def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detache
       hsmkm msg sign --keystore alice.epf --password-source env:PW note.eml -o signed.eml
       hsmkm msg sign --keystore alice.epf --detached - -o - < note.eml
     """
-    ks = open_user_keystore(cli_ctx, ref, password_source)
-    with _input(infile) as src, _output(outfile) as dst:
-        messaging.sign_file(src, dst, ks, detached)
+    _check_output(outfile)
+    with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
+        ks = open_user_keystore(cli_ctx, ref, password_source)
+        with _output(outfile) as dst:
+            messaging.sign_file(src, dst, ks, detached)
 
 
 @msg.command("verify")
@@ -123,6 +126,7 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
     Example:
       hsmkm msg verify --km ./km signed.eml -o content.txt
     """
+    _check_output(outfile)
     ctx = _context(cli_ctx, km_home, cache)
     with _input(infile) as src:
         if outfile == "-":
@@ -144,11 +148,13 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
 
 
 def _directory_cert(km_home: Path, email: str) -> x509.Certificate:
-    path = km_home / "pub" / "certs" / f"{normalize_email(email)}.enc.crt"
+    path = address_file(km_home / "pub" / "certs", email, ".enc.crt")
     try:
-        return x509.load_der_x509_certificate(path.read_bytes())
-    except FileNotFoundError:
+        return x509.load_der_x509_certificate(read_regular(path, MAX_SMALL_FILE, "directory"))
+    except errors.NotFound:
         raise errors.NotFound(f"no encryption certificate for {email} in the directory (revoked or not enrolled)") from None
+    except ValueError:
+        raise errors.MalformedInput(f"{path}: a damaged certificate in the directory") from None
 
 
 @msg.command("encrypt")
@@ -175,13 +181,16 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
       hsmkm msg encrypt --km ./km --to bob@example.com --sign-with alice.epf --password-source env:PW note.eml -o s.eml
       hsmkm msg encrypt --km ./km --to old@example.com --cipher aes256-cbc --key-transport rsa-pkcs1v15 in.eml -o out.eml
     """
+    _check_output(outfile)
     recipients = [_directory_cert(km_home, e) for e in to]
     for f in cert_files:
-        data = Path(f).read_bytes()
+        data = read_regular(f, MAX_SMALL_FILE, "--cert")
         try:
-            recipients.append(x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data))
-        except ValueError:
+            cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+            cert.extensions  # parsed lazily: a bad extension must fail here
+        except errors.CERTIFICATE_PARSE_ERRORS:
             raise errors.MalformedInput(f"{f}: not a certificate") from None
+        recipients.append(cert)
     if not recipients:
         raise errors.BadInput("name at least one recipient with --to or --cert")
     ks = open_user_keystore(cli_ctx, sign_with, password_source) if sign_with else None
@@ -217,9 +226,10 @@ def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_h
     Example:
       hsmkm msg decrypt --keystore bob.epf --password-source env:PW --km ./km secret.eml -o note.eml
     """
-    ks = open_user_keystore(cli_ctx, ref, password_source)
-    ctx = _context(cli_ctx, km_home, cache) if km_home else None
-    with _input(infile) as src:
+    _check_output(outfile)
+    with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
+        ks = open_user_keystore(cli_ctx, ref, password_source)
+        ctx = _context(cli_ctx, km_home, cache) if km_home else None
         if outfile == "-":
             with tempfile.TemporaryDirectory(prefix="hsmkm-") as tmp:
                 target = Path(tmp) / "plain"

@@ -10,7 +10,8 @@ from typing import Any
 import click
 from cryptography.hazmat.primitives import serialization
 
-from hsmkm import errors
+from hsmkm import addresses, errors
+from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.atomic import atomic_writer
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km, open_km_files
@@ -35,6 +36,8 @@ def user_add(cli_ctx: CliContext, email: str, name: str | None) -> None:
       hsmkm user add alice@example.com --name "Alice Liddell"
       CODE=$(hsmkm --json user add bob@example.com | jq -r .code)
     """
+    users.normalize_email(email)  # refused before the token is even opened
+    addresses.check_name(name)
     km = open_km(cli_ctx)
     u, code = users.add_user(km, email, name)
     cli_ctx.emit(
@@ -57,9 +60,9 @@ def user_import(cli_ctx: CliContext, csv_file: Path, codes_out: Path | None) -> 
       hsmkm user import staff.csv --codes-out staff-codes.csv
     """
     try:
-        text = csv_file.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise errors.MalformedInput(f"{csv_file}: unreadable ({exc})") from None
+        text = read_regular(csv_file, MAX_SMALL_FILE, "CSV").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.MalformedInput(f"{csv_file}: not UTF-8 text ({exc.reason} at octet {exc.start})") from None
     rows = users.parse_user_csv(text)
     out = codes_out or csv_file.with_name(csv_file.name + ".codes.csv")
     _check_writable(out)
@@ -154,6 +157,7 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
     Example:
       hsmkm user show alice@example.com
     """
+    users.normalize_email(email)  # refused before the database is even opened
     km = open_km_files(cli_ctx)
     u = users.find_user(km.db.conn, email)
     certs = directory.user_certificates(km.db.conn, u.id)
@@ -193,6 +197,7 @@ def user_reenable(cli_ctx: CliContext, email: str) -> None:
     Example:
       hsmkm user reenable alice@example.com
     """
+    users.normalize_email(email)  # refused before the token is even opened
     km = open_km(cli_ctx)
     code = users.reenable_user(km, email)
     cli_ctx.emit({"email": email, "code": code}, f"new enrollment code for {email} (shown once): {code}")
@@ -213,6 +218,7 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
     Example:
       hsmkm directory show alice@example.com > alice.pem
     """
+    users.normalize_email(email)  # refused before the database is even opened
     km = open_km_files(cli_ctx)
     out: dict[str, Any] = {"email": users.normalize_email(email)}
     pems = []

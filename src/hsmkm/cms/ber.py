@@ -15,6 +15,9 @@ from hsmkm import errors
 
 EOC = b"\x00\x00"
 INDEFINITE = -1
+MAX_DEPTH = 64  # nesting of indefinite-length elements; CMS needs about ten
+MAX_ELEMENT = 64 << 20  # an element read whole (certificates, signer infos); content streams
+_READ_CHUNK = 1 << 20
 
 
 def header(tag: int, length: int) -> bytes:
@@ -46,14 +49,20 @@ class Reader:
         self.pos = 0
 
     def read_exact(self, n: int) -> bytes:
-        data = self.fh.read(n)
-        while len(data) < n:
-            more = self.fh.read(n - len(data))
+        """``n`` octets, read in bounded pieces so that a huge length meets the end of the input
+        before it meets the memory's."""
+        if n > MAX_ELEMENT:
+            raise errors.MalformedInput(f"CMS: an element of {n} octets is too large")
+        parts = []
+        got = 0
+        while got < n:
+            more = self.fh.read(min(n - got, _READ_CHUNK))
             if not more:
                 raise errors.MalformedInput("CMS: truncated input")
-            data += more
+            parts.append(more)
+            got += len(more)
         self.pos += n
-        return data
+        return b"".join(parts)
 
     def header(self) -> Header:
         first = self.read_exact(1)[0]
@@ -71,40 +80,91 @@ class Reader:
             raise errors.MalformedInput("CMS: length too long")
         return Header(first, int.from_bytes(self.read_exact(count), "big"), 2 + count)
 
-    def element(self, hdr: Header | None = None) -> bytes:
+    def element(self, hdr: Header | None = None, depth: int = 0) -> bytes:
         """One whole element (its header included), re-encoded with definite lengths."""
         hdr = hdr or self.header()
+        if hdr.tag == 0 and hdr.length == 0:
+            raise errors.MalformedInput("CMS: end-of-contents where an element was expected")
         if hdr.length != INDEFINITE:
             return header(hdr.tag, hdr.length) + self.read_exact(hdr.length)
+        if depth >= MAX_DEPTH:
+            raise errors.MalformedInput(f"CMS: nested deeper than {MAX_DEPTH} levels")
         parts = []
+        size = 0
         while True:
             sub = self.header()
             if sub.tag == 0 and sub.length == 0:
                 break
-            parts.append(self.element(sub))
+            part = self.element(sub, depth + 1)
+            size += len(part)
+            if size > MAX_ELEMENT:
+                raise errors.MalformedInput(f"CMS: an element over {MAX_ELEMENT} octets is too large")
+            parts.append(part)
         body = b"".join(parts)
         return header(hdr.tag, len(body)) + body
+
+    def expect(self, tag: int, what: str) -> Header:
+        """The next header, which must carry ``tag``."""
+        hdr = self.header()
+        if hdr.tag != tag:
+            raise errors.MalformedInput(f"CMS: expected {what}")
+        return hdr
 
     def end_of_contents(self) -> None:
         if self.read_exact(2) != EOC:
             raise errors.MalformedInput("CMS: expected end-of-contents")
 
-    def octet_pieces(self, hdr: Header) -> Iterator[bytes]:
+    def close(self, hdr: Header, start: int) -> None:
+        """The end of a constructed element whose header ``hdr`` ended at ``start``: its
+        end-of-contents, or exactly its definite length consumed."""
+        if hdr.length == INDEFINITE:
+            self.end_of_contents()
+        elif self.pos != start + hdr.length:
+            raise errors.MalformedInput("CMS: an element's length does not match its contents")
+
+    def next_in(self, hdr: Header, start: int) -> Header | None:
+        """The next header inside the constructed element ``hdr`` (whose header ended at
+        ``start``), or None at its end (its end-of-contents consumed)."""
+        if hdr.length != INDEFINITE:
+            end = start + hdr.length
+            if self.pos > end:
+                raise errors.MalformedInput("CMS: an element runs past the end of the one holding it")
+            if self.pos == end:
+                return None
+            sub = self.header()
+            if sub.length != INDEFINITE and self.pos + sub.length > end:
+                raise errors.MalformedInput("CMS: an element runs past the end of the one holding it")
+            return sub
+        sub = self.header()
+        return None if sub.tag == 0 and sub.length == 0 else sub
+
+    def at_end(self) -> None:
+        """Nothing may follow the message."""
+        if self.fh.read(1):
+            raise errors.MalformedInput("CMS: data after the end of the message")
+
+    def octet_pieces(self, hdr: Header, depth: int = 0) -> Iterator[bytes]:
         """The content of an OCTET STRING (primitive or constructed, any length form), in pieces."""
         if not hdr.constructed:
             remaining = hdr.length
             while remaining:
-                n = min(remaining, 1 << 20)
+                n = min(remaining, _READ_CHUNK)
                 yield self.read_exact(n)
                 remaining -= n
             return
+        if depth >= MAX_DEPTH:
+            raise errors.MalformedInput(f"CMS: nested deeper than {MAX_DEPTH} levels")
         end = None if hdr.length == INDEFINITE else self.pos + hdr.length
         while True:
             if end is not None and self.pos >= end:
+                if self.pos > end:
+                    raise errors.MalformedInput("CMS: a piece runs past the end of its OCTET STRING")
                 return
             sub = self.header()
             if end is None and sub.tag == 0 and sub.length == 0:
                 return
             if sub.tag not in (0x04, 0x24):
                 raise errors.MalformedInput("CMS: a constructed OCTET STRING holds a non-OCTET STRING")
-            yield from self.octet_pieces(sub)
+            if end is not None and (sub.length == INDEFINITE or self.pos + sub.length > end):
+                raise errors.MalformedInput("CMS: a piece runs past the end of its OCTET STRING")
+            yield from self.octet_pieces(sub, depth + 1)

@@ -15,6 +15,7 @@ from enum import Enum
 
 from asn1crypto import algos, cms, core
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, keywrap, serialization
 from cryptography.hazmat.primitives import padding as sympadding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -306,10 +307,37 @@ def _open_lock_box(infos: cms.RecipientInfos, candidates: list[KeyEntry]) -> tup
     raise errors.NotFound("the message is not addressed to any of this keystore's keys")
 
 
+_GCM_KEY_SIZES = {"2.16.840.1.101.3.4.1.6": 16, "2.16.840.1.101.3.4.1.26": 24, "2.16.840.1.101.3.4.1.46": 32}
+_CBC_KEY_SIZES = {"2.16.840.1.101.3.4.1.2": 16, "2.16.840.1.101.3.4.1.22": 24, "2.16.840.1.101.3.4.1.42": 32}
+GCM_NONCE_SIZE = 12  # RFC 5084 §3.2; what every S/MIME implementation sends
+GCM_TAG_SIZES = range(12, 17)  # RFC 5084 §3.2: aes-ICVlen is 12 to 16
+CBC_IV_SIZE = 16
+
+
+def content_cipher(alg: algos.EncryptionAlgorithm, gcm: bool) -> tuple[int, bytes, int]:
+    """(key size, nonce or IV, tag size) of the content-encryption algorithm, checked."""
+    name = alg["algorithm"].dotted
+    sizes = _GCM_KEY_SIZES if gcm else _CBC_KEY_SIZES
+    if name not in sizes:
+        raise errors.UnsupportedAlgorithm(f"unsupported algorithm: content encryption {alg['algorithm'].native}")
+    if gcm:
+        params = GcmParameters.load(alg["parameters"].dump())
+        nonce, tag_size = params["aes_nonce"].native, params["aes_icv_len"].native
+        if not isinstance(nonce, bytes) or len(nonce) != GCM_NONCE_SIZE:
+            raise errors.MalformedInput(f"CMS: a GCM nonce must be {GCM_NONCE_SIZE} octets")
+        if tag_size not in GCM_TAG_SIZES:
+            raise errors.MalformedInput("CMS: a GCM tag must be 12 to 16 octets")
+        return sizes[name], nonce, tag_size
+    iv = alg["parameters"].native
+    if not isinstance(iv, bytes) or len(iv) != CBC_IV_SIZE:
+        raise errors.MalformedInput(f"CMS: a CBC IV must be {CBC_IV_SIZE} octets")
+    return sizes[name], iv, 0
+
+
 def decrypt(der: bytes, candidates: list[KeyEntry]) -> Decrypted:
     """Open the lock box addressed to one of ``candidates``, then the content."""
-    try:
-        info = cms.ContentInfo.load(der)
+    with errors.malformed("CMS message"):
+        info = cms.ContentInfo.load(der, strict=True)
         ctype = info["content_type"].dotted
         body = info["content"]
         if ctype == "1.2.840.113549.1.9.16.1.23":
@@ -321,47 +349,39 @@ def decrypt(der: bytes, candidates: list[KeyEntry]) -> Decrypted:
             eci = body["encrypted_content_info"]
         else:
             raise errors.MalformedInput(f"not an enveloped message (content type {ctype})")
+        gcm = ctype == "1.2.840.113549.1.9.16.1.23"
         alg = eci["content_encryption_algorithm"]
-        alg_name = alg["algorithm"].dotted
+        key_size, nonce, tag_size = content_cipher(alg, gcm)
         ct = eci["encrypted_content"].native or b""
         inner_type = eci["content_type"].native
         _ = len(infos)
-    except errors.HsmkmError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise errors.MalformedInput(f"malformed CMS message ({type(exc).__name__})") from None
+        tag = body["mac"].native if gcm else b""
+        aad = b""
+        if gcm and body["auth_attrs"].native:
+            aad = body["auth_attrs"].untag().retag("universal", 17).dump()
+        if not isinstance(ct, bytes) or not isinstance(tag, bytes):
+            raise errors.MalformedInput("CMS: the encrypted content is not an OCTET STRING")
     cek, entry = _find_cek(infos, candidates)
-    sizes = {"2.16.840.1.101.3.4.1.2": 16, "2.16.840.1.101.3.4.1.22": 24, "2.16.840.1.101.3.4.1.42": 32}
-    gcm = {"2.16.840.1.101.3.4.1.6": 16, "2.16.840.1.101.3.4.1.26": 24, "2.16.840.1.101.3.4.1.46": 32}
+    if len(cek) != key_size:
+        raise errors.SignatureInvalid("the lock box does not hold a key for this cipher (wrong key or tampered)")
     try:
-        if alg_name in gcm:
-            if ctype != "1.2.840.113549.1.9.16.1.23":
-                raise errors.MalformedInput("GCM content outside AuthEnvelopedData")
-            params = GcmParameters.load(alg["parameters"].dump())
-            nonce = params["aes_nonce"].native
-            tag = body["mac"].native
-            if len(cek) != gcm[alg_name] or len(tag) != params["aes_icv_len"].native or len(tag) < 12:
+        if gcm:
+            if len(tag) != tag_size:
                 raise errors.SignatureInvalid("GCM parameters do not match")
-            aad = body["auth_attrs"].untag().retag("universal", 17).dump() if body["auth_attrs"].native else b""
             dec = Cipher(algorithms.AES(cek), modes.GCM(nonce, tag, min_tag_length=12)).decryptor()
             if aad:
                 dec.authenticate_additional_data(aad)
             plain = dec.update(ct) + dec.finalize()
             return Decrypted(plain, inner_type, entry, True)
-        if alg_name in sizes:
-            iv = alg["parameters"].native
-            if len(cek) != sizes[alg_name] or len(iv) != 16 or len(ct) % 16:
-                raise errors.SignatureInvalid("the content does not decrypt (wrong key or tampered)")
-            cbc = Cipher(algorithms.AES(cek), modes.CBC(iv)).decryptor()
-            unpadder = sympadding.PKCS7(128).unpadder()
-            plain = unpadder.update(cbc.update(ct) + cbc.finalize()) + unpadder.finalize()
-            return Decrypted(plain, inner_type, entry, False)
+        if len(ct) % 16:
+            raise errors.SignatureInvalid("the content does not decrypt (wrong key or tampered)")
+        cbc = Cipher(algorithms.AES(cek), modes.CBC(nonce)).decryptor()
+        unpadder = sympadding.PKCS7(128).unpadder()
+        plain = unpadder.update(cbc.update(ct) + cbc.finalize()) + unpadder.finalize()
+        return Decrypted(plain, inner_type, entry, False)
     except errors.HsmkmError:
         raise
     except ValueError:
         raise errors.SignatureInvalid("the content does not decrypt (wrong key or tampered)") from None
-    except Exception as exc:  # cryptography's InvalidTag
-        if type(exc).__name__ == "InvalidTag":
-            raise errors.SignatureInvalid("authentication tag does not verify: the message was altered") from None
-        raise
-    raise errors.UnsupportedAlgorithm(f"unsupported algorithm: content encryption {alg['algorithm'].native}")
+    except InvalidTag:
+        raise errors.SignatureInvalid("authentication tag does not verify: the message was altered") from None

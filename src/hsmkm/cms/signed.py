@@ -46,7 +46,8 @@ _CAPABILITIES = seq(*(seq(der_oid(oid)) for oid in ("2.16.840.1.101.3.4.1.46", "
                                                      "1.2.840.113549.1.1.7")))
 
 
-_OID_DATA = der_oid("1.2.840.113549.1.7.1")
+OID_DATA = "1.2.840.113549.1.7.1"
+_OID_DATA = der_oid(OID_DATA)
 _DIGEST_ALGS = {
     "sha256": seq(der_oid("2.16.840.1.101.3.4.2.1")),
     "sha384": seq(der_oid("2.16.840.1.101.3.4.2.2")),
@@ -129,21 +130,52 @@ def sign(
     return cms.ContentInfo({"content_type": "signed_data", "content": body}).dump()
 
 
-def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, hash_cls: Callable[[], hashes.HashAlgorithm],
+# signatureAlgorithm values accepted per key type, with the digest each one fixes (None: the
+# SignerInfo's digestAlgorithm, as for rsaEncryption, which RFC 5754 §3.2 allows).
+_RSA_SIGNATURES: dict[str, str | None] = {
+    "rsassa_pkcs1v15": None, "sha1_rsa": "sha1", "sha224_rsa": "sha224", "sha256_rsa": "sha256", "sha384_rsa": "sha384", "sha512_rsa": "sha512",
+    "rsassa_pss": None,
+}
+_EC_SIGNATURES: dict[str, str | None] = {
+    "sha1_ecdsa": "sha1", "sha224_ecdsa": "sha224", "sha256_ecdsa": "sha256", "sha384_ecdsa": "sha384", "sha512_ecdsa": "sha512",
+    "ecdsa": None,  # id-ecPublicKey as a signature algorithm: some old signers write it
+}
+
+
+def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, digest_name: str,
                 params: object) -> None:
+    """Check ``signature`` with the signer's key, refusing a signatureAlgorithm that does not
+    fit that key or the SignerInfo's digest."""
+    hash_cls = _HASHES[digest_name]
+    if isinstance(public, rsa.RSAPublicKey):
+        allowed = _RSA_SIGNATURES
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        allowed = _EC_SIGNATURES
+    else:
+        raise errors.UnsupportedAlgorithm("unsupported algorithm: signatures other than RSA and ECDSA (Ed25519 is not supported)")
+    if sig_alg not in allowed:
+        raise errors.UnsupportedAlgorithm(f"unsupported algorithm: signature {sig_alg} with this signer's key")
+    fixed = allowed[sig_alg]
+    if fixed is not None and fixed != digest_name:
+        raise errors.SignatureInvalid(f"the signature algorithm ({sig_alg}) and the digest ({digest_name}) differ")
     try:
         if isinstance(public, rsa.RSAPublicKey):
             if sig_alg == "rsassa_pss":
                 p = params  # RSASSA-PSS-params
-                h = _HASHES[p["hash_algorithm"]["algorithm"].native]  # type: ignore[index]
+                pss_hash = p["hash_algorithm"]["algorithm"].native  # type: ignore[index]
+                mgf = p["mask_gen_algorithm"]  # type: ignore[index]
+                if pss_hash != digest_name or mgf["algorithm"].native != "mgf1" or \
+                        mgf["parameters"]["algorithm"].native != digest_name:
+                    raise errors.UnsupportedAlgorithm("unsupported algorithm: RSASSA-PSS parameters that differ from the digest")
                 salt = p["salt_length"].native  # type: ignore[index]
-                public.verify(signature, data, padding.PSS(padding.MGF1(h()), salt), h())
+                if not isinstance(salt, int) or not 0 <= salt <= 1024:
+                    raise errors.MalformedInput("RSASSA-PSS: implausible salt length")
+                public.verify(signature, data, padding.PSS(padding.MGF1(hash_cls()), salt), hash_cls())
             else:
                 public.verify(signature, data, padding.PKCS1v15(), hash_cls())
-        elif isinstance(public, ec.EllipticCurvePublicKey):
-            public.verify(signature, data, ec.ECDSA(hash_cls()))
         else:
-            raise errors.UnsupportedAlgorithm("unsupported algorithm: signatures other than RSA and ECDSA (Ed25519 is not supported)")
+            assert isinstance(public, ec.EllipticCurvePublicKey)
+            public.verify(signature, data, ec.ECDSA(hash_cls()))
     except InvalidSignature:
         raise errors.SignatureInvalid("the signature does not verify") from None
 
@@ -153,22 +185,28 @@ def verify(
 ) -> VerifyResult:
     """Check the signature, the signed attributes and the signer's chain, usage, validity and
     revocation. Invalid or revoked: a NegativeAnswer (exit 1); malformed: MalformedInput."""
-    try:
-        info = cms.ContentInfo.load(der)
-        if info["content_type"].native != "signed_data":
-            raise errors.MalformedInput("not a signed message")
-        sd = info["content"]
-        encap = sd["encap_content_info"]
-        content = encap["content"].native if encap["content"].native is not None else detached_content
-        if content is None and content_digest is None:
-            raise errors.MalformedInput("detached signature without its content")
-        certs = [x509.load_der_x509_certificate(c.chosen.dump()) for c in sd["certificates"] if c.name == "certificate"]
-        signer_infos = list(sd["signer_infos"])
-        econtent_type = encap["content_type"].dotted
-    except errors.HsmkmError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise errors.MalformedInput(f"malformed signed message ({type(exc).__name__})") from None
+    with errors.malformed("signed message"):
+        return _verify(der, detached_content, context, content_digest)
+
+
+def _verify(
+    der: bytes, detached_content: bytes | None, context: ValidationContext, content_digest: bytes | None
+) -> VerifyResult:
+    info = cms.ContentInfo.load(der, strict=True)
+    if info["content_type"].native != "signed_data":
+        raise errors.MalformedInput("not a signed message")
+    sd = info["content"]
+    encap = sd["encap_content_info"]
+    econtent_type = encap["content_type"].dotted
+    if econtent_type != OID_DATA:
+        raise errors.MalformedInput(f"the signed content is {econtent_type}, not data (id-data), which is all hsmkm verifies")
+    content = encap["content"].native if encap["content"].native is not None else detached_content
+    if content is None and content_digest is None:
+        raise errors.MalformedInput("detached signature without its content")
+    if content is not None and not isinstance(content, bytes):
+        raise errors.MalformedInput("the signed content is not an OCTET STRING")
+    certs = [x509.load_der_x509_certificate(c.chosen.dump()) for c in sd["certificates"] if c.name == "certificate"]
+    signer_infos = list(sd["signer_infos"])
     if not signer_infos:
         raise errors.MalformedInput("no signer in the message")
     si = signer_infos[0]
@@ -190,30 +228,40 @@ def verify(
     if signer_cert is None:
         raise errors.ValidationFailed("the signer's certificate is not in the message")
     digest_name = si["digest_algorithm"]["algorithm"].native
-    hash_cls = _HASHES.get(digest_name)
-    if hash_cls is None:
+    if digest_name not in _HASHES:
         raise errors.UnsupportedAlgorithm(f"digest {digest_name} not supported")
     sig_alg = si["signature_algorithm"]["algorithm"].native
     signature = si["signature"].native
     signing_time = None
     attrs = si["signed_attrs"]
     if attrs.native:
-        values = {a["type"].native: a["values"] for a in attrs}
+        values: dict[str, object] = {}
+        for a in attrs:
+            name = a["type"].native
+            if name in values:
+                raise errors.MalformedInput(f"the signed attribute {name} appears twice")
+            if len(a["values"]) != 1 and name in ("message_digest", "content_type", "signing_time"):
+                raise errors.MalformedInput(f"the signed attribute {name} must have one value")
+            values[name] = a["values"]
         md = values.get("message_digest")
         digest = content_digest if content is None else hashlib.new(digest_name, content).digest()
-        if md is None or md[0].native != digest:
+        if md is None or md[0].native != digest:  # type: ignore[index]
             raise errors.SignatureInvalid("the content does not match the signed digest: it was altered")
         ct = values.get("content_type")
-        if ct is None or ct[0].dotted != econtent_type:
+        if ct is None or ct[0].dotted != econtent_type:  # type: ignore[index]
             raise errors.SignatureInvalid("the signed content type does not match")
         if "signing_time" in values:
-            signing_time = values["signing_time"][0].native
+            signing_time = values["signing_time"][0].native  # type: ignore[index]
+            if not isinstance(signing_time, datetime) or signing_time.tzinfo is None:
+                raise errors.MalformedInput("the signing time is not a time")
         signed_bytes = _as_set(attrs)
     else:
         if content is None:
             raise errors.UnsupportedAlgorithm("unsupported algorithm: a streamed message without signed attributes")
         signed_bytes = content
-    _verify_raw(signer_cert.public_key(), signature, signed_bytes, sig_alg, hash_cls, si["signature_algorithm"]["parameters"])
+    if not isinstance(signature, bytes):
+        raise errors.MalformedInput("the signature is not an OCTET STRING")
+    _verify_raw(signer_cert.public_key(), signature, signed_bytes, sig_alg, digest_name, si["signature_algorithm"]["parameters"])
     warnings = validate_signer(signer_cert, certs, context, signing_time)
     return VerifyResult(signer_cert, email_of(signer_cert), signing_time, content or b"", warnings)
 

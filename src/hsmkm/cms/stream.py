@@ -227,48 +227,52 @@ class _Prefixed:
 def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mode: int = 0o600) -> KeyEntry:
     """Decrypt into ``out_path`` (atomically, after the tag checks); returns the key used."""
     reader = ber.Reader(open_cms_stream(src))
-    try:
-        ci = reader.header()
+    with errors.malformed("CMS message"):
+        ci = reader.expect(0x30, "a CMS ContentInfo")
+        ci_start = reader.pos
         oid = reader.element()
-        if ci.tag != 0x30 or oid[:1] != b"\x06":
+        if oid[:1] != b"\x06":
             raise errors.MalformedInput("not a CMS message")
         ctype = algos.EncryptionAlgorithmId.load(oid).dotted
         if ctype not in (OID_AUTH_ENVELOPED, OID_ENVELOPED):
             raise errors.MalformedInput(f"not an enveloped message (content type {ctype})")
-        reader.header()  # [0] EXPLICIT
-        reader.header()  # the (Auth)EnvelopedData SEQUENCE
-        reader.element()  # version
+        gcm = ctype == OID_AUTH_ENVELOPED
+        wrap = reader.expect(0xA0, "the [0] content")
+        wrap_start = reader.pos
+        body = reader.expect(0x30, "an (Auth)EnvelopedData")
+        body_start = reader.pos
+        if reader.element()[:1] != b"\x02":
+            raise errors.MalformedInput("CMS: expected a version")
         nxt = reader.header()
         if nxt.tag == 0xA0:  # originatorInfo
             reader.element(nxt)
             nxt = reader.header()
+        if nxt.tag != 0x31:
+            raise errors.MalformedInput("CMS: expected the recipient infos")
         infos = cms.RecipientInfos.load(reader.element(nxt))
-        eci = reader.header()
-        reader.element()  # content type
+        _ = len(infos)
+        eci = reader.expect(0x30, "the encrypted content info")
+        eci_start = reader.pos
+        if reader.element()[:1] != b"\x06":
+            raise errors.MalformedInput("CMS: expected a content type")
         alg = algos.EncryptionAlgorithm.load(reader.element())
+        key_size, nonce, tag_size = enveloped.content_cipher(alg, gcm)
         enc_hdr = reader.header()
-    except errors.HsmkmError:
-        raise
-    except (ValueError, TypeError, KeyError) as exc:
-        raise errors.MalformedInput(f"malformed CMS message ({type(exc).__name__})") from None
     cek, entry = enveloped._find_cek(infos, candidates)
-    name = alg["algorithm"].dotted
-    gcm = ctype == OID_AUTH_ENVELOPED
+    if len(cek) != key_size:
+        raise errors.SignatureInvalid("the lock box does not hold a key for this cipher (wrong key or tampered)")
     if gcm:
-        if name not in ("2.16.840.1.101.3.4.1.46", "2.16.840.1.101.3.4.1.6", "2.16.840.1.101.3.4.1.26"):
-            raise errors.UnsupportedAlgorithm(f"unsupported algorithm: content encryption {alg['algorithm'].native}")
-        params = enveloped.GcmParameters.load(alg["parameters"].dump())
-        dec = Cipher(algorithms.AES(cek), modes.GCM(params["aes_nonce"].native)).decryptor()
+        dec = Cipher(algorithms.AES(cek), modes.GCM(nonce)).decryptor()
     else:
-        if name not in ("2.16.840.1.101.3.4.1.42", "2.16.840.1.101.3.4.1.2", "2.16.840.1.101.3.4.1.22"):
-            raise errors.UnsupportedAlgorithm(f"unsupported algorithm: content encryption {alg['algorithm'].native}")
-        dec = Cipher(algorithms.AES(cek), modes.CBC(alg["parameters"].native)).decryptor()  # type: ignore[assignment]
+        dec = Cipher(algorithms.AES(cek), modes.CBC(nonce)).decryptor()  # type: ignore[assignment]
         unpadder = sympadding.PKCS7(128).unpadder()
+    if out_path.is_dir():
+        raise errors.BadInput(f"{out_path} is a directory")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh, errors.malformed("CMS message"):
             if enc_hdr.tag not in (0x80, 0xA0):
                 raise errors.MalformedInput("CMS: no encrypted content")
             if enc_hdr.tag == 0x80:
@@ -278,15 +282,25 @@ def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mo
             for piece in pieces:
                 plain = dec.update(piece)
                 fh.write(plain if gcm else unpadder.update(plain))
-            if eci.length == ber.INDEFINITE:
-                reader.end_of_contents()
+            reader.close(eci, eci_start)
+            tag = b""
+            rest = reader.next_in(body, body_start)
             if gcm:
-                nxt = reader.header()
-                if nxt.tag == 0xA1:
+                if rest is not None and rest.tag == 0xA1:
                     raise errors.UnsupportedAlgorithm("unsupported algorithm: authenticated attributes")
-                if nxt.tag != 0x04:
-                    raise errors.MalformedInput("CMS: no authentication tag")
-                tag = reader.read_exact(nxt.length)
+                if rest is None or rest.tag != 0x04 or rest.length != tag_size:
+                    raise errors.MalformedInput("CMS: no authentication tag of the announced size")
+                tag = reader.read_exact(rest.length)
+                rest = reader.next_in(body, body_start)
+            if rest is not None and rest.tag == (0xA2 if gcm else 0xA1):  # unprotected attributes: not for us
+                reader.element(rest)
+                rest = reader.next_in(body, body_start)
+            if rest is not None:
+                raise errors.MalformedInput("CMS: unexpected data at the end of the message")
+            reader.close(wrap, wrap_start)
+            reader.close(ci, ci_start)
+            reader.at_end()
+            if gcm:
                 try:
                     fh.write(dec.finalize_with_tag(tag))
                 except Exception:
@@ -367,73 +381,104 @@ def _signed_data_der(digest_name: str, content: bytes | None, certs: bytes, sign
     return der_seq(der_oid("1.2.840.113549.1.7.2"), tlv(0xA0, sd))
 
 
+MAX_CLEAR_SIGNED = 64 << 20  # a multipart/signed message is read whole; an opaque one streams
+_OID_SIGNED_DATA = der_oid("1.2.840.113549.1.7.2")
+_OID_DATA = der_oid("1.2.840.113549.1.7.1")
+
+
 def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext) -> signed.VerifyResult:
     """Verify an opaque signed message of any size, writing its content to ``out_path`` only once
-    the signature and the signer check out. A clear-signed (multipart/signed) message is read
-    into memory."""
+    the signature and the signer check out. A clear-signed (multipart/signed) message, at most
+    MAX_CLEAR_SIGNED octets, is read into memory; anything else is refused from its headers."""
     head = src.read(64 << 10)
     if head[:1] == b"\x30":
         cms_stream: BinaryIO = _Prefixed(head, src)  # type: ignore[assignment]
     else:
         split = smime.split_head(head)
-        ctype = (smime.header_value(split[0], "Content-Type") or "").lower() if split else ""
-        if not ctype.startswith(("application/pkcs7-mime", "application/x-pkcs7-mime")):
-            parsed = smime.parse(head + src.read())
+        if split is None:
+            raise errors.MalformedInput("not an S/MIME message or DER")
+        ctype = (smime.header_value(split[0], "Content-Type") or "").lower()
+        if ctype.startswith("multipart/signed"):
+            data = head + src.read(MAX_CLEAR_SIGNED + 1 - len(head))
+            if len(data) > MAX_CLEAR_SIGNED:
+                raise errors.MalformedInput(f"a clear-signed message over {MAX_CLEAR_SIGNED >> 20} MiB is refused")
+            parsed = smime.parse(data)
             result = signed.verify(parsed.der, parsed.detached_content, ctx)
             if out_path is not None:
                 write_atomic(out_path, result.content, 0o600)
             return result
-        assert split is not None
+        if not ctype.startswith(("application/pkcs7-mime", "application/x-pkcs7-mime")):
+            raise errors.MalformedInput(f"not a signed S/MIME message (Content-Type {ctype or 'missing'})")
         cms_stream = Base64Reader(src, head[split[1]:])  # type: ignore[assignment]
+    if out_path is not None and out_path.is_dir():
+        raise errors.BadInput(f"{out_path} is a directory")
     reader = ber.Reader(cms_stream)
     target = out_path or Path(os.devnull)
     fd, tmp = tempfile.mkstemp(prefix=".hsmkm-verify.", suffix=".tmp", dir=None if out_path is None else out_path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            try:
-                reader.header()
-                oid = reader.element()
-                if oid != der_oid("1.2.840.113549.1.7.2"):
+            with errors.malformed("signed message"):
+                ci = reader.expect(0x30, "a CMS ContentInfo")
+                ci_start = reader.pos
+                if reader.element() != _OID_SIGNED_DATA:
                     raise errors.MalformedInput("not a signed message")
-                reader.header()  # [0]
-                reader.header()  # SignedData
-                reader.element()  # version
-                digest_set = cms.DigestAlgorithms.load(reader.element())
+                wrap = reader.expect(0xA0, "the [0] content")
+                wrap_start = reader.pos
+                sd = reader.expect(0x30, "a SignedData")
+                sd_start = reader.pos
+                if reader.element()[:1] != b"\x02":
+                    raise errors.MalformedInput("CMS: expected a version")
+                digest_der = reader.element()
+                if digest_der[:1] != b"\x31":
+                    raise errors.MalformedInput("CMS: expected the digest algorithms")
+                digest_set = cms.DigestAlgorithms.load(digest_der)
                 names = [d["algorithm"].native for d in digest_set]
                 hashers = {n: hashlib.new(n) for n in names if n in _DIGEST_OIDS}
-                encap = reader.header()
-                reader.element()  # eContentType
-                nxt = reader.header()
-                if nxt.tag == 0xA0:
-                    inner = reader.header()
-                    for piece in reader.octet_pieces(inner):
-                        for hh in hashers.values():
-                            hh.update(piece)
-                        fh.write(piece)
-                    if nxt.length == ber.INDEFINITE:
-                        reader.end_of_contents()
-                    if encap.length == ber.INDEFINITE:
-                        reader.end_of_contents()
-                    nxt = reader.header()
-                elif nxt.tag == 0 and nxt.length == 0:
+                encap = reader.expect(0x30, "the encapsulated content info")
+                encap_start = reader.pos
+                econtent_type = reader.element()
+                if econtent_type != _OID_DATA:
+                    raise errors.MalformedInput("the signed content is not data (id-data), which is all hsmkm verifies")
+                nxt = reader.next_in(encap, encap_start)
+                if nxt is None:
                     raise errors.MalformedInput("detached signature without its content")
+                if nxt.tag != 0xA0:
+                    raise errors.MalformedInput("CMS: expected the [0] content")
+                explicit_start = reader.pos
+                inner = reader.header()
+                if inner.tag not in (0x04, 0x24):
+                    raise errors.MalformedInput("CMS: the content is not an OCTET STRING")
+                if nxt.length != ber.INDEFINITE and (inner.length == ber.INDEFINITE
+                                                     or reader.pos + inner.length > explicit_start + nxt.length):
+                    raise errors.MalformedInput("CMS: the content runs past its [0]")
+                for piece in reader.octet_pieces(inner):
+                    for hh in hashers.values():
+                        hh.update(piece)
+                    fh.write(piece)
+                reader.close(nxt, explicit_start)
+                if reader.next_in(encap, encap_start) is not None:
+                    raise errors.MalformedInput("CMS: unexpected data after the content")
+                nxt = reader.next_in(sd, sd_start)
                 certs = b""
-                if nxt.tag == 0xA0:
+                if nxt is not None and nxt.tag == 0xA0:
                     certs = reader.element(nxt)
-                    nxt = reader.header()
-                if nxt.tag == 0xA1:  # crls
+                    nxt = reader.next_in(sd, sd_start)
+                if nxt is not None and nxt.tag == 0xA1:  # crls
                     reader.element(nxt)
-                    nxt = reader.header()
+                    nxt = reader.next_in(sd, sd_start)
+                if nxt is None or nxt.tag != 0x31:
+                    raise errors.MalformedInput("CMS: expected the signer infos")
                 signer_infos = reader.element(nxt)
-            except errors.HsmkmError:
-                raise
-            except (ValueError, TypeError, KeyError) as exc:
-                raise errors.MalformedInput(f"malformed signed message ({type(exc).__name__})") from None
-            fh.flush()
-        si_set = cms.SignerInfos.load(b"\x31" + signer_infos[1:])
-        if not len(si_set):
-            raise errors.MalformedInput("no signer in the message")
-        digest_name = si_set[0]["digest_algorithm"]["algorithm"].native
+                if reader.next_in(sd, sd_start) is not None:
+                    raise errors.MalformedInput("CMS: unexpected data after the signer infos")
+                reader.close(wrap, wrap_start)
+                reader.close(ci, ci_start)
+                reader.at_end()
+                fh.flush()
+                si_set = cms.SignerInfos.load(signer_infos)
+                if not len(si_set):
+                    raise errors.MalformedInput("no signer in the message")
+                digest_name = si_set[0]["digest_algorithm"]["algorithm"].native
         if digest_name not in hashers:
             raise errors.UnsupportedAlgorithm(f"unsupported algorithm: digest {digest_name}")
         der = _signed_data_der(digest_name, None, certs, signer_infos[_header_len(signer_infos):])

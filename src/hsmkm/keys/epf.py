@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from hsmkm import errors
 from hsmkm.atomic import sweep_temps, write_atomic
+from hsmkm.bounded import MAX_KEYSTORE, read_regular
 from hsmkm.certnames import label_of
 from hsmkm.keys.algorithms import KeyAlgorithm, algorithm_of
 from hsmkm.keys.base import EntriesByRole, KeyEntry, KeyRole, PrivateKey, role_of
@@ -37,6 +38,9 @@ from hsmkm.keys.base import EntriesByRole, KeyEntry, KeyRole, PrivateKey, role_o
 OWASP_PBKDF2_SHA256_ITERATIONS = 600_000
 # A file may ask for any count; past this it is a denial of service, not protection.
 MAX_ITERATIONS = 10_000_000
+# The legacy PBEs run the RFC 7292 KDF here (in Python) to look inside before OpenSSL reads the
+# file; their files use 2,048.
+MAX_LEGACY_ITERATIONS = 1_000_000
 MIN_PASSWORD_LENGTH = 8
 EPF_MODE = 0o600
 
@@ -54,7 +58,17 @@ _PBKDF2_PRFS: dict[str, type[hashes.HashAlgorithm]] = {
     "sha512": hashes.SHA512,
 }
 _AES_KEY_SIZES = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32}
-_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, crypto_exceptions.UnsupportedAlgorithm)
+_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError, RecursionError,
+                 crypto_exceptions.UnsupportedAlgorithm, *errors.CERTIFICATE_ERRORS)
+# legacy PBE -> (key octets, cipher, block octets); RC4 has no IV
+_LEGACY_CIPHERS = {
+    "pkcs12_sha1_tripledes_3key": (24, "3des", 8),
+    "pkcs12_sha1_tripledes_2key": (16, "3des", 8),
+    "pkcs12_sha1_rc2_128": (16, "rc2", 8),
+    "pkcs12_sha1_rc2_40": (5, "rc2", 8),
+    "pkcs12_sha1_rc4_128": (16, "rc4", 0),
+    "pkcs12_sha1_rc4_40": (5, "rc4", 0),
+}
 
 MAC_KEY_ID = 3  # RFC 7292 B.3: the ID byte for MAC keys
 
@@ -117,8 +131,8 @@ def _pkcs12_kdf(
     return out[:size]
 
 
-def _check_iterations(count: int, what: str) -> int:
-    if not 1 <= count <= MAX_ITERATIONS:
+def _check_iterations(count: int, what: str, cap: int = MAX_ITERATIONS) -> int:
+    if not isinstance(count, int) or not 1 <= count <= cap:
         raise errors.MalformedInput(f".epf: implausible {what} iteration count {count}")
     return count
 
@@ -200,6 +214,68 @@ def _pbes2_decrypt(alg: algos.EncryptionAlgorithm, data: bytes, password: str, c
         raise errors.WrongPassword(".epf: wrong password or corrupted file") from None
 
 
+def _legacy_decrypt(alg: algos.EncryptionAlgorithm, data: bytes, password: str) -> bytes | None:
+    """A legacy-PBE (RFC 7292 appendix C) encryption undone, its iteration count checked first;
+    None for a cipher only OpenSSL runs."""
+    from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
+
+    name = alg["algorithm"].native
+    if name not in _LEGACY_CIPHERS:
+        raise errors.UnsupportedAlgorithm(f".epf: encryption {name} is not supported")
+    key_size, cipher_name, block = _LEGACY_CIPHERS[name]
+    params = alg["parameters"]
+    salt = params["salt"].native
+    iterations = _check_iterations(params["iterations"].native, "legacy PBE", MAX_LEGACY_ITERATIONS)
+    key = _pkcs12_kdf(password, salt, iterations, 1, key_size, "sha1")
+    if cipher_name == "rc4":
+        dec = Cipher(decrepit.ARC4(key), mode=None).decryptor()
+        return dec.update(data) + dec.finalize()
+    if cipher_name == "rc2" and key_size != 16:
+        return None  # cryptography runs RC2 with 128-bit keys only; openssl -legacy puts certificates here
+    iv = _pkcs12_kdf(password, salt, iterations, 2, block, "sha1")
+    algorithm = decrepit.TripleDES(key) if cipher_name == "3des" else decrepit.RC2(key)
+    dec = Cipher(algorithm, modes.CBC(iv)).decryptor()
+    unpadder = padding.PKCS7(block * 8).unpadder()
+    try:
+        return unpadder.update(dec.update(data) + dec.finalize()) + unpadder.finalize()
+    except ValueError:
+        raise errors.WrongPassword(".epf: wrong password or corrupted file") from None
+
+
+def _legacy_key_bags(auth_safe_der: bytes, password: str) -> int:
+    """The key bags of a legacy file, with every iteration count in it checked (in encrypted
+    contents too), so that OpenSSL never spins on a count chosen by the file."""
+    count = 0
+    for ci in pkcs12.AuthenticatedSafe.load(auth_safe_der, strict=True):
+        ctype = ci["content_type"].native
+        if ctype == "data":
+            contents = ci["content"].native
+        elif ctype == "encrypted_data":
+            eci = ci["content"]["encrypted_content_info"]
+            alg = eci["content_encryption_algorithm"]
+            data = eci["encrypted_content"].native
+            if alg["algorithm"].native == "pbes2":
+                contents = _pbes2_decrypt(alg, data, password, {})
+            else:
+                contents = _legacy_decrypt(alg, data, password)
+            if contents is None:  # RC2-40, which only OpenSSL runs: its own count was checked
+                continue
+        else:
+            raise errors.UnsupportedAlgorithm(f"PKCS#12 content {ctype}")
+        for bag in pkcs12.SafeContents.load(contents, strict=True):
+            kind = bag["bag_id"].native
+            if kind == "pkcs8_shrouded_key_bag":
+                alg = bag["bag_value"]["encryption_algorithm"]
+                name = alg["algorithm"].native
+                if name == "pbes2":
+                    iterations = alg["parameters"]["key_derivation_func"]["parameters"]["iteration_count"].native
+                    _check_iterations(iterations, "PBKDF2")
+                else:
+                    _check_iterations(alg["parameters"]["iterations"].native, "legacy PBE", MAX_LEGACY_ITERATIONS)
+            count += kind in ("pkcs8_shrouded_key_bag", "key_bag")
+    return count
+
+
 def _attrs(name: str, local_id: bytes | None) -> pkcs12.Attributes:
     attrs: list[dict[str, object]] = [{"type": "friendly_name", "values": [name]}]
     if local_id is not None:
@@ -263,13 +339,9 @@ class EpfKeystore(EntriesByRole):
         """Load an .epf; saves use ``iterations``, else the file's count raised to OWASP's figure."""
         path = Path(path)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+            data = read_regular(path, MAX_KEYSTORE, "keystore")
+        except errors.NotFound:
             raise errors.NotFound(f"no keystore at {path}") from None
-        except IsADirectoryError:
-            raise errors.BadInput(f"{path} is a directory, not a keystore") from None
-        except OSError as exc:
-            raise errors.BadInput(f"{path}: {exc.strerror}") from None
         store = cls(path, password)
         file_iterations = store._load(data)
         store.iterations = iterations if iterations is not None else max(file_iterations, OWASP_PBKDF2_SHA256_ITERATIONS)
@@ -383,12 +455,7 @@ class EpfKeystore(EntriesByRole):
     def _load_legacy(self, data: bytes, auth_safe_der: bytes) -> None:
         """A file with the pre-PBES2 encryptions (openssl -legacy): cryptography reads one key."""
         try:
-            key_bags = sum(
-                bag["bag_id"].native in ("pkcs8_shrouded_key_bag", "key_bag")
-                for ci in pkcs12.AuthenticatedSafe.load(auth_safe_der)
-                if ci["content_type"].native == "data"
-                for bag in pkcs12.SafeContents.load(ci["content"].native)
-            )
+            key_bags = _legacy_key_bags(auth_safe_der, self._password)
             if key_bags > 1:
                 raise errors.UnsupportedAlgorithm(
                     f"{self.path}: a legacy-encrypted PKCS#12 with {key_bags} keys; re-export it with AES"

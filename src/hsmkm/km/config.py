@@ -174,9 +174,10 @@ class KmConfig:
             raise errors.NotFound(f"no KM at {home.root} (run 'hsmkm init')") from None
         except (OSError, ValueError) as exc:
             raise errors.MalformedInput(f"{home.config}: unreadable configuration ({exc})") from None
-        if not isinstance(data, dict) or data.get("version") not in _KNOWN_VERSIONS:
-            version = data.get("version") if isinstance(data, dict) else None
-            raise errors.MalformedInput(f"{home.config}: configuration version {version} unknown")
+        if not isinstance(data, dict):
+            raise errors.MalformedInput(f"{home.config}: damaged configuration (not a JSON object)")
+        if data.get("version") not in _KNOWN_VERSIONS:
+            raise errors.MalformedInput(f"{home.config}: configuration version {data.get('version')} unknown")
         try:
             data["km_token"] = TokenRef(**data["km_token"])
             data["recovery_token"] = TokenRef(**data["recovery_token"])

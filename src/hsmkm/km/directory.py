@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography import x509
 
 from hsmkm import errors
+from hsmkm.addresses import address_file
 from hsmkm.atomic import sweep_temps, write_atomic
 from hsmkm.km.config import Home
 from hsmkm.km import users
@@ -77,7 +78,8 @@ def queue(conn: sqlite3.Connection, email: str, now: str) -> None:
 
 
 def cert_files(certs_dir: Path, email: str) -> dict[CertKind, Path]:
-    return {kind: certs_dir / f"{email}.{_SUFFIX[kind]}.crt" for kind in (CertKind.ENCRYPT, CertKind.SIGN)}
+    """The user's files; an address that would name a path outside the folder is refused."""
+    return {kind: address_file(certs_dir, email, f".{_SUFFIX[kind]}.crt") for kind in (CertKind.ENCRYPT, CertKind.SIGN)}
 
 
 _SUFFIX = {CertKind.ENCRYPT: "enc", CertKind.SIGN: "sign"}
@@ -128,7 +130,8 @@ def drain_outbox(conn: sqlite3.Connection, home: Home) -> int:
     """Publish every queued user; returns how many."""
     queued = conn.execute("SELECT email, queued_at FROM directory_outbox ORDER BY email").fetchall()
     for email, queued_at in queued:
-        publish_user(conn, home, email)
+        with contextlib.suppress(errors.BadInput):  # an address no file may be named after
+            publish_user(conn, home, email)
         conn.execute("DELETE FROM directory_outbox WHERE email = ? AND queued_at = ?", (email, queued_at))
     return len(queued)
 
@@ -136,9 +139,11 @@ def drain_outbox(conn: sqlite3.Connection, home: Home) -> int:
 def sync_all(conn: sqlite3.Connection, home: Home) -> int:
     """Rewrite every user's files from the database and remove files of no current certificate."""
     certs_dir = home.certs_dir
-    emails = [str(r[0]) for r in conn.execute("SELECT email FROM users ORDER BY email")]
-    for email in emails:
-        publish_user(conn, home, email)
+    emails = []
+    for email in (str(r[0]) for r in conn.execute("SELECT email FROM users ORDER BY email")):
+        with contextlib.suppress(errors.BadInput):  # an address no file may be named after
+            publish_user(conn, home, email)
+            emails.append(email)
     wanted = {p.name for e in emails for p in cert_files(certs_dir, e).values() if p.exists()}
     if certs_dir.is_dir():
         for path in certs_dir.glob("*.crt"):

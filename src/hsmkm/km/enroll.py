@@ -40,12 +40,16 @@ def _csr_email(csr: x509.CertificateSigningRequest) -> list[str]:
 def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_der_x509_csr(der)
-    except ValueError:
+    except errors.CERTIFICATE_PARSE_ERRORS:
         try:
             csr = x509.load_pem_x509_csr(der)
-        except ValueError:
+        except errors.CERTIFICATE_PARSE_ERRORS:
             raise errors.MalformedInput("the CSR does not parse") from None
-    if not csr.is_signature_valid:
+    with errors.malformed("the CSR"):
+        algorithm_of(csr.public_key())  # an unknown key algorithm is refused here, by name
+        _csr_email(csr)  # parsed lazily: a bad extension must fail here
+        valid = csr.is_signature_valid
+    if not valid:
         raise errors.SignatureInvalid("the CSR's signature does not verify (no proof of possession)")
     return csr
 

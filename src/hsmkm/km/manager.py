@@ -12,6 +12,7 @@ from typing import Any
 from cryptography import x509
 
 from hsmkm import errors
+from hsmkm.x509.anchor import load_ca_certificate
 from hsmkm.clock import Clock, system_clock
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSecretKey, TokenSession
 from hsmkm.keys.softhsm_store import Repair
@@ -90,7 +91,7 @@ class KeyManager:
     def ca_cert(self) -> x509.Certificate:
         if self._ca_cert is None:
             try:
-                self._ca_cert = x509.load_der_x509_certificate(self.home.ca_cert.read_bytes())
+                self._ca_cert = load_ca_certificate(self.home.ca_cert.read_bytes(), str(self.home.ca_cert))
             except FileNotFoundError:
                 raise errors.NotFound(
                     "the KM has no CA certificate yet (import it with 'hsmkm ca import')"

@@ -61,6 +61,7 @@ def publish_crl(km: KeyManager, kind: CrlKind = CrlKind.FULL, next_update_hours:
     """Build, sign on the token and publish a full or delta CRL."""
     now = km.clock().replace(microsecond=0)
     next_update = now + timedelta(hours=next_update_hours or km.config.crl_next_update_hours)
+    _ = km.ca_cert  # a damaged CA certificate is refused before anything is committed
     with km.change(AuditAction.CRL_PUBLISH, kind=kind.value) as ch:
         conn = ch.conn
         number = int(km.db.get_meta("crl_number") or 0) + 1

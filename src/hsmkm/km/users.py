@@ -12,7 +12,6 @@ import csv
 import hashlib
 import hmac
 import io
-import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -21,12 +20,11 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from hsmkm import errors
+from hsmkm import addresses, errors
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import normalize_code
 
-_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 CODE_BYTES = 20
 
 
@@ -60,11 +58,7 @@ class CodeRow:
 
 
 def normalize_email(email: str) -> str:
-    email = email.strip()
-    if len(email) > 254 or not _EMAIL.match(email):
-        raise errors.BadInput(f"not an email address: {email!r}")
-    local, _, domain = email.rpartition("@")
-    return f"{local}@{domain.lower()}"
+    return addresses.normalize_email(email)
 
 
 def new_code() -> str:
@@ -131,6 +125,7 @@ def issue_code(
 def add_user(km: KeyManager, email: str, name: str | None) -> tuple[User, str]:
     """Create a user and their one-time enrollment code."""
     email = normalize_email(email)
+    name = addresses.check_name(name)
     now = km.clock()
     with km.change(AuditAction.USER_ADD, email=email, name=name) as ch:
         if ch.conn.execute("SELECT 1 FROM users WHERE email = ?", (email,)).fetchone():
@@ -148,6 +143,11 @@ def add_user(km: KeyManager, email: str, name: str | None) -> tuple[User, str]:
 
 def parse_user_csv(text: str) -> list[tuple[str, str | None]]:
     """Rows of ``email,name`` (a header row ``email,name`` is skipped); every row checked first."""
+    with errors.malformed("CSV"):
+        return _parse_user_rows(text)
+
+
+def _parse_user_rows(text: str) -> list[tuple[str, str | None]]:
     rows: list[tuple[str, str | None]] = []
     seen: set[str] = set()
     for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
@@ -162,7 +162,10 @@ def parse_user_csv(text: str) -> list[tuple[str, str | None]]:
         if email in seen:
             raise errors.MalformedInput(f"line {lineno}: {email} appears twice")
         seen.add(email)
-        name = row[1].strip() if len(row) > 1 and row[1].strip() else None
+        try:
+            name = addresses.check_name(row[1]) if len(row) > 1 else None
+        except errors.BadInput as exc:
+            raise errors.MalformedInput(f"line {lineno}: {exc}") from None
         rows.append((email, name))
     return rows
 

@@ -174,8 +174,11 @@ class Database:
     def open(cls, path: Path) -> Database:
         if not path.exists():
             raise errors.NotFound(f"no KM database at {path} (run 'hsmkm init')")
-        db = cls(path)
-        version = db.get_meta("schema_version")
+        try:
+            db = cls(path)
+            version = db.get_meta("schema_version")
+        except sqlite3.DatabaseError as exc:
+            raise errors.MalformedInput(f"{path}: a damaged database ({exc})") from None
         if version != str(SCHEMA_VERSION):
             raise errors.BadInput(f"database schema version {version} is not {SCHEMA_VERSION}")
         db._add_missing_tables()
