@@ -148,10 +148,13 @@ def test_commands_that_need_no_key_do_not_log_in(home: Path) -> None:
     enroll_epf(home, "rita@example.com", code, home.parent / "rita.epf")
     token_object = km_token_dir(home) / "token.object"
     before = token_object.read_bytes()
-    # No PIN source at all: these never read the PIN, never load the module.
+    # With the KM PIN file away: these never read the PIN, never load the module.
+    pin = home / "secrets" / "km.pin"
+    pin.rename(home.parent / "km.pin.away")
     for args in (["user", "list"], ["user", "show", "rita@example.com"], ["directory", "show", "rita@example.com"],
                  ["directory", "sync"]):
-        hsmkm(*args, "--pin-source", "env:NO_SUCH_PIN", home=home)
+        hsmkm(*args, home=home)
+    (home.parent / "km.pin.away").rename(pin)
     assert token_object.read_bytes() == before
     hsmkm("status", home=home)  # a login: SoftHSM2 rewrites the token's file (its generation)
     assert token_object.read_bytes() != before

@@ -478,6 +478,8 @@ def test_certificates_cryptography_cannot_parse_refused(world: World) -> None:
 
 
 def _damaged_homes(world: World, base: Path) -> Iterator[tuple[str, Path]]:
+    from hsmkm.keys.softhsm import ensure_store_config
+
     ca = (world.home / "pub" / "ca.crt").read_bytes()
     config = (world.home / "km.json").read_bytes()
     db = (world.home / "km.db").read_bytes()
@@ -493,6 +495,9 @@ def _damaged_homes(world: World, base: Path) -> Iterator[tuple[str, Path]]:
     for name, rel, data in damage:
         home = base / name
         shutil.copytree(world.home, home, symlinks=True)
+        # A moved home's SoftHSM2 config is pointed at its own store on first use: done here,
+        # before the damage, so that the refusal alone is watched for changes.
+        ensure_store_config(home / "softhsm" / "softhsm2.conf")
         if rel == "km.db":  # the damage is the file itself, not what a WAL would lay over it
             for extra in ("km.db-wal", "km.db-shm"):
                 (home / extra).unlink(missing_ok=True)

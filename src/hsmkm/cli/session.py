@@ -39,6 +39,8 @@ def open_km_files(cli: CliContext) -> KmFiles:
 
     A login makes SoftHSM2 rewrite the token's file, so commands that need no key skip it.
     """
+    if cli.pin_source is not None:
+        cli.secret(cli.pin_source, "KM token PIN")  # a PIN source given is still checked
     home = Home(cli.home)
     config = KmConfig.load(home)
     files = KmFiles(home, config, Database.open(home.database))
