@@ -156,6 +156,9 @@ def status(cli_ctx: CliContext) -> None:
             else f"CRL: #{crl['number']}, {crl['entries']} entries, {crl['age_seconds']} s old{' (stale)' if crl['stale'] else ''}"
         )
         lines.append(f"officers: {', '.join(st['officers'])} (quorum {st['quorum']})")
+        store = st["token_store"]
+        if store["guarded"]:
+            lines.append("token store: verified copy kept" + "".join(f"; {r}" for r in store["repairs"]))
         if c.get("archived_keys_to_migrate"):
             lines.append(f"archive: {c['archived_keys_to_migrate']} record(s) of the first release: run 'hsmkm archive migrate'")
         return "\n".join(lines)

@@ -11,7 +11,7 @@ import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from hsmkm import errors
-from hsmkm.atomic import write_atomic
+from hsmkm.atomic import sweep_temps, write_atomic
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km
 from hsmkm.keys.base import PrivateKey
@@ -28,7 +28,7 @@ def _officer_token(cli_ctx: CliContext, km: KeyManager, uri_text: str, pin_sourc
     uri = Pkcs11Uri.parse(uri_text)
     module = uri.module_path or km.config.km_token.module
     config = km.config.softhsm_config if module == km.config.km_token.module else None
-    pin = cli_ctx.secret(pin_source or uri.pin_source, f"PIN of {who}'s token")
+    pin = cli_ctx.secret(pin_source or km.config.resolve_source(uri.pin_source), f"PIN of {who}'s token")
     slot = int(uri.slot_id) if uri.slot_id is not None else None
     return Pkcs11Module.load(module, config).open_token(pin, label=uri.token, serial=uri.serial, slot_id=slot)
 
@@ -155,6 +155,7 @@ def recovery_complete(
     km = open_km(cli_ctx)
     deliver = None
     if out_path is not None:
+        sweep_temps(out_path.parent, out_path.name)  # a killed earlier run's temporary file
         if out_path.exists():
             raise errors.AlreadyExists(f"{out_path} exists")
         password = cli_ctx.secret(password_source, f"password of {out_path}", confirm=True)

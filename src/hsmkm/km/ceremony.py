@@ -151,14 +151,15 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
             pin = custody.random_pin(16)
             init_token(module, name, custody.random_pin(), pin)
             write_secret_file(home.trial_pin_file(name), pin)
+            # The PIN file relative to the home, so a copied home uses its own.
             uri = (
                 f"pkcs11:token={name}?module-path={module_path}"
-                f"&pin-source=file:{home.trial_pin_file(name)}"
+                f"&pin-source=file:secrets/{home.trial_pin_file(name).name}"
             )
             officer_specs.append(OfficerSpec(name, module_path, name, None, pin, uri))
         quorum = req.quorum or min(EMBEDDED_QUORUM, req.embedded_officers)
         km_ref = TokenRef(module_path, EMBEDDED_KM_TOKEN)
-        km_pin_source = f"file:{home.trial_pin_file('km')}"
+        km_pin_source = f"file:secrets/{home.trial_pin_file('km').name}"
         warnings.append(
             "embedded SoftHSM2 default: the KM and officer PINs are kept in the home for trials; "
             "use --module with a real HSM for production"

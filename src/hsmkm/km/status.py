@@ -68,5 +68,9 @@ def km_status(km: KeyManager) -> dict[str, Any]:
         },
         "crl": crl_info,
         "officers": [o.name for o in officers],
+        "token_store": {
+            "guarded": km.session.module.store is not None,
+            "repairs": [r.describe() for r in km.repairs],
+        },
         "quorum": custody.quorum(conn),
     }

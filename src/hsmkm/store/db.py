@@ -181,6 +181,22 @@ CREATE TABLE recovered (
 );
 """ + SCHEMA_V2
 
+# Tables added within schema version 1: made when missing, so older databases gain them.
+ADDITIVE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS enroll_responses (
+    code_row    INTEGER PRIMARY KEY REFERENCES enrollment_codes(id),
+    kept_at     TEXT NOT NULL,
+    salt        BLOB NOT NULL,
+    sealed      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS enroll_responses_kept_at ON enroll_responses(kept_at);
+CREATE TABLE IF NOT EXISTS directory_outbox (
+    email       TEXT PRIMARY KEY,
+    queued_at   TEXT NOT NULL
+)
+"""
+_ADDITIVE_TABLES = ("enroll_responses", "directory_outbox")
+
 
 class Database:
     """A connection to the KM's SQLite file."""
@@ -204,7 +220,7 @@ class Database:
             raise errors.AlreadyExists(f"database {path} already exists")
         db = cls(path)
         with db.transaction():
-            for stmt in SCHEMA.split(";"):
+            for stmt in (SCHEMA + ";" + ADDITIVE_SCHEMA).split(";"):
                 if stmt.strip():
                     db.conn.execute(stmt)
             db.conn.execute(
@@ -225,6 +241,7 @@ class Database:
             db._upgrade_from_1()
         elif version != str(SCHEMA_VERSION):
             raise errors.BadInput(f"database schema version {version} is not {SCHEMA_VERSION}")
+        db._add_missing_tables()
         return db
 
     def _upgrade_from_1(self) -> None:
@@ -236,6 +253,15 @@ class Database:
                 if stmt.strip():
                     conn.execute(stmt)
             self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def _add_missing_tables(self) -> None:
+        have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if all(t in have for t in _ADDITIVE_TABLES):
+            return
+        with self.transaction():
+            for stmt in ADDITIVE_SCHEMA.split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
