@@ -225,7 +225,7 @@ def prepare_recovery(case: Case) -> None:
     rid = json.loads(must(km(case.home, "recovery", "request", "alice@example.com", "--reason", "faults", "--json"),
                           "recovery request").stdout)["id"]
     for officer in ("officer1", "officer2"):
-        must(km(case.home, "recovery", "approve", str(rid), "--officer", officer), "recovery approve")
+        must(km(case.home, "recovery", "approve", str(rid), "--officer", officer, "--yes"), "recovery approve")
     save_state(case, rid=str(rid))
 
 

@@ -436,8 +436,8 @@ def test_a_copied_home_runs_on_its_own_files_and_the_original_is_untouched(home:
         enroll_epf(copy, "pete@example.com", code2, tmp_path / "pete.epf")
         hsmkm("archive", "rotate", home=copy)
         rid = hsmkm("recovery", "request", "olga@example.com", "--reason", "copy test", "--json", home=copy).json()["id"]
-        hsmkm("recovery", "approve", str(rid), "--officer", "officer1", home=copy)
-        hsmkm("recovery", "approve", str(rid), "--officer", "officer2", home=copy)
+        hsmkm("recovery", "approve", str(rid), "--officer", "officer1", "--yes", home=copy)
+        hsmkm("recovery", "approve", str(rid), "--officer", "officer2", "--yes", home=copy)
         hsmkm("recovery", "complete", str(rid), "--out", str(tmp_path / "olga.p12"), "--password-source", "env:P",
               env={"P": "p12-pass"}, home=copy)
         assert (tmp_path / "olga.p12").stat().st_size > 0
@@ -463,8 +463,8 @@ def test_a_first_release_home_extracted_elsewhere_works_where_it_is(tmp_path: Pa
     enroll_epf(home, "quinn@example.com", code, tmp_path / "quinn.epf")
     hsmkm("archive", "rotate", home=home)
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "v1 copy", "--json", home=home).json()["id"]
-    hsmkm("recovery", "approve", str(rid), "--officer", "officer1", home=home)
-    hsmkm("recovery", "approve", str(rid), "--officer", "officer3", home=home)
+    hsmkm("recovery", "approve", str(rid), "--officer", "officer1", "--yes", home=home)
+    hsmkm("recovery", "approve", str(rid), "--officer", "officer3", "--yes", home=home)
     hsmkm("recovery", "complete", str(rid), "--out", str(tmp_path / "alice.p12"), "--password-source", "env:P",
           env={"P": "p12-pass"}, home=home)
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
