@@ -40,7 +40,7 @@ PW = "faults-pass-1"
 P12_PW = "faults-p12-pass"
 SYSCALLS = ("write", "pwrite64", "ftruncate", "fsync", "fdatasync", "rename", "unlink", "link", "openat")
 INVARIANTS = ("tokens", "rerun", "audit", "secrets", "temps")
-TOKENS = ("hsmkm", "km-recovery", "officer1", "officer2", "officer3")
+TOKENS = ("hsmkm", "officer1", "officer2", "officer3")
 # Unencrypted PKCS#8 (version 0, then the algorithm) and PEM private keys.
 PLAIN_KEY_MARKERS = (
     bytes.fromhex("020100301306072a8648ce3d0201"),

@@ -462,9 +462,15 @@ def test_a_first_release_home_extracted_elsewhere_works_where_it_is(tmp_path: Pa
     code = add_user(home, "quinn@example.com")
     enroll_epf(home, "quinn@example.com", code, tmp_path / "quinn.epf")
     hsmkm("archive", "rotate", home=home)
+    # The first release's archive moves to per-record shares before any recovery (its
+    # officers never attested an officer set, so they approve once trusting the fingerprints).
+    mid = hsmkm("archive", "migrate", "--json", home=home).json()["id"]
+    for officer in ("officer1", "officer3"):
+        hsmkm("recovery", "approve", str(mid), "--officer", officer, "--yes", "--trust-officer-set", home=home)
+    hsmkm("archive", "migrate", "--request", str(mid), home=home)
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "v1 copy", "--json", home=home).json()["id"]
-    hsmkm("recovery", "approve", str(rid), "--officer", "officer1", "--yes", home=home)
-    hsmkm("recovery", "approve", str(rid), "--officer", "officer3", "--yes", home=home)
+    for officer in ("officer1", "officer3"):
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", "--trust-officer-set", home=home)
     hsmkm("recovery", "complete", str(rid), "--out", str(tmp_path / "alice.p12"), "--password-source", "env:P",
           env={"P": "p12-pass"}, home=home)
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
