@@ -237,9 +237,9 @@ def verify_export(case: Case, _p: subprocess.CompletedProcess[str]) -> str | Non
 
 def verify_reenable(case: Case, proc: subprocess.CompletedProcess[str]) -> str | None:
     try:
-        code = json.loads(proc.stdout)["code"]
-    except (ValueError, KeyError):
-        return "the re-run gave no code"
+        code = (case.work / "alice.code").read_text().strip()
+    except OSError:
+        return "the re-run left no code file"
     enrolled = run(enroll_argv(case, "alice@example.com", "CODE", case.work / "alice-again.epf"),
                    {"CODE": code, "PW": PW})
     return None if enrolled.returncode == 0 else f"enrolling with the code failed: {enrolled.stderr.strip()}"
@@ -283,7 +283,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                         "--out", str(c.work / "alice.p12"), "--password-source", "env:P"],
              lambda c: {"P": P12_PW}, verify_export),
     Scenario("recovery reenable", prepare_recovery,
-             lambda c: [HSMKM, "--home", str(c.home), "--json", "recovery", "complete", c.state()["rid"], "--reenable"],
+             lambda c: [HSMKM, "--home", str(c.home), "--json", "recovery", "complete", c.state()["rid"], "--reenable",
+                        "--code-out", str(c.work / "alice.code")],
              verify=verify_reenable),
     Scenario("archive rotate", lambda c: None, lambda c: [HSMKM, "--home", str(c.home), "archive", "rotate"],
              verify=verify_rotate),

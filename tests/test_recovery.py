@@ -152,6 +152,61 @@ def test_code_out_is_on_disk_before_the_commit(km_with_alice: dict[str, Path]) -
     assert done.code == seen["code"] and len(done.keys) == 2
 
 
+def test_an_export_or_code_out_cut_short_is_finished_by_the_same_command(km_with_alice: dict[str, Path]) -> None:
+    """A run that wrote its export (or its --code-out file) and died before or after its
+    commit is finished by running the same command again; a file that is not this request's
+    export stays untouched and is refused."""
+    home, root = km_with_alice["home"], km_with_alice["root"]
+    km = KeyManager.open(home, trial_pin(home, "km"))
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "export", email="alice@example.com")
+    approve(km, home, req.id, "officer1", "officer2")
+    out = root / "alice-keys.p12"
+
+    class Crash(Exception):
+        pass
+
+    def write_then_crash(keys: list[recovery.RecoveredKey]) -> None:
+        store = EpfKeystore.create(out, "p12-pass")
+        for k in keys:
+            store.add_entry(k.key, x509.load_der_x509_certificate(k.cert_der))
+        store.save()
+        raise Crash()
+
+    with pytest.raises(Crash):
+        recovery.complete_recovery(km, req.id, write_then_crash, False)
+    km.close()
+    assert out.exists() and recovery.load(sqlite3_conn(home), req.id).status is recovery.RequestStatus.OPEN
+    argv = ("recovery", "complete", str(req.id), "--out", str(out), "--password-source", "env:P")
+    wrong = hsmkm(*argv, env={"P": "another-pass"}, home=home, check=False)
+    assert wrong.returncode == 2 and f"{out} exists" in wrong.stderr
+    done = hsmkm(*argv, "--json", env={"P": "p12-pass"}, home=home).json()
+    assert done["keys"] == 2 and "already" not in done
+    again = hsmkm(*argv, "--json", env={"P": "p12-pass"}, home=home).json()
+    assert again["already"] is True
+    assert len(EpfKeystore.open(out, "p12-pass").encryption_entries()) == 2
+
+    # --code-out: after the commit the code in the file is the live one; re-running says so.
+    km = KeyManager.open(home, trial_pin(home, "km"))
+    req2 = recovery.open_request(km, recovery.RequestKind.RECOVERY, "code", email="alice@example.com")
+    approve(km, home, req2.id, "officer1", "officer2")
+    km.close()
+    code_file = root / "alice.code"
+    code_file.write_text("not a code\n")
+    refused = hsmkm("recovery", "complete", str(req2.id), "--reenable", "--code-out", str(code_file),
+                    home=home, check=False)
+    assert refused.returncode == 2 and code_file.read_text() == "not a code\n"
+    code_file.unlink()
+    hsmkm("recovery", "complete", str(req2.id), "--reenable", "--code-out", str(code_file), home=home)
+    code = code_file.read_text()
+    rerun = hsmkm("recovery", "complete", str(req2.id), "--reenable", "--code-out", str(code_file), "--json",
+                  home=home).json()
+    assert rerun["already"] is True and code_file.read_text() == code
+
+
+def sqlite3_conn(home: Path) -> sqlite3.Connection:
+    return sqlite3.connect(home / "km.db")
+
+
 def test_crash_during_complete_can_be_rerun(km_with_alice: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure inside the completion hands the request back; a completion killed outright
     leaves a claim of a dead process, which the next run takes over."""

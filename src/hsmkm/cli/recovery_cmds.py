@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -150,15 +151,23 @@ def recovery_complete(
         raise errors.BadInput("give exactly one of --reenable or --out FILE.p12")
     if code_out is not None and not reenable:
         raise errors.BadInput("--code-out goes with --reenable")
-    if code_out is not None and code_out.exists():
-        raise errors.AlreadyExists(f"{code_out} exists")
     km = open_km(cli_ctx)
+    status = recovery.load(km.db.conn, request_id).status
     deliver = None
     if out_path is not None:
         sweep_temps(out_path.parent, out_path.name)  # a killed earlier run's temporary file
-        if out_path.exists():
-            raise errors.AlreadyExists(f"{out_path} exists")
         password = cli_ctx.secret(password_source, f"password of {out_path}", confirm=True)
+        if out_path.exists():
+            # A run killed after writing the export but before (or after) its commit: the file
+            # opens with this password and holds exactly this request's keys, so the re-run
+            # finishes the job; any other file there is left alone.
+            if not _holds_this_export(km, request_id, out_path, password):
+                raise errors.AlreadyExists(f"{out_path} exists")
+            if status is recovery.RequestStatus.COMPLETED:
+                cli_ctx.emit({"id": request_id, "out": str(out_path), "already": True},
+                             f"request {request_id} was already completed; its keys are in {out_path}")
+                return
+            out_path.unlink()
 
         def deliver(keys: list[recovery.RecoveredKey]) -> None:
             from cryptography import x509
@@ -170,6 +179,15 @@ def recovery_complete(
             store.save()
 
     before_commit = None
+    if code_out is not None and code_out.exists():
+        # Written before the commit: after a kill past the commit the code there is the live
+        # one; before it, the code there was never committed and is replaced.
+        if not _looks_like_code(code_out):
+            raise errors.AlreadyExists(f"{code_out} exists")
+        if status is recovery.RequestStatus.COMPLETED:
+            cli_ctx.emit({"id": request_id, "code_out": str(code_out), "already": True},
+                         f"request {request_id} was already completed; the one-time code is in {code_out}")
+            return
     if code_out is not None:
         target = code_out
 
@@ -189,6 +207,27 @@ def recovery_complete(
         data["out"] = str(out_path)
         text = f"{len(done.keys)} key(s) of {done.email} written to {out_path}"
     cli_ctx.emit(data, text)
+
+
+def _holds_this_export(km: KeyManager, request_id: int, path: Path, password: str) -> bool:
+    """Whether ``path`` is the PKCS#12 this request's completion writes, under this password."""
+    from hsmkm.km.authority import serial_hex
+
+    try:
+        store = EpfKeystore.open(path, password)
+    except errors.HsmkmError:
+        return False
+    held = {serial_hex(e.certificate.serial_number) for e in store.encryption_entries()}
+    return held == recovery.record_serials(km.db.conn, request_id)
+
+
+def _looks_like_code(path: Path) -> bool:
+    """A file that holds one one-time code and nothing else (what --code-out writes)."""
+    try:
+        text = path.read_bytes()[:256].decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return re.fullmatch(r"[A-Z2-7]{4}(-[A-Z2-7]{1,4})+\n", text) is not None
 
 
 @recovery_group.command("list")

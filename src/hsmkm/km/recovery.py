@@ -572,6 +572,12 @@ def complete_recovery(
     return Completion(req.id, req.email, keys, code)
 
 
+def record_serials(conn: sqlite3.Connection, request_id: int) -> set[str]:
+    """The certificate serials of the records a recovery request names."""
+    req = load(conn, request_id)
+    return {r.cert_serial for r in archive.records_by_id(conn, req.records)}
+
+
 def _code_hold_key(code: str, code_row: int) -> bytes:
     return code_key(code, f"hsmkm-recovered-{code_row}".encode())
 
