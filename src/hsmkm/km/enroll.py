@@ -16,6 +16,7 @@ from hsmkm.km import archive, users
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import SerialTaken, record_certificate, serial_hex, sign_user_certificate
 from hsmkm.km.manager import KeyManager
+from hsmkm.smimecaps import PROFILE_CAPABILITIES
 from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, seal_key
 from hsmkm.x509.profiles import CertKind
 
@@ -71,15 +72,21 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
     if isinstance(checked, str):
         raise errors.CodeRejected(f"{email}: {checked}")
 
-    enc_key = km.config.user_key_alg.generate()
+    chosen = users.settings_of(km.db.conn, user.id)
+    enc_alg = chosen.key_alg or km.config.user_key_alg
+    caps = PROFILE_CAPABILITIES[chosen.client] if chosen.client is not None else None
+    enc_key = enc_alg.generate()
     recovery_public = archive.recovery_public_key(km.db.conn)
     for _ in range(_ISSUE_TRIES):
-        sign_cert = sign_user_certificate(km, csr.public_key(), CertKind.SIGN, email, user.name)  # type: ignore[arg-type]
-        enc_cert = sign_user_certificate(km, enc_key.public_key(), CertKind.ENCRYPT, email, user.name)
+        sign_cert = sign_user_certificate(km, csr.public_key(), CertKind.SIGN, email, user.name,  # type: ignore[arg-type]
+                                          capabilities=caps)
+        enc_cert = sign_user_certificate(km, enc_key.public_key(), CertKind.ENCRYPT, email, user.name,
+                                         capabilities=caps)
         enc_serial = serial_hex(enc_cert.serial_number)
         sealed = archive.seal_record(km.archive_key, recovery_public, user.id, enc_serial, enc_key)
         try:
-            history = _commit_enrollment(km, user, checked, req.code, sign_cert, enc_cert, sealed, sign_alg.value)
+            history = _commit_enrollment(km, user, checked, req.code, sign_cert, enc_cert, sealed, sign_alg.value,
+                                         enc_alg.value)
             break
         except SerialTaken:
             continue
@@ -116,6 +123,7 @@ def _commit_enrollment(
     enc_cert: x509.Certificate,
     sealed: archive.SealedRecord,
     sign_alg: str,
+    enc_alg: str,
 ) -> _History:
     now = km.clock()
     salt = os.urandom(16)
@@ -130,7 +138,7 @@ def _commit_enrollment(
         conn.execute("UPDATE certificates SET current = 0 WHERE user_id = ? AND current = 1", (user.id,))
         record_certificate(conn, sign_cert, CertKind.SIGN, user.id, now)
         record_certificate(conn, enc_cert, CertKind.ENCRYPT, user.id, now)
-        record_id = archive.store_record(conn, sealed, km.config.user_key_alg.value, now)
+        record_id = archive.store_record(conn, sealed, enc_alg, now)
         if checked.purpose is users.CodePurpose.RECOVERY:
             from hsmkm.km.recovery import release_recovered
 
@@ -141,7 +149,7 @@ def _commit_enrollment(
             enc_serial=sealed.cert_serial,
             archive_record=record_id,
             sign_key=sign_alg,
-            enc_key=km.config.user_key_alg.value,
+            enc_key=enc_alg,
             purpose=checked.purpose.value,
             history_keys=len(history),
         )
