@@ -113,7 +113,7 @@ def sign_message(message: bytes, keystore: Keystore, detached: bool, clock: Cloc
         payload = protect.seven_bit(payload)
     der = signed.sign(payload, entry, extra, detached, clock(), enc_cert, caps)
     if detached:
-        return smime.multipart_signed(payload, der, _micalg(entry), p.outer)
+        return smime.multipart_signed(payload, der, _micalg(entry), protect.seven_bit_fields(p.outer))
     return smime.pkcs7_mime(der, smime.SmimeType.SIGNED_DATA, p.outer)
 
 

@@ -13,6 +13,8 @@ the same way, without HP-Outer.
 from __future__ import annotations
 
 import base64
+import email.header
+import email.utils
 import os
 import quopri
 import re
@@ -156,7 +158,7 @@ def protect_head(head_fields: list[Field] | None, mode: HpMode, policy: Confiden
         suffix = f"\r\n--{boundary}--\r\n".encode()
     else:
         fields = [(_with_param(f, f'hp="{mode.value}"') if f is ctype else f) for f in head_fields] if ctype in head_fields \
-            else [_with_param(ctype, f'hp="{mode.value}"'), *head_fields]
+            else [*head_fields, _with_param(ctype, f'hp="{mode.value}"')]
         prefix = b"".join(f.raw for f in [*fields, *hp_outer]) + b"\r\n"
         suffix = b""
     return Protected([(f.name, f.value) for f in outer_fields], prefix, suffix, b"".join(f.raw for f in outer_fields))
@@ -285,13 +287,32 @@ def _mismatches(protected: list[Field], outer: list[tuple[str, str]], hp_outer: 
             if seen is not None:
                 out.append(f"the outer {name} {seen!r} was added in transit (the sender protected {inner!r})")
             continue
-        if seen != want:
+        if _decoded(seen) != _decoded(want):
             out.append(f"the outer {name} {seen!r} differs from the protected {name} {inner!r}")
     return out
 
 
 def _unfold(value: str) -> str:
     return re.sub(r"\r?\n[ \t]", " ", value).strip()
+
+
+def _decoded(value: str | None) -> str | None:
+    """A field value as a reader sees it (RFC 2047 encoded words decoded)."""
+    if value is None:
+        return None
+    try:
+        return str(email.header.make_header(email.header.decode_header(_unfold(value))))
+    except (ValueError, LookupError, UnicodeError):
+        return _unfold(value)
+
+
+def seven_bit_fields(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Header fields with UTF-8 put in RFC 2047 encoded words."""
+    out = []
+    for name, value in fields:
+        f = _encoded_field(_field(name, value))
+        out.append((f.name, f.value))
+    return out
 
 
 def _outer_bytes(outer: list[tuple[str, str]]) -> bytes:
@@ -315,6 +336,9 @@ def seven_bit(entity: bytes) -> bytes:
     if split is None:
         return entity
     fields, body = split
+    if any(not f.raw.isascii() for f in fields):
+        fields = [_encoded_field(f) for f in fields]
+        entity = b"".join(f.raw for f in fields) + b"\r\n" + body
     ctype = _get(fields, "Content-Type")
     ct = ctype.value.lower() if ctype else "text/plain"
     cte_field = _get(fields, "Content-Transfer-Encoding")
@@ -338,6 +362,21 @@ def seven_bit(entity: bytes) -> bytes:
     if cte_field is None:
         out.append(new_cte)
     return b"".join(f.raw for f in out) + b"\r\n" + encoded
+
+
+_ADDRESS_FIELDS = {"from", "to", "cc", "bcc", "reply-to", "sender", "resent-from", "resent-to", "resent-cc"}
+
+
+def _encoded_field(f: Field) -> Field:
+    """A UTF-8 header field in RFC 2047 encoded words (display names only, for addresses)."""
+    if f.raw.isascii():
+        return f
+    if f.name.lower() in _ADDRESS_FIELDS:
+        pairs = email.utils.getaddresses([f.value])
+        value = ", ".join(email.utils.formataddr(p, charset="utf-8") for p in pairs)
+    else:
+        value = email.header.Header(f.value, "utf-8", header_name=f.name).encode()
+    return Field(f.name, f"{f.name}: {value}\r\n".encode("ascii", "replace"))
 
 
 def _seven_bit_multipart(body: bytes, boundary: str) -> bytes:
