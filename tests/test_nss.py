@@ -359,3 +359,12 @@ def test_nss_lists_the_token_certificates_and_decrypts_with_the_token(world: Wor
     assert f"{token}:tia-enc-{enc.serial_number:x}" in listed()
     dec = run("cmsutil", "-D", "-d", f"sql:{db}", "-f", str(pinfile), input=der, env=env)
     assert dec.returncode == 0 and dec.stdout.endswith(b"for the smart card\r\n"), dec.stderr
+    # ... and so does the next enrollment into that token ('enroll --update').
+    subprocess.run([sys.executable, "-c", _OLD_STYLE, token, pin], env={**os.environ, **env}, check=True)
+    assert f"{token}:" not in listed()
+    code = hsmkm("--json", "user", "reenable", "tia@example.com", home=world.home).json()["code"]
+    hsmkm("enroll", "--km", str(world.home), "--email", "tia@example.com", "--code-source", "env:CODE", "--keystore", uri,
+          "--sign-key", "rsa2048", "--update", env={"CODE": code, "TIA_PIN": pin, **env})
+    assert f"{token}:tia-enc-{enc.serial_number:x}" in listed()
+    dec = run("cmsutil", "-D", "-d", f"sql:{db}", "-f", str(pinfile), input=der, env=env)
+    assert dec.returncode == 0 and dec.stdout.endswith(b"for the smart card\r\n"), dec.stderr
