@@ -138,6 +138,16 @@ def test_payload_carries_hp_and_hp_outer() -> None:
     assert b'hp="clear"' in clear and b"HP-Outer" not in clear
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.lists(st.tuples(st.sampled_from(["From", "Subject", "To", "X-A"]),
+                                                   st.text(max_size=20)), max_size=3))
+def test_restore_and_seven_bit_take_any_bytes(payload: bytes, outer: list[tuple[str, str]]) -> None:
+    restored = protect.restore(payload, outer)
+    assert isinstance(restored.message, bytes) and all(isinstance(m, str) for m in restored.mismatches)
+    protect.seven_bit(payload)
+    protect.has_legacy_display(payload)
+
+
 # --- what the outer header fields changed ---------------------------------------------------
 
 
@@ -359,3 +369,35 @@ def test_cli_verify_exits_1_naming_both_when_from_is_not_the_signer(km_home: Pat
           env={"PW": PW})
     res = hsmkm("--json", "msg", "verify", "--km", str(km_home), str(signed_path), "-o", str(out))
     assert res.json()["protected_headers"]["Subject"] == "fine" and out.read_bytes().startswith(f"From: Fay <{user}>".encode())
+
+
+def test_cli_round_trips_give_back_the_message(km_home: Path, tmp_path: Path) -> None:
+    """Through the commands (streaming paths): encrypt, with and without signing, with and
+    without a legacy display element; sign opaque and clear; the output is what was written."""
+    user = "gil@example.com"
+    code = hsmkm("--json", "user", "add", user, home=km_home).json()["code"]
+    epf = tmp_path / "gil.epf"
+    hsmkm("enroll", "--km", str(km_home), "--email", user, "--code-source", "env:CODE", "--keystore", str(epf),
+          "--password-source", "env:PW", env={"CODE": code, "PW": PW})
+    hsmkm("crl", "publish", home=km_home)
+    message = (f"From: Gil <{user}>\nTo: {user}\nSubject: Gr\u00fc\u00dfe\nDate: Sat, 20 Feb 2021 10:01:02 -0500\n"
+               "Content-Type: text/plain; charset=utf-8\n\nline one \u00e9\nline two\n").encode()
+    src = tmp_path / "in.eml"
+    src.write_bytes(message)
+    want = smime.canonical(message)
+    ks = ["--password-source", "env:PW"]
+    for extra in ([], ["--legacy-display"], ["--sign-with", str(epf), *ks], ["--sign-with", str(epf), *ks, "--legacy-display"]):
+        enc, out = tmp_path / "enc.eml", tmp_path / "out.eml"
+        hsmkm("msg", "encrypt", "--km", str(km_home), "--to", user, *extra, str(src), "-o", str(enc), env={"PW": PW})
+        assert b"Subject: [...]" in enc.read_bytes()
+        res = hsmkm("--json", "msg", "decrypt", "--keystore", str(epf), *ks, "--km", str(km_home), str(enc), "-o", str(out),
+                    env={"PW": PW}).json()
+        assert out.read_bytes() == want, extra
+        assert res["protected_headers"]["Subject"] == "Gr\u00fc\u00dfe" and res["header_mismatches"] == []
+    for extra in ([], ["--detached"]):
+        signed_path, out = tmp_path / "s.eml", tmp_path / "v.eml"
+        hsmkm("msg", "sign", "--keystore", str(epf), *ks, *extra, str(src), "-o", str(signed_path), env={"PW": PW})
+        hsmkm("msg", "verify", "--km", str(km_home), str(signed_path), "-o", str(out))
+        assert _fields(out.read_bytes()) == _fields(message) and _bodies(out.read_bytes()) == _bodies(message)
+        if not extra:
+            assert out.read_bytes() == want  # opaque: byte for byte

@@ -126,7 +126,6 @@ class Protected:
     outer: list[tuple[str, str]]
     prefix: bytes
     suffix: bytes
-    outer_raw: bytes = b""
 
 
 def protect_head(head_fields: list[Field] | None, mode: HpMode, policy: Confidentiality = Confidentiality.BASELINE,
@@ -161,7 +160,7 @@ def protect_head(head_fields: list[Field] | None, mode: HpMode, policy: Confiden
             else [*head_fields, _with_param(ctype, f'hp="{mode.value}"')]
         prefix = b"".join(f.raw for f in [*fields, *hp_outer]) + b"\r\n"
         suffix = b""
-    return Protected([(f.name, f.value) for f in outer_fields], prefix, suffix, b"".join(f.raw for f in outer_fields))
+    return Protected([(f.name, f.value) for f in outer_fields], prefix, suffix)
 
 
 def protect(message: bytes, mode: HpMode, policy: Confidentiality = Confidentiality.BASELINE,
