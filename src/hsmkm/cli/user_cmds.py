@@ -55,7 +55,8 @@ def user_add(cli_ctx: CliContext, email: str, name: str | None, key_alg: str | N
     km = open_km(cli_ctx)
     u, code = users.add_user(km, email, name, _settings(key_alg, client))
     cli_ctx.emit(
-        {"email": u.email, "name": u.name, "code": code, "expires_days": km.config.code_ttl_days},
+        {"email": u.email, "name": u.name, "code": code, "expires_days": km.config.code_ttl_days,
+         "key": key_alg or km.config.user_key_alg.value, "client": client},
         f"user {u.email} added\nenrollment code (give it to the user; shown once): {code}",
     )
 
