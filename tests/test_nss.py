@@ -368,3 +368,21 @@ def test_nss_lists_the_token_certificates_and_decrypts_with_the_token(world: Wor
     assert f"{token}:tia-enc-{enc.serial_number:x}" in listed()
     dec = run("cmsutil", "-D", "-d", f"sql:{db}", "-f", str(pinfile), input=der, env=env)
     assert dec.returncode == 0 and dec.stdout.endswith(b"for the smart card\r\n"), dec.stderr
+
+
+def test_nss_387_limits_with_oaep_gcm_and_delta_crls(world: World) -> None:
+    """What NSS 3.87 refuses (the reason for the compat profile): RSA-OAEP, AES-GCM, delta CRLs."""
+    db = nss_db(world, "nss-limits", "nina")
+    plain = b"From: rita@example.com\r\nSubject: s\r\n\r\nhello\r\n"
+    for opts, error in ((("--cipher", "aes256-cbc", "--key-transport", "rsa-oaep"), b"SEC_ERROR_UNSUPPORTED_KEYALG"),
+                        (("--cipher", "aes256-gcm", "--key-transport", "rsa-pkcs1v15"), b"SEC_ERROR_UNRECOGNIZED_OID")):
+        der = encrypt_to(world, "nina", plain, world.root / "limit.eml", *opts)
+        res = run("cmsutil", "-D", "-d", f"sql:{db}", input=der)
+        assert res.returncode != 0 and error in res.stderr, res.stderr
+    hsmkm("user", "revoke", "eve@example.com", "--reason", "superseded", home=world.home)
+    hsmkm("crl", "publish", "--delta", home=world.home)
+    crl = world.home / "pub" / "crl"
+    full = run("crlutil", "-I", "-i", str(crl / "full.crl"), "-d", f"sql:{db}", "-B")
+    assert full.returncode == 0, full.stderr
+    delta = run("crlutil", "-I", "-i", str(crl / "delta.crl"), "-d", f"sql:{db}", "-B")
+    assert delta.returncode != 0 and b"SEC_ERROR_CRL_UNKNOWN_CRITICAL_EXTENSION" in delta.stderr, delta.stderr
