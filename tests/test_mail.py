@@ -361,9 +361,10 @@ def test_cli_verify_exits_1_naming_both_when_from_is_not_the_signer(km_home: Pat
     hsmkm("msg", "sign", "--keystore", str(epf), "--password-source", "env:PW", str(src), "-o", str(signed_path),
           env={"PW": PW})
     out = tmp_path / "content.eml"
-    res = hsmkm("msg", "verify", "--km", str(km_home), str(signed_path), "-o", str(out), check=False)
+    cache = tmp_path / "cache"
+    res = hsmkm("msg", "verify", "--km", str(km_home), "--cache", str(cache), str(signed_path), "-o", str(out), check=False)
     assert res.returncode == 1 and "ceo@example.com" in res.stderr and user in res.stderr, res.stderr
-    assert not out.exists()
+    assert not out.exists() and not (cache / "correspondents").exists()  # nothing learnt from a refused message
     src.write_bytes(f"From: Fay <{user}>\r\nSubject: fine\r\n\r\nnow\r\n".encode())
     hsmkm("msg", "sign", "--keystore", str(epf), "--password-source", "env:PW", str(src), "-o", str(signed_path),
           env={"PW": PW})
@@ -401,3 +402,25 @@ def test_cli_round_trips_give_back_the_message(km_home: Path, tmp_path: Path) ->
         assert _fields(out.read_bytes()) == _fields(message) and _bodies(out.read_bytes()) == _bodies(message)
         if not extra:
             assert out.read_bytes() == want  # opaque: byte for byte
+
+
+def test_microsofts_encryption_key_attribute_alone_names_the_certificate() -> None:
+    enc = cert("bob.encrypt.crt")
+    base = [_attr("1.2.840.113549.1.9.3", der_oid("1.2.840.113549.1.7.1")), _attr("1.2.840.113549.1.9.4", tlv(0x04, b"d" * 32))]
+    read = signed.read_signed_attributes(tlv(0x31, b"".join(base + [_attr(signed.OID_MS_ENC_KEY_PREF, signed.issuer_and_serial(enc))])))
+    assert read.encryption_key == signed.issuer_and_serial(enc)
+
+
+def test_announcements_are_replaced_only_by_a_later_signature(tmp_path: Path) -> None:
+    from hsmkm.client.correspondents import Correspondents
+    store = Correspondents(tmp_path / "c")
+    signer, enc = cert("alice.sign.crt"), cert("alice.encrypt.crt")
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert store.remember("alice@smime.example", signer, t0, [smimecaps.AES256_GCM], enc)
+    assert not store.remember("alice@smime.example", signer, t0 - timedelta(days=1), [smimecaps.AES256_CBC], enc)
+    assert store.capabilities_for("alice@smime.example", enc) == [smimecaps.AES256_GCM]
+    assert store.capabilities_for("alice@smime.example", cert("bob.encrypt.crt")) is None  # not the certificate named
+    assert store.remember("alice@smime.example", signer, t0 + timedelta(days=1), [smimecaps.AES256_CBC], enc)
+    assert store.capabilities_for("alice@smime.example", enc) == [smimecaps.AES256_CBC]
+    (tmp_path / "c" / "alice@smime.example.json").write_bytes(b"{not json")
+    assert store.get("alice@smime.example") is None  # a damaged entry counts as none
