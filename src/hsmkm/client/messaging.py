@@ -184,8 +184,8 @@ def encrypt_message(
     if sign_with is not None:
         entry, extra, enc_cert, caps = _signing_material(sign_with)
         der = signed.sign(payload, entry, extra, False, ctx.now, enc_cert, caps)
-        payload = smime.pkcs7_mime(der, smime.SmimeType.SIGNED_DATA, [])
-        payload = payload[len(b"MIME-Version: 1.0\r\n"):]
+        # the signed entity is a MIME part inside the encryption: its own header is Content-* only
+        payload = smime.pkcs7_mime(der, smime.SmimeType.SIGNED_DATA, []).removeprefix(b"MIME-Version: 1.0\r\n")
     unique, transports = _unique(recipients, transport)
     der = enveloped.encrypt(payload, unique, cipher, transports)
     kind = smime.SmimeType.AUTH_ENVELOPED_DATA if cipher is enveloped.ContentCipher.AES256_GCM else smime.SmimeType.ENVELOPED_DATA
