@@ -307,8 +307,12 @@ def test_user_profile_and_key_reach_the_certificate_and_the_choice(km_home: Path
     assert b"smime-type=authEnveloped-data" in kinds("mona@example.com")
     assert b"smime-type=enveloped-data" in kinds("mona@example.com", "cora@example.com")
     assert b"smime-type=authEnveloped-data" in kinds("cora@example.com", extra=("--cipher", "aes256-gcm"))
+    shown = hsmkm("--json", "user", "show", "cora@example.com", home=km_home).json()
+    assert shown["key"] == "rsa2048" and shown["client"] == "compat"
     reenabled = hsmkm("--json", "user", "reenable", "cora@example.com", "--client", "modern", home=km_home).json()
     assert reenabled["code"]
+    shown = hsmkm("--json", "user", "show", "cora@example.com", home=km_home).json()
+    assert shown["key"] == "rsa2048" and shown["client"] == "modern"  # the key choice kept, the client changed
 
 
 # --- the signer's own revocation --------------------------------------------------------------

@@ -133,10 +133,13 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
     u = users.find_user(km.db.conn, email)
     certs = directory.user_certificates(km.db.conn, u.id)
     archived = km.db.conn.execute("SELECT COUNT(*) FROM archive WHERE user_id = ?", (u.id,)).fetchone()[0]
+    chosen = users.settings_of(km.db.conn, u.id)
     data: dict[str, Any] = {
         "email": u.email,
         "name": u.name,
         "status": u.status.value,
+        "key": (chosen.key_alg or km.config.user_key_alg).value,
+        "client": chosen.client.value if chosen.client else None,
         "archived_keys": archived,
         "certificates": [
             {
@@ -151,7 +154,8 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
             for c in certs
         ],
     }
-    lines = [f"{u.email} ({u.name or 'no name'}): {u.status.value}, {archived} archived key(s)"]
+    lines = [f"{u.email} ({u.name or 'no name'}): {u.status.value}, {archived} archived key(s), "
+             f"{data['key']} keys, client {data['client'] or 'not set'}"]
     for c in certs:
         extra = f" revoked {c.revoked_at} ({c.reason})" if c.revoked_at else ""
         lines.append(f"  {c.kind:<8} {c.serial} {'current ' if c.current else 'history '}{c.status}{extra}")
