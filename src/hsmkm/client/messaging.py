@@ -22,7 +22,7 @@ from hsmkm.atomic import write_atomic
 from hsmkm.bounded import read_regular
 from hsmkm.client.correspondents import Correspondents
 from hsmkm.clock import Clock, system_clock
-from hsmkm.cms import enveloped, protect, signed, smime, stream
+from hsmkm.cms import enveloped, protect, sevenbit, signed, smime, stream
 from hsmkm.cms.validation import ValidationContext, check_recipient
 from hsmkm.keys.base import KeyEntry, Keystore
 
@@ -110,10 +110,10 @@ def sign_message(message: bytes, keystore: Keystore, detached: bool, clock: Cloc
     entry, extra, enc_cert, caps = _signing_material(keystore)
     p, payload = protect.protect(message, protect.HpMode.CLEAR)
     if detached:
-        payload = protect.seven_bit(payload)
+        payload = sevenbit.seven_bit(payload)
     der = signed.sign(payload, entry, extra, detached, clock(), enc_cert, caps)
     if detached:
-        return smime.multipart_signed(payload, der, _micalg(entry), protect.seven_bit_fields(p.outer))
+        return smime.multipart_signed(payload, der, _micalg(entry), sevenbit.seven_bit_fields(p.outer))
     return smime.pkcs7_mime(der, smime.SmimeType.SIGNED_DATA, p.outer)
 
 

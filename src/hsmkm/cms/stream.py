@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from hsmkm import errors
 from hsmkm.atomic import write_atomic
-from hsmkm.cms import ber, enveloped, protect, signed, smime
+from hsmkm.cms import ber, enveloped, mimefields, protect, signed, smime
 from hsmkm.cms.validation import ValidationContext
 from hsmkm.der import der_oid, seq as der_seq, tlv
 from hsmkm.keys.base import KeyEntry
@@ -192,7 +192,7 @@ def _split_message(head: bytes, mode: protect.HpMode, policy: protect.Confidenti
     """Outer headers, the Cryptographic Payload up to the body, where the body starts in
     ``head``, and what follows the body."""
     m = re.search(rb"\r?\n\r?\n", head)
-    split = protect.split_fields(head[: m.end()]) if m else None
+    split = mimefields.split_fields(head[: m.end()]) if m else None
     if split is None or m is None:
         p = protect.protect_head(None, mode)
         return p.outer, p.prefix, 0, p.suffix
