@@ -21,11 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from asn1crypto import algos, cms, pkcs12
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from hsmkm.cms import signed, stream
 from hsmkm.der import der_int, der_oid, der_time, seq, tlv
 from hsmkm.keys.base import KeyEntry
 
+_DER = Encoding.DER
 OID_DATA = "1.2.840.113549.1.7.1"
 OID_SIGNED = "1.2.840.113549.1.7.2"
 OID_AUTH_ENVELOPED = "1.2.840.113549.1.9.16.1.23"
@@ -42,6 +44,7 @@ def signed_message(
     signing_time: bytes | None = None,
     trailing: bytes = b"",
     si_override: bytes | None = None,
+    cert_der: bytes | None = None,
 ) -> bytes:
     """A DER SignedData over ``content`` signed with ``entry``'s key, with the fields an attack
     changes: the eContentType (and the signed content-type attribute, by default the same, so
@@ -82,7 +85,7 @@ def signed_message(
         b"\x02\x01\x01",
         tlv(0x31, signed._DIGEST_ALGS[digest_name]),
         seq(der_oid(econtent_type), tlv(0xA0, tlv(0x04, content))),
-        tlv(0xA0, cert.public_bytes(serialization.Encoding.DER)),
+        tlv(0xA0, cert_der if cert_der is not None else cert.public_bytes(serialization.Encoding.DER)),
         tlv(0x31, si),
     )
     return seq(der_oid(OID_SIGNED), tlv(0xA0, sd)) + trailing
@@ -100,6 +103,13 @@ def streamed_signed_der(entry: KeyEntry) -> bytes:
     stream.sign_stream(io.BytesIO(b"Subject: x\r\n\r\nhello\r\n"), out, entry, [], False, datetime.now(timezone.utc))
     text = out.getvalue()
     return base64.b64decode(text[text.index(b"\r\n\r\n") + 4:])
+
+
+def x400_certificate(cert_der: bytes, email: bytes) -> bytes:
+    """``cert_der`` with its rfc822Name turned into an x400Address, which cryptography cannot
+    parse (it raises its own exception type, at the first look at the extensions)."""
+    i = cert_der.index(b"\x81" + bytes([len(email)]) + email)
+    return cert_der[:i] + b"\xa3" + cert_der[i + 1:]
 
 
 def signed_attacks(entry: KeyEntry) -> dict[str, tuple[bytes, int]]:
@@ -122,6 +132,8 @@ def signed_attacks(entry: KeyEntry) -> dict[str, tuple[bytes, int]]:
         "signer-info-sid-integer": (signed_message(entry, si_override=seq(b"\x02\x01\x01", b"\x02\x01\x07")), 2),
         "signer-info-garbage": (signed_message(entry, si_override=seq(b"\x04\x03abc" * 3)), 2),
         "der-trailing-data": (signed_message(entry, trailing=b"\x00\x00junk"), 2),
+        "signer-cert-x400-name": (signed_message(entry, cert_der=x400_certificate(
+            entry.certificate.public_bytes(_DER), _email_of(entry).encode())), 2),
         "ber-trailing-data": (ber_msg + b"\x04\x01x", 2),
         "ber-missing-eoc": (ber_msg[:-2], 2),
         "ber-missing-all-eoc": (ber_msg[:-6], 2),
@@ -137,6 +149,14 @@ def signed_attacks(entry: KeyEntry) -> dict[str, tuple[bytes, int]]:
         "ber-indefinite-primitive": (b"\x30\x80\x06\x80", 2),
     }
     return out
+
+
+def _email_of(entry: KeyEntry) -> str:
+    from hsmkm.certnames import email_of
+
+    email = email_of(entry.certificate)
+    assert email is not None
+    return email
 
 
 def _signed_prefix() -> bytes:

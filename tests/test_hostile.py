@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +37,7 @@ CPU_LIMIT_S = 10.0  # "no hang": CPU time, which a loaded machine does not stret
 WALL_LIMIT_S = 120.0  # a process blocked for good (a FIFO) is killed here, and fails
 RSS_LIMIT_MIB = 256
 PW = "correct-horse-battery"
+MEASURED_CHILD = Path(__file__).with_name("measured_child.py")
 
 
 @dataclass
@@ -49,16 +51,19 @@ class Measured:
 
 
 def run_measured(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes | None = None) -> Measured:
-    """Run ``argv`` with its own rusage (wait4): CPU seconds and peak RSS of that process alone."""
-    out_path, err_path = cwd / ".run.out", cwd / ".run.err"
+    """Run ``argv`` with its own rusage (wait4, in tests/measured_child.py): CPU seconds and peak RSS of that
+    process alone."""
+    out_path, err_path, usage_path = cwd / ".run.out", cwd / ".run.err", cwd / ".run.usage"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=out, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen([sys.executable, str(MEASURED_CHILD), *argv],
+                                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=out, stderr=err, env={**env, "HSMKM_TEST_RUSAGE": str(usage_path)},
+                                cwd=cwd, start_new_session=True)
         killed = threading.Event()
 
         def kill() -> None:
             killed.set()
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
 
         timer = threading.Timer(WALL_LIMIT_S, kill)
         timer.start()
@@ -66,16 +71,18 @@ def run_measured(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes |
             assert proc.stdin is not None
             writer = threading.Thread(target=_feed, args=(proc.stdin, stdin))
             writer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc.wait()
         timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if stdin is not None:
             writer.join()
     stdout, stderr = out_path.read_bytes(), err_path.read_text(errors="replace")
     out_path.unlink()
     err_path.unlink()
-    return Measured(proc.returncode, stdout, stderr, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
-                    killed.is_set())
+    if killed.is_set():
+        return Measured(proc.returncode, stdout, stderr, WALL_LIMIT_S, 0.0, True)
+    usage = json.loads(usage_path.read_text())
+    usage_path.unlink()
+    return Measured(proc.returncode, stdout, stderr, usage["cpu_s"], usage["maxrss_kib"] / 1024, False)
 
 
 def _feed(pipe: object, data: bytes) -> None:
@@ -99,14 +106,16 @@ def _database_content(path: Path) -> str | None:
         return None
 
 
-def tree_state(*roots: Path) -> dict[str, tuple[str, int]]:
+def tree_state(*roots: Path, tokens: bool = False) -> dict[str, tuple[str, int]]:
     """Every file under ``roots`` by content and mode; an SQLite database by what it holds.
     SQLite's shared-memory index and SoftHSM2's token.object (rewritten with a new generation
-    count at every login, whatever the command) are left out; the token's key objects are in."""
+    count at every login, whatever the command) are left out unless ``tokens``; the token's key
+    objects are in."""
     state: dict[str, tuple[str, int]] = {}
     for root in roots:
         for path in sorted(root.rglob("*")):
-            if path.name.endswith("-shm") or path.name == "token.object" or path.name.startswith(".run."):
+            if path.name.endswith("-shm") or path.name.startswith(".run.") or (path.name == "token.object"
+                                                                              and not tokens):
                 continue
             if path.name.endswith(".db-wal") and (path.stat().st_size == 0 or
                                                   _database_content(path.with_name(path.name[:-4])) is not None):
@@ -158,10 +167,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 def refused(world: World, argv: list[str], code: int, stdin: bytes | None = None, cwd: Path | None = None,
-            extra_env: dict[str, str] | None = None, watch: tuple[Path, ...] = ()) -> Measured:
-    """Run ``argv`` and check that it was refused as the contract says, changing nothing."""
+            extra_env: dict[str, str] | None = None, watch: tuple[Path, ...] = (), tokens: bool = False) -> Measured:
+    """Run ``argv`` and check that it was refused as the contract says, changing nothing
+    (``tokens``: not even SoftHSM2's token files, for what is refused before any login)."""
     roots = (world.home, world.client, world.root / "cache", *watch)
-    before = tree_state(*roots)
+    before = tree_state(*roots, tokens=tokens)
     got = run_measured(argv, {**world.env, **(extra_env or {})}, cwd or world.client, stdin)
     what = " ".join(a if len(a) < 80 else a[:80] + "…" for a in argv[1:])
     assert not got.killed, f"{what}: still running after {WALL_LIMIT_S} s (a hang)"
@@ -171,8 +181,17 @@ def refused(world: World, argv: list[str], code: int, stdin: bytes | None = None
     assert "internal error" not in got.stderr and "Traceback" not in got.stderr, f"{what}: {got.stderr}"
     assert got.cpu_s <= CPU_LIMIT_S, f"{what}: {got.cpu_s:.1f} s of CPU"
     assert got.rss_mib <= RSS_LIMIT_MIB, f"{what}: peak RSS {got.rss_mib:.0f} MiB"
-    assert tree_state(*roots) == before, f"{what}: changed files on refusal"
+    assert tree_state(*roots, tokens=tokens) == before, f"{what}: changed files on refusal"
+    _record(what, got)
     return got
+
+
+def _record(what: str, got: Measured) -> None:
+    """With HOSTILE_STATS set, one JSON line per refusal: what the figures in a report come from."""
+    path = os.environ.get("HOSTILE_STATS")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"what": what, "exit": got.returncode, "cpu_s": got.cpu_s, "rss_mib": got.rss_mib}) + "\n")
 
 
 # --- usage --------------------------------------------------------------------------------------
@@ -198,7 +217,7 @@ CLI_ADDRESSES = [a for a in _BAD if "\x00" not in a][::3] + ["../../../../PWNED/
 
 @pytest.mark.parametrize("address", CLI_ADDRESSES, ids=repr)
 def test_hostile_address_refused_by_user_add(world: World, address: str) -> None:
-    got = refused(world, world.cli("user", "add", address), 2)
+    got = refused(world, world.cli("user", "add", address), 2, tokens=True)
     assert "not an email address" in got.stderr and "\x1b" not in got.stderr
 
 
@@ -207,7 +226,7 @@ def test_traversing_address_writes_nothing_outside(world: World) -> None:
     recipient, and no file appears anywhere but where it should."""
     evil = "../../../../PWNED/evil@example.com"
     for args in (["user", "add", evil], ["user", "show", evil], ["directory", "show", evil], ["user", "revoke", evil]):
-        refused(world, world.cli(*args), 2, cwd=world.home / "pub" / "certs", watch=(world.root,))
+        refused(world, world.cli(*args), 2, cwd=world.home / "pub" / "certs", watch=(world.root,), tokens=True)
     refused(world, [HSMKM, "msg", "encrypt", "--km", str(world.home), "--to", evil, "note.eml", "-o", "x.eml"], 2,
             watch=(world.root,))
     assert not list(world.root.rglob("PWNED")) and not list(Path("/").glob("PWNED"))
@@ -232,7 +251,7 @@ _NGOOD, _NBAD = hi.name_cases()
 
 @pytest.mark.parametrize("name", [n for n in _NBAD if "\x00" not in n], ids=lambda n: repr(n[:24]))  # argv has no NUL
 def test_hostile_name_refused_by_user_add(world: World, name: str) -> None:
-    refused(world, world.cli("user", "add", "named@example.com", "--name", name), 2)
+    refused(world, world.cli("user", "add", "named@example.com", "--name", name), 2, tokens=True)
 
 
 @pytest.mark.parametrize("case", sorted(hi.csv_cases()))
@@ -443,6 +462,19 @@ def test_hostile_enveloped_messages_refused(world: World) -> None:
         path.unlink()
 
 
+def test_certificates_cryptography_cannot_parse_refused(world: World) -> None:
+    """An x400Address in a certificate's subjectAltName makes cryptography raise its own
+    exception type at the first look at the extensions: refused as malformed wherever it comes."""
+    bad = world.client / "x400.crt"
+    bad.write_bytes(hi.x400_certificate(world.alice_enc.certificate.public_bytes(serialization.Encoding.DER),
+                                        b"alice@example.com"))
+    try:
+        refused(world, [HSMKM, "msg", "encrypt", "--km", str(world.home), "--cert", str(bad), "note.eml",
+                        "-o", "x.eml"], 2)
+    finally:
+        bad.unlink()
+
+
 # --- a damaged home, ids ---------------------------------------------------------------------
 
 
@@ -510,5 +542,7 @@ def test_bulk_generated_inputs_refused_by_the_parsers(world: World) -> None:
     assert got.rss_mib <= RSS_LIMIT_MIB, got.rss_mib
     parsers = {r["parser"] for r in rows}
     assert parsers >= {"address", "name", "signed", "ber", "enveloped", "pkcs12", "crl", "csr", "uri", "csv"}
+    for r in rows:
+        _record(f"bulk {r['parser']} {r['label']}", Measured(0, b"", "", r["cpu_s"], got.rss_mib, False))
     unknown_keys = [r for r in rows if r["label"].startswith("csr-")]
     assert unknown_keys and all(r["error"] == "UnsupportedAlgorithm" for r in unknown_keys), unknown_keys

@@ -18,6 +18,7 @@ from hsmkm.client.crlcache import CrlCache
 from hsmkm.clock import system_clock
 from hsmkm.km.publication import CrlKind, publish_crl
 from hsmkm.km.revocation import parse_reason, revoke_user
+from hsmkm.km.users import normalize_email
 from hsmkm.x509.anchor import load_ca_certificate
 from hsmkm.x509.crl import RevocationReason
 
@@ -35,6 +36,7 @@ def user_revoke(cli_ctx: CliContext, email: str, reason: str | None) -> None:
     Example:
       hsmkm user revoke bob@example.com --reason keyCompromise && hsmkm crl publish
     """
+    normalize_email(email)  # refused before the token is even opened
     km = open_km(cli_ctx)
     done = revoke_user(km, email, parse_reason(reason))
     cli_ctx.emit(
@@ -134,7 +136,7 @@ def crl_check(cli_ctx: CliContext, certificate: Path, km_home: Path, cache: Path
     data = read_regular(certificate, MAX_SMALL_FILE, "certificate")
     try:
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except (ValueError, x509.InvalidVersion):
+    except errors.CERTIFICATE_PARSE_ERRORS:
         raise errors.MalformedInput(f"{certificate}: not a certificate") from None
     store, ca = client_cache(km_home, cache)
     info = revocation_status(cli_ctx, store, km_home, ca, cert.serial_number)

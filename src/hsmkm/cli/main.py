@@ -113,6 +113,8 @@ class HsmkmGroup(click.Group):
             _fail(ctx, f"the KM database is unavailable ({exc})", ExitCode.UNREACHABLE)
         except sqlite3.DatabaseError as exc:
             _fail(ctx, f"the KM database is damaged ({exc})", ExitCode.BAD_INPUT)
+        except errors.CERTIFICATE_ERRORS as exc:  # a certificate from a file, parsed lazily where first read
+            _fail(ctx, f"a malformed certificate ({exc})", ExitCode.BAD_INPUT)
         except OverflowError:  # SQLite's integers are 64-bit: an id or count typed past that
             _fail(ctx, "a number on the command line is out of range", ExitCode.BAD_INPUT)
         except OSError as exc:  # a file named on the command line, or one of the home's

@@ -120,10 +120,11 @@ def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detache
       hsmkm msg sign --keystore alice.epf --detached - -o - < note.eml
     """
     _check_output(outfile)
-    ks = open_user_keystore(cli_ctx, ref, password_source)
-    _check_own_certificate(cli_ctx, ks, km_home, cache)
-    with _input(infile) as src, _output(outfile) as dst:
-        messaging.sign_file(src, dst, ks, detached)
+    with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
+        ks = open_user_keystore(cli_ctx, ref, password_source)
+        _check_own_certificate(cli_ctx, ks, km_home, cache)
+        with _output(outfile) as dst:
+            messaging.sign_file(src, dst, ks, detached)
 
 
 def _check_own_certificate(cli_ctx: CliContext, ks: messaging.Keystore, km_home: Path | None, cache: Path | None) -> None:
@@ -261,9 +262,11 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
     for f in cert_files:
         data = read_regular(f, MAX_SMALL_FILE, "--cert")
         try:
-            recipients.append(x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data))
-        except ValueError:
+            cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+            cert.extensions  # parsed lazily: a bad extension must fail here
+        except errors.CERTIFICATE_PARSE_ERRORS:
             raise errors.MalformedInput(f"{f}: not a certificate") from None
+        recipients.append(cert)
     if not recipients:
         raise errors.BadInput("name at least one recipient with --to or --cert")
     ks = open_user_keystore(cli_ctx, sign_with, password_source) if sign_with else None
@@ -306,9 +309,9 @@ def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_h
       hsmkm msg decrypt --keystore bob.epf --password-source env:PW --km ./km secret.eml -o note.eml
     """
     _check_output(outfile)
-    ks = open_user_keystore(cli_ctx, ref, password_source)
-    ctx = _context(cli_ctx, km_home, cache) if km_home else None
-    with _input(infile) as src:
+    with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
+        ks = open_user_keystore(cli_ctx, ref, password_source)
+        ctx = _context(cli_ctx, km_home, cache) if km_home else None
         if outfile == "-":
             with tempfile.TemporaryDirectory(prefix="hsmkm-") as tmp:
                 target = Path(tmp) / "plain"

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from cryptography.hazmat.primitives import serialization
 
-from hsmkm import errors
+from hsmkm import addresses, errors
 from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.atomic import atomic_writer
 from hsmkm.cli.main import CliContext, cli, pass_cli
@@ -52,6 +52,8 @@ def user_add(cli_ctx: CliContext, email: str, name: str | None, key_alg: str | N
       CODE=$(hsmkm --json user add bob@example.com | jq -r .code)
       hsmkm user add carol@example.com --key rsa3072 --client compat
     """
+    users.normalize_email(email)  # refused before the token is even opened
+    addresses.check_name(name)
     km = open_km(cli_ctx)
     u, code = users.add_user(km, email, name, _settings(key_alg, client))
     cli_ctx.emit(
@@ -129,6 +131,7 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
     Example:
       hsmkm user show alice@example.com
     """
+    users.normalize_email(email)  # refused before the token is even opened
     km = open_km(cli_ctx)
     u = users.find_user(km.db.conn, email)
     certs = directory.user_certificates(km.db.conn, u.id)
@@ -175,6 +178,7 @@ def user_reenable(cli_ctx: CliContext, email: str, key_alg: str | None, client: 
       hsmkm user reenable alice@example.com
       hsmkm user reenable alice@example.com --key rsa2048 --client compat
     """
+    users.normalize_email(email)  # refused before the token is even opened
     km = open_km(cli_ctx)
     code = users.reenable_user(km, email, _settings(key_alg, client))
     cli_ctx.emit({"email": email, "code": code}, f"new enrollment code for {email} (shown once): {code}")
@@ -195,6 +199,7 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
     Example:
       hsmkm directory show alice@example.com > alice.pem
     """
+    users.normalize_email(email)  # refused before the token is even opened
     km = open_km(cli_ctx)
     out: dict[str, Any] = {"email": users.normalize_email(email)}
     pems = []

@@ -57,8 +57,8 @@ _PBKDF2_PRFS: dict[str, type[hashes.HashAlgorithm]] = {
     "sha512": hashes.SHA512,
 }
 _AES_KEY_SIZES = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32}
-_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError, RecursionError,
-                 crypto_exceptions.UnsupportedAlgorithm, x509.InvalidVersion)
+_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError, RecursionError,
+                 crypto_exceptions.UnsupportedAlgorithm, *errors.CERTIFICATE_ERRORS)
 # legacy PBE -> (key octets, cipher, block octets); RC4 has no IV
 _LEGACY_CIPHERS = {
     "pkcs12_sha1_tripledes_3key": (24, "3des", 8),

@@ -35,10 +35,10 @@ def _csr_email(csr: x509.CertificateSigningRequest) -> list[str]:
 def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_der_x509_csr(der)
-    except (ValueError, x509.InvalidVersion):
+    except errors.CERTIFICATE_PARSE_ERRORS:
         try:
             csr = x509.load_pem_x509_csr(der)
-        except (ValueError, x509.InvalidVersion):
+        except errors.CERTIFICATE_PARSE_ERRORS:
             raise errors.MalformedInput("the CSR does not parse") from None
     with errors.malformed("the CSR"):
         algorithm_of(csr.public_key())  # an unknown key algorithm is refused here, by name

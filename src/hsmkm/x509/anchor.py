@@ -8,12 +8,17 @@ from cryptography import x509
 from hsmkm import errors
 
 
+_ERRORS: tuple[type[Exception], ...] = (
+    TypeError, *errors.CERTIFICATE_PARSE_ERRORS, errors.crypto_exceptions.InvalidSignature,
+    errors.crypto_exceptions.UnsupportedAlgorithm,
+)
+
+
 def load_ca_certificate(der: bytes, where: str = "the CA certificate") -> x509.Certificate:
     try:
         cert = x509.load_der_x509_certificate(der)
         if cert.issuer == cert.subject:
             cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, x509.InvalidVersion, errors.crypto_exceptions.InvalidSignature,
-            errors.crypto_exceptions.UnsupportedAlgorithm):
+    except _ERRORS:
         raise errors.MalformedInput(f"{where}: a damaged CA certificate") from None
     return cert
