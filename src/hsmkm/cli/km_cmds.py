@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -163,25 +164,137 @@ def status(cli_ctx: CliContext) -> None:
 
 @cli.group()
 def audit() -> None:
-    """The audit log."""
+    """The audit log: verify it, and export signed checkpoints of its head for others to keep.
+
+    \b
+    Examples:
+      hsmkm --home ./km audit verify
+      hsmkm --home ./km audit checkpoint -o checkpoint-$(date +%F).p7m
+      hsmkm --home ./km audit verify --checkpoint checkpoint-2026-06-01.p7m
+    """
 
 
 @audit.command("verify")
+@click.option(
+    "--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
+    help="A signed checkpoint kept outside the KM ('audit checkpoint'); the log must still hold its entry. Repeatable.",
+)
 @pass_cli
-def audit_verify(cli_ctx: CliContext) -> None:
-    """Check the whole audit chain: hashes, links, MACs on the token, and its head.
+def audit_verify(cli_ctx: CliContext, checkpoints: tuple[Path, ...]) -> None:
+    """Check the audit log: each entry's hash, link and MAC (on the token), the database's
+    head, the head anchored on the KM token, and every checkpoint given.
+
+    A cut, a reordering, an edit, an older head put back or a whole-database rollback is
+    reported (exit 1) with the first bad entry and what is wrong; the database may be
+    ahead of the token's anchor by what committed just before a crash.
+
+    \b
+    Examples:
+      hsmkm --home ./km audit verify
+      # against checkpoints the officers kept:
+      hsmkm --home ./km audit verify --checkpoint ann-2026-06-01.p7m --checkpoint bo-2026-07-01.p7m
+    """
+    from hsmkm.km.checkpoint import read_checkpoint
+
+    km = open_km(cli_ctx)
+    cps = [read_checkpoint(read_regular(path, 1 << 20, "checkpoint"), km.ca_cert, km.clock()) for path in checkpoints]
+    anchor = km.anchor.read()
+    witnesses = ([anchor.witness()] if anchor is not None else []) + [cp.witness() for cp in cps]
+    report = km.audit().verify(witnesses)
+    result = {
+        "ok": report.ok,
+        "entries": report.entries,
+        "first_bad": report.first_bad,
+        "problem": report.problem,
+        "findings": [{"entry": f.entry, "problem": f.problem, "by": f.source.value} for f in report.findings],
+        "checked": [c.value for c in report.checked],
+        "anchor": None if anchor is None else {"seq": anchor.seq, "crl_number": anchor.crl_number},
+        "checkpoints": [{"seq": cp.seq, "at": cp.at} for cp in cps],
+    }
+    if not report.ok:
+        cli_ctx.emit(result, "")
+        more = len(report.findings) - 1
+        raise errors.AuditChainBroken(
+            f"audit chain broken at entry {report.first_bad}: {report.problem}"
+            + (f" (and {more} more finding{'s' if more > 1 else ''}; --json lists them)" if more else "")
+        )
+    anchored = "no token anchor yet" if anchor is None else f"token anchor at entry {anchor.seq}"
+    cp_text = f", {len(cps)} checkpoint(s) held" if cps else ""
+    cli_ctx.emit(result, f"audit chain OK: {report.entries} entries ({anchored}{cp_text})")
+
+
+@audit.command("checkpoint")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the checkpoint (CMS SignedData).")
+@click.option("--pem", is_flag=True, help="Write PEM (-----BEGIN CMS-----) instead of DER.")
+@pass_cli
+def audit_checkpoint(cli_ctx: CliContext, out: Path, pem: bool) -> None:
+    """Export a checkpoint of the audit head, signed on the token with the CA key.
+
+    Give it to the officers or any outside witness to keep: later, 'audit verify
+    --checkpoint FILE' finds any rewrite of the log at or below it — even by someone holding
+    the KM PIN. The log is verified first, and the export is itself an audit entry.
+    Anyone can check the signature with openssl and the CA certificate alone.
+
+    \b
+    Examples:
+      hsmkm --home ./km audit checkpoint -o checkpoint-$(date +%F).p7m
+      openssl x509 -inform DER -in ./km/pub/ca.crt -out ca.pem
+      openssl cms -verify -inform DER -in checkpoint-$(date +%F).p7m -CAfile ca.pem -purpose any
+    """
+    from hsmkm.atomic import write_atomic
+    from hsmkm.km.checkpoint import make_checkpoint
+
+    km = open_km(cli_ctx)
+    cp, der = make_checkpoint(km)
+    if pem:
+        import base64
+        import textwrap
+
+        body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+        data = f"-----BEGIN CMS-----\n{body}\n-----END CMS-----\n".encode()
+    else:
+        data = der
+    write_atomic(out, data, 0o644)
+    cli_ctx.emit(
+        {"path": str(out), "seq": cp.seq, "hash": cp.digest.hex(), "crl_number": cp.crl_number, "at": cp.at},
+        f"checkpoint of audit entry {cp.seq} written to {out}",
+    )
+
+
+@audit.command("accept-rollback")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@pass_cli
+def audit_accept_rollback(cli_ctx: CliContext, yes: bool) -> None:
+    """Accept a rollback the token's anchor found, after restoring km.db from a backup.
+
+    While the database lacks the entry anchored on the KM token, every state change is
+    refused. If that is your own restore, this records an audit entry naming what the anchor
+    held, continues CRL numbers above every one ever drawn, and anchors the new head. What
+    the lost entries did (revocations above all) must be done again.
 
     \b
     Example:
-      hsmkm --home ./km audit verify
+      hsmkm --home ./km audit verify            # exit 1: the log ends before the anchor
+      hsmkm --home ./km audit accept-rollback --yes
+      hsmkm --home ./km user revoke bob@example.com --reason keyCompromise   # redo what was lost
     """
+    from hsmkm.km.rollback import accept_rollback
+
     km = open_km(cli_ctx)
-    report = km.audit().verify()
-    result = {"ok": report.ok, "entries": report.entries, "first_bad": report.first_bad, "problem": report.problem}
-    if not report.ok:
-        cli_ctx.emit(result, "")
-        raise errors.AuditChainBroken(f"audit chain broken at entry {report.first_bad}: {report.problem}")
-    cli_ctx.emit(result, f"audit chain OK: {report.entries} entries")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise errors.BadInput("accept-rollback needs --yes when not run on a terminal")
+        click.confirm("The changes after the restored backup are lost for good. Accept the rollback?",
+                      abort=True, err=True)
+    done = accept_rollback(km)
+    cli_ctx.emit(
+        {"log_ended_at": done.log_ended_at, "anchored_entry": done.anchored, "entry": done.entry,
+         "crl_number": done.crl_number},
+        f"rollback accepted (entry {done.entry}): the log ended at entry {done.log_ended_at}, the token's anchor "
+        f"named entry {done.anchored}; the next CRL is numbered above {done.crl_number}. "
+        "Redo what the lost entries did (revocations first).",
+    )
 
 
 @cli.group()

@@ -30,6 +30,7 @@ from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSession
 from hsmkm.keys.softhsm import find_softhsm_module, init_token, write_store_config
 from hsmkm.km import custody
+from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog
 from hsmkm.km.config import (
     ARCHIVE_KEY_PREFIX,
@@ -274,7 +275,8 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
                 from hsmkm.km.authority import record_certificate
 
                 record_certificate(conn, ca_cert, "ca", None, now)
-            AuditLog(conn, audit_key.hmac_sha256, clock).append(
+            log = AuditLog(conn, audit_key.hmac_sha256, clock)
+            log.append(
                 "operator",
                 AuditAction.INIT,
                 {
@@ -290,6 +292,8 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
             )
     finally:
         db.close()
+    if log.appended is not None:  # the INIT entry: the token's first anchor
+        TokenAnchor(km, audit_key.hmac_sha256, anchor_lock(home)).start(log.appended)
     config = KmConfig(
         km_token=km_ref,
         recovery_token=rec_ref,

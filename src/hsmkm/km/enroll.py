@@ -64,7 +64,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
         raise errors.PolicyViolation(f"the CSR names {', '.join(sorted(emails)) or 'no address'}, not {email}")
 
     # A wrong code is a state change of its own (one attempt used), committed before refusing.
-    with km.db.transaction() as conn:
+    with km.transaction() as conn:
         user = users.find_user(conn, email)
         checked = users.check_code(km, conn, user, req.code)
         if isinstance(checked, str):

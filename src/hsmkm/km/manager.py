@@ -15,7 +15,8 @@ from hsmkm import errors
 from hsmkm.x509.anchor import load_ca_certificate
 from hsmkm.clock import Clock, system_clock
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSecretKey, TokenSession
-from hsmkm.km.audit import AuditAction, AuditLog
+from hsmkm.km.anchor import TokenAnchor, anchor_lock
+from hsmkm.km.audit import AuditAction, AuditLog, crl_number_of
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, TokenRef
 from hsmkm.store.db import Database
 
@@ -58,6 +59,8 @@ class KeyManager:
         self._ca_cert: x509.Certificate | None = None
         self._audit_key: TokenSecretKey | None = None
         self._archive_key: TokenSecretKey | None = None
+        self._anchor: TokenAnchor | None = None
+        self._txn: tuple[sqlite3.Connection, AuditLog] | None = None
 
     @classmethod
     def open(
@@ -106,16 +109,48 @@ class KeyManager:
 
     # --- state changes ----------------------------------------------------------------------
 
+    @property
+    def anchor(self) -> TokenAnchor:
+        """The audit head anchored on the KM token."""
+        if self._anchor is None:
+            self._anchor = TokenAnchor(self.session, self.audit_key.hmac_sha256, anchor_lock(self.home))
+        return self._anchor
+
     def audit(self, conn: sqlite3.Connection | None = None) -> AuditLog:
-        return AuditLog(conn or self.db.conn, self.audit_key.hmac_sha256, self.clock)
+        """The audit log; inside ``transaction()``, the one that transaction appends to."""
+        if self._txn is not None and (conn is None or conn is self._txn[0]):
+            return self._txn[1]
+        return AuditLog(conn or self.db.conn, self.audit_key.hmac_sha256, self.clock, guard=self.anchor.check)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction whose audit appends are checked against the database's head and
+        the token's anchor first, and anchored on the token once it has committed."""
+        if self._txn is not None:
+            raise RuntimeError("KeyManager.transaction() does not nest")
+        with self.db.transaction() as conn:
+            log = AuditLog(conn, self.audit_key.hmac_sha256, self.clock, guard=self.anchor.check)
+            self._txn = (conn, log)
+            try:
+                yield conn
+                crl_number = crl_number_of(conn) if log.appended is not None else 0
+            finally:
+                self._txn = None
+        # Committed: from here a crash leaves the database ahead of the anchor, which is allowed.
+        if log.appended is not None:
+            self.anchor.advance(log.appended, crl_number)
 
     @contextlib.contextmanager
     def change(self, action: AuditAction, **details: Any) -> Iterator[Change]:
-        """One state change: one database transaction and one audit entry, or nothing."""
-        with self.db.transaction() as conn:
+        """One state change: one database transaction and one audit entry, or nothing.
+
+        Refused (AuditChainBroken) before the body runs if the log was cut or rolled back."""
+        with self.transaction() as conn:
+            log = self.audit(conn)
+            log.check()
             ch = Change(self.actor, action, conn, dict(details))
             yield ch
-            self.audit(conn).append(ch.actor, ch.action, ch.details)
+            log.append(ch.actor, ch.action, ch.details)
 
     def close(self) -> None:
         self.db.close()

@@ -1,8 +1,10 @@
 """Publishing CRLs: numbered in the database, signed on the token, renamed into HOME/pub/crl/.
 
 CRL numbers are drawn in a transaction, so they strictly increase across crashes and
-concurrent publishers; a file lock and a number check keep an older CRL from replacing a
-newer one.
+concurrent publishers; the last one drawn is anchored on the KM token with the audit head,
+so a database rolled back to an earlier number is refused (``km.anchor``) rather than
+drawing a number twice. A file lock and a number check keep an older CRL from replacing a
+newer one, and the result says so when that happened.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Published:
     this_update: datetime
     next_update: datetime
     size: int
+    installed: bool = True  # False: a CRL with a number at least this one's was there already
 
 
 def _rows(conn: sqlite3.Connection, after_seq: int, upto_seq: int) -> Iterator[tuple[int, bytes, RevocationReason]]:
@@ -91,11 +94,12 @@ def publish_crl(km: KeyManager, kind: CrlKind = CrlKind.FULL, next_update_hours:
         delta_of=base, freshest_url=km.config.delta_crl_url if kind is CrlKind.FULL else None,
     )
     path = km.home.crl_dir / f"{kind.value}.crl"
-    _install(path, der, number)
-    return Published(kind, number, base, count, path, now, next_update, len(der))
+    installed = _install(path, der, number)
+    return Published(kind, number, base, count, path, now, next_update, len(der), installed)
 
 
-def _install(path: Path, der: bytes, number: int) -> None:
+def _install(path: Path, der: bytes, number: int) -> bool:
+    """Rename the CRL into place unless the one there has a number at least ``number``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / ".publish.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -105,5 +109,6 @@ def _install(path: Path, der: bytes, number: int) -> None:
             except errors.MalformedInput:
                 current = 0
             if current >= number:
-                return  # a concurrent publisher already put a newer CRL there
+                return False  # a concurrent publisher already put a newer CRL there
         write_atomic(path, der, 0o644)
+    return True

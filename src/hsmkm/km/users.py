@@ -228,7 +228,7 @@ def import_users(
     rows = list(rows)
     now = km.clock()
     out: list[tuple[str, str]] = []
-    with km.db.transaction() as conn:
+    with km.transaction() as conn:
         existing = {r[0] for r in conn.execute("SELECT email FROM users")}
         clash = [e for e, _ in rows if e in existing]
         if clash:
