@@ -234,13 +234,12 @@ def test_traversing_address_writes_nothing_outside(world: World) -> None:
 
 def test_file_names_from_addresses_stay_in_their_folder(world: World, tmp_path: Path) -> None:
     from hsmkm import addresses, errors
-    from hsmkm.km.enroll import publish_user_certificates
+    from hsmkm.km import directory
 
     folder = tmp_path / "pub" / "certs"
-    cert = world.alice.certificate
     for bad in _BAD:
         with pytest.raises(errors.BadInput):
-            publish_user_certificates(folder, bad, cert, cert)
+            directory.cert_files(folder, bad)  # the directory's files are named only through it
     for good in _GOOD:
         assert addresses.address_file(folder, good, ".enc.crt").parent == folder
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
@@ -479,6 +478,8 @@ def test_certificates_cryptography_cannot_parse_refused(world: World) -> None:
 
 
 def _damaged_homes(world: World, base: Path) -> Iterator[tuple[str, Path]]:
+    from hsmkm.keys.softhsm import ensure_store_config
+
     ca = (world.home / "pub" / "ca.crt").read_bytes()
     config = (world.home / "km.json").read_bytes()
     db = (world.home / "km.db").read_bytes()
@@ -494,6 +495,9 @@ def _damaged_homes(world: World, base: Path) -> Iterator[tuple[str, Path]]:
     for name, rel, data in damage:
         home = base / name
         shutil.copytree(world.home, home, symlinks=True)
+        # A moved home's SoftHSM2 config is pointed at its own store on first use: done here,
+        # before the damage, so that the refusal alone is watched for changes.
+        ensure_store_config(home / "softhsm" / "softhsm2.conf")
         if rel == "km.db":  # the damage is the file itself, not what a WAL would lay over it
             for extra in ("km.db-wal", "km.db-shm"):
                 (home / extra).unlink(missing_ok=True)

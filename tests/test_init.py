@@ -86,54 +86,28 @@ def test_custody_attributes_through_pkcs11(km_home: Path) -> None:
     assert set(ts.attributes("hsmkm-archive-1", ObjectClass.SECRET_KEY).usages) == {"encrypt", "decrypt"}
 
 
-def test_recovery_pin_is_nowhere_and_k_officers_rebuild_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ceremony in-process, so the test can see the PIN it split and search for it."""
-    from hsmkm.km import ceremony
-
-    seen: dict[str, str] = {}
-    real_split = custody.split_and_seal
-
-    def spy(pin: str, officers, quorum: int, epoch: int):  # type: ignore[no-untyped-def]
-        seen["pin"] = pin
-        return real_split(pin, officers, quorum, epoch)
-
-    monkeypatch.setattr(custody, "split_and_seal", spy)
-    root = tmp_path / "home"
-    ceremony.run_ceremony(
-        ceremony.InitRequest(root=root, ca_subject=x509.Name.from_rfc4514_string("CN=Spy CA"),
-                             ca_key_alg=ceremony.KeyAlgorithm.P256)
-    )
-    pin = seen["pin"].encode()
-    for path, data in all_bytes_under(root):
-        assert pin not in data, f"recovery PIN found in {path}"
-        assert pin.hex().encode() not in data
-
-    home = Home(root)
+def test_init_makes_no_recovery_token_and_one_officer_key_per_officer_token(km_home: Path) -> None:
+    """The archive is split among the officers' keys (share epoch 1); no recovery token or key
+    exists, and each officer's key is on its own token."""
+    home = Home(km_home)
     config = KmConfig.load(home)
+    assert config.recovery_token is None
     db = Database.open(home.database)
-    officers = custody.active_officers(db.conn)
-    assert [o.name for o in officers] == ["officer1", "officer2", "officer3"]
-    assert custody.quorum(db.conn) == 2
-    module = Pkcs11Module.load(config.km_token.module, config.softhsm_config)
-    from hsmkm.km import sealing, shamir
+    from hsmkm.km import epochs
 
-    shares = []
-    for o in officers:
-        ts = module.open_token(trial_pin(root, o.name), label=o.name)
-        key = ts.private_key(label="hsmkm-officer")
-        shares.append(sealing.unseal(key, o.sealed_share, custody.share_context(o.name, o.epoch)))
-    rebuilt = custody.combine_pin(shares[:2])
-    assert rebuilt == seen["pin"]
-    assert custody.combine_pin([shares[0], shares[2]]) == seen["pin"]
-    # The rebuilt PIN logs in to the recovery token; one share alone does not rebuild it.
-    rec = module.open_token(rebuilt, label="km-recovery")
-    assert rec.has_object("hsmkm-recovery")
-    rec.close()
-    # One share (K-1) alone rebuilds something else, which does not log in.
-    one = shamir.combine([shamir.decode_share(shares[0])])
-    assert one != seen["pin"].encode()
-    with pytest.raises(errors.WrongPin):
-        module.open_token(one.hex()[:32], label="km-recovery")
+    epoch = epochs.active(db.conn)
+    assert (epoch.number, epoch.quorum) == (1, 2)
+    assert [(o.name, o.x) for o in epoch.officers] == [("officer1", 1), ("officer2", 2), ("officer3", 3)]
+    assert db.get_meta("recovery_public_key") is None
+    module = Pkcs11Module.load(config.km_token.module, config.softhsm_config)
+    assert "km-recovery" not in module.token_labels()
+    serials = set()
+    for o in epoch.officers:
+        ts = module.open_token(trial_pin(km_home, o.name), label=o.name)
+        assert custody.public_der(ts.private_key(label="hsmkm-officer").public_key()) == custody.public_der(o.public_key)
+        serials.add(ts.serial)
+    assert len(serials) == 3
+    db.close()
 
 
 def test_init_refuses_an_existing_home(km_home: Path) -> None:
@@ -148,8 +122,7 @@ def test_init_refuses_an_existing_home(km_home: Path) -> None:
 
 def test_init_with_missing_module_is_exit_3_and_leaves_nothing(fresh_home: Path) -> None:
     run = hsmkm("init", "--ca-subject", "CN=X", "--module", "/nonexistent/libpkcs11.so",
-                "--pin-source", "env:P", "--recovery-token", "r", "--recovery-pin-source", "env:P",
-                home=fresh_home, env={"P": "1234"}, check=False)
+                "--pin-source", "env:P", home=fresh_home, env={"P": "1234"}, check=False)
     assert run.returncode == 3, run.stderr
     assert run.stderr.startswith("hsmkm: error: ") and "Traceback" not in run.stderr
     assert not fresh_home.exists()
@@ -180,15 +153,15 @@ def test_init_on_external_tokens_wrong_pin_unknown_token(tmp_path: Path, module_
     for name in ("ann", "bo", "cy"):
         officers += ["--officer", f"{name}=pkcs11:token={name}?module-path={module_path}&pin-source=env:PIN"]
     base = ["init", "--ca-subject", "CN=External CA", "--ca-key", "p256", "--module", module_path,
-            "--token", "km", "--recovery-token", "rec", "--recovery-pin-source", "env:PIN", "--quorum", "2"]
+            "--token", "km", "--quorum", "2"]
     home = tmp_path / "ext"
 
     wrong = hsmkm(*base, "--pin-source", "env:BAD", *officers, home=home, env=env, check=False)
     assert wrong.returncode == 2 and "wrong PIN" in wrong.stderr and "Traceback" not in wrong.stderr
     assert not home.exists()
 
-    unknown = hsmkm(*base[:-6], "--token", "nope", "--recovery-token", "rec", "--recovery-pin-source",
-                    "env:PIN", "--pin-source", "env:PIN", *officers, home=home, env=env, check=False)
+    unknown = hsmkm(*base[:-4], "--token", "nope", "--quorum", "2", "--pin-source", "env:PIN", *officers,
+                    home=home, env=env, check=False)
     assert unknown.returncode == 3 and "no token" in unknown.stderr, unknown.stderr
     assert not home.exists()
 
@@ -196,18 +169,28 @@ def test_init_on_external_tokens_wrong_pin_unknown_token(tmp_path: Path, module_
     assert literal.returncode == 2 and "literal secrets are refused" in literal.stderr
     assert "1234" not in literal.stderr
 
-    ok = hsmkm(*base, "--pin-source", "env:PIN", *officers, "--json", home=home, env=env)
+    # One person, one officer: two officers on one token, or an officer on the KM token, are refused.
+    twice = hsmkm(*base, "--pin-source", "env:PIN", *officers[:4], "--officer",
+                  f"cy=pkcs11:token=bo?module-path={module_path}&pin-source=env:PIN", home=home, env=env, check=False)
+    assert twice.returncode == 2 and "already holds another officer's key" in twice.stderr, twice.stderr
+    assert twice.stderr.count("\n") == 1 and not home.exists()
+    on_km = hsmkm(*base, "--pin-source", "env:PIN", *officers[:4], "--officer",
+                  f"cy=pkcs11:token=km?module-path={module_path}&pin-source=env:PIN", home=home, env=env, check=False)
+    assert on_km.returncode == 2 and "is the KM token" in on_km.stderr, on_km.stderr
+    assert not home.exists()
+
+    # --recovery-token is accepted for older scripts, with a warning; no recovery key is made.
+    ok = hsmkm(*base, "--recovery-token", "rec", "--pin-source", "env:PIN", *officers, "--json", home=home, env=env)
     assert ok.json()["officers"] == ["ann", "bo", "cy"] and ok.json()["quorum"] == 2
-    # The recovery token's PIN was replaced: the old one no longer logs in.
+    assert "deprecated and ignored" in ok.stderr
     script = (
         "import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module\n"
         "m = Pkcs11Module.load(find_softhsm_module())\n"
-        "try:\n    m.open_token('1234', label='rec'); print('opened')\n"
-        "except Exception as e:\n    print(type(e).__name__)\n"
+        "print(m.open_token('1234', label='rec').has_object('hsmkm-recovery'))\n"
     )
     out = subprocess.run([__import__("sys").executable, "-c", script], env={**os.environ, **env},
                          capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "WrongPin"
+    assert out == "False"
     st = hsmkm("status", "--json", "--pin-source", "env:PIN", home=home, env=env).json()
     assert st["officers"] == ["ann", "bo", "cy"] and st["token"]["label"] == "km"
 

@@ -1,5 +1,6 @@
-"""Token-gated recovery: K-of-N approvals on officers' tokens, one-use quorum, export or
-re-enrollment, officer changes, archive key rotation, and what an operator alone cannot do."""
+"""Token-gated recovery: K-of-N approvals on officers' tokens opening only the shares of the
+records they approve, one-use completion (also when two run at once), export or
+re-enrollment, officer changes by redistribution, archive key rotation, tampered records."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import all_bytes_under, hsmkm, trial_pin
+from conftest import hsmkm, trial_pin
+from custody_helpers import approve
 from hsmkm import errors
 from hsmkm.keys.epf import EpfKeystore
-from hsmkm.km import custody, recovery
+from hsmkm.km import recovery
 from hsmkm.km.manager import KeyManager
 
 PW = "correct-horse-battery"
@@ -52,16 +54,21 @@ def km_with_alice(tmp_path: Path) -> dict[str, Path]:
 def test_one_approval_is_not_enough_two_export_current_and_history(km_with_alice: dict[str, Path]) -> None:
     home, root = km_with_alice["home"], km_with_alice["root"]
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "lost laptop", "--json", home=home).json()["id"]
-    hsmkm("recovery", "approve", str(rid), "--officer", "officer1", home=home)
+    hsmkm("recovery", "approve", str(rid), "--officer", "officer1", "--yes", home=home)
     out = root / "alice-recovered.p12"
     short = hsmkm("recovery", "complete", str(rid), "--out", str(out), "--password-source", "env:OUT",
                   home=home, env={"OUT": "export-pass"}, check=False)
     assert short.returncode == 1 and "1 of 2 approvals" in short.stderr and not out.exists()
-    dup = hsmkm("recovery", "approve", str(rid), "--officer", "officer1", home=home, check=False)
+    dup = hsmkm("recovery", "approve", str(rid), "--officer", "officer1", "--yes", home=home, check=False)
     assert dup.returncode == 2 and "already approved" in dup.stderr
-    nobody = hsmkm("recovery", "approve", str(rid), "--officer", "mallory", home=home, check=False)
+    nobody = hsmkm("recovery", "approve", str(rid), "--officer", "mallory", "--yes", home=home, check=False)
     assert nobody.returncode == 2 and "not a recovery officer" in nobody.stderr
-    hsmkm("recovery", "approve", str(rid), "--officer", "officer3", home=home)
+    # Without --yes and without a terminal, the officer is shown the request and nothing is signed.
+    unasked = hsmkm("recovery", "approve", str(rid), "--officer", "officer3", home=home, check=False)
+    assert unasked.returncode == 2 and "give --yes" in unasked.stderr
+    assert "user:    alice@example.com" in unasked.stderr and "signature checked against the KM CA" in unasked.stderr
+    assert unasked.stderr.count("record ") == 2 and "reason:  lost laptop" in unasked.stderr
+    hsmkm("recovery", "approve", str(rid), "--officer", "officer3", "--yes", home=home)
     done = hsmkm("recovery", "complete", str(rid), "--out", str(out), "--password-source", "env:OUT", "--json",
                  home=home, env={"OUT": "export-pass"}).json()
     assert done["keys"] == 2
@@ -95,8 +102,12 @@ def test_reenable_gives_the_user_their_archived_keys(km_with_alice: dict[str, Pa
     home, root = km_with_alice["home"], km_with_alice["root"]
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "forgot password", "--json", home=home).json()["id"]
     for officer in ("officer2", "officer3"):
-        hsmkm("recovery", "approve", str(rid), "--officer", officer, home=home)
-    code = hsmkm("recovery", "complete", str(rid), "--reenable", "--json", home=home).json()["code"]
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home)
+    code_file = root / "alice.code"
+    done = hsmkm("recovery", "complete", str(rid), "--reenable", "--code-out", str(code_file), "--json", home=home).json()
+    assert "code" not in done and done["code_out"] == str(code_file)
+    assert code_file.stat().st_mode & 0o777 == 0o600
+    code = code_file.read_text().strip()
     with sqlite3.connect(home / "km.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM recovered").fetchone()[0] == 2
     new = root / "alice-new.epf"
@@ -109,148 +120,99 @@ def test_reenable_gives_the_user_their_archived_keys(km_with_alice: dict[str, Pa
         assert conn.execute("SELECT COUNT(*) FROM recovered").fetchone()[0] == 0
 
 
-def _spy_pins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    real = custody.split_and_seal
-
-    def spy(pin, officers, quorum, epoch):  # type: ignore[no-untyped-def]
-        seen.append(pin)
-        return real(pin, officers, quorum, epoch)
-
-    monkeypatch.setattr(custody, "split_and_seal", spy)
-    return seen
-
-
-def test_recovery_pin_never_on_disk_and_old_shares_are_dead(km_with_alice: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    home = km_with_alice["home"]
-    pins = _spy_pins(monkeypatch)
+def test_code_out_is_on_disk_before_the_commit(km_with_alice: dict[str, Path]) -> None:
+    """--code-out: the code is written (fsynced, renamed) inside the completion, before its
+    commit; a commit that fails afterwards leaves a code that the database never knew."""
+    home, root = km_with_alice["home"], km_with_alice["root"]
     km = KeyManager.open(home, trial_pin(home, "km"))
-    old_shares = {o.name: o.sealed_share for o in custody.active_officers(km.db.conn)}
-    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "test", email="alice@example.com")
-    from hsmkm.keys.pkcs11 import Pkcs11Module
-
-    module = Pkcs11Module.load(km.config.km_token.module, km.config.softhsm_config)
-    for name in ("officer1", "officer2"):
-        recovery.approve(km, req.id, name, module.open_token(trial_pin(home, name), label=name))
-    done = recovery.complete_recovery(km, req.id, None, reenable=True)
-    assert len(done.keys) == 2 and len(pins) == 1
-    new_pin = pins[0].encode()
-    for path, data in all_bytes_under(home):
-        assert new_pin not in data, f"recovery PIN in {path}"
-    # The old shares rebuild the old PIN, which no longer opens the recovery token.
-    from hsmkm.km import sealing
-
-    shares = [sealing.unseal(module.open_token(trial_pin(home, n), label=n).private_key(label="hsmkm-officer"),
-                             old_shares[n], custody.share_context(n, 1)) for n in ("officer1", "officer3")]
-    with pytest.raises(errors.WrongPin):
-        module.open_token(custody.combine_pin(shares), label="km-recovery")
-    # …and an approval of the finished request does not count for a new one.
-    req2 = recovery.open_request(km, recovery.RequestKind.RECOVERY, "again", email="alice@example.com")
-    with sqlite3.connect(home / "km.db") as conn:
-        conn.execute("INSERT INTO approvals(request_id, officer, signature, sealed_share, approved_at) "
-                     "SELECT ?, officer, signature, sealed_share, approved_at FROM approvals WHERE request_id = ?",
-                     (req2.id, req.id))
-    assert recovery.valid_approvals(km, recovery._load(km.db.conn, req2.id)) == []
-    with pytest.raises(errors.QuorumNotMet):
-        recovery.complete_recovery(km, req2.id, None, reenable=False)
-
-
-def test_operator_with_km_pin_and_database_cannot_recover(km_with_alice: dict[str, Path]) -> None:
-    """Every path an operator holding the KM token's PIN and the whole database could take."""
-    home = km_with_alice["home"]
-    km = KeyManager.open(home, trial_pin(home, "km"))
-    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "insider", email="alice@example.com")
-    # 1. complete without approvals
-    with pytest.raises(errors.QuorumNotMet):
-        recovery.complete_recovery(km, req.id, None, reenable=False)
-    # 2. forge approvals: rows whose signatures are not the officers'
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from hsmkm.km import archive, sealing
-
-    forger = ec.generate_private_key(ec.SECP256R1())
-    with sqlite3.connect(home / "km.db") as conn:
-        for name in ("officer1", "officer2"):
-            conn.execute("INSERT INTO approvals(request_id, officer, signature, sealed_share, approved_at) VALUES "
-                         "(?, ?, ?, ?, '2026-01-01')", (req.id, name, forger.sign(req.digest, ec.ECDSA(hashes.SHA256())),
-                                                       sealing.seal(req.public_key, b"\x01\x01guess", b"x")))
-    with pytest.raises(errors.QuorumNotMet):
-        recovery.complete_recovery(km, req.id, None, reenable=False)
-    # 3. open the officers' sealed shares with KM-token keys: they are sealed to the officers' tokens
-    request_key = km.session.private_key(label=req.key_label)
-    for o in custody.active_officers(km.db.conn):
-        with pytest.raises((errors.SignatureInvalid, errors.MalformedInput)):
-            sealing.unseal(request_key, o.sealed_share, custody.share_context(o.name, o.epoch))
-    # 4. open an archive record with the KM token alone: the at-rest layer opens, the recovery
-    #    layer needs the recovery key, which is on a token whose PIN nobody holds.
-    rec = archive.records_for_user(km.db.conn, 1)[0]
-    inner = archive.open_outer(rec, km.archive_key)
-    for candidate in (km.session.private_key(label="hsmkm-ca"), request_key):
-        with pytest.raises((errors.SignatureInvalid, errors.MalformedInput)):
-            archive.open_inner(rec, inner, candidate)
-    from hsmkm.km.manager import open_token
-
-    with pytest.raises(errors.WrongPin):
-        open_token(km.config.recovery_token, trial_pin(home, "km"), km.config.softhsm_config)
-
-
-def test_expired_and_mismatched_approvals_are_refused(km_with_alice: dict[str, Path]) -> None:
-    from datetime import timedelta
-
-    home = km_with_alice["home"]
-    km = KeyManager.open(home, trial_pin(home, "km"))
-    from hsmkm.keys.pkcs11 import Pkcs11Module
-
-    module = Pkcs11Module.load(km.config.km_token.module, km.config.softhsm_config)
-    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "x", email="alice@example.com")
-    officer1 = module.open_token(trial_pin(home, "officer1"), label="officer1")
-    officer2 = module.open_token(trial_pin(home, "officer2"), label="officer2")
-    with pytest.raises(errors.PolicyViolation, match="registered key"):
-        recovery.approve(km, req.id, "officer1", officer2)  # officer2's token for officer1
-    later = KeyManager.open(home, trial_pin(home, "km"),
-                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1))
-    with pytest.raises(errors.PolicyViolation, match="expired"):
-        recovery.approve(later, req.id, "officer1", officer1)
-    before = sqlite3.connect(home / "km.db").execute("SELECT COUNT(*) FROM approvals").fetchone()[0]
-    assert before == 0
-
-
-def test_crash_between_steps_of_complete_can_be_rerun(km_with_alice: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    home = km_with_alice["home"]
-    km = KeyManager.open(home, trial_pin(home, "km"))
-    from hsmkm.keys.pkcs11 import Pkcs11Module, TokenSession
-
-    module = Pkcs11Module.load(km.config.km_token.module, km.config.softhsm_config)
-    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "crash", email="alice@example.com")
-    for name in ("officer1", "officer2"):
-        recovery.approve(km, req.id, name, module.open_token(trial_pin(home, name), label=name))
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "code", email="alice@example.com")
+    approve(km, home, req.id, "officer1", "officer2")
+    seen: dict[str, object] = {}
 
     class Crash(Exception):
         pass
 
-    # Crash right after the token's PIN was changed, before the new split is active.
-    real_set_pin = TokenSession.set_pin
+    target = root / "code.txt"
 
-    def set_pin_then_crash(self, old, new):  # type: ignore[no-untyped-def]
-        real_set_pin(self, old, new)
+    def write_then_crash(code: str) -> None:
+        from hsmkm.atomic import write_atomic
+
+        write_atomic(target, code.encode(), mode=0o600)
+        seen["status"] = sqlite3.connect(home / "km.db").execute(
+            "SELECT status FROM recovery_requests WHERE id = ?", (req.id,)).fetchone()[0]
         raise Crash()
 
-    monkeypatch.setattr(TokenSession, "set_pin", set_pin_then_crash)
     with pytest.raises(Crash):
-        recovery.complete_recovery(km, req.id, None, reenable=False)
-    monkeypatch.setattr(TokenSession, "set_pin", real_set_pin)
-    assert recovery._load(km.db.conn, req.id).status is recovery.RequestStatus.OPEN
+        recovery.complete_recovery(km, req.id, None, True, before_commit=write_then_crash)
+    assert target.read_text() and seen["status"] == "completing"  # written while uncommitted
+    # The commit did not happen: the request is open again and the written code is void.
+    assert recovery.load(km.db.conn, req.id).status is recovery.RequestStatus.OPEN
+    assert km.db.conn.execute("SELECT COUNT(*) FROM recovered").fetchone()[0] == 0
+    done = recovery.complete_recovery(km, req.id, None, True, before_commit=lambda code: seen.update(code=code))
+    assert done.code == seen["code"] and len(done.keys) == 2
+
+
+def test_crash_during_complete_can_be_rerun(km_with_alice: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure inside the completion hands the request back; a completion killed outright
+    leaves a claim of a dead process, which the next run takes over."""
+    home = km_with_alice["home"]
+    km = KeyManager.open(home, trial_pin(home, "km"))
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "crash", email="alice@example.com")
+    approve(km, home, req.id, "officer1", "officer2")
+
+    class Crash(Exception):
+        pass
+
+    def crash() -> None:
+        raise Crash()
+
+    with pytest.raises(Crash):
+        recovery.complete_recovery(km, req.id, None, reenable=False, after_claim=crash)
+    assert recovery.load(km.db.conn, req.id).status is recovery.RequestStatus.OPEN
+    # kill -9 after the claim: the row says completing, claimed by a process that is gone.
+    dead = subprocess.Popen([os.sys.executable, "-c", "pass"])  # type: ignore[attr-defined]
+    dead.wait()
+    with km.db.transaction() as conn:
+        conn.execute("UPDATE recovery_requests SET status = 'completing' WHERE id = ?", (req.id,))
+        conn.execute("INSERT INTO request_claims(request_id, claimed_by) VALUES (?, ?)",
+                     (req.id, f"{__import__('socket').gethostname()}:{dead.pid}:00"))
+    # A completion whose claim another run took over meanwhile commits nothing.
+    def taken_over() -> None:
+        with sqlite3.connect(home / "km.db") as conn:
+            conn.execute("UPDATE request_claims SET claimed_by = 'elsewhere:1:00' WHERE request_id = ?", (req.id,))
+
+    with pytest.raises(errors.PolicyViolation, match="taken over by another completion"):
+        recovery.complete_recovery(km, req.id, None, reenable=True, after_claim=taken_over)
+    assert km.db.conn.execute("SELECT COUNT(*) FROM recovered").fetchone()[0] == 0
+    with km.db.transaction() as conn:
+        conn.execute("UPDATE request_claims SET claimed_by = ? WHERE request_id = ?",
+                     (f"{__import__('socket').gethostname()}:{dead.pid}:00", req.id))
     done = recovery.complete_recovery(km, req.id, None, reenable=False)
     assert len(done.keys) == 2
-    # The new split works: two officers rebuild the new PIN for the next request.
-    req2 = recovery.open_request(km, recovery.RequestKind.RECOVERY, "after", email="alice@example.com")
-    for name in ("officer2", "officer3"):
-        recovery.approve(km, req2.id, name, module.open_token(trial_pin(home, name), label=name))
-    assert len(recovery.complete_recovery(km, req2.id, None, reenable=False).keys) == 2
+    assert recovery.load(km.db.conn, req.id).status is recovery.RequestStatus.COMPLETED
 
 
-def test_officer_changes_need_a_quorum_and_resplit(km_with_alice: dict[str, Path], module_path: str) -> None:
+def test_tampered_archive_record_is_a_tamper_error(km_with_alice: dict[str, Path]) -> None:
+    home, root = km_with_alice["home"], km_with_alice["root"]
+    rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "x", "--json", home=home).json()["id"]
+    for officer in ("officer1", "officer2"):
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home)
+    with sqlite3.connect(home / "km.db") as conn:
+        sealed = bytearray(conn.execute("SELECT sealed FROM archive ORDER BY id LIMIT 1").fetchone()[0])
+        sealed[40] ^= 1
+        conn.execute("UPDATE archive SET sealed = ? WHERE id = (SELECT MIN(id) FROM archive)", (bytes(sealed),))
+    out = root / "t.p12"
+    run = hsmkm("recovery", "complete", str(rid), "--out", str(out), "--password-source", "env:OUT",
+                home=home, env={"OUT": "pw-123456"}, check=False)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("hsmkm: error: ") and run.stderr.count("\n") == 1
+    assert "was altered" in run.stderr and "GeneralError" not in run.stderr and not out.exists()
+    # The token is fine, and the request is still open for when the record is restored.
+    assert hsmkm("status", home=home).returncode == 0
+    assert hsmkm("recovery", "list", "--json", home=home).json()["requests"][-1]["status"] == "open"
+
+
+def test_officer_changes_need_a_quorum_and_reshare(km_with_alice: dict[str, Path], module_path: str) -> None:
     home = km_with_alice["home"]
     env = {"SOFTHSM2_CONF": str(home / "softhsm" / "softhsm2.conf"), "DANA_PIN": "dana-pin-1"}
     script = ("import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import "
@@ -262,28 +224,34 @@ def test_officer_changes_need_a_quorum_and_resplit(km_with_alice: dict[str, Path
     early = hsmkm("officer", "add", "dana", "--token", uri, "--request", str(rid), home=home, env=env, check=False)
     assert early.returncode == 1 and "0 of 2" in early.stderr
     for officer in ("officer1", "officer2"):
-        hsmkm("recovery", "approve", str(rid), "--officer", officer, home=home, env=env)
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home, env=env)
     hsmkm("officer", "add", "dana", "--token", uri, "--request", str(rid), home=home, env=env)
+    with sqlite3.connect(home / "km.db") as conn:
+        # every record has a share for each of the four officers of the new epoch, and only those
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT epoch) FROM archive_shares").fetchone() == (8, 1)
     listed = hsmkm("officer", "list", "--json", home=home).json()
     assert [o["name"] for o in listed["officers"]] == ["dana", "officer1", "officer2", "officer3"]
     # officer3 lost their token: the others remove them.
     rid = hsmkm("officer", "remove", "officer3", "--json", home=home).json()["id"]
     for officer in ("dana", "officer1"):
-        hsmkm("recovery", "approve", str(rid), "--officer", officer, home=home, env=env)
-    hsmkm("officer", "remove", "officer3", "--request", str(rid), home=home)
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home, env=env)
+    hsmkm("officer", "remove", "officer3", "--request", str(rid), home=home, env=env)
+    with sqlite3.connect(home / "km.db") as conn:
+        # the removed officer's shares went with the old epoch
+        assert {r[0] for r in conn.execute("SELECT DISTINCT officer FROM archive_shares")} == {"dana", "officer1", "officer2"}
     rid = hsmkm("recovery", "policy", "--quorum", "3", "--json", home=home).json()["id"]
     for officer in ("dana", "officer2"):
-        hsmkm("recovery", "approve", str(rid), "--officer", officer, home=home, env=env)
-    hsmkm("recovery", "policy", "--quorum", "3", "--request", str(rid), home=home)
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home, env=env)
+    hsmkm("recovery", "policy", "--quorum", "3", "--request", str(rid), home=home, env=env)
     listed = hsmkm("officer", "list", "--json", home=home).json()
     assert [o["name"] for o in listed["officers"]] == ["dana", "officer1", "officer2"] and listed["quorum"] == 3
     # A recovery now needs all three.
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "x", "--json", home=home).json()["id"]
     for officer in ("dana", "officer1"):
-        hsmkm("recovery", "approve", str(rid), "--officer", officer, home=home, env=env)
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home, env=env)
     short = hsmkm("recovery", "complete", str(rid), "--reenable", home=home, check=False)
     assert short.returncode == 1 and "2 of 3" in short.stderr
-    hsmkm("recovery", "approve", str(rid), "--officer", "officer2", home=home)
+    hsmkm("recovery", "approve", str(rid), "--officer", "officer2", "--yes", home=home)
     assert hsmkm("recovery", "complete", str(rid), "--reenable", "--json", home=home).json()["keys"] == 2
     too_big = hsmkm("recovery", "policy", "--quorum", "5", home=home, check=False)
     assert too_big.returncode == 2
@@ -313,9 +281,13 @@ def test_archive_rotate_keeps_every_record_recoverable(km_with_alice: dict[str, 
     with km.db.transaction() as conn:
         rec = arc.records_for_user(conn, 1)[0]
         for _ in range(25):
-            conn.execute("INSERT INTO archive(user_id, cert_serial, algorithm, created_at, format_version, master_label, "
-                         "sealed) SELECT user_id, cert_serial, algorithm, created_at, format_version, master_label, sealed "
-                         "FROM archive WHERE id = ?", (rec.id,))
+            new_id = conn.execute(
+                "INSERT INTO archive(user_id, cert_serial, algorithm, created_at, format_version, master_label, "
+                "sealed) SELECT user_id, cert_serial, algorithm, created_at, format_version, master_label, sealed "
+                "FROM archive WHERE id = ?", (rec.id,)).lastrowid
+            # shares are bound to the record's user and serial, so a copy's shares are the same
+            conn.execute("INSERT INTO archive_shares(record_id, epoch, officer, x, sealed) "
+                         "SELECT ?, epoch, officer, x, sealed FROM archive_shares WHERE record_id = ?", (new_id, rec.id))
     monkeypatch.setattr(km, "change", crash_on_second_batch)
     with pytest.raises(Crash):
         rotation.rotate_archive_key(km, batch=10)
@@ -325,11 +297,154 @@ def test_archive_rotate_keeps_every_record_recoverable(km_with_alice: dict[str, 
     with sqlite3.connect(home / "km.db") as conn:
         assert {r[0] for r in conn.execute("SELECT master_label FROM archive")} == {"hsmkm-archive-2"}
     assert not km.session.has_object("hsmkm-archive-1", __import__("pkcs11").ObjectClass.SECRET_KEY)
-    from hsmkm.keys.pkcs11 import Pkcs11Module
-
-    module = Pkcs11Module.load(km.config.km_token.module, km.config.softhsm_config)
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "after rotation", email="alice@example.com")
-    for name in ("officer1", "officer3"):
-        recovery.approve(km, req.id, name, module.open_token(trial_pin(home, name), label=name))
+    approve(km, home, req.id, "officer1", "officer3")
     assert len(recovery.complete_recovery(km, req.id, None, reenable=False).keys) == 27
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
+
+
+def _two_requests(home: Path) -> tuple[int, int]:
+    km = KeyManager.open(home, trial_pin(home, "km"))
+    ids = []
+    for reason in ("first", "second"):
+        req = recovery.open_request(km, recovery.RequestKind.RECOVERY, reason, email="alice@example.com")
+        approve(km, home, req.id, "officer1", "officer2")
+        ids.append(req.id)
+    km.close()
+    return ids[0], ids[1]
+
+
+def test_concurrent_completions_of_one_request_complete_once(km_with_alice: dict[str, Path]) -> None:
+    """Two processes complete the same request; the second arrives while the first holds it
+    (paused right after its claim): one completes, the other is refused in one line."""
+    import multiprocessing
+
+    from custody_helpers import complete_in_child
+
+    home = km_with_alice["home"]
+    rid, _ = _two_requests(home)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    claimed = [ctx.Event(), ctx.Event()]
+    go = [ctx.Event(), ctx.Event()]
+    first = ctx.Process(target=complete_in_child, args=(str(home), rid, claimed[0], go[0], results))
+    first.start()
+    assert claimed[0].wait(120)
+    second = ctx.Process(target=complete_in_child, args=(str(home), rid, claimed[1], go[1], results))
+    second.start()
+    second.join(120)
+    assert results.get(timeout=60) == (rid, "refused", f"request {rid} is being completed by another process")
+    assert not claimed[1].is_set()
+    go[0].set()
+    first.join(120)
+    assert results.get(timeout=60) == (rid, "completed", 2)
+    with sqlite3.connect(home / "km.db") as conn:
+        done = conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'recovery.complete' AND details LIKE ?",
+                            (f'%"id":{rid}%"mode"%',)).fetchone()[0]
+        assert done == 1
+        assert conn.execute("SELECT status FROM recovery_requests WHERE id = ?", (rid,)).fetchone()[0] == "completed"
+    late = hsmkm("recovery", "complete", str(rid), "--reenable", home=home, check=False)
+    assert late.returncode == 2 and f"request {rid} is completed" in late.stderr
+    assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
+
+
+def test_two_different_requests_complete_side_by_side(km_with_alice: dict[str, Path]) -> None:
+    """Both processes hold their claims at the same moment, then both finish."""
+    import multiprocessing
+
+    from custody_helpers import complete_in_child
+
+    home = km_with_alice["home"]
+    ids = _two_requests(home)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    claimed = [ctx.Event(), ctx.Event()]
+    go = ctx.Event()
+    procs = [ctx.Process(target=complete_in_child, args=(str(home), rid, claimed[i], go, results))
+             for i, rid in enumerate(ids)]
+    for p in procs:
+        p.start()
+    assert claimed[0].wait(120) and claimed[1].wait(120)  # both in flight at once
+    with sqlite3.connect(home / "km.db") as conn:
+        assert [r[0] for r in conn.execute("SELECT status FROM recovery_requests ORDER BY id")] == ["completing"] * 2
+    go.set()
+    for p in procs:
+        p.join(120)
+    assert sorted([results.get(timeout=60), results.get(timeout=60)]) == [(ids[0], "completed", 2), (ids[1], "completed", 2)]
+    assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
+
+
+def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alice: dict[str, Path]) -> None:
+    """An enrollment while an officer change is pending is split for the current and the
+    pending epoch; after the change, two officers of the new set recover it; an expired
+    change stops receiving shares."""
+    from datetime import timedelta
+
+    from hsmkm.km import epochs
+
+    home, root = km_with_alice["home"], km_with_alice["root"]
+    km = KeyManager.open(home, trial_pin(home, "km"))
+    change = recovery.open_request(km, recovery.RequestKind.POLICY, "quorum 3", params={"quorum": 3})
+    assert [e.number for e in epochs.sharing(km.db.conn)] == [1, 2]
+    approve(km, home, change.id, "officer1", "officer2")  # re-shares alice's two records
+    _enroll(home, "bob@example.com", root / "bob.epf")  # after the approvals: only direct shares
+    with sqlite3.connect(home / "km.db") as conn:
+        bob_record = conn.execute("SELECT MAX(id) FROM archive").fetchone()[0]
+        assert conn.execute("SELECT epoch, COUNT(*) FROM archive_shares WHERE record_id = ? GROUP BY epoch",
+                            (bob_record,)).fetchall() == [(1, 3), (2, 3)]
+    from custody_helpers import officer_key
+
+    recovery.complete_change(km, change.id, lambda name: officer_key(km, home, name))
+    assert epochs.active(km.db.conn).quorum == 3
+    with sqlite3.connect(home / "km.db") as conn:
+        assert conn.execute("SELECT DISTINCT epoch FROM archive_shares").fetchall() == [(2,)]
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "bob", email="bob@example.com")
+    approve(km, home, req.id, "officer1", "officer2", "officer3")
+    assert len(recovery.complete_recovery(km, req.id, None, reenable=False).keys) == 1
+    # A change left to expire: the next request retires its pending epoch.
+    stale = recovery.open_request(km, recovery.RequestKind.POLICY, "quorum 2", params={"quorum": 2})
+    later = KeyManager.open(home, trial_pin(home, "km"),
+                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1))
+    recovery.open_request(later, recovery.RequestKind.RECOVERY, "later", email="bob@example.com")
+    assert [e.number for e in epochs.sharing(km.db.conn)] == [epochs.active(km.db.conn).number]
+    assert stale.params["epoch"] not in [e.number for e in epochs.sharing(km.db.conn)]
+
+
+def test_a_change_opened_between_sealing_and_commit_still_gets_the_new_record(
+    km_with_alice: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race as a deterministic test: the enrollment seals its record for epoch 1, then an
+    officer change opens (epoch 2) before the enrollment commits; the commit re-splits the
+    record for both, so the change loses nothing."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hsmkm.client.enroll import build_csr
+    from hsmkm.km import archive, enroll, users
+    from hsmkm.protocol import EnrollRequest
+
+    home = km_with_alice["home"]
+    km = KeyManager.open(home, trial_pin(home, "km"))
+    _, code = users.add_user(km, "carol@example.com", None)
+    real = archive.seal_record
+    opened: list[int] = []
+
+    def seal_then_change(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sealed = real(*args, **kwargs)
+        if not opened:  # between this seal and the enrollment's commit
+            opened.append(recovery.open_request(km, recovery.RequestKind.POLICY, "race", params={"quorum": 3}).id)
+        return sealed
+
+    monkeypatch.setattr(archive, "seal_record", seal_then_change)
+    key = ec.generate_private_key(ec.SECP256R1())
+    enroll.enroll(km, EnrollRequest("carol@example.com", code, build_csr(key, "carol@example.com")))
+    record = km.db.conn.execute("SELECT MAX(id) FROM archive").fetchone()[0]
+    assert km.db.conn.execute("SELECT epoch, COUNT(*) FROM archive_shares WHERE record_id = ? GROUP BY epoch",
+                              (record,)).fetchall() == [(1, 3), (2, 3)]
+    monkeypatch.setattr(archive, "seal_record", real)
+    approve(km, home, opened[0], "officer1", "officer3")
+    from custody_helpers import officer_key
+
+    recovery.complete_change(km, opened[0], lambda name: officer_key(km, home, name))
+    req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "carol", email="carol@example.com")
+    approve(km, home, req.id, "officer1", "officer2", "officer3")
+    assert len(recovery.complete_recovery(km, req.id, None, reenable=False).keys) == 1

@@ -146,3 +146,79 @@ def test_field_arithmetic_is_the_aes_field() -> None:
     assert shamir._mul(0x57, 0x13) == 0xFE
     with pytest.raises(ZeroDivisionError):
         shamir._div(1, 0)
+
+
+# --- redistribution: the quorum property over officer changes ----------------------------------
+
+
+def _redistribute(
+    shares: list[shamir.Share], senders: list[int], k_new: int, new_xs: list[int]
+) -> list[shamir.Share]:
+    """The senders (indices into ``shares``) re-share to ``new_xs``; each new holder combines."""
+    subs = {x: [] for x in new_xs}  # type: dict[int, list[tuple[int, bytes]]]
+    for i in senders:
+        for sub in shamir.reshare(shares[i], k_new, new_xs):
+            subs[sub.x].append((shares[i].x, sub.y))
+    return [shamir.combine_subshares(x, subs[x]) for x in new_xs]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(1, 7), records=st.integers(1, 4))
+def test_any_k_open_exactly_the_approved_records_any_k_minus_1_nothing(data: st.DataObject, n: int, records: int) -> None:
+    """Per-record keys split K-of-N: K officers' shares of the approved records rebuild exactly
+    those keys; K-1 shares rebuild none (32-byte keys: a wrong guess is never the key)."""
+    k = data.draw(st.integers(1, n))
+    keys = [data.draw(st.binary(min_size=32, max_size=32)) for _ in range(records)]
+    split = [shamir.split(key, k, n) for key in keys]
+    approved = data.draw(st.sets(st.integers(0, records - 1)))
+    officers = data.draw(st.permutations(range(n)))[:k]
+    opened = {r: shamir.combine([split[r][i] for i in officers]) for r in approved}
+    assert opened == {r: keys[r] for r in approved}
+    if k > 1:
+        for r in range(records):
+            assert shamir.combine([split[r][i] for i in officers[: k - 1]]) != keys[r]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(1, 7))
+def test_after_add_remove_or_quorum_change_the_new_set_holds_the_secret(data: st.DataObject, n: int) -> None:
+    """Any K old officers redistribute to a new set (an officer added or removed, or a new
+    quorum): any K' new shares rebuild the secret, K'-1 do not, and a removed officer's old
+    share with K'-1 new ones rebuilds nothing."""
+    k = data.draw(st.integers(1, n))
+    secret = data.draw(st.binary(min_size=32, max_size=32))
+    shares = shamir.split(secret, k, n)
+    change = data.draw(st.sampled_from(["add", "remove", "quorum"]))
+    old_xs = [s.x for s in shares]
+    if change == "add" and n < 7:
+        new_xs = old_xs + [max(old_xs) + 1]
+    elif change == "remove" and n > 1:
+        removed = data.draw(st.sampled_from(old_xs))
+        new_xs = [x for x in old_xs if x != removed]
+    else:
+        new_xs = old_xs
+    k_new = data.draw(st.integers(1, len(new_xs))) if change == "quorum" else min(k, len(new_xs))
+    senders = data.draw(st.permutations(range(n)))[:k]
+    new_shares = _redistribute(shares, senders, k_new, new_xs)
+    chosen = data.draw(st.permutations(new_shares))
+    assert shamir.combine(chosen[:k_new]) == secret
+    if k_new > 1:
+        assert shamir.combine(chosen[: k_new - 1]) != secret
+        # the old shares (and so a removed officer's) do not mix with the new ones
+        old = data.draw(st.sampled_from(shares))
+        mixed = [s for s in chosen if s.x != old.x][: k_new - 1] + [old]
+        if len(mixed) == k_new:
+            assert shamir.combine(mixed) != secret
+    # fewer than K old officers re-sharing give the new set a different secret
+    if k > 1:
+        short = _redistribute(shares, senders[: k - 1], k_new, new_xs)
+        assert shamir.combine(short[:k_new]) != secret
+
+
+def test_combine_subshares_rejects_mismatched_lengths_and_repeats() -> None:
+    with pytest.raises(errors.MalformedInput):
+        shamir.combine_subshares(1, [(1, b"ab"), (2, b"a")])
+    with pytest.raises(errors.BadInput):
+        shamir.combine_subshares(1, [(1, b"ab"), (1, b"cd")])
+    with pytest.raises(errors.BadInput):
+        shamir.split_at(b"s", 2, [1, 1])

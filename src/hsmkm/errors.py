@@ -37,6 +37,10 @@ class SignatureInvalid(NegativeAnswer):
     """A signature, MAC or authentication tag does not verify."""
 
 
+class Tampered(SignatureInvalid):
+    """Stored data (an archive record, a share, a request) was altered."""
+
+
 class CertificateRevoked(NegativeAnswer):
     """A certificate in question is revoked."""
 

@@ -12,9 +12,11 @@ from hsmkm.km.config import Home
 from hsmkm.km.manager import KeyManager
 
 
-def make_km(root: Path, ca_key: KeyAlgorithm = KeyAlgorithm.RSA3072, user_key: KeyAlgorithm = KeyAlgorithm.P256) -> Path:
+def make_km(root: Path, ca_key: KeyAlgorithm = KeyAlgorithm.RSA3072, user_key: KeyAlgorithm = KeyAlgorithm.P256,
+            officers: int = 3) -> Path:
     run_ceremony(
-        InitRequest(root=root, ca_subject=x509.Name.from_rfc4514_string("CN=Bench CA"), ca_key_alg=ca_key, user_key_alg=user_key)
+        InitRequest(root=root, ca_subject=x509.Name.from_rfc4514_string("CN=Bench CA"), ca_key_alg=ca_key,
+                    user_key_alg=user_key, embedded_officers=officers)
     )
     return root
 

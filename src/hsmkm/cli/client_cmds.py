@@ -18,6 +18,7 @@ from hsmkm.keys.token_keystore import TokenKeystore
 from hsmkm.keys.uri import Pkcs11Uri, is_pkcs11_uri
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.enroll import enroll as km_enroll
+from hsmkm.cli.session import settle
 from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import EnrollRequest, EnrollResponse
 
@@ -41,6 +42,9 @@ def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | Non
         config = KmConfig.load(Home(km_home))
         pin = cli_ctx.secret(km_pin_source or config.km_pin_source, "KM token PIN")
         km = KeyManager.open(km_home, pin, actor=f"enroll:{request.email}")
+        for repair in km.repairs:
+            cli_ctx.warn(repair.describe())
+        settle(km)
         try:
             return km_enroll(km, request)
         finally:

@@ -41,7 +41,8 @@ def user_revoke(cli_ctx: CliContext, email: str, reason: str | None) -> None:
     done = revoke_user(km, email, parse_reason(reason))
     cli_ctx.emit(
         {"email": done.email, "serials": done.serials, "reason": done.reason.value, "revoked_at": done.at},
-        f"revoked {len(done.serials)} certificate(s) of {done.email} ({done.reason.value}); publish a CRL next",
+        f"revoked {len(done.serials)} certificate(s) of {done.email} ({done.reason.value}); publish a CRL next"
+        if done.serials else f"{done.email} is already revoked",
     )
 
 

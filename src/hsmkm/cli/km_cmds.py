@@ -35,8 +35,8 @@ def _officer_spec(cli_ctx: CliContext, text: str) -> OfficerSpec:
 @click.option("--module", type=click.Path(dir_okay=False), help="PKCS#11 module of the KM's HSM (else the embedded SoftHSM2).")
 @click.option("--token", "token_label", help="Label of the KM token in --module.")
 @click.option("--pin-source", "init_pin_source", help="Source of the KM token's PIN (env:NAME, file:PATH, prompt).")
-@click.option("--recovery-token", help="Label of the recovery token in --module.")
-@click.option("--recovery-pin-source", help="Source of the recovery token's current PIN; it is replaced and split.")
+@click.option("--recovery-token", hidden=True, help="Deprecated and ignored: there is no recovery token any more.")
+@click.option("--recovery-pin-source", hidden=True, help="Deprecated and ignored, with --recovery-token.")
 @click.option("--ca-key", type=ALGS, default="rsa3072", show_default=True, help="CA key algorithm.")
 @click.option("--user-key", type=ALGS, default="p256", show_default=True, help="Algorithm of users' encryption keys.")
 @click.option("--cert-days", type=click.IntRange(1, 3650), default=365, show_default=True, help="User certificate validity.")
@@ -63,7 +63,7 @@ def init(
     csr: bool,
     base_url: str,
 ) -> None:
-    """The key ceremony: CA, archive and audit keys on the KM token, recovery token, officers.
+    """The key ceremony: CA, archive and audit keys on the KM token; officers on their own tokens.
 
     \b
     Examples:
@@ -71,8 +71,7 @@ def init(
       hsmkm --home ./km init --ca-subject "CN=Example KM CA,O=Example"
       # on an HSM:
       hsmkm --home ./km init --ca-subject "CN=KM CA" --module /usr/lib/softhsm/libsofthsm2.so \\
-          --token km --pin-source env:KM_PIN --recovery-token recovery \\
-          --recovery-pin-source env:REC_PIN --quorum 2 \\
+          --token km --pin-source env:KM_PIN --quorum 2 \\
           --officer 'ann=pkcs11:token=ann?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:ANN_PIN' \\
           --officer 'bo=pkcs11:token=bo?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:BO_PIN'
     """
@@ -98,8 +97,8 @@ def init(
         req.km_token_label = token_label
         req.km_pin = cli_ctx.secret(pin_spec, "KM token PIN")
         req.km_pin_source = pin_spec
-        req.recovery_token_label = recovery_token
-        req.recovery_pin = cli_ctx.secret(recovery_pin_source, "recovery token PIN")
+        # accepted so that older scripts still run; the ceremony warns that it is ignored
+        req.recovery_token_label = recovery_token or ("(deprecated)" if recovery_pin_source else None)
         req.officers = [_officer_spec(cli_ctx, o) for o in officers]
     result = run_ceremony(req)
     for w in result.warnings:
@@ -157,6 +156,11 @@ def status(cli_ctx: CliContext) -> None:
             else f"CRL: #{crl['number']}, {crl['entries']} entries, {crl['age_seconds']} s old{' (stale)' if crl['stale'] else ''}"
         )
         lines.append(f"officers: {', '.join(st['officers'])} (quorum {st['quorum']})")
+        store = st["token_store"]
+        if store["guarded"]:
+            lines.append("token store: verified copy kept" + "".join(f"; {r}" for r in store["repairs"]))
+        if c.get("archived_keys_to_migrate"):
+            lines.append(f"archive: {c['archived_keys_to_migrate']} record(s) of the first release: run 'hsmkm archive migrate'")
         return "\n".join(lines)
 
     cli_ctx.emit(st, human)

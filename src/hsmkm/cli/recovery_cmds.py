@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from hsmkm import errors
+from hsmkm.atomic import sweep_temps, write_atomic
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km
+from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenSession
 from hsmkm.keys.uri import Pkcs11Uri
-from hsmkm.km import custody, recovery
-from hsmkm.km.ceremony import OFFICER_KEY_ALG
+from hsmkm.km import custody, epochs, recovery, request_content
+from hsmkm.km.ceremony import OFFICER_KEY_ALG, check_officer_token
 from hsmkm.km.config import OFFICER_KEY_LABEL
 from hsmkm.km.manager import KeyManager
 
@@ -23,7 +28,7 @@ def _officer_token(cli_ctx: CliContext, km: KeyManager, uri_text: str, pin_sourc
     uri = Pkcs11Uri.parse(uri_text)
     module = uri.module_path or km.config.km_token.module
     config = km.config.softhsm_config if module == km.config.km_token.module else None
-    pin = cli_ctx.secret(pin_source or uri.pin_source, f"PIN of {who}'s token")
+    pin = cli_ctx.secret(pin_source or km.config.resolve_source(uri.pin_source), f"PIN of {who}'s token")
     slot = int(uri.slot_id) if uri.slot_id is not None else None
     return Pkcs11Module.load(module, config).open_token(pin, label=uri.token, serial=uri.serial, slot_id=slot)
 
@@ -47,12 +52,24 @@ def recovery_request(cli_ctx: CliContext, email: str, reason: str) -> None:
     km = open_km(cli_ctx)
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, reason, email=email)
     quorum = custody.quorum(km.db.conn)
+    digest = req.digest  # of the content as opened; approvals sign the content itself
     cli_ctx.emit(
         {"id": req.id, "email": req.email, "records": req.records, "expires_at": req.expires_at,
-         "digest": req.digest.hex(), "quorum": quorum},
+         "digest": digest.hex(), "quorum": quorum},
         f"recovery request {req.id} for {req.email}: {len(req.records)} archived key(s); "
         f"needs {quorum} officer approvals before {req.expires_at}",
     )
+
+
+def _confirm(cli_ctx: CliContext, text: str, yes: bool) -> None:
+    """Show the officer what they are about to sign and ask (``--yes`` for scripts)."""
+    click.echo(text, err=True)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise errors.BadInput("no terminal to confirm on: read the request above and give --yes")
+    if not click.confirm("approve this request with your token?", default=False, err=True):
+        raise errors.PolicyViolation("not approved")
 
 
 @recovery_group.command("approve")
@@ -60,23 +77,42 @@ def recovery_request(cli_ctx: CliContext, email: str, reason: str) -> None:
 @click.option("--officer", required=True, help="The approving officer's name.")
 @click.option("--token", "token_uri", help="The officer's token (default: as registered).")
 @click.option("--pin-source", "officer_pin_source", help="Source of the officer token's PIN.")
+@click.option("--yes", is_flag=True, help="Approve what is shown without asking (for scripts).")
+@click.option("--trust-officer-set", is_flag=True,
+              help="First approval of an officer who has not attested the officer set (a migrated KM): trust the "
+                   "officers' key fingerprints shown.")
 @pass_cli
 def recovery_approve(
-    cli_ctx: CliContext, request_id: int, officer: str, token_uri: str | None, officer_pin_source: str | None
+    cli_ctx: CliContext, request_id: int, officer: str, token_uri: str | None, officer_pin_source: str | None,
+    yes: bool, trust_officer_set: bool,
 ) -> None:
     """One officer's approval, signed and unsealed on the officer's own token.
+
+    Shows the request as rebuilt from the records (the user, each certificate checked
+    against the CA's signature, the reason, the expiry) and asks before signing it; the
+    token then opens only the shares of those records.
 
     \b
     Examples:
       hsmkm recovery approve 7 --officer officer1
-      hsmkm recovery approve 7 --officer ann --pin-source prompt
+      hsmkm recovery approve 7 --officer ann --pin-source prompt --yes
     """
     km = open_km(cli_ctx)
     registered = {o.name: o for o in custody.active_officers(km.db.conn)}
     if officer not in registered:
         raise errors.PolicyViolation(f"{officer} is not a recovery officer")
+    status = recovery.load(km.db.conn, request_id).status
+    if status is not recovery.RequestStatus.OPEN:
+        raise errors.PolicyViolation(f"request {request_id} is {status.value}")
+    content = recovery.content_for_officer(km, request_id)
+    shown = request_content.describe(content)
+    shown += f"\n  KM CA certificate SHA-256 {hashlib.sha256(km.ca_cert.public_bytes(Encoding.DER)).hexdigest()}"
+    if trust_officer_set:
+        shown += "\n" + _fingerprints(km, content)
+    _confirm(cli_ctx, shown, yes)
     session = _officer_token(cli_ctx, km, token_uri or registered[officer].uri, officer_pin_source, officer)
-    count = recovery.approve(km, request_id, officer, session)
+    count = recovery.approve(km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), content,
+                             trust_officer_set)
     quorum = custody.quorum(km.db.conn)
     cli_ctx.emit(
         {"id": request_id, "officer": officer, "approvals": count, "quorum": quorum},
@@ -84,27 +120,42 @@ def recovery_approve(
     )
 
 
+def _fingerprints(km: KeyManager, content: request_content.Content) -> str:
+    ep = epochs.get(km.db.conn, int(content.data["epoch"]))
+    return "  officer set {} (quorum {}): {}".format(ep.number, ep.quorum, "; ".join(
+        f"{o.name} SHA-256 {hashlib.sha256(custody.public_der(o.public_key)).hexdigest()[:32]}" for o in ep.officers))
+
+
 @recovery_group.command("complete")
 @click.argument("request_id", type=int)
 @click.option("--reenable", is_flag=True, help="Give the user a one-time code to re-enroll with their keys.")
+@click.option("--code-out", "code_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --reenable: write the code to this file (0600, fsynced) before the commit, not to stdout.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the keys to this PKCS#12.")
 @click.option("--password-source", help="Source of the PKCS#12 password (with --out).")
 @pass_cli
 def recovery_complete(
-    cli_ctx: CliContext, request_id: int, reenable: bool, out_path: Path | None, password_source: str | None
+    cli_ctx: CliContext, request_id: int, reenable: bool, code_out: Path | None, out_path: Path | None,
+    password_source: str | None,
 ) -> None:
-    """With K approvals: recover the keys, then give the recovery token a new, re-split PIN.
+    """With K approvals: rebuild exactly the approved records' keys from the officers' shares.
 
     \b
     Examples:
       hsmkm recovery complete 7 --reenable
+      hsmkm recovery complete 7 --reenable --code-out alice.code
       hsmkm recovery complete 7 --out alice-keys.p12 --password-source prompt
     """
     if reenable == (out_path is not None):
         raise errors.BadInput("give exactly one of --reenable or --out FILE.p12")
+    if code_out is not None and not reenable:
+        raise errors.BadInput("--code-out goes with --reenable")
+    if code_out is not None and code_out.exists():
+        raise errors.AlreadyExists(f"{code_out} exists")
     km = open_km(cli_ctx)
     deliver = None
     if out_path is not None:
+        sweep_temps(out_path.parent, out_path.name)  # a killed earlier run's temporary file
         if out_path.exists():
             raise errors.AlreadyExists(f"{out_path} exists")
         password = cli_ctx.secret(password_source, f"password of {out_path}", confirm=True)
@@ -118,15 +169,26 @@ def recovery_complete(
             store.add_entry(None, km.ca_cert, "hsmkm CA")
             store.save()
 
-    done = recovery.complete_recovery(km, request_id, deliver, reenable)
+    before_commit = None
+    if code_out is not None:
+        target = code_out
+
+        def before_commit(code: str) -> None:
+            # written, fsynced and renamed before the commit: a crash cannot lose the code
+            write_atomic(target, (code + "\n").encode(), mode=0o600, durable=True)
+
+    done = recovery.complete_recovery(km, request_id, deliver, reenable, before_commit)
     data: dict[str, Any] = {"id": done.request_id, "email": done.email, "keys": len(done.keys)}
-    if done.code:
+    if done.code and code_out is not None:
+        data["code_out"] = str(code_out)
+        text = f"{len(done.keys)} key(s) held for {done.email}; the one-time re-enrollment code is in {code_out}"
+    elif done.code:
         data["code"] = done.code
         text = f"{len(done.keys)} key(s) held for {done.email}; one-time re-enrollment code (shown once): {done.code}"
     else:
         data["out"] = str(out_path)
         text = f"{len(done.keys)} key(s) of {done.email} written to {out_path}"
-    cli_ctx.emit(data, text + "\nthe recovery token's PIN was changed and re-split among the officers")
+    cli_ctx.emit(data, text)
 
 
 @recovery_group.command("list")
@@ -155,16 +217,27 @@ def _change(cli_ctx: CliContext, km: KeyManager, kind: recovery.RequestKind, req
             f"'hsmkm recovery approve {req.id} --officer NAME', then run this command again with --request {req.id}",
         )
         return
-    req_obj = recovery._load(km.db.conn, request_id)
-    if req_obj.kind is not kind or {k: req_obj.params.get(k) for k in params if k != "public_key"} != {
-        k: v for k, v in params.items() if k != "public_key"
+    req_obj = recovery.load(km.db.conn, request_id)
+    fixed = ("public_key", "token_serial", "token_label")
+    if req_obj.kind is not kind or {k: req_obj.params.get(k) for k in params if k not in fixed} != {
+        k: v for k, v in params.items() if k not in fixed
     }:
         raise errors.PolicyViolation(f"request {request_id} was approved for something else")
-    result = recovery.complete_change(km, request_id)
+    registered = {o.name: o.uri for o in custody.active_officers(km.db.conn)}
+    if req_obj.kind is recovery.RequestKind.OFFICER_ADD:
+        registered[str(req_obj.params["name"])] = str(req_obj.params["uri"])
+
+    def officer_key(name: str) -> PrivateKey:
+        # Each officer of the new set combines its sub-shares on its own token (here, on this host).
+        session = _officer_token(cli_ctx, km, registered[name], None, name)
+        return session.private_key(label=OFFICER_KEY_LABEL)
+
+    result = recovery.complete_change(km, request_id, officer_key)
     if result["quorum"] < 2:
         cli_ctx.warn("a quorum of 1 lets a single officer recover keys")
     cli_ctx.emit({"id": request_id, **result},
-                 f"{what}: officers now {', '.join(result['officers'])} (quorum {result['quorum']}); PIN re-split")
+                 f"{what}: officers now {', '.join(result['officers'])} (quorum {result['quorum']}); "
+                 "every archive record re-shared")
 
 
 @cli.group("officer")
@@ -189,7 +262,8 @@ def officer_list(cli_ctx: CliContext) -> None:
 @click.option("--request", "request_id", type=int, help="Complete this approved change request.")
 @pass_cli
 def officer_add(cli_ctx: CliContext, name: str, token_uri: str, request_id: int | None) -> None:
-    """Add a recovery officer: their key pair on their own token (made there if absent).
+    """Add a recovery officer: a key pair made on their own token (one person, one officer: not
+    the KM token, and not a token that already holds an officer key).
 
     \b
     Examples:
@@ -200,13 +274,21 @@ def officer_add(cli_ctx: CliContext, name: str, token_uri: str, request_id: int 
     km = open_km(cli_ctx)
     params: dict[str, Any] = {"name": name, "uri": token_uri}
     if request_id is None:
+        if name in {o.name for o in custody.active_officers(km.db.conn)}:
+            raise errors.AlreadyExists(f"{name} is already an officer")
         session = _officer_token(cli_ctx, km, token_uri, None, name)
-        if session.has_object(OFFICER_KEY_LABEL):
-            key = session.private_key(label=OFFICER_KEY_LABEL)
-        else:
-            key = session.generate_keypair(OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer",
-                                           sign=True, decrypt=False, derive=True)
-        params["public_key"] = custody.public_der(key.public_key()).hex()
+        rec = km.config.recovery_token
+        others = [str(r[0]) for r in km.db.conn.execute(
+            "SELECT t.token_serial FROM officer_tokens t JOIN officers o ON o.name = t.officer WHERE o.status = ?",
+            (custody.OfficerStatus.ACTIVE,))]
+        check_officer_token(session.serial, session.label, session.has_object(OFFICER_KEY_LABEL), km.session.serial,
+                            (rec.serial, rec.label) if rec is not None else None, others, name)
+        key = session.generate_keypair(OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer",
+                                       sign=True, decrypt=False, derive=True)
+        pub = custody.public_der(key.public_key())
+        if any(custody.public_der(o.public_key) == pub for o in epochs.active(km.db.conn).officers):
+            raise errors.PolicyViolation(f"{name}'s key is already another officer's key")
+        params.update(public_key=pub.hex(), token_serial=session.serial, token_label=session.label)
     _change(cli_ctx, km, recovery.RequestKind.OFFICER_ADD, request_id, f"add officer {name}", params, f"add {name}")
 
 
@@ -231,7 +313,7 @@ def officer_remove(cli_ctx: CliContext, name: str, request_id: int | None) -> No
 @click.option("--request", "request_id", type=int, help="Complete this approved change request.")
 @pass_cli
 def recovery_policy(cli_ctx: CliContext, quorum: int, request_id: int | None) -> None:
-    """Set K of the N officers; the recovery token's PIN is re-split.
+    """Set K of the N officers; every record's key is re-shared among the officers.
 
     \b
     Example:
@@ -282,4 +364,46 @@ def archive_rotate(cli_ctx: CliContext) -> None:
         {"old": result.old_label, "new": result.new_label, "records": result.records},
         f"archive master key rotated: {result.records} record(s) moved from {result.old_label} to "
         f"{result.new_label}; {result.old_label} destroyed",
+    )
+
+
+@archive_group.command("migrate")
+@click.option("--request", "request_id", type=int, help="Carry out this approved migration request.")
+@pass_cli
+def archive_migrate(cli_ctx: CliContext, request_id: int | None) -> None:
+    """Move a first-release archive (one recovery key on a recovery token) to per-record
+    K-of-N shares: one last quorum-approved use of the recovery token, whose key is then
+    destroyed. Resumable: after a crash, run it again with the same --request.
+
+    \b
+    Example:
+      hsmkm archive migrate; hsmkm recovery approve 12 --officer officer1; …; hsmkm archive migrate --request 12
+    """
+    from hsmkm.km.migrate import migrate, pending_records
+
+    km = open_km(cli_ctx)
+    if request_id is None:
+        req = recovery.open_request(km, recovery.RequestKind.MIGRATE, "migrate the archive to per-record shares")
+        quorum = custody.quorum(km.db.conn)
+        cli_ctx.emit(
+            {"id": req.id, "kind": req.kind.value, "status": "open", "quorum": quorum, "records": pending_records(km)},
+            f"migration request {req.id} opened for {pending_records(km)} record(s): {quorum} officers approve it with "
+            f"'hsmkm recovery approve {req.id} --officer NAME', then run 'hsmkm archive migrate --request {req.id}'",
+        )
+        return
+    show = sys.stderr.isatty() and not cli_ctx.json
+    if show:
+        with click.progressbar(length=1, label="re-sealing archive records", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.length = total
+                bar.update(done - bar.pos)
+
+            result = migrate(km, request_id, progress)
+    else:
+        result = migrate(km, request_id)
+    cli_ctx.emit(
+        {"id": result.request_id, "records": result.records, "recovery_key_destroyed": result.recovery_key_destroyed},
+        f"{result.records} archive record(s) moved to per-record shares; the recovery key was "
+        f"{'destroyed' if result.recovery_key_destroyed else 'already gone'}",
     )

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
+from hsmkm.atomic import sweep_temps
 from hsmkm.cli.main import CliContext
+from hsmkm.km import directory
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.manager import KeyManager
+from hsmkm.store.db import Database
 
 
 def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
@@ -12,4 +18,47 @@ def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
     config = KmConfig.load(Home(cli.home))
     spec = cli.pin_source or config.km_pin_source
     pin = cli.secret(spec, "KM token PIN")
-    return KeyManager.open(cli.home, pin, actor=actor)
+    km = KeyManager.open(cli.home, pin, actor=actor)
+    for repair in km.repairs:
+        cli.warn(repair.describe())
+    settle(km)
+    return km
+
+
+@dataclass
+class KmFiles:
+    """The KM's files without its token: for commands that read the database only."""
+
+    home: Home
+    config: KmConfig
+    db: Database
+
+
+def open_km_files(cli: CliContext) -> KmFiles:
+    """The home and database, without loading the module or logging in (no PIN is read).
+
+    A login makes SoftHSM2 rewrite the token's file, so commands that need no key skip it.
+    """
+    if cli.pin_source is not None:
+        cli.secret(cli.pin_source, "KM token PIN")  # a PIN source given is still checked
+    home = Home(cli.home)
+    config = KmConfig.load(home)
+    files = KmFiles(home, config, Database.open(home.database))
+    settle(files)
+    return files
+
+
+class _Settleable(Protocol):
+    @property
+    def home(self) -> Home: ...
+
+    @property
+    def db(self) -> Database: ...
+
+
+def settle(km: _Settleable) -> None:
+    """What an earlier run left half-done: queued directory files, temporary files."""
+    directory.drain_outbox(km.db.conn, km.home)
+    for folder in km.home.written_dirs():
+        if folder.is_dir():
+            sweep_temps(folder)

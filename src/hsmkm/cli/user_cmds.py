@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from hsmkm import addresses, errors
 from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.atomic import atomic_writer
 from hsmkm.cli.main import CliContext, cli, pass_cli
-from hsmkm.cli.session import open_km
+from hsmkm.cli.session import open_km, open_km_files
 from hsmkm.km import directory, users
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.smimecaps import ClientProfile
@@ -82,17 +83,60 @@ def user_import(cli_ctx: CliContext, csv_file: Path, codes_out: Path | None) -> 
         raise errors.MalformedInput(f"{csv_file}: not UTF-8 text ({exc.reason} at octet {exc.start})") from None
     rows = users.parse_user_csv(text)
     out = codes_out or csv_file.with_name(csv_file.name + ".codes.csv")
-    if out.exists():
-        raise errors.AlreadyExists(f"{out} exists; refusing to overwrite codes")
+    _check_writable(out)
     km = open_km(cli_ctx)
+    if out.exists():
+        state = _earlier_codes_file(km, out)
+        if state is users.CodesFileState.COMMITTED:
+            # This import ran to its commit before (and was interrupted after): done already.
+            cli_ctx.emit({"users": len(rows), "codes_file": str(out), "already": True},
+                         f"already imported: {len(rows)} users; codes in {out}")
+            return
+        if state is not users.CodesFileState.VOID:
+            raise errors.AlreadyExists(f"{out} exists; refusing to overwrite codes")
     show = sys.stderr.isatty() and not cli_ctx.json
-    with click.progressbar(length=len(rows), label="adding users", file=sys.stderr) if show else _NoBar() as bar:
-        codes = users.import_users(km, rows, progress=bar.update)
-    with atomic_writer(out, 0o600) as fh:
-        fh.write(b"email,code\n")
-        for email, code in codes:
-            fh.write(f"{email},{code}\n".encode())
+
+    def write_codes(codes: list[tuple[str, str]]) -> None:
+        # Written, fsynced and renamed while the users are not yet committed.
+        with atomic_writer(out, 0o600) as fh:
+            fh.write(_CODES_HEADER)
+            for email, code in codes:
+                fh.write(f"{email},{code}\n".encode())
+
+    try:
+        with click.progressbar(length=len(rows), label="adding users", file=sys.stderr) if show else _NoBar() as bar:
+            codes = users.import_users(km, rows, progress=bar.update, before_commit=write_codes)
+    except BaseException:
+        if out.exists() and _earlier_codes_file(km, out) is users.CodesFileState.VOID:
+            with atomic_writer(out, 0o600) as fh:
+                fh.write(_VOID_NOTE)
+        raise
     cli_ctx.emit({"users": len(codes), "codes_file": str(out)}, f"{len(codes)} users added; codes in {out} (mode 0600)")
+
+
+_CODES_HEADER = b"email,code\n"
+_VOID_NOTE = b"# VOID: the import that wrote these codes failed before its users were added; no code here works\n"
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before anything is committed if the codes file cannot be made."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise errors.BadInput(f"{out}: cannot write the codes file there")
+
+
+def _earlier_codes_file(km: Any, out: Path) -> users.CodesFileState:
+    try:
+        text = out.read_text()
+    except (OSError, UnicodeDecodeError):
+        return users.CodesFileState.MIXED
+    if text.encode() == _VOID_NOTE:
+        return users.CodesFileState.VOID
+    lines = text.splitlines()
+    if not lines or lines[0] != "email,code":
+        return users.CodesFileState.MIXED
+    pairs = [tuple(line.split(",", 1)) for line in lines[1:] if "," in line]
+    return users.codes_file_state(km.db.conn, [(p[0], p[1]) for p in pairs])
 
 
 class _NoBar:
@@ -115,7 +159,7 @@ def user_list(cli_ctx: CliContext) -> None:
     Example:
       hsmkm user list --json
     """
-    km = open_km(cli_ctx)
+    km = open_km_files(cli_ctx)
     rows = users.list_users(km.db.conn)
     data = [{"email": u.email, "name": u.name, "status": u.status.value, "created_at": u.created_at} for u in rows]
     cli_ctx.emit({"users": data}, "\n".join(f"{u.email:<40} {u.status.value:<8} {u.name or ''}" for u in rows) or "no users")
@@ -131,8 +175,8 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
     Example:
       hsmkm user show alice@example.com
     """
-    users.normalize_email(email)  # refused before the token is even opened
-    km = open_km(cli_ctx)
+    users.normalize_email(email)  # refused before the database is even opened
+    km = open_km_files(cli_ctx)
     u = users.find_user(km.db.conn, email)
     certs = directory.user_certificates(km.db.conn, u.id)
     archived = km.db.conn.execute("SELECT COUNT(*) FROM archive WHERE user_id = ?", (u.id,)).fetchone()[0]
@@ -199,8 +243,8 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
     Example:
       hsmkm directory show alice@example.com > alice.pem
     """
-    users.normalize_email(email)  # refused before the token is even opened
-    km = open_km(cli_ctx)
+    users.normalize_email(email)  # refused before the database is even opened
+    km = open_km_files(cli_ctx)
     out: dict[str, Any] = {"email": users.normalize_email(email)}
     pems = []
     for kind in (CertKind.ENCRYPT, CertKind.SIGN):
@@ -209,3 +253,23 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
         out[kind.value] = pem
         pems.append(pem)
     cli_ctx.emit(out, "".join(pems).rstrip("\n"))
+
+
+@directory_group.command("sync")
+@click.option("--full", is_flag=True, help="Rewrite every user's files from the database (and drop stale ones).")
+@pass_cli
+def directory_sync(cli_ctx: CliContext, full: bool) -> None:
+    """Bring HOME/pub/certs/ in line with the database: the queued changes, or everything.
+
+    \b
+    Examples:
+      hsmkm directory sync
+      hsmkm directory sync --full
+    """
+    km = open_km_files(cli_ctx)
+    if full:
+        n = directory.sync_all(km.db.conn, km.home)
+        cli_ctx.emit({"users": n, "full": True}, f"directory rewritten from the database: {n} users")
+        return
+    n = directory.drain_outbox(km.db.conn, km.home)
+    cli_ctx.emit({"users": n, "full": False}, f"directory synced: {n} queued users")

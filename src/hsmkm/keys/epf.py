@@ -10,6 +10,7 @@ so the file is assembled here with asn1crypto. ``openssl pkcs12`` reads it; file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -28,10 +29,10 @@ from cryptography.hazmat.primitives.serialization import pkcs12 as crypto_pkcs12
 from cryptography.x509.oid import NameOID
 
 from hsmkm import errors
-from hsmkm.atomic import write_atomic
+from hsmkm.atomic import sweep_temps, write_atomic
 from hsmkm.bounded import MAX_KEYSTORE, read_regular
 from hsmkm.certnames import label_of
-from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.keys.algorithms import KeyAlgorithm, algorithm_of
 from hsmkm.keys.base import EntriesByRole, KeyEntry, KeyRole, PrivateKey, role_of
 
 OWASP_PBKDF2_SHA256_ITERATIONS = 600_000
@@ -325,6 +326,7 @@ class EpfKeystore(EntriesByRole):
         """A new, empty keystore (written on the first save); refuses an existing path."""
         path = Path(path)
         if path.exists() or path.is_symlink():
+            cls(path, password)._settle_after_commit()
             raise errors.AlreadyExists(f"{path} exists (use --update to add to it)")
         _check_password(password)
         _check_iterations(iterations, "PBKDF2")
@@ -486,15 +488,61 @@ class EpfKeystore(EntriesByRole):
 
     # --- changing the contents (in memory; ``save`` writes) --------------------------------
 
+    @property
+    def pending_path(self) -> Path:
+        """Where a new signing key waits, under the keystore's password, until it is stored."""
+        return self.path.with_name(f".{self.path.name}.pending")
+
     def generate_signing_key(self, alg: KeyAlgorithm) -> PrivateKey:
-        """A fresh software signing key, held in memory until stored with its certificate."""
-        key = alg.generate()
+        """A signing key for an enrollment, kept (encrypted) beside the keystore until stored.
+
+        An enrollment cut short after the KM answered is retried with the same key, so the
+        KM can give the same answer again; a key left by such a run is taken up here.
+        """
+        key = self._waiting_key(alg)
+        if key is None:
+            key = alg.generate()
+            holder = EpfKeystore(self.pending_path, self._password, self.iterations)
+            holder._unpaired = [(key, "pending signing key")]
+            write_atomic(self.pending_path, holder._encode(self._password), EPF_MODE)
         self._pending.append(key)
         return key
+
+    def _waiting_key(self, alg: KeyAlgorithm) -> PrivateKey | None:
+        if not self.pending_path.is_file():
+            return None
+        try:
+            held = EpfKeystore.open(self.pending_path, self._password)
+        except errors.HsmkmError:
+            return None
+        for key, _ in held._unpaired:
+            if algorithm_of(key.public_key()) is alg:
+                return key
+        return None
+
+    def _settle_after_commit(self) -> None:
+        """Tidy what a run killed just after writing this keystore left: its temporary link,
+        and the waiting signing key if the keystore now holds it."""
+        sweep_temps(self.path.parent, self.path.name)
+        if not self.pending_path.is_file():
+            return
+        try:
+            stored = EpfKeystore.open(self.path, self._password)
+            held = EpfKeystore.open(self.pending_path, self._password)
+        except errors.HsmkmError:
+            return
+        stored_keys = {_public_der(i.key) for i in stored._items if i.key is not None}
+        if all(_public_der(k) in stored_keys for k, _ in held._unpaired):
+            self._drop_pending_file()
+
+    def _drop_pending_file(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.pending_path.unlink()
 
     def discard_key(self, key: PrivateKey) -> None:
         """Forget a generated key that will not be stored (the enrollment failed)."""
         self._pending = [k for k in self._pending if k is not key]
+        self._drop_pending_file()
 
     def _has(self, cert: x509.Certificate) -> bool:
         return any(i.cert == cert for i in self._items)
@@ -544,6 +592,7 @@ class EpfKeystore(EntriesByRole):
             self.add_ca_certificate(ca)
         self._pending = []
         self.save()
+        self._drop_pending_file()
 
     # --- writing -----------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from pkcs11.mechanisms import GCMParams
 
 from hsmkm import errors
 from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.keys.softhsm_store import Repair, TokenStore
 
 if TYPE_CHECKING:
     from hsmkm.keys.uri import Pkcs11Uri
@@ -87,13 +88,28 @@ def mapped_errors(what: str) -> Iterator[None]:
 class Pkcs11Module:
     """One loaded PKCS#11 module in this process, with the lock that serialises calls into it."""
 
-    def __init__(self, path: str, lib: Any, config: str | None) -> None:
+    def __init__(self, path: str, lib: Any, config: str | None, guarded: bool = False) -> None:
         self.path = path
         self.lib = lib
         self.config = config
         self.lock = threading.RLock()
         self.pid = os.getpid()
         self._tokens: dict[tuple[str, str], TokenSession] = {}
+        # A SoftHSM2 file store named by ``config`` is checked before the module reads it,
+        # and its copy refreshed after every change of token objects.
+        self.store = TokenStore.of_config(config) if config and guarded else None
+        self.repairs: list[Repair] = []
+
+    def changed(self) -> None:
+        """Token objects changed: refresh the store's verified copy."""
+        if self.store is not None:
+            with self.lock:
+                self.store.refresh()
+
+    def take_repairs(self) -> list[Repair]:
+        """The repairs the store check made at load, each reported once."""
+        out, self.repairs = self.repairs, []
+        return out
 
     # The module's C state is process-wide (a second C_Initialize fails), so the loaded
     # modules are too: this registry mirrors that, and is reset after a fork.
@@ -115,10 +131,16 @@ class Pkcs11Module:
                 and (softhsm_config is None or _same_file(mod.config, softhsm_config))
             ):
                 return mod
+            explicit = softhsm_config is not None
             if softhsm_config is not None:
                 os.environ["SOFTHSM2_CONF"] = softhsm_config
             else:
                 softhsm_config = os.environ.get("SOFTHSM2_CONF")
+            # Only a store the caller names is guarded (a home's own), not one from the environment.
+            store = TokenStore.of_config(softhsm_config) if explicit and softhsm_config else None
+            repairs = store.check() if store is not None else []
+            if store is not None:
+                store.attach()  # held for the process's life, before the module touches the store
             if mod is not None:
                 # After a fork, or for another SoftHSM2 store: start the module afresh. The
                 # old sessions end, and their handles would be reused by the new module's
@@ -131,7 +153,7 @@ class Pkcs11Module:
                     mod.lib.finalize()
                 with mapped_errors(f"PKCS#11 module {path}"):
                     mod.lib.initialize()
-                fresh = cls(path, mod.lib, softhsm_config)
+                fresh = cls(path, mod.lib, softhsm_config, guarded=explicit)
             else:
                 if not os.path.exists(path):
                     raise errors.ModuleNotFound(f"PKCS#11 module not found: {path}")
@@ -141,7 +163,8 @@ class Pkcs11Module:
                     raise errors.ModuleNotFound(
                         f"cannot load PKCS#11 module {path}: {type(exc).__name__}"
                     ) from None
-                fresh = cls(path, lib, softhsm_config)
+                fresh = cls(path, lib, softhsm_config, guarded=explicit)
+            fresh.repairs = repairs
             cls._loaded[path] = fresh
             return fresh
 
@@ -447,6 +470,8 @@ class TokenSession:
                 params.generate_keypair(
                     store=store, public_template=public_template, private_template=private_template
                 )
+        if store:
+            self.module.changed()
         return self.private_key(label=label)
 
     def generate_aes_key(self, label: str, *, encrypt: bool = True) -> TokenSecretKey:
@@ -469,6 +494,7 @@ class TokenSession:
                     Attribute.VERIFY: False,
                 },
             )
+        self.module.changed()
         return TokenSecretKey(self, key)
 
     def generate_hmac_key(self, label: str) -> TokenSecretKey:
@@ -492,6 +518,7 @@ class TokenSession:
                     Attribute.UNWRAP: False,
                 },
             )
+        self.module.changed()
         return TokenSecretKey(self, key)
 
     def import_private_key(
@@ -568,6 +595,7 @@ class TokenSession:
         with self.lock, mapped_errors(f"{self.what()}: importing key"):
             self.session.create_object(priv_attrs)
             self.session.create_object(pub_attrs)
+        self.module.changed()
         return self.private_key(label=label)
 
     def store_certificate(self, der: bytes, label: str, key_id: bytes, subject_der: bytes) -> None:
@@ -575,6 +603,7 @@ class TokenSession:
         serial number that NSS (Thunderbird) needs to find the certificate of a recipient."""
         with self.lock, mapped_errors(f"{self.what()}: storing certificate"):
             self.session.create_object(_certificate_template(der, label, key_id, subject_der))
+        self.module.changed()
 
     def repair_certificates(self) -> int:
         """Re-create certificate objects written without CKA_ISSUER or CKA_SERIAL_NUMBER (by
@@ -595,6 +624,8 @@ class TokenSession:
                 self.session.create_object(_certificate_template(der, label, key_id, subject))
                 obj.destroy()
                 repaired += 1
+        if repaired:
+            self.module.changed()
         return repaired
 
     def certificates(self) -> list[tuple[str, bytes, bytes]]:
@@ -618,6 +649,8 @@ class TokenSession:
         with self.lock, mapped_errors(f"{self.what()}: destroying {label}"):
             for obj in objs:
                 obj.destroy()
+        if objs:
+            self.module.changed()
         return len(objs)
 
     def random(self, n: int) -> bytes:
@@ -628,6 +661,7 @@ class TokenSession:
         with self.lock, mapped_errors(f"{self.what()}: changing PIN"):
             self.session.set_pin(old, new)
         self._pin_digest = _pin_digest(new)
+        self.module.changed()
 
 
 def _issuer_serial(der: bytes) -> tuple[bytes, bytes]:
@@ -692,6 +726,7 @@ class TokenSecretKey:
     def destroy(self) -> None:
         with self._ts.lock, mapped_errors(f"{self._ts.what()}: destroying key"):
             self._obj.destroy()
+        self._ts.module.changed()
 
 
 class _StaysOnToken:

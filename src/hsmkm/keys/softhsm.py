@@ -14,6 +14,7 @@ from pathlib import Path
 import pkcs11
 
 from hsmkm import errors
+from hsmkm.atomic import write_atomic
 from hsmkm.keys.pkcs11 import Pkcs11Module, mapped_errors
 
 SOFTHSM_MODULE_CANDIDATES = (
@@ -32,16 +33,42 @@ def find_softhsm_module() -> str:
     raise errors.ModuleNotFound("SoftHSM2 is not installed (package softhsm2)")
 
 
-def write_store_config(directory: Path) -> Path:
-    """Make a SoftHSM2 token store in ``directory``; returns the path of its config."""
-    tokens = directory / "tokens"
-    tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
-    conf = directory / "softhsm2.conf"
-    conf.write_text(
+def _store_config_text(tokens: Path) -> str:
+    return (
         f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
         "slots.removable = false\n"
     )
+
+
+def write_store_config(directory: Path) -> Path:
+    """Make a SoftHSM2 token store in ``directory``; returns the path of its config."""
+    tokens = directory.absolute() / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conf = directory / "softhsm2.conf"
+    write_atomic(conf, _store_config_text(tokens).encode(), 0o644)
     return conf
+
+
+def ensure_store_config(conf: Path) -> None:
+    """Point the config at the token store beside it (a moved or copied home's own store).
+
+    SoftHSM2 wants an absolute token directory, so a home that moved would still read the
+    store where it was made; this rewrites the config when the two differ.
+    """
+    tokens = conf.parent.absolute() / "tokens"
+    want = _store_config_text(tokens)
+    try:
+        if conf.read_text() == want:
+            return
+    except FileNotFoundError:
+        if not tokens.is_dir():
+            return
+    except OSError as exc:
+        raise errors.TokenError(f"{conf}: unreadable SoftHSM2 configuration ({exc.strerror})") from None
+    try:
+        write_atomic(conf, want.encode(), 0o644)
+    except OSError as exc:
+        raise errors.TokenError(f"{conf}: cannot write the SoftHSM2 configuration ({exc.strerror})") from None
 
 
 def init_token(module: Pkcs11Module, label: str, so_pin: str, user_pin: str) -> None:
@@ -69,6 +96,7 @@ def init_token(module: Pkcs11Module, label: str, so_pin: str, user_pin: str) -> 
     with module.lock, mapped_errors(f"token '{label}'"):
         with token.open(rw=True, so_pin=so_pin) as session:
             session.init_pin(user_pin)
+    module.changed()
 
 
 def softhsm_util_available() -> bool:

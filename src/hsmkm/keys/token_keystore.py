@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from pkcs11 import ObjectClass
 
 from hsmkm import errors
-from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.keys.algorithms import KeyAlgorithm, algorithm_of
 from hsmkm.keys.base import EntriesByRole, KeyEntry, KeyRole, PrivateKey, PublicKey, role_of
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenECPrivateKey, TokenPrivateKey, TokenRSAPrivateKey, TokenSession
 from hsmkm.keys.uri import Pkcs11Uri
@@ -99,10 +99,27 @@ class TokenKeystore(EntriesByRole):
     # --- writing -----------------------------------------------------------------------
 
     def generate_signing_key(self, alg: KeyAlgorithm) -> TokenPrivateKey:
-        """A new signing key pair on the token (non-extractable); label ``<object>-sign``."""
+        """A signing key pair on the token (non-extractable); label ``<object>-sign-…``.
+
+        A key that an enrollment cut short left without its certificate is taken up again,
+        so the retried enrollment sends the same key and the KM can give the same answer.
+        """
+        waiting = self._waiting_signing_key(alg)
+        if waiting is not None:
+            return waiting
         key_id = os.urandom(20)
         label = f"{self.prefix}-sign-{key_id[:4].hex()}"
         return self.session.generate_keypair(alg, label, key_id, sign=True, decrypt=False)
+
+    def _waiting_signing_key(self, alg: KeyAlgorithm) -> TokenPrivateKey | None:
+        with_cert = {cid for _c, cid in self._pairs()}
+        for label, kid in self.session.private_key_labels():
+            if not str(label).startswith(f"{self.prefix}-sign-") or bytes(kid) in with_cert:
+                continue
+            key = self.session.private_key(key_id=bytes(kid))
+            if algorithm_of(key.public_key()) is alg:
+                return key
+        return None
 
     def discard_key(self, key: PrivateKey) -> None:
         """Remove a key made for an enrollment that failed."""

@@ -1,27 +1,37 @@
 """The key archive: every encryption key the KM makes, wrapped twice (custody rule 3).
 
-Inner, recovery layer: the PKCS#8 under a fresh AES-256-GCM key, that key RSA-OAEP-SHA256
-wrapped to the recovery public key (whose private half is on the recovery token).
+Inner, recovery layer (format 2): the PKCS#8 under a fresh AES-256-GCM key R of its own; R
+is split K-of-N (Shamir) for the officers of each sharing epoch, each share sealed to one
+officer's token public key under a context naming the record, epoch, officer and index
+(rows of ``archive_shares``). R and the PKCS#8 are dropped as soon as they are sealed.
+Format 1 (the first release) had R RSA-OAEP-wrapped to one recovery key on a recovery
+token; ``archive migrate`` moves such records to format 2.
 Outer, at-rest layer: the inner blob AES-256-GCM encrypted on the KM token under the archive
-master key. Neither key alone opens a record; the plaintext key exists only in memory.
+master key. Neither layer alone opens a record; the plaintext key exists only in memory.
 """
 
 from __future__ import annotations
 
-import base64
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsmkm import errors
-from hsmkm.keys.base import PrivateKey, PublicKey
+from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.pkcs11 import TokenSecretKey
-from hsmkm.km import custody, sealing
+from hsmkm.km import sealing, shamir
+from hsmkm.km.epochs import Epoch
+from hsmkm.km.officer_side import RecordIdentity, share_context
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_V1 = 1
 
 
 @dataclass(frozen=True)
@@ -40,44 +50,84 @@ def record_aad(user_id: int, cert_serial: str, version: int) -> bytes:
     return f"hsmkm-archive\x00v{version}\x00{user_id}\x00{cert_serial}".encode()
 
 
-def recovery_public_key(conn: sqlite3.Connection) -> PublicKey:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'recovery_public_key'").fetchone()
-    if row is None:
-        raise errors.NotFound("the KM has no recovery key")
-    return custody.load_public(base64.b64decode(row[0]))
+@dataclass(frozen=True)
+class SealedShare:
+    epoch: int
+    officer: str
+    x: int
+    sealed: bytes
 
 
 @dataclass(frozen=True)
 class SealedRecord:
-    """An archive record sealed and ready to store."""
+    """An archive record sealed and ready to store, with its sealed shares."""
 
     user_id: int
     cert_serial: str
     master_label: str
     sealed: bytes
+    shares: tuple[SealedShare, ...]
+    epochs: tuple[int, ...]
+
+
+def split_and_seal_key(record_key: bytes, identity: RecordIdentity, epochs: list[Epoch]) -> tuple[SealedShare, ...]:
+    """``record_key`` split K-of-N for each epoch, each share sealed to its officer.
+
+    One ephemeral EC key serves every officer of the record: each share's context names the
+    record, epoch, officer and index, and the key derivation covers it."""
+    out = []
+    eph = sealing.new_ephemeral(ec.SECP256R1())
+    for ep in epochs:
+        shares = shamir.split_at(record_key, ep.quorum, [o.x for o in ep.officers])
+        for o, share in zip(ep.officers, shares):
+            ctx = share_context(identity, ep.number, o.name, o.x)
+            out.append(SealedShare(ep.number, o.name, o.x, sealing.seal(o.public_key, shamir.encode_share(share), ctx, eph)))
+    return tuple(out)
+
+
+def seal_inner(record_key: bytes, pkcs8: bytes, user_id: int, cert_serial: str) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(record_key).encrypt(nonce, pkcs8, record_aad(user_id, cert_serial, FORMAT_VERSION))
 
 
 def seal_record(
-    master: TokenSecretKey, recovery_public: PublicKey, user_id: int, cert_serial: str, key: PrivateKey
+    master: TokenSecretKey, epochs: list[Epoch], user_id: int, cert_serial: str, key: PrivateKey
 ) -> SealedRecord:
-    """Both layers around ``key``: to the recovery key, then under the master key on the token."""
+    """Both layers around ``key``: under a fresh record key split among the officers, then
+    under the master key on the token."""
+    if not epochs:
+        raise errors.NotFound("the KM has no recovery officers to split archive keys for")
     pkcs8 = key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    aad = record_aad(user_id, cert_serial, FORMAT_VERSION)
-    inner = sealing.seal(recovery_public, pkcs8, aad)
+    record_key = os.urandom(32)
+    inner = seal_inner(record_key, pkcs8, user_id, cert_serial)
     del pkcs8
-    return SealedRecord(user_id, cert_serial, master.label, master.encrypt_gcm(inner, aad))
+    # the record id is not known before the insert; the shares are bound to user and serial
+    shares = split_and_seal_key(record_key, RecordIdentity(0, user_id, cert_serial), epochs)
+    del record_key
+    aad = record_aad(user_id, cert_serial, FORMAT_VERSION)
+    return SealedRecord(user_id, cert_serial, master.label, master.encrypt_gcm(inner, aad), shares,
+                        tuple(e.number for e in epochs))
+
+
+def store_shares(conn: sqlite3.Connection, record_id: int, shares: tuple[SealedShare, ...]) -> None:
+    conn.executemany(
+        "INSERT INTO archive_shares(record_id, epoch, officer, x, sealed) VALUES (?, ?, ?, ?, ?)",
+        [(record_id, s.epoch, s.officer, s.x, s.sealed) for s in shares],
+    )
 
 
 def store_record(conn: sqlite3.Connection, record: SealedRecord, algorithm: str, now: datetime) -> int:
-    """Insert a sealed record (inside the caller's transaction); returns its id."""
+    """Insert a sealed record and its shares (inside the caller's transaction); returns its id."""
     cur = conn.execute(
         "INSERT INTO archive(user_id, cert_serial, algorithm, created_at, format_version, master_label, sealed) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (record.user_id, record.cert_serial, algorithm, now.isoformat(), FORMAT_VERSION, record.master_label, record.sealed),
     )
-    return int(cur.lastrowid or 0)
+    record_id = int(cur.lastrowid or 0)
+    store_shares(conn, record_id, record.shares)
+    return record_id
 
 
 def _record(r: tuple[Any, ...]) -> ArchiveRecord:
@@ -109,13 +159,45 @@ def records_by_id(conn: sqlite3.Connection, ids: list[int]) -> list[ArchiveRecor
     return out
 
 
+def identity(record: ArchiveRecord) -> RecordIdentity:
+    return RecordIdentity(record.id, record.user_id, record.cert_serial)
+
+
 def open_outer(record: ArchiveRecord, master: TokenSecretKey) -> bytes:
-    """The recovery-layer ciphertext (still sealed to the recovery key)."""
-    return master.decrypt_gcm(record.sealed, record_aad(record.user_id, record.cert_serial, record.format_version))
+    """The recovery-layer ciphertext; a record altered in the database is a tamper error."""
+    aad = record_aad(record.user_id, record.cert_serial, record.format_version)
+    try:
+        return master.decrypt_gcm(record.sealed, aad)
+    except errors.MalformedInput:
+        raise errors.Tampered(f"archive record {record.id} was altered in the database (truncated)") from None
+    except errors.TokenError:
+        # SoftHSM2 answers a failed GCM tag with CKR_GENERAL_ERROR: tell tampering from a
+        # token failure by a round trip under the same key.
+        probe = b"hsmkm-probe"
+        if master.decrypt_gcm(master.encrypt_gcm(probe, aad), aad) != probe:
+            raise
+        raise errors.Tampered(
+            f"archive record {record.id} was altered in the database (its at-rest layer does not authenticate)"
+        ) from None
 
 
-def open_inner(record: ArchiveRecord, inner: bytes, recovery_key: PrivateKey) -> PrivateKey:
-    """The private key, with the recovery private key (on the recovery token)."""
-    pkcs8 = sealing.unseal(recovery_key, inner, record_aad(record.user_id, record.cert_serial, record.format_version))
+def _load_key(pkcs8: bytes) -> PrivateKey:
     key = serialization.load_der_private_key(pkcs8, password=None)
     return key  # type: ignore[return-value]
+
+
+def open_inner(record: ArchiveRecord, inner: bytes, record_key: bytes) -> PrivateKey:
+    """The private key of a format-2 record, with its record key (rebuilt from K shares)."""
+    try:
+        nonce, ct = inner[:12], inner[12:]
+        pkcs8 = AESGCM(record_key).decrypt(nonce, ct, record_aad(record.user_id, record.cert_serial, record.format_version))
+    except (InvalidTag, ValueError):
+        raise errors.Tampered(
+            f"archive record {record.id} does not open with the key its shares rebuild (altered or moved)"
+        ) from None
+    return _load_key(pkcs8)
+
+
+def open_inner_v1(record: ArchiveRecord, inner: bytes, recovery_key: PrivateKey) -> bytes:
+    """The PKCS#8 of a format-1 record, with the recovery private key (on the recovery token)."""
+    return sealing.unseal(recovery_key, inner, record_aad(record.user_id, record.cert_serial, record.format_version))

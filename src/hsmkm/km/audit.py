@@ -44,6 +44,8 @@ class AuditAction(str, Enum):
     OFFICER_REMOVE = "officer.remove"
     POLICY_CHANGE = "recovery.policy"
     ARCHIVE_ROTATE = "archive.rotate"
+    ARCHIVE_MIGRATE = "archive.migrate"
+    TOKEN_REPAIR = "token.repair"
     AUDIT_CHECKPOINT = "audit.checkpoint"
     AUDIT_ROLLBACK_ACCEPTED = "audit.rollback-accepted"
 

@@ -1,15 +1,14 @@
 """``hsmkm init``: the key ceremony.
 
-On the KM token: the CA key, the archive master key and the audit MAC key. On the recovery
-token: the recovery key pair; its PIN is then replaced by a random one that is split among
-the officers and forgotten. Each officer's token gets an officer key pair. Then the CA
-certificate (or a CSR for a subordinate CA) and the database. Any failure undoes what was
-made, so a failed init leaves no KM behind.
+On the KM token: the CA key, the archive master key and the audit MAC key. Each officer's
+token (a token of its own: one person, one officer) gets an officer key pair; every archive
+record's key will be split K-of-N among those keys (share epoch 1). There is no recovery
+token any more. Then the CA certificate (or a CSR for a subordinate CA) and the database.
+Any failure undoes what was made, so a failed init leaves no KM behind.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import os
@@ -27,9 +26,9 @@ from hsmkm import errors
 from hsmkm.atomic import write_atomic
 from hsmkm.clock import Clock, system_clock
 from hsmkm.keys.algorithms import KeyAlgorithm
-from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSession
+from hsmkm.keys.pkcs11 import Pkcs11Module, TokenSession
 from hsmkm.keys.softhsm import find_softhsm_module, init_token, write_store_config
-from hsmkm.km import custody
+from hsmkm.km import custody, epochs, officer_side
 from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog
 from hsmkm.km.config import (
@@ -37,9 +36,7 @@ from hsmkm.km.config import (
     AUDIT_KEY_LABEL,
     CA_KEY_LABEL,
     EMBEDDED_KM_TOKEN,
-    EMBEDDED_RECOVERY_TOKEN,
     OFFICER_KEY_LABEL,
-    RECOVERY_KEY_LABEL,
     Home,
     KmConfig,
     TokenRef,
@@ -51,7 +48,6 @@ from hsmkm.x509 import profiles
 EMBEDDED_OFFICERS = ("officer1", "officer2", "officer3")
 EMBEDDED_QUORUM = 2
 OFFICER_KEY_ALG = KeyAlgorithm.P256
-RECOVERY_KEY_ALG = KeyAlgorithm.RSA3072
 
 
 @dataclass
@@ -85,6 +81,8 @@ class InitRequest:
     recovery_pin: str | None = None
     officers: list[OfficerSpec] = field(default_factory=list)
     quorum: int | None = None
+    # The embedded default's trial officers: officer1..officerN.
+    embedded_officers: int = len(EMBEDDED_OFFICERS)
 
 
 @dataclass
@@ -146,24 +144,22 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
         softhsm_config = str(write_store_config(home.softhsm_dir))
         module = Pkcs11Module.load(module_path, softhsm_config)
         km_pin = custody.random_pin(16)
-        recovery_pin = custody.random_pin()
         init_token(module, EMBEDDED_KM_TOKEN, custody.random_pin(), km_pin)
-        init_token(module, EMBEDDED_RECOVERY_TOKEN, custody.random_pin(), recovery_pin)
         write_secret_file(home.trial_pin_file("km"), km_pin)
         officer_specs = []
-        for name in EMBEDDED_OFFICERS:
+        for name in [f"officer{i}" for i in range(1, req.embedded_officers + 1)]:
             pin = custody.random_pin(16)
             init_token(module, name, custody.random_pin(), pin)
             write_secret_file(home.trial_pin_file(name), pin)
+            # The PIN file relative to the home, so a copied home uses its own.
             uri = (
                 f"pkcs11:token={name}?module-path={module_path}"
-                f"&pin-source=file:{home.trial_pin_file(name)}"
+                f"&pin-source=file:secrets/{home.trial_pin_file(name).name}"
             )
             officer_specs.append(OfficerSpec(name, module_path, name, None, pin, uri))
-        quorum = req.quorum or EMBEDDED_QUORUM
+        quorum = req.quorum or min(EMBEDDED_QUORUM, req.embedded_officers)
         km_ref = TokenRef(module_path, EMBEDDED_KM_TOKEN)
-        rec_ref = TokenRef(module_path, EMBEDDED_RECOVERY_TOKEN)
-        km_pin_source = f"file:{home.trial_pin_file('km')}"
+        km_pin_source = f"file:secrets/{home.trial_pin_file('km').name}"
         warnings.append(
             "embedded SoftHSM2 default: the KM and officer PINs are kept in the home for trials; "
             "use --module with a real HSM for production"
@@ -172,17 +168,16 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
         assert req.module is not None
         module_path = req.module
         module = Pkcs11Module.load(module_path)
-        if req.km_pin is None or req.recovery_pin is None:
-            raise errors.SecretSourceError("--pin-source and --recovery-pin-source are needed with --module")
-        if not req.recovery_token_label:
-            raise errors.BadInput("--recovery-token is needed with --module")
+        if req.km_pin is None:
+            raise errors.SecretSourceError("--pin-source is needed with --module")
+        if req.recovery_token_label:
+            warnings.append("--recovery-token is deprecated and ignored: archive keys are split among the officers")
         if not req.officers:
             raise errors.BadInput("name the recovery officers with --officer NAME=URI")
-        km_pin, recovery_pin = req.km_pin, req.recovery_pin
+        km_pin = req.km_pin
         officer_specs = req.officers
         quorum = req.quorum or min(2, len(officer_specs))
         km_ref = TokenRef(module_path, req.km_token_label or EMBEDDED_KM_TOKEN)
-        rec_ref = TokenRef(module_path, req.recovery_token_label)
         km_pin_source = req.km_pin_source or "prompt"
 
     names = [o.name for o in officer_specs]
@@ -192,8 +187,6 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
         raise errors.PolicyViolation(f"quorum {quorum} must be between 1 and the {len(officer_specs)} officers")
     if quorum < 2:
         warnings.append("a quorum of 1 lets a single officer recover keys")
-    if km_ref.label == rec_ref.label:
-        raise errors.BadInput("the recovery token must be a different token from the KM token")
 
     # --- the KM token ---------------------------------------------------------------------
     km = module.open_token(km_pin, label=km_ref.label)
@@ -211,37 +204,27 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
     audit_key = km.generate_hmac_key(AUDIT_KEY_LABEL)
     undo.add(lambda: km.destroy(AUDIT_KEY_LABEL, ObjectClass.SECRET_KEY))
 
-    # --- the recovery token ---------------------------------------------------------------
-    rec = module.open_token(recovery_pin, label=rec_ref.label)
-    if rec.has_object(RECOVERY_KEY_LABEL):
-        raise errors.AlreadyExists(f"token '{rec.label}' already holds a recovery key")
-    recovery_key = rec.generate_keypair(
-        RECOVERY_KEY_ALG, RECOVERY_KEY_LABEL, b"hsmkm-recovery", sign=False, decrypt=True
-    )
-    undo.add(lambda: _destroy_pair(rec, RECOVERY_KEY_LABEL))
-    recovery_public = recovery_key.public_key()
-    if not embedded:
-        # From here on nobody knows the recovery PIN: it exists only as the officers' shares.
-        new_pin = custody.random_pin()
-        rec.set_pin(recovery_pin, new_pin)
-        recovery_pin = new_pin
-    rec.close()
-
-    # --- the officers ----------------------------------------------------------------------
+    # --- the officers: one person, one officer, each on a token of its own ---------------------
     officer_keys = []
+    signing_keys = []
+    officer_tokens: list[tuple[str, str, str]] = []
     for spec in officer_specs:
         omod = Pkcs11Module.load(spec.module)
         ots = omod.open_token(spec.pin, label=spec.label, serial=spec.serial)
-        if ots.has_object(OFFICER_KEY_LABEL):
-            okey: TokenPrivateKey = ots.private_key(label=OFFICER_KEY_LABEL)
-        else:
-            okey = ots.generate_keypair(
-                OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer", sign=True, decrypt=False, derive=True
-            )
-            undo.add(functools.partial(_destroy_pair, ots, OFFICER_KEY_LABEL))
+        check_officer_token(ots.serial, ots.label, ots.has_object(OFFICER_KEY_LABEL), km.serial, None,
+                            [t[1] for t in officer_tokens], spec.name)
+        okey = ots.generate_keypair(
+            OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer", sign=True, decrypt=False, derive=True
+        )
+        undo.add(functools.partial(_destroy_pair, ots, OFFICER_KEY_LABEL))
         officer_keys.append((spec.name, spec.uri, okey.public_key()))
-    sealed = custody.split_and_seal(recovery_pin, [(n, p) for n, _, p in officer_keys], quorum, epoch=1)
-    del recovery_pin
+        signing_keys.append(okey)
+        officer_tokens.append((spec.name, ots.serial, ots.label))
+    # Each officer attests the first officer set on their own token: later approvals check the
+    # set they work with descends from one they attested.
+    statement = officer_side.epoch_statement(
+        1, quorum, [(n, x, custody.public_der(p)) for x, (n, _, p) in enumerate(officer_keys, start=1)])
+    attestations = [(n, officer_side.attest(k, statement)) for (n, _, _), k in zip(officer_keys, signing_keys)]
 
     # --- the CA certificate ----------------------------------------------------------------
     now = clock()
@@ -268,9 +251,15 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
     db = Database.create(home.database)
     try:
         with db.transaction() as conn:
-            db.set_meta("recovery_public_key", base64.b64encode(custody.public_der(recovery_public)).decode())
             db.set_meta("archive_key_label", ARCHIVE_KEY_PREFIX + "1")
-            custody.store_split(conn, officer_keys, sealed, 1, quorum, now)
+            first = epochs.create(conn, quorum, [(n, p) for n, _, p in officer_keys], epochs.EpochStatus.ACTIVE)
+            custody.store_split(conn, officer_keys, {n: b"" for n, _, _ in officer_keys}, first.number, quorum, now)
+            conn.executemany("INSERT INTO officer_tokens(officer, token_serial, token_label) VALUES (?, ?, ?)",
+                             officer_tokens)
+            if epochs.statement(first) != statement:
+                raise errors.BadInput("the officer set stored is not the one attested")
+            for name, sig in attestations:
+                epochs.record_attestation(conn, first.number, name, sig)
             if ca_cert is not None:
                 from hsmkm.km.authority import record_certificate
 
@@ -283,7 +272,6 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
                     "ca_subject": req.ca_subject.rfc4514_string(),
                     "ca_key": req.ca_key_alg.value,
                     "km_token": km_ref.label,
-                    "recovery_token": rec_ref.label,
                     "officers": names,
                     "quorum": quorum,
                     "embedded": embedded,
@@ -296,7 +284,7 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
         TokenAnchor(km, audit_key.hmac_sha256, anchor_lock(home)).start(log.appended)
     config = KmConfig(
         km_token=km_ref,
-        recovery_token=rec_ref,
+        recovery_token=None,
         ca_key_alg=req.ca_key_alg,
         user_key_alg=req.user_key_alg,
         cert_days=req.cert_days,
@@ -321,6 +309,23 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
         ca_cert_path=cert_path,
         warnings=warnings,
     )
+
+
+def check_officer_token(
+    serial: str, label: str, holds_officer_key: bool, km_serial: str, recovery: tuple[str | None, str | None] | None,
+    other_serials: list[str], name: str,
+) -> None:
+    """One person, one officer: an officer's token is none of the KM's and no other officer's."""
+    if serial == km_serial:
+        raise errors.PolicyViolation(f"{name}'s token is the KM token; an officer key must be on a token of its own")
+    if recovery is not None and (serial == recovery[0] or (recovery[0] is None and label == recovery[1])):
+        raise errors.PolicyViolation(f"{name}'s token is the recovery token; an officer key must be on a token of its own")
+    if serial in other_serials:
+        raise errors.PolicyViolation(f"{name}'s token (serial {serial}) already holds another officer's key")
+    if holds_officer_key:
+        raise errors.PolicyViolation(
+            f"{name}'s token '{label}' already holds an officer key; one person, one officer: use a token of its own"
+        )
 
 
 def _destroy_pair(ts: TokenSession, label: str) -> None:

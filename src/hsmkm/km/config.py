@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from hsmkm import errors
 from hsmkm.atomic import write_atomic
 from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.keys.softhsm import ensure_store_config
 
-CONFIG_VERSION = 1
+# Version 2 keeps paths into the home relative to it; version 1 kept them absolute.
+CONFIG_VERSION = 2
+_KNOWN_VERSIONS = (1, 2)
+SOFTHSM_CONFIG_NAME = "softhsm/softhsm2.conf"
 
 CA_KEY_LABEL = "hsmkm-ca"
 AUDIT_KEY_LABEL = "hsmkm-audit"
@@ -67,6 +71,50 @@ class Home:
     def exists(self) -> bool:
         return self.config.exists() or self.database.exists()
 
+    @property
+    def temp_dir(self) -> Path:
+        """Temporary files of folders too large to list on every write (the directory's)."""
+        return self.root / ".tmp"
+
+    def written_dirs(self) -> list[Path]:
+        """The folders this home's commands write files into (where a kill can leave a temp)."""
+        return [self.root, self.temp_dir, self.pub, self.crl_dir, self.secrets_dir]
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the home when it lies inside it (else unchanged)."""
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                return str(p.relative_to(self.root.absolute()))
+            except ValueError:
+                return path
+        return path
+
+
+def resolve_source(root: Path, spec: str | None, embedded: bool) -> str | None:
+    """A secret source as this home means it: ``file:`` paths relative to the home.
+
+    A first-release embedded home named its trial PIN files by absolute paths of wherever
+    it was made (``.../secrets/NAME.pin``): those are mapped to this home's own files, so a
+    copy never reads the original's.
+    """
+    if spec is None or not spec.startswith("file:"):
+        return spec
+    path = spec[len("file:"):]
+    pure = PurePosixPath(path)
+    if not pure.is_absolute():
+        return f"file:{root.absolute() / path}"
+    if embedded and len(pure.parts) >= 2 and pure.parent.name == "secrets" and pure.suffix == ".pin":
+        return f"file:{root.absolute() / 'secrets' / pure.name}"
+    return spec
+
+
+def relative_source(root: Path, spec: str | None) -> str | None:
+    """The inverse of ``resolve_source`` for saving: a ``file:`` inside the home made relative."""
+    if spec is None or not spec.startswith("file:"):
+        return spec
+    return "file:" + Home(root).relative(spec[len("file:"):])
+
 
 @dataclass
 class TokenRef:
@@ -82,7 +130,8 @@ class KmConfig:
     """What ``hsmkm init`` decided; read by every later command."""
 
     km_token: TokenRef
-    recovery_token: TokenRef
+    # Only a KM of the first release has one, until 'archive migrate' destroys its key.
+    recovery_token: TokenRef | None
     ca_key_alg: KeyAlgorithm
     user_key_alg: KeyAlgorithm
     cert_days: int
@@ -98,12 +147,25 @@ class KmConfig:
     subordinate: bool = False
     version: int = CONFIG_VERSION
     extra: dict[str, str] = field(default_factory=dict)
+    # Where this configuration was loaded from (not saved): paths resolve against it.
+    root: Path | None = field(default=None, repr=False, compare=False)
 
     def save(self, home: Home) -> None:
         data = asdict(self)
+        data.pop("root")
         data["ca_key_alg"] = self.ca_key_alg.value
         data["user_key_alg"] = self.user_key_alg.value
+        data["version"] = CONFIG_VERSION
+        if self.softhsm_config is not None:
+            data["softhsm_config"] = home.relative(self.softhsm_config)
+        data["km_pin_source"] = relative_source(home.root, self.km_pin_source)
         write_atomic(home.config, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+
+    def resolve_source(self, spec: str | None) -> str | None:
+        """A secret source (e.g. an officer URI's pin-source) as this home means it."""
+        if self.root is None:
+            return spec
+        return resolve_source(self.root, spec, self.embedded)
 
     @classmethod
     def load(cls, home: Home) -> KmConfig:
@@ -115,16 +177,29 @@ class KmConfig:
             raise errors.MalformedInput(f"{home.config}: unreadable configuration ({exc})") from None
         if not isinstance(data, dict):
             raise errors.MalformedInput(f"{home.config}: damaged configuration (not a JSON object)")
-        if data.get("version") != CONFIG_VERSION:
+        if data.get("version") not in _KNOWN_VERSIONS:
             raise errors.MalformedInput(f"{home.config}: configuration version {data.get('version')} unknown")
         try:
             data["km_token"] = TokenRef(**data["km_token"])
-            data["recovery_token"] = TokenRef(**data["recovery_token"])
+            rec = data.get("recovery_token")
+            data["recovery_token"] = TokenRef(**rec) if rec else None
             data["ca_key_alg"] = KeyAlgorithm(data["ca_key_alg"])
             data["user_key_alg"] = KeyAlgorithm(data["user_key_alg"])
-            return cls(**data)
+            data.pop("root", None)
+            config = cls(**data)
         except (KeyError, TypeError, ValueError) as exc:
             raise errors.MalformedInput(f"{home.config}: bad configuration ({exc})") from None
+        root = home.root.absolute()
+        config.root = root
+        if config.embedded:
+            # The embedded layout is fixed: its store is this home's, wherever it was made.
+            config.softhsm_config = str(root / SOFTHSM_CONFIG_NAME)
+            ensure_store_config(Path(config.softhsm_config))
+        elif config.softhsm_config is not None and not Path(config.softhsm_config).is_absolute():
+            config.softhsm_config = str(root / config.softhsm_config)
+        if isinstance(config.km_pin_source, str):
+            config.km_pin_source = resolve_source(root, config.km_pin_source, config.embedded)
+        return config
 
     @property
     def ca_cert_url(self) -> str:

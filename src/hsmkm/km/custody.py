@@ -1,8 +1,9 @@
-"""Custody of the recovery token's PIN: split K-of-N, each share sealed to one officer's key.
+"""The officers' registry, and the first release's custody of the recovery token's PIN.
 
-The PIN itself is never stored. A share is bound to its officer, the epoch of the split and
-the KM (``context``), so a share from an earlier split or for another officer does not
-count.
+Today each archive record's own key is split among the officers (see ``archive`` and
+``epochs``). A KM of the first release kept one recovery key on a recovery token whose PIN
+was split K-of-N, each share sealed to one officer's key and bound to its officer and epoch;
+those PIN shares serve once more, in ``archive migrate``, and are voided after it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from hsmkm import errors
 from hsmkm.keys.base import PublicKey
-from hsmkm.km import sealing, shamir
+from hsmkm.km import shamir
 
 PIN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
 PIN_LENGTH = 32  # ~186 bits
@@ -30,10 +31,6 @@ class OfficerStatus:
 
 def random_pin(length: int = PIN_LENGTH) -> str:
     return "".join(secrets.choice(PIN_ALPHABET) for _ in range(length))
-
-
-def share_context(officer: str, epoch: int) -> bytes:
-    return f"hsmkm-share\x00{officer}\x00{epoch}".encode()
 
 
 @dataclass(frozen=True)
@@ -54,20 +51,6 @@ def load_public(der: bytes) -> PublicKey:
     return key  # type: ignore[return-value]
 
 
-def split_and_seal(
-    pin: str, officers: Sequence[tuple[str, PublicKey]], quorum: int, epoch: int
-) -> dict[str, bytes]:
-    """Split ``pin`` K-of-N and seal each share to its officer: {officer: sealed share}."""
-    n = len(officers)
-    if not 1 <= quorum <= n:
-        raise errors.PolicyViolation(f"quorum must be between 1 and the {n} officers")
-    shares = shamir.split(pin.encode(), quorum, n)
-    return {
-        name: sealing.seal(pub, shamir.encode_share(share), share_context(name, epoch))
-        for (name, pub), share in zip(officers, shares)
-    }
-
-
 def store_split(
     conn: sqlite3.Connection,
     officers: Sequence[tuple[str, str, PublicKey]],
@@ -76,7 +59,8 @@ def store_split(
     quorum: int,
     now: datetime,
 ) -> None:
-    """Replace the officers' shares with a new split (inside the caller's transaction)."""
+    """Register the officers (inside the caller's transaction); ``sealed`` is the first
+    release's PIN shares, empty for a KM of today."""
     conn.execute("UPDATE officers SET status = ? WHERE status = ?", (OfficerStatus.REMOVED, OfficerStatus.ACTIVE))
     for name, uri, pub in officers:
         conn.execute(

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
+import json
 import os
-from pathlib import Path
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hsmkm import errors
-from hsmkm.addresses import address_file
-from hsmkm.atomic import write_atomic
 from hsmkm.keys.algorithms import algorithm_of
-from hsmkm.km import archive, users
+from hsmkm.keys.pkcs11 import TokenSecretKey
+from hsmkm.km import archive, directory, epochs, users
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import SerialTaken, record_certificate, serial_hex, sign_user_certificate
 from hsmkm.km.manager import KeyManager
+from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, normalize_code, seal_key
 from hsmkm.smimecaps import PROFILE_CAPABILITIES
-from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, seal_key
 from hsmkm.x509.profiles import CertKind
 
 
@@ -68,50 +74,55 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
         user = users.find_user(conn, email)
         checked = users.check_code(km, conn, user, req.code)
         if isinstance(checked, str):
-            km.audit(conn).append(km.actor, AuditAction.CODE_REJECTED, {"email": email, "reason": checked})
+            replay = replayed_response(km, conn, user, req.code, csr)
+            if replay is None:
+                km.audit(conn).append(km.actor, AuditAction.CODE_REJECTED, {"email": email, "reason": checked})
     if isinstance(checked, str):
+        if replay is not None:
+            # The same request again (its response was lost): the same answer, nothing new.
+            directory.drain_outbox(km.db.conn, km.home)
+            return replay
         raise errors.CodeRejected(f"{email}: {checked}")
 
-    chosen = users.settings_of(km.db.conn, user.id)
+    chosen = users.settings_of(km.db.conn, user.id)  # the user's own key algorithm and client profile
     enc_alg = chosen.key_alg or km.config.user_key_alg
     caps = PROFILE_CAPABILITIES[chosen.client] if chosen.client is not None else None
     enc_key = enc_alg.generate()
-    recovery_public = archive.recovery_public_key(km.db.conn)
+
+    def seal(master: TokenSecretKey, enc_serial: str) -> archive.SealedRecord:
+        # split for the officer sets current at this moment (read again at commit)
+        return archive.seal_record(master, epochs.sharing(km.db.conn), user.id, enc_serial, enc_key)
+
     for _ in range(_ISSUE_TRIES):
         sign_cert = sign_user_certificate(km, csr.public_key(), CertKind.SIGN, email, user.name,  # type: ignore[arg-type]
                                           capabilities=caps)
         enc_cert = sign_user_certificate(km, enc_key.public_key(), CertKind.ENCRYPT, email, user.name,
                                          capabilities=caps)
         enc_serial = serial_hex(enc_cert.serial_number)
-        sealed = archive.seal_record(km.archive_key, recovery_public, user.id, enc_serial, enc_key)
+        sealed = seal(km.archive_key, enc_serial)
+        salt = os.urandom(16)
+        response = EnrollResponse(
+            email=email,
+            sign_cert_der=sign_cert.public_bytes(serialization.Encoding.DER),
+            encryption=seal_key(code_key(req.code, salt), enc_key, enc_cert.public_bytes(serialization.Encoding.DER)),
+            ca_cert_der=km.ca_cert.public_bytes(serialization.Encoding.DER),
+            salt=salt,
+        )
         try:
-            history = _commit_enrollment(km, user, checked, req.code, sign_cert, enc_cert, sealed, sign_alg.value,
-                                         enc_alg.value)
+            response = _commit_enrollment(
+                km, user, checked, req.code, sign_cert, enc_cert, sealed, sign_alg.value, response,
+                lambda master: seal(master, enc_serial), enc_alg.value,
+            )
             break
         except SerialTaken:
             continue
     else:
         raise RuntimeError("no unique serials after several draws")
-    salt = history.salt
-    response = EnrollResponse(
-        email=email,
-        sign_cert_der=sign_cert.public_bytes(serialization.Encoding.DER),
-        encryption=seal_key(code_key(req.code, salt), enc_key, enc_cert.public_bytes(serialization.Encoding.DER)),
-        ca_cert_der=km.ca_cert.public_bytes(serialization.Encoding.DER),
-        salt=salt,
-        history=history.keys,
-    )
-    publish_user_certificates(km.home.certs_dir, email, sign_cert, enc_cert)
+    directory.drain_outbox(km.db.conn, km.home)
     return response
 
 
 _ISSUE_TRIES = 4
-
-
-class _History:
-    def __init__(self, salt: bytes, keys: list[SealedKey]) -> None:
-        self.salt = salt
-        self.keys = keys
 
 
 def _commit_enrollment(
@@ -123,17 +134,25 @@ def _commit_enrollment(
     enc_cert: x509.Certificate,
     sealed: archive.SealedRecord,
     sign_alg: str,
+    response: EnrollResponse,
+    reseal: Callable[[TokenSecretKey], archive.SealedRecord],
     enc_alg: str,
-) -> _History:
+) -> EnrollResponse:
     now = km.clock()
-    salt = os.urandom(16)
     history: list[SealedKey] = []
+    _before_commit(km)
     with km.change(AuditAction.ENROLL, email=user.email) as ch:
         conn = ch.conn
         # Re-check inside the write transaction: another process may have used the code.
         again = users.check_code(km, conn, user, code)
         if isinstance(again, str) or again.id != checked.id:
             raise errors.CodeRejected(f"{user.email}: the enrollment code was already used")
+        # A rotation may have started since the record was sealed: the record must be under
+        # the master key that is current now, which rotation never destroys while it is.
+        current = km.archive_key
+        # Likewise an officer change may have opened or ended: split for the epochs current now.
+        if current.label != sealed.master_label or epochs.sharing_numbers(conn) != sealed.epochs:
+            sealed = reseal(current)
         users.burn_code(conn, checked.id, now)
         conn.execute("UPDATE certificates SET current = 0 WHERE user_id = ? AND current = 1", (user.id,))
         record_certificate(conn, sign_cert, CertKind.SIGN, user.id, now)
@@ -142,26 +161,115 @@ def _commit_enrollment(
         if checked.purpose is users.CodePurpose.RECOVERY:
             from hsmkm.km.recovery import release_recovered
 
-            history = release_recovered(conn, checked.id, code, code_key(code, salt))
+            history = release_recovered(conn, checked.id, code, code_key(code, response.salt))
         conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.ACTIVE.value, user.id))
+        response = dataclasses.replace(response, history=history)
+        purge_responses(conn, now)
+        _store_response(conn, checked.id, code, response, now)
+        directory.queue(conn, user.email, now.isoformat())
         ch.details.update(
             sign_serial=serial_hex(sign_cert.serial_number),
             enc_serial=sealed.cert_serial,
             archive_record=record_id,
+            archive_key=sealed.master_label,
             sign_key=sign_alg,
             enc_key=enc_alg,
             purpose=checked.purpose.value,
             history_keys=len(history),
         )
-    return _History(salt, history)
+    return response
 
 
-def publish_user_certificates(
-    certs_dir: Path, email: str, sign_cert: x509.Certificate, enc_cert: x509.Certificate
+# A test seam: called between sealing and the commit transaction, where a rotation can run.
+_before_commit: Callable[[KeyManager], None] = lambda km: None
+
+
+# --- a lost response, asked for again -----------------------------------------------------------
+#
+# The response is kept, sealed under a key derived from the code (which the KM knows only as
+# a hash), in the transaction that burns the code. The same code and the same signing key
+# within the code's life get it back; a code replaced by a newer one gets nothing.
+
+
+# How long after its use a code still fetches its response: long enough for a client to try
+# again, short, since whoever learnt the code could open the kept response meanwhile.
+REPLAY_WINDOW = timedelta(hours=24)
+
+
+def _replay_key(code: str, salt: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), 32, salt=salt, info=b"hsmkm-enroll-replay-v1").derive(normalize_code(code).encode())
+
+
+def _encode_response(r: EnrollResponse) -> bytes:
+    def sk(k: SealedKey) -> dict[str, str]:
+        return {"cert": k.cert_der.hex(), "sealed": k.sealed.hex()}
+
+    return json.dumps({
+        "email": r.email, "sign": r.sign_cert_der.hex(), "enc": sk(r.encryption), "ca": r.ca_cert_der.hex(),
+        "salt": r.salt.hex(), "history": [sk(h) for h in r.history],
+    }).encode()
+
+
+def _decode_response(data: bytes) -> EnrollResponse:
+    d = json.loads(data)
+
+    def sk(k: dict[str, str]) -> SealedKey:
+        return SealedKey(bytes.fromhex(k["cert"]), bytes.fromhex(k["sealed"]))
+
+    return EnrollResponse(
+        email=d["email"], sign_cert_der=bytes.fromhex(d["sign"]), encryption=sk(d["enc"]),
+        ca_cert_der=bytes.fromhex(d["ca"]), salt=bytes.fromhex(d["salt"]), history=[sk(h) for h in d["history"]],
+    )
+
+
+def _store_response(
+    conn: sqlite3.Connection, code_row: int, code: str, response: EnrollResponse, now: datetime
 ) -> None:
-    """The directory's files: HOME/pub/certs/EMAIL.enc.crt and EMAIL.sign.crt (DER)."""
-    # Derived from the database, so no fsync: readers still see whole files (rename).
-    write_atomic(address_file(certs_dir, email, ".enc.crt"), enc_cert.public_bytes(serialization.Encoding.DER),
-                 durable=False)
-    write_atomic(address_file(certs_dir, email, ".sign.crt"), sign_cert.public_bytes(serialization.Encoding.DER),
-                 durable=False)
+    salt = os.urandom(16)
+    nonce = os.urandom(12)
+    aad = f"hsmkm-enroll-replay\x00{code_row}".encode()
+    sealed = nonce + AESGCM(_replay_key(code, salt)).encrypt(nonce, _encode_response(response), aad)
+    conn.execute("INSERT INTO enroll_responses(code_row, kept_at, salt, sealed) VALUES (?, ?, ?, ?)",
+                 (code_row, now.isoformat(), salt, sealed))
+
+
+def purge_responses(conn: sqlite3.Connection, now: datetime) -> None:
+    """Drop kept responses whose replay window has passed (an index range, however many users)."""
+    conn.execute("DELETE FROM enroll_responses WHERE kept_at < ?", ((now - REPLAY_WINDOW).isoformat(),))
+
+
+def replayed_response(
+    km: KeyManager, conn: sqlite3.Connection, user: users.User, code: str, csr: x509.CertificateSigningRequest
+) -> EnrollResponse | None:
+    """The stored response if ``code`` is the user's latest code, used, unexpired, for this CSR's key."""
+    row = conn.execute(
+        "SELECT ec.id, ec.verifier, ec.expires_at, ec.used_at, r.salt, r.sealed FROM enrollment_codes ec "
+        "JOIN enroll_responses r ON r.code_row = ec.id WHERE ec.user_id = ? "
+        "AND ec.id = (SELECT MAX(id) FROM enrollment_codes WHERE user_id = ?)",
+        (user.id, user.id),
+    ).fetchone()
+    if row is None:
+        return None
+    cid, verifier, expires_at, used_at, salt, sealed = row
+    if used_at is None or str(used_at).startswith("superseded:"):
+        return None
+    now = km.clock()
+    if now > datetime.fromisoformat(expires_at) or now > datetime.fromisoformat(used_at) + REPLAY_WINDOW:
+        return None
+    if not hmac.compare_digest(bytes(verifier), users.code_verifier(code)):
+        return None
+    blob = bytes(sealed)
+    try:
+        data = AESGCM(_replay_key(code, bytes(salt))).decrypt(blob[:12], blob[12:], f"hsmkm-enroll-replay\x00{cid}".encode())
+    except Exception:
+        return None
+    response = _decode_response(data)
+    if x509.load_der_x509_certificate(response.sign_cert_der).public_key() != csr.public_key():
+        return None
+    # Still the user's current certificates (not revoked or re-keyed since).
+    current = conn.execute(
+        "SELECT der FROM certificates WHERE user_id = ? AND current = 1 AND status = 'valid'", (user.id,)
+    ).fetchall()
+    if {bytes(r[0]) for r in current} != {response.sign_cert_der, response.encryption.cert_der}:
+        return None
+    return response

@@ -15,6 +15,7 @@ from hsmkm import errors
 from hsmkm.x509.anchor import load_ca_certificate
 from hsmkm.clock import Clock, system_clock
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSecretKey, TokenSession
+from hsmkm.keys.softhsm_store import Repair
 from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog, crl_number_of
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, TokenRef
@@ -59,6 +60,8 @@ class KeyManager:
         self._ca_cert: x509.Certificate | None = None
         self._audit_key: TokenSecretKey | None = None
         self._archive_key: TokenSecretKey | None = None
+        # Token files the store check restored when this KM was opened (each audited).
+        self.repairs: list[Repair] = []
         self._anchor: TokenAnchor | None = None
         self._txn: tuple[sqlite3.Connection, AuditLog] | None = None
 
@@ -70,7 +73,14 @@ class KeyManager:
         config = KmConfig.load(home)
         db = Database.open(home.database)
         session = open_token(config.km_token, km_pin, config.softhsm_config)
-        return cls(home, config, db, session, clock, actor)
+        km = cls(home, config, db, session, clock, actor)
+        km.repairs = session.module.take_repairs()
+        if km.repairs:
+            with km.change(AuditAction.TOKEN_REPAIR, repairs=[
+                {"token_dir": r.token_dir, "file": r.file, "kind": r.kind.value} for r in km.repairs
+            ]):
+                pass
+        return km
 
     # --- keys on the KM token ---------------------------------------------------------------
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 from hsmkm import errors
-from hsmkm.addresses import address_file
-from hsmkm.km import users
+from hsmkm.km import directory, users
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.x509.crl import RevocationReason
@@ -36,6 +34,15 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
     if reason is RevocationReason.REMOVE_FROM_CRL:
         raise errors.BadInput("removeFromCRL is not a reason to revoke")
     now = km.clock()
+    user = users.find_user(km.db.conn, email)
+    # Queued first, in a transaction of its own: whatever happens to the revocation, the
+    # next drain makes the user's files match the database again.
+    with km.db.transaction() as conn:
+        directory.queue(conn, user.email, now.isoformat())
+    if user.status is users.UserStatus.REVOKED and not _valid_current(km, user.id):
+        # Run again after it completed (e.g. after a crash): nothing left to revoke.
+        directory.drain_outbox(km.db.conn, km.home)
+        return Revoked(user.email, [], reason, now.isoformat())
     with km.change(AuditAction.USER_REVOKE, email=email, reason=reason.value) as ch:
         user = users.find_user(ch.conn, email)
         rows = ch.conn.execute(
@@ -54,7 +61,13 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
             )
         ch.conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.REVOKED.value, user.id))
         ch.details.update(email=user.email, serials=serials)
-    for kind in ("enc", "sign"):
-        with contextlib.suppress(FileNotFoundError):
-            address_file(km.home.certs_dir, user.email, f".{kind}.crt").unlink()
+        # Before the commit: a revoked certificate is never left in the directory.
+        directory.remove_files(km.home, user.email)
+    directory.drain_outbox(km.db.conn, km.home)
     return Revoked(user.email, serials, reason, now.isoformat())
+
+
+def _valid_current(km: KeyManager, user_id: int) -> bool:
+    return km.db.conn.execute(
+        "SELECT 1 FROM certificates WHERE user_id = ? AND current = 1 AND status = 'valid'", (user_id,)
+    ).fetchone() is not None

@@ -1,23 +1,30 @@
 """Archive master key rotation: every record's at-rest layer moved to a new key on the token.
 
 Only the recovery-layer ciphertext passes through memory. Progress is kept in the database,
-so a crash at any point leaves a state from which ``rotate`` continues.
+so a crash at any point leaves a state from which ``rotate`` continues. Enrollment seals
+outside the database's write lock and checks the current master key inside its commit
+(re-sealing if a rotation started meanwhile), so the old key is destroyed only inside a
+write transaction that finds no record left under it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pkcs11 import ObjectClass
 
+from hsmkm import errors
+from hsmkm.keys.pkcs11 import TokenSession
 from hsmkm.km import archive
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.config import ARCHIVE_KEY_PREFIX
 from hsmkm.km.manager import KeyManager
 
 BATCH = 500
+_PROBE_AAD = b"hsmkm-archive-key-probe"
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,63 @@ def _next_label(label: str) -> str:
     return f"{ARCHIVE_KEY_PREFIX}{number + 1}"
 
 
+def master_key_is_sound(session: TokenSession, label: str) -> bool:
+    """Whether the key is one whole archive master key: its attributes, and a round trip.
+
+    A kill while SoftHSM2 writes a new key's object (it rewrites the file once per
+    attribute) leaves an object with only some of its attributes; such a key must never
+    become the master key.
+    """
+    try:
+        attrs = session.attributes(label, ObjectClass.SECRET_KEY)
+        if attrs.key_type != "AES" or not attrs.token or attrs.sensitive is not True or attrs.extractable is not False:
+            return False
+        if not {"encrypt", "decrypt"} <= set(attrs.usages):
+            return False
+        key = session.secret_key(label)
+        probe = os.urandom(32)
+        return key.decrypt_gcm(key.encrypt_gcm(probe, _PROBE_AAD), _PROBE_AAD) == probe
+    except errors.HsmkmError:
+        return False
+
+
+def _fresh_master_key(km: KeyManager, label: str) -> None:
+    """A whole key under ``label``: one left by a crashed run is kept if sound, else replaced."""
+    if km.session.has_object(label, ObjectClass.SECRET_KEY):
+        if master_key_is_sound(km.session, label):
+            return
+        km.session.destroy(label, ObjectClass.SECRET_KEY)
+    km.session.generate_aes_key(label)
+    if not master_key_is_sound(km.session, label):
+        raise errors.TokenError(f"token '{km.session.label}': the new archive key '{label}' does not work")
+
+
+def _migrate(km: KeyManager, old: str, new: str, batch: int, progress: Callable[[int], None]) -> int:
+    conn = km.db.conn
+    old_key, new_key = km.archive_key_by_label(old), km.archive_key_by_label(new)
+    done = 0
+    while True:
+        rows = conn.execute(
+            "SELECT id, user_id, cert_serial, format_version, sealed FROM archive WHERE master_label = ? "
+            "ORDER BY id LIMIT ?",
+            (old, batch),
+        ).fetchall()
+        if not rows:
+            return done
+        updates = []
+        for rid, uid, serial, version, sealed in rows:
+            aad = archive.record_aad(uid, serial, version)
+            updates.append((new_key.encrypt_gcm(old_key.decrypt_gcm(bytes(sealed), aad), aad), new, rid, old))
+        with km.change(AuditAction.ARCHIVE_ROTATE, stage="batch", old=old, new=new,
+                       first=rows[0][0], last=rows[-1][0], count=len(rows)) as ch:
+            # Only rows still under the old key: a concurrent writer may have moved one.
+            ch.conn.executemany(
+                "UPDATE archive SET sealed = ?, master_label = ? WHERE id = ? AND master_label = ?", updates
+            )
+        done += len(rows)
+        progress(done)
+
+
 def rotate_archive_key(
     km: KeyManager, progress: Callable[[int, int], None] = lambda done, total: None, batch: int = BATCH
 ) -> RotationResult:
@@ -42,8 +106,7 @@ def rotate_archive_key(
         old = km.db.get_meta("archive_key_label") or km.config.archive_key_label
         new = _next_label(old)
         # A key left by a run that crashed before recording the rotation was never used.
-        if not km.session.has_object(new, ObjectClass.SECRET_KEY):
-            km.session.generate_aes_key(new)
+        _fresh_master_key(km, new)
         with km.change(AuditAction.ARCHIVE_ROTATE, stage="start", old=old, new=new):
             km.db.set_meta("archive_rotation", json.dumps({"old": old, "new": new}))
             km.db.set_meta("archive_key_label", new)
@@ -52,26 +115,31 @@ def rotate_archive_key(
         old, new = labels["old"], labels["new"]
     total = int(conn.execute("SELECT COUNT(*) FROM archive WHERE master_label = ?", (old,)).fetchone()[0])
     done = 0
-    if total:
-        old_key, new_key = km.archive_key_by_label(old), km.archive_key_by_label(new)
-        while True:
-            rows = conn.execute(
-                "SELECT id, user_id, cert_serial, format_version, sealed FROM archive WHERE master_label = ? "
-                "ORDER BY id LIMIT ?",
-                (old, batch),
-            ).fetchall()
-            if not rows:
-                break
-            updates = []
-            for rid, uid, serial, version, sealed in rows:
-                aad = archive.record_aad(uid, serial, version)
-                updates.append((new_key.encrypt_gcm(old_key.decrypt_gcm(bytes(sealed), aad), aad), new, rid))
-            with km.change(AuditAction.ARCHIVE_ROTATE, stage="batch", old=old, new=new,
-                           first=rows[0][0], last=rows[-1][0], count=len(rows)) as ch:
-                ch.conn.executemany("UPDATE archive SET sealed = ?, master_label = ? WHERE id = ?", updates)
-            done += len(rows)
-            progress(done, total)
-    km.session.destroy(old, ObjectClass.SECRET_KEY)
+    old_exists = km.session.has_object(old, ObjectClass.SECRET_KEY)
+    while old_exists:
+        done += _migrate(km, old, new, batch, lambda n: progress(done + n, max(total, done + n)))
+        # The old key goes only when a write transaction sees no record under it: an
+        # enrollment that sealed under it and commits later re-seals under the new key.
+        with km.db.transaction() as tx:
+            left = tx.execute("SELECT COUNT(*) FROM archive WHERE master_label = ?", (old,)).fetchone()[0]
+            if left:
+                continue
+            km.session.destroy(old, ObjectClass.SECRET_KEY)
+            old_exists = False
+    _check_no_orphans(km)
     with km.change(AuditAction.ARCHIVE_ROTATE, stage="done", old=old, new=new, records=done):
         conn.execute("DELETE FROM meta WHERE key = 'archive_rotation'")
     return RotationResult(old, new, done)
+
+
+def _check_no_orphans(km: KeyManager) -> None:
+    """Every archive record's master key is on the token (none refers to a destroyed key)."""
+    labels = [str(r[0]) for r in km.db.conn.execute("SELECT DISTINCT master_label FROM archive")]
+    missing = [label for label in labels if not km.session.has_object(label, ObjectClass.SECRET_KEY)]
+    if missing:
+        count = km.db.conn.execute(
+            f"SELECT COUNT(*) FROM archive WHERE master_label IN ({','.join('?' * len(missing))})", missing
+        ).fetchone()[0]
+        raise errors.TokenError(
+            f"{count} archive record(s) are sealed under key(s) no longer on the token: {', '.join(missing)}"
+        )

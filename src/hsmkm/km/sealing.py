@@ -8,6 +8,7 @@ any token.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -26,14 +27,31 @@ def _kdf(shared: bytes, context: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"hsmkm-seal-v1\x00" + context).derive(shared)
 
 
-def seal(public_key: PublicKey, plaintext: bytes, context: bytes) -> bytes:
-    """Encrypt ``plaintext`` to ``public_key``; ``context`` is bound in as associated data."""
+@dataclass(frozen=True)
+class Ephemeral:
+    """One ephemeral EC key and its encoded point, shared by several recipients of a record."""
+
+    key: ec.EllipticCurvePrivateKey
+    point: bytes
+
+
+def new_ephemeral(curve: ec.EllipticCurve) -> Ephemeral:
+    key = ec.generate_private_key(curve)
+    return Ephemeral(key, key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
+
+
+def seal(
+    public_key: PublicKey, plaintext: bytes, context: bytes, ephemeral: Ephemeral | None = None
+) -> bytes:
+    """Encrypt ``plaintext`` to ``public_key``; ``context`` is bound in as associated data.
+
+    One ``ephemeral`` EC key may serve several recipients of the same curve when each
+    ``context`` names its recipient (the key derivation covers context and point)."""
     nonce = os.urandom(12)
     if isinstance(public_key, ec.EllipticCurvePublicKey):
-        eph = ec.generate_private_key(public_key.curve)
-        point = eph.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
+        if ephemeral is None or ephemeral.key.curve.name != public_key.curve.name:
+            ephemeral = new_ephemeral(public_key.curve)
+        eph, point = ephemeral.key, ephemeral.point
         key = _kdf(eph.exchange(ec.ECDH(), public_key), context + point)
         ct = AESGCM(key).encrypt(nonce, plaintext, context)
         return bytes([_EC]) + len(point).to_bytes(2, "big") + point + nonce + ct

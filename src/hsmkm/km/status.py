@@ -51,7 +51,7 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "serial": km.session.serial,
             "reachable": True,
         },
-        "recovery_token": km.config.recovery_token.label,
+        "recovery_token": km.config.recovery_token.label if km.config.recovery_token else None,
         "keys": keys,
         "ca": {
             "subject": km.ca_cert.subject.rfc4514_string() if km.home.ca_cert.exists() else None,
@@ -63,9 +63,14 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "certificates": count("SELECT COUNT(*) FROM certificates WHERE kind != 'ca'"),
             "revoked": count("SELECT COUNT(*) FROM certificates WHERE status = 'revoked'"),
             "archived_keys": count("SELECT COUNT(*) FROM archive"),
+            "archived_keys_to_migrate": count("SELECT COUNT(*) FROM archive WHERE format_version = 1"),
             "audit_entries": count("SELECT COUNT(*) FROM audit"),
         },
         "crl": crl_info,
         "officers": [o.name for o in officers],
+        "token_store": {
+            "guarded": km.session.module.store is not None,
+            "repairs": [r.describe() for r in km.repairs],
+        },
         "quorum": custody.quorum(conn),
     }

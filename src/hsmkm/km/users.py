@@ -223,8 +223,13 @@ def import_users(
     km: KeyManager,
     rows: Iterable[tuple[str, str | None]],
     progress: Callable[[int], None] = lambda n: None,
+    before_commit: Callable[[list[tuple[str, str]]], None] = lambda codes: None,
 ) -> list[tuple[str, str]]:
-    """Add many users in one transaction (all or none), one audit entry per user."""
+    """Add many users in one transaction (all or none), one audit entry per user.
+
+    ``before_commit`` gets the codes inside the transaction: the caller writes them out
+    durably there, so no committed user is without a code somebody holds.
+    """
     rows = list(rows)
     now = km.clock()
     out: list[tuple[str, str]] = []
@@ -248,7 +253,33 @@ def import_users(
             if i % 100 == 0:
                 progress(100)
         progress(len(rows) % 100)
+        before_commit(out)
     return out
+
+
+class CodesFileState(str, Enum):
+    COMMITTED = "committed"  # every user in it exists and the codes are theirs
+    VOID = "void"  # none of its users exist: an import that never committed
+    MIXED = "mixed"
+
+
+def codes_file_state(conn: sqlite3.Connection, pairs: list[tuple[str, str]]) -> CodesFileState:
+    """What a codes file left by an earlier ``user import`` is worth now."""
+    found = 0
+    for email, code in pairs:
+        row = conn.execute(
+            "SELECT ec.verifier FROM users u JOIN enrollment_codes ec ON ec.user_id = u.id WHERE u.email = ? "
+            "ORDER BY ec.id LIMIT 1",
+            (email,),
+        ).fetchone()
+        if row is None:
+            continue
+        if not hmac.compare_digest(bytes(row[0]), code_verifier(code)):
+            return CodesFileState.MIXED
+        found += 1
+    if found == 0:
+        return CodesFileState.VOID
+    return CodesFileState.COMMITTED if found == len(pairs) else CodesFileState.MIXED
 
 
 def reenable_user(km: KeyManager, email: str, settings: UserSettings = UserSettings()) -> str:

@@ -9,7 +9,65 @@ from pathlib import Path
 
 from hsmkm import errors
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Tables added by schema version 2 (per-record K-of-N shares); Database.open adds them to a
+# version-1 database, so a KM of the first release opens as it is.
+SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS share_epochs (
+    epoch      INTEGER PRIMARY KEY,
+    quorum     INTEGER NOT NULL,
+    status     TEXT NOT NULL,
+    request_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS epoch_officers (
+    epoch      INTEGER NOT NULL REFERENCES share_epochs(epoch),
+    officer    TEXT NOT NULL,
+    x          INTEGER NOT NULL,
+    public_key BLOB NOT NULL,
+    PRIMARY KEY (epoch, officer)
+);
+CREATE TABLE IF NOT EXISTS archive_shares (
+    record_id INTEGER NOT NULL REFERENCES archive(id),
+    epoch     INTEGER NOT NULL,
+    officer   TEXT NOT NULL,
+    x         INTEGER NOT NULL,
+    sealed    BLOB NOT NULL,
+    PRIMARY KEY (record_id, epoch, officer)
+);
+CREATE INDEX IF NOT EXISTS archive_shares_officer ON archive_shares(epoch, officer, record_id);
+CREATE TABLE IF NOT EXISTS reshares (
+    request_id   INTEGER NOT NULL REFERENCES recovery_requests(id),
+    from_officer TEXT NOT NULL,
+    to_officer   TEXT NOT NULL,
+    sealed       BLOB NOT NULL,
+    PRIMARY KEY (request_id, from_officer, to_officer)
+);
+CREATE TABLE IF NOT EXISTS request_claims (
+    request_id INTEGER PRIMARY KEY REFERENCES recovery_requests(id),
+    claimed_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epoch_attestations (
+    epoch     INTEGER NOT NULL REFERENCES share_epochs(epoch),
+    officer   TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (epoch, officer)
+);
+CREATE TABLE IF NOT EXISTS officer_tokens (
+    officer      TEXT PRIMARY KEY,
+    token_serial TEXT NOT NULL,
+    token_label  TEXT NOT NULL
+);
+"""
+
+# A first-release KM's officers become share epoch N (its PIN split's epoch), indices by name.
+_V1_EPOCH = """
+INSERT INTO share_epochs(epoch, quorum, status)
+    SELECT CAST(e.value AS INTEGER), CAST(q.value AS INTEGER), 'active' FROM meta e, meta q
+    WHERE e.key = 'share_epoch' AND q.key = 'quorum';
+INSERT INTO epoch_officers(epoch, officer, x, public_key)
+    SELECT share_epoch, name, ROW_NUMBER() OVER (ORDER BY name), public_key FROM officers WHERE status = 'active'
+"""
 
 SCHEMA = """
 CREATE TABLE meta (
@@ -121,7 +179,23 @@ CREATE TABLE recovered (
     archive_id  INTEGER NOT NULL REFERENCES archive(id),
     sealed      BLOB NOT NULL
 );
+""" + SCHEMA_V2
+
+# Tables added within schema version 1: made when missing, so older databases gain them.
+ADDITIVE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS enroll_responses (
+    code_row    INTEGER PRIMARY KEY REFERENCES enrollment_codes(id),
+    kept_at     TEXT NOT NULL,
+    salt        BLOB NOT NULL,
+    sealed      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS enroll_responses_kept_at ON enroll_responses(kept_at);
+CREATE TABLE IF NOT EXISTS directory_outbox (
+    email       TEXT PRIMARY KEY,
+    queued_at   TEXT NOT NULL
+)
 """
+_ADDITIVE_TABLES = ("enroll_responses", "directory_outbox")
 
 
 class Database:
@@ -146,7 +220,7 @@ class Database:
             raise errors.AlreadyExists(f"database {path} already exists")
         db = cls(path)
         with db.transaction():
-            for stmt in SCHEMA.split(";"):
+            for stmt in (SCHEMA + ";" + ADDITIVE_SCHEMA).split(";"):
                 if stmt.strip():
                     db.conn.execute(stmt)
             db.conn.execute(
@@ -163,9 +237,31 @@ class Database:
             version = db.get_meta("schema_version")
         except sqlite3.DatabaseError as exc:
             raise errors.MalformedInput(f"{path}: a damaged database ({exc})") from None
-        if version != str(SCHEMA_VERSION):
+        if version == "1":
+            db._upgrade_from_1()
+        elif version != str(SCHEMA_VERSION):
             raise errors.BadInput(f"database schema version {version} is not {SCHEMA_VERSION}")
+        db._add_missing_tables()
         return db
+
+    def _upgrade_from_1(self) -> None:
+        """Add the version-2 tables; idempotent, and a no-op when another process did it first."""
+        with self.transaction() as conn:
+            if self.get_meta("schema_version") != "1":
+                return
+            for stmt in (SCHEMA_V2 + ";" + _V1_EPOCH).split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def _add_missing_tables(self) -> None:
+        have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if all(t in have for t in _ADDITIVE_TABLES):
+            return
+        with self.transaction():
+            for stmt in ADDITIVE_SCHEMA.split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,139 @@
+"""``archive migrate``: a first-release archive (records RSA-OAEP-wrapped to one recovery key
+on a recovery token whose PIN is split among the officers) moved to per-record K-of-N shares.
+
+One last quorum-approved use of the recovery token: K officers approve a migration request
+with their PIN shares, the PIN is rebuilt in this process, and each record is opened and
+re-sealed under a fresh record key split among the officers, one record at a time, in
+batches that each commit (a crash leaves a state from which the command continues). Then the
+recovery key is destroyed on the token and its public key dropped from the database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pkcs11 import ObjectClass
+
+from hsmkm import errors
+from hsmkm.km import archive, custody, epochs, officer_side, recovery, request_content
+from hsmkm.km.audit import AuditAction
+from hsmkm.km.config import RECOVERY_KEY_LABEL
+from hsmkm.km.manager import KeyManager, open_token
+from hsmkm.km.officer_side import RecordIdentity
+
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    request_id: int
+    records: int
+    recovery_key_destroyed: bool
+
+
+def pending_records(km: KeyManager) -> int:
+    return int(km.db.conn.execute(
+        "SELECT COUNT(*) FROM archive WHERE format_version = ?", (archive.FORMAT_V1,)
+    ).fetchone()[0])
+
+
+def migrate(
+    km: KeyManager, request_id: int, progress: Callable[[int, int], None] = lambda done, total: None,
+    batch: int = BATCH, after_batch: Callable[[int], None] = lambda done: None,
+) -> MigrationResult:
+    """Carry out an approved migration request (again, after a crash: it continues)."""
+    conn = km.db.conn
+    req = recovery.load(conn, request_id)
+    if req.kind is not recovery.RequestKind.MIGRATE:
+        raise errors.BadInput(f"request {req.id} is a {req.kind.value} request")
+    if km.config.recovery_token is None:
+        raise errors.PolicyViolation("this KM has no recovery token: its archive is already per-record")
+    content = request_content.build(conn, request_id, None)
+    approvals = recovery.verified_approvals(km, req, content)
+    recovery._check_expiry(req, content, km.clock())  # whatever the status says
+    me = recovery.claim(km, req)
+    try:
+        total = pending_records(km)
+        done = 0
+        destroyed = False
+        rec_session = None
+        if total:
+            request_key = recovery._request_key(km, req)
+            shares = [officer_side.open_pin_share(request_key, a.blob, req.id, a.officer, content.canonical)
+                      for a in approvals]
+            pin = custody.combine_pin(shares)
+            del shares
+            try:
+                rec_session = open_token(km.config.recovery_token, pin, km.config.softhsm_config)
+            except errors.WrongPin:
+                raise errors.SignatureInvalid("the approvals do not rebuild the recovery token's PIN") from None
+            finally:
+                del pin
+            recovery_key = rec_session.private_key(label=RECOVERY_KEY_LABEL)
+            while True:
+                rows = archive.records_by_id(conn, [int(r[0]) for r in conn.execute(
+                    "SELECT id FROM archive WHERE format_version = ? ORDER BY id LIMIT ?", (archive.FORMAT_V1, batch)
+                )])
+                if not rows:
+                    break
+                master = km.archive_key
+                sharing = epochs.sharing(conn)
+                updates = []
+                masters = {label: km.archive_key_by_label(label) for label in {r.master_label for r in rows}}
+                for rec in rows:
+                    inner_v1 = archive.open_outer(rec, masters[rec.master_label])
+                    pkcs8 = archive.open_inner_v1(rec, inner_v1, recovery_key)
+                    record_key = os.urandom(32)
+                    inner = archive.seal_inner(record_key, pkcs8, rec.user_id, rec.cert_serial)
+                    del pkcs8
+                    sealed_shares = archive.split_and_seal_key(
+                        record_key, RecordIdentity(rec.id, rec.user_id, rec.cert_serial), sharing)
+                    del record_key
+                    aad = archive.record_aad(rec.user_id, rec.cert_serial, archive.FORMAT_VERSION)
+                    updates.append((rec.id, master.encrypt_gcm(inner, aad), sealed_shares))
+                with km.change(AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="batch",
+                               first=rows[0].id, last=rows[-1].id, count=len(rows)) as ch:
+                    if tuple(e.number for e in epochs.sharing(ch.conn)) != tuple(e.number for e in sharing):
+                        raise errors.PolicyViolation("the officers changed during the migration; run it again")
+                    for rid, sealed, sealed_shares in updates:
+                        cur = ch.conn.execute(
+                            "UPDATE archive SET format_version = ?, master_label = ?, sealed = ? "
+                            "WHERE id = ? AND format_version = ?",
+                            (archive.FORMAT_VERSION, master.label, sealed, rid, archive.FORMAT_V1),
+                        )
+                        if cur.rowcount == 1:
+                            ch.conn.execute("DELETE FROM archive_shares WHERE record_id = ?", (rid,))
+                            archive.store_shares(ch.conn, rid, sealed_shares)
+                done += len(rows)
+                progress(done, total)
+                after_batch(done)
+        if rec_session is None and km.db.get_meta("recovery_public_key") is not None:
+            # nothing left to migrate (a run that crashed after its last batch): finish with the key
+            request_key = recovery._request_key(km, req)
+            shares = [officer_side.open_pin_share(request_key, a.blob, req.id, a.officer, content.canonical)
+                      for a in approvals]
+            pin = custody.combine_pin(shares)
+            del shares
+            try:
+                rec_session = open_token(km.config.recovery_token, pin, km.config.softhsm_config)
+            except errors.WrongPin:
+                raise errors.SignatureInvalid("the approvals do not rebuild the recovery token's PIN") from None
+            finally:
+                del pin
+        if rec_session is not None:
+            destroyed = bool(rec_session.destroy(RECOVERY_KEY_LABEL, ObjectClass.PRIVATE_KEY))
+            rec_session.destroy(RECOVERY_KEY_LABEL, ObjectClass.PUBLIC_KEY)
+            rec_session.close()
+        with km.change(AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="done", records=done,
+                       recovery_key_destroyed=destroyed) as ch:
+            ch.conn.execute("DELETE FROM meta WHERE key = 'recovery_public_key'")
+            # the PIN shares are void now that the key they guarded is gone
+            ch.conn.execute("UPDATE officers SET share = ?", (b"",))
+            recovery._finish(ch.conn, req, me)
+    except BaseException:
+        recovery.release(km, req, me)
+        raise
+    recovery._destroy_key(km.session, req.key_label)
+    return MigrationResult(req.id, done, destroyed)
