@@ -1,4 +1,4 @@
-"""Client commands: enroll, keystore info|passwd."""
+"""Client commands: enroll, keystore info|passwd|repair."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hsmkm.client import enroll as client_enroll
 from hsmkm.keys import AnyKeystore, new_keystore, open_keystore
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.epf import EpfKeystore
+from hsmkm.keys.token_keystore import TokenKeystore
 from hsmkm.keys.uri import Pkcs11Uri, is_pkcs11_uri
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.enroll import enroll as km_enroll
@@ -150,3 +151,22 @@ def keystore_passwd(cli_ctx: CliContext, ref: str, password_source: str | None, 
     ks = EpfKeystore.open(Path(ref), cli_ctx.secret(password_source, f"current password of {ref}"))
     ks.change_password(cli_ctx.secret(new_password_source, f"new password of {ref}", confirm=True))
     cli_ctx.emit({"keystore": ref, "changed": True}, f"password of {ref} changed")
+
+
+@keystore.command("repair")
+@click.argument("ref")
+@pass_cli
+def keystore_repair(cli_ctx: CliContext, ref: str) -> None:
+    """Give a token's certificate objects the CKA_ISSUER and CKA_SERIAL_NUMBER that NSS
+    (Thunderbird) needs; tokens enrolled by earlier versions lack them.
+
+    \b
+    Example:
+      hsmkm keystore repair 'pkcs11:token=alice;object=alice?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:PIN'
+    """
+    if not is_pkcs11_uri(ref):
+        raise errors.BadInput("keystore repair is for tokens (pkcs11: URIs); an .epf needs no repair")
+    ks = open_user_keystore(cli_ctx, ref, None)
+    assert isinstance(ks, TokenKeystore)
+    n = ks.repair()
+    cli_ctx.emit({"keystore": ref, "repaired": n}, f"{n} certificate object(s) repaired on {ref}")

@@ -18,11 +18,14 @@ from hsmkm.addresses import address_file
 from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.bounded import MAX_SMALL_FILE, open_regular, read_regular
 from hsmkm.cli.client_cmds import open_user_keystore
-from hsmkm.cli.crl_cmds import client_cache, revocation_status
+from hsmkm.cli.crl_cmds import client_cache, default_cache_dir, revocation_status
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.client import messaging
 from hsmkm.clock import system_clock
-from hsmkm.cms import enveloped
+from hsmkm.client.correspondents import Correspondents
+from hsmkm.client.crlcache import CrlCache
+from hsmkm.cms import enveloped, signed
+from hsmkm.cms.protect import Confidentiality
 from hsmkm.cms.validation import Revoked, ValidationContext
 
 
@@ -66,6 +69,12 @@ def _write(path: str, data: bytes, private: bool = False) -> None:
         write_atomic(path, data, 0o600 if private else 0o644)
 
 
+def _correspondents(km_home: Path, cache: Path | None) -> Correspondents:
+    """Where what correspondents announced is kept: beside the CRL cache."""
+    store, _ca = client_cache(km_home, cache)
+    return Correspondents(store.dir / "correspondents")
+
+
 def _context(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> ValidationContext:
     store, ca = client_cache(km_home, cache)
     warned: list[bool] = []
@@ -94,11 +103,16 @@ def msg() -> None:
 @click.option("--keystore", "ref", required=True, help="Your keystore (.epf or pkcs11: URI).")
 @click.option("--password-source", help="Source of the .epf password.")
 @click.option("--detached", is_flag=True, help="multipart/signed (clear-signed) instead of opaque.")
+@click.option("--km", "km_home", type=click.Path(file_okay=False, path_type=Path),
+              help="The KM's home: refresh a stale CRL cache before checking your own certificate.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
 @pass_cli
-def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detached: bool, infile: str, outfile: str) -> None:
-    """Sign a message (RFC 5322/MIME in, S/MIME out).
+def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detached: bool, km_home: Path | None,
+             cache: Path | None, infile: str, outfile: str) -> None:
+    """Sign a message (RFC 5322/MIME in, S/MIME out), its header fields protected (RFC 9788).
+    Refused (exit 1) when the cached CRL lists your signing certificate as revoked.
 
     \b
     Examples:
@@ -108,8 +122,58 @@ def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detache
     _check_output(outfile)
     with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
         ks = open_user_keystore(cli_ctx, ref, password_source)
+        _check_own_certificate(cli_ctx, ks, km_home, cache)
         with _output(outfile) as dst:
             messaging.sign_file(src, dst, ks, detached)
+
+
+def _check_own_certificate(cli_ctx: CliContext, ks: messaging.Keystore, km_home: Path | None, cache: Path | None) -> None:
+    """Refuse to sign with a certificate the cached CRL lists as revoked; warn when the cache
+    is stale or absent (then nothing is known either way)."""
+    entry = ks.signing_entry()
+    if entry is None:
+        raise errors.NotFound("the keystore has no signing key")
+    cert = entry.certificate
+    ca = next((c for c in ks.ca_certificates() if c.subject == cert.issuer), None)
+    if km_home is not None:
+        store, ca = client_cache(km_home, cache)
+        if cert.issuer != ca.subject:
+            cli_ctx.warn("your signing certificate is not from this KM's CA: its revocation is not checked")
+            return
+        try:
+            info = revocation_status(cli_ctx, store, km_home, ca, cert.serial_number)
+        except errors.Unreachable as exc:
+            cli_ctx.warn(f"revocation of your signing certificate not checked: {exc}")
+            return
+    else:
+        if ca is None and cache is None:
+            cli_ctx.warn("revocation of your signing certificate not checked: the keystore holds no CA certificate")
+            return
+        store = CrlCache(cache or default_cache_dir(ca))  # type: ignore[arg-type]
+        st = store.status(system_clock())
+        if st.full_number is None:
+            cli_ctx.warn("revocation of your signing certificate not checked: no CRL cached (run 'hsmkm crl fetch')")
+            return
+        if st.stale:
+            cli_ctx.warn(f"CRL cache is stale (next update was {st.next_update}); your certificate checked against it")
+        try:
+            info = store.check(cert.serial_number)
+        except errors.Unreachable as exc:
+            cli_ctx.warn(f"revocation of your signing certificate not checked: {exc}")
+            return
+    if info is not None:
+        raise errors.CertificateRevoked(
+            f"your signing certificate {cert.serial_number:x} is revoked ({info.reason.value}, "
+            f"{info.revoked_at.isoformat()}): not signing")
+
+
+def _report(result: signed.VerifyResult) -> dict[str, object]:
+    restored = result.restored
+    return {
+        "protected_headers": dict(restored.protected) if restored and restored.protected else None,
+        "header_protection": restored.mode.value if restored and restored.mode else None,
+        "header_mismatches": restored.mismatches if restored else [],
+    }
 
 
 @msg.command("verify")
@@ -119,8 +183,10 @@ def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detache
 @click.option("-o", "--out", "outfile", help="Write the signed content here.")
 @pass_cli
 def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: str, outfile: str | None) -> None:
-    """Verify a signed message: signature, chain to the KM's CA, usage, revocation.
-    Exit 1 with the reason if it is invalid or the signer is revoked.
+    """Verify a signed message: signature, chain to the KM's CA, usage, revocation, and that
+    the signer is who From (the protected From, RFC 9788) says. Exit 1 with the reason if it is
+    invalid, the signer is revoked or is not the From. Outer header fields that differ from
+    the protected ones are reported; -o writes the message as its sender wrote it.
 
     \b
     Example:
@@ -138,11 +204,12 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
                 sys.stdout.buffer.flush()
         else:
             result = messaging.verify_file(src, Path(outfile) if outfile else None, ctx)
+    messaging.remember_sender(_correspondents(km_home, cache), result)
     for w in result.warnings:
         cli_ctx.warn(w)
     cli_ctx.emit(
         {"valid": True, "signer": result.email, "signing_time": result.signing_time.isoformat() if result.signing_time else None,
-         "serial": f"{result.signer.serial_number:x}", "warnings": result.warnings},
+         "serial": f"{result.signer.serial_number:x}", "warnings": result.warnings, **_report(result)},
         f"signature OK: signed by {result.email}" + (f" at {result.signing_time.isoformat()}" if result.signing_time else ""),
     )
 
@@ -164,22 +231,31 @@ def _directory_cert(km_home: Path, email: str) -> x509.Certificate:
 @click.option("--from", "sender", help="Your address: a lock box for you too.")
 @click.option("--sign-with", "sign_with", help="Sign first with this keystore (and add a lock box for you).")
 @click.option("--password-source", help="Source of the --sign-with .epf password.")
-@click.option("--cipher", type=click.Choice([c.value for c in enveloped.ContentCipher]), default="aes256-gcm", show_default=True)
-@click.option("--key-transport", type=click.Choice([t.value for t in enveloped.KeyTransport]), default="rsa-oaep", show_default=True)
+@click.option("--cipher", type=click.Choice([c.value for c in enveloped.ContentCipher]),
+              help="Override the content cipher (default: the strongest every recipient reads).")
+@click.option("--key-transport", type=click.Choice([t.value for t in enveloped.KeyTransport]),
+              help="Override the RSA key transport (default: per recipient, what each one reads).")
+@click.option("--hcp", type=click.Choice([c.value for c in Confidentiality]), default=Confidentiality.BASELINE.value,
+              show_default=True, help="Header confidentiality policy (RFC 9788): what the outer header fields show.")
+@click.option("--legacy-display", is_flag=True, help="Add a legacy display element (the hidden Subject shown in the body "
+              "by clients without header protection).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
 @pass_cli
 def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_files: tuple[str, ...], sender: str | None,
-                sign_with: str | None, password_source: str | None, cipher: str, key_transport: str, cache: Path | None,
-                infile: str, outfile: str) -> None:
-    """Encrypt to each recipient (one lock box each, and one for you when known).
+                sign_with: str | None, password_source: str | None, cipher: str | None, key_transport: str | None,
+                hcp: str, legacy_display: bool, cache: Path | None, infile: str, outfile: str) -> None:
+    """Encrypt to each recipient (one lock box each, and one for you when known), with the
+    strongest algorithms each one reads (RFC 8551 §2.7: what they announced in a signed message,
+    else their certificate's SMIMECapabilities), the header fields protected (RFC 9788).
 
     \b
     Examples:
       hsmkm msg encrypt --km ./km --to bob@example.com --from alice@example.com note.eml -o secret.eml
       hsmkm msg encrypt --km ./km --to bob@example.com --sign-with alice.epf --password-source env:PW note.eml -o s.eml
       hsmkm msg encrypt --km ./km --to old@example.com --cipher aes256-cbc --key-transport rsa-pkcs1v15 in.eml -o out.eml
+      hsmkm msg encrypt --km ./km --to bob@example.com --hcp hcp_no_confidentiality in.eml -o out.eml
     """
     _check_output(outfile)
     recipients = [_directory_cert(km_home, e) for e in to]
@@ -199,14 +275,19 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
     elif ks is not None and ks.encryption_entries():
         recipients.append(ks.encryption_entries()[0].certificate)
     ctx = _context(cli_ctx, km_home, cache)
+    choice = messaging.plan(recipients, _correspondents(km_home, cache),
+                            enveloped.ContentCipher(cipher) if cipher else None,
+                            enveloped.KeyTransport(key_transport) if key_transport else None)
+    for note in choice.notes:
+        cli_ctx.warn(note)
+    policy = Confidentiality(hcp)
     if ks is not None:
-        out = messaging.encrypt_message(_read(infile), recipients, ctx, enveloped.ContentCipher(cipher),
-                                        enveloped.KeyTransport(key_transport), ks)
+        out = messaging.encrypt_message(_read(infile), recipients, ctx, choice.cipher, choice.transports, ks,
+                                        policy, legacy_display)
         _write(outfile, out)
         return
     with _input(infile) as src, _output(outfile) as dst:
-        messaging.encrypt_file(src, dst, recipients, ctx, enveloped.ContentCipher(cipher),
-                               enveloped.KeyTransport(key_transport))
+        messaging.encrypt_file(src, dst, recipients, ctx, choice.cipher, choice.transports, policy, legacy_display)
 
 
 @msg.command("decrypt")
@@ -220,7 +301,8 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
 def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_home: Path | None, cache: Path | None,
                 infile: str, outfile: str) -> None:
     """Decrypt with whichever of your keys (current or older) the message names; verify a
-    signed message inside and warn if its signer is revoked.
+    signed message inside (its signer must be the From) and warn if its signer is revoked.
+    The output is the message as its sender wrote it, protected header fields restored.
 
     \b
     Example:
@@ -239,10 +321,15 @@ def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_h
                 sys.stdout.buffer.flush()
         else:
             opened = messaging.decrypt_file(src, Path(outfile), ks, ctx)
+    if opened.signer is not None and km_home is not None:
+        messaging.remember_sender(_correspondents(km_home, cache), opened.signer)
     for w in opened.warnings:
         cli_ctx.warn(w)
     if cli_ctx.json or outfile != "-":
         signer = opened.signer.email if opened.signer else None
+        restored = opened.restored
         cli_ctx.emit({"decrypted": True, "key_serial": f"{opened.recipient_serial:x}", "signed_by": signer,
-                      "warnings": opened.warnings},
+                      "warnings": opened.warnings,
+                      "protected_headers": dict(restored.protected) if restored and restored.protected else None,
+                      "header_mismatches": restored.mismatches if restored else []},
                      f"decrypted with key {opened.recipient_serial:x}" + (f"; signed by {signer}" if signer else ""))

@@ -16,6 +16,8 @@ from hsmkm.atomic import atomic_writer
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km, open_km_files
 from hsmkm.km import directory, users
+from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.smimecaps import ClientProfile
 from hsmkm.x509.profiles import CertKind
 
 
@@ -24,24 +26,40 @@ def user() -> None:
     """Users, their enrollment codes and certificates."""
 
 
+_KEY_OPTION = click.option("--key", "key_alg", type=click.Choice([a.value for a in KeyAlgorithm]),
+                           help="The user's encryption key algorithm (default: the KM's).")
+_CLIENT_OPTION = click.option(
+    "--client", type=click.Choice([c.value for c in ClientProfile]),
+    help="What the user's mail clients decrypt: modern (AES-GCM, RSA-OAEP) or compat (AES-CBC, RSA PKCS#1 v1.5; "
+         "Thunderbird/NSS, Outlook, gpgsm). Written into the certificates as SMIMECapabilities.")
+
+
+def _settings(key_alg: str | None, client: str | None) -> users.UserSettings:
+    return users.UserSettings(KeyAlgorithm(key_alg) if key_alg else None, ClientProfile(client) if client else None)
+
+
 @user.command("add")
 @click.argument("email")
 @click.option("--name", help="Display name.")
+@_KEY_OPTION
+@_CLIENT_OPTION
 @pass_cli
-def user_add(cli_ctx: CliContext, email: str, name: str | None) -> None:
+def user_add(cli_ctx: CliContext, email: str, name: str | None, key_alg: str | None, client: str | None) -> None:
     """Create a user and print their one-time enrollment code.
 
     \b
     Examples:
       hsmkm user add alice@example.com --name "Alice Liddell"
       CODE=$(hsmkm --json user add bob@example.com | jq -r .code)
+      hsmkm user add carol@example.com --key rsa3072 --client compat
     """
     users.normalize_email(email)  # refused before the token is even opened
     addresses.check_name(name)
     km = open_km(cli_ctx)
-    u, code = users.add_user(km, email, name)
+    u, code = users.add_user(km, email, name, _settings(key_alg, client))
     cli_ctx.emit(
-        {"email": u.email, "name": u.name, "code": code, "expires_days": km.config.code_ttl_days},
+        {"email": u.email, "name": u.name, "code": code, "expires_days": km.config.code_ttl_days,
+         "key": key_alg or km.config.user_key_alg.value, "client": client},
         f"user {u.email} added\nenrollment code (give it to the user; shown once): {code}",
     )
 
@@ -162,10 +180,13 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
     u = users.find_user(km.db.conn, email)
     certs = directory.user_certificates(km.db.conn, u.id)
     archived = km.db.conn.execute("SELECT COUNT(*) FROM archive WHERE user_id = ?", (u.id,)).fetchone()[0]
+    chosen = users.settings_of(km.db.conn, u.id)
     data: dict[str, Any] = {
         "email": u.email,
         "name": u.name,
         "status": u.status.value,
+        "key": (chosen.key_alg or km.config.user_key_alg).value,
+        "client": chosen.client.value if chosen.client else None,
         "archived_keys": archived,
         "certificates": [
             {
@@ -180,7 +201,8 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
             for c in certs
         ],
     }
-    lines = [f"{u.email} ({u.name or 'no name'}): {u.status.value}, {archived} archived key(s)"]
+    lines = [f"{u.email} ({u.name or 'no name'}): {u.status.value}, {archived} archived key(s), "
+             f"{data['key']} keys, client {data['client'] or 'not set'}"]
     for c in certs:
         extra = f" revoked {c.revoked_at} ({c.reason})" if c.revoked_at else ""
         lines.append(f"  {c.kind:<8} {c.serial} {'current ' if c.current else 'history '}{c.status}{extra}")
@@ -189,17 +211,20 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
 
 @user.command("reenable")
 @click.argument("email")
+@_KEY_OPTION
+@_CLIENT_OPTION
 @pass_cli
-def user_reenable(cli_ctx: CliContext, email: str) -> None:
+def user_reenable(cli_ctx: CliContext, email: str, key_alg: str | None, client: str | None) -> None:
     """A new one-time code: the next enrollment gives new certificates and a new key.
 
     \b
     Example:
       hsmkm user reenable alice@example.com
+      hsmkm user reenable alice@example.com --key rsa2048 --client compat
     """
     users.normalize_email(email)  # refused before the token is even opened
     km = open_km(cli_ctx)
-    code = users.reenable_user(km, email)
+    code = users.reenable_user(km, email, _settings(key_alg, client))
     cli_ctx.emit({"email": email, "code": code}, f"new enrollment code for {email} (shown once): {code}")
 
 

@@ -9,9 +9,8 @@ key on a token opens a lock box the same way as a key in an .epf.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 from asn1crypto import algos, cms, core
 from cryptography import x509
@@ -25,20 +24,15 @@ from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from hsmkm import errors
 from hsmkm.certnames import label_of
 from hsmkm.der import der_int, der_oid, seq, tlv
+from hsmkm import smimecaps
 from hsmkm.keys.base import KeyEntry
 
 
 HashFactory = Callable[[], hashes.HashAlgorithm]
 
 
-class ContentCipher(str, Enum):
-    AES256_GCM = "aes256-gcm"
-    AES256_CBC = "aes256-cbc"
-
-
-class KeyTransport(str, Enum):
-    RSA_OAEP = "rsa-oaep"
-    RSA_PKCS1V15 = "rsa-pkcs1v15"
+ContentCipher = smimecaps.Cipher  # the names the CMS layer has always used
+KeyTransport = smimecaps.Transport
 
 
 OID_DH_SHA256 = "1.3.132.1.11.1"  # dhSinglePass-stdDH-sha256kdf-scheme
@@ -143,10 +137,15 @@ def _kari(cert: x509.Certificate, pub: ec.EllipticCurvePublicKey, cek: bytes) ->
     return tlv(0xA1, b"\x02\x01\x03" + originator + alg + keys)
 
 
-def lock_boxes(recipients: list[x509.Certificate], cek: bytes, transport: KeyTransport) -> list[bytes]:
-    """One RecipientInfo (DER) per recipient certificate."""
+def lock_boxes(recipients: list[x509.Certificate], cek: bytes,
+               transport: KeyTransport | Sequence[KeyTransport]) -> list[bytes]:
+    """One RecipientInfo (DER) per recipient certificate; the key transport for all RSA
+    recipients or one per recipient (RFC 8551 §2.7: what each one reads)."""
     out = []
-    for cert in recipients:
+    transports = [transport] * len(recipients) if isinstance(transport, KeyTransport) else list(transport)
+    if len(transports) != len(recipients):
+        raise errors.BadInput("one key transport per recipient")
+    for cert, transport in zip(recipients, transports):
         _check_recipient(cert)
         pub = cert.public_key()
         if isinstance(pub, rsa.RSAPublicKey):
@@ -167,7 +166,7 @@ def encrypt(
     content: bytes,
     recipients: list[x509.Certificate],
     cipher: ContentCipher = ContentCipher.AES256_GCM,
-    transport: KeyTransport = KeyTransport.RSA_OAEP,
+    transport: KeyTransport | Sequence[KeyTransport] = KeyTransport.RSA_OAEP,
 ) -> bytes:
     """A DER ContentInfo with the content encrypted to every recipient."""
     if not recipients:

@@ -8,16 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from asn1crypto import cms
+from asn1crypto import cms, core
 from asn1crypto import x509 as asn1x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from hsmkm import errors
+from hsmkm import errors, smimecaps
 from hsmkm.certnames import email_of
 from hsmkm.der import der_int, der_oid, der_time, seq, tlv
+from hsmkm.cms.protect import Restored
 from hsmkm.cms.validation import ValidationContext, validate_signer
 from hsmkm.keys.base import KeyEntry
 
@@ -32,6 +33,10 @@ class VerifyResult:
     signing_time: datetime | None
     content: bytes
     warnings: list[str] = field(default_factory=list)
+    capabilities: list[str] | None = None  # SMIMECapabilities OIDs, the signer's order
+    encryption_certificate: x509.Certificate | None = None  # named by an encryption key preference
+    outer_headers: list[tuple[str, str]] = field(default_factory=list)
+    restored: Restored | None = None  # the message as its sender wrote it (header protection undone)
 
 
 def digest_name_for(key: object) -> str:
@@ -41,9 +46,9 @@ def digest_name_for(key: object) -> str:
     return "sha256"
 
 
-# What we read, best first: AES-256-GCM, AES-256-CBC, RSA-OAEP.
-_CAPABILITIES = seq(*(seq(der_oid(oid)) for oid in ("2.16.840.1.101.3.4.1.46", "2.16.840.1.101.3.4.1.42",
-                                                     "1.2.840.113549.1.1.7")))
+OID_SMIME_CAPABILITIES = "1.2.840.113549.1.9.15"
+OID_ENC_KEY_PREF = "1.2.840.113549.1.9.16.2.11"  # RFC 8551 §2.5.3 SMIMEEncryptionKeyPreference
+OID_MS_ENC_KEY_PREF = "1.3.6.1.4.1.311.16.4"  # Microsoft's: a bare IssuerAndSerialNumber
 
 
 OID_DATA = "1.2.840.113549.1.7.1"
@@ -65,23 +70,34 @@ def _attribute(oid: str, value: bytes) -> bytes:
     return seq(der_oid(oid), tlv(0x31, value))
 
 
-def signer_info(digest: bytes, signer: KeyEntry, signing_time: datetime) -> cms.SignerInfo:
+def issuer_and_serial(cert: x509.Certificate) -> bytes:
+    return seq(cert.issuer.public_bytes(), der_int(cert.serial_number))
+
+
+def signer_info(digest: bytes, signer: KeyEntry, signing_time: datetime,
+                encryption_cert: x509.Certificate | None = None, capabilities: bytes | None = None) -> cms.SignerInfo:
     """A SignerInfo over a content digest: the signed attributes (encoded here directly, as
-    DER) signed with the key interface."""
+    DER) signed with the key interface. ``capabilities`` is an SMIMECapabilities SEQUENCE
+    (what the signer reads); ``encryption_cert`` is named as the one to encrypt replies to,
+    both in the RFC 8551 attribute and in Microsoft's, which Outlook reads."""
     digest_name = digest_name_for(signer.key)
     hash_cls = _HASHES[digest_name]
     cert = signer.certificate
     cert_hash = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
-    attrs = sorted(  # DER sorts a SET OF by encoding; verifiers re-encode before checking
-        [
-            _attribute("1.2.840.113549.1.9.3", _OID_DATA),  # contentType
-            _attribute("1.2.840.113549.1.9.5", der_time(signing_time)),  # signingTime
-            _attribute("1.2.840.113549.1.9.4", tlv(0x04, digest)),  # messageDigest
-            _attribute("1.2.840.113549.1.9.15", _CAPABILITIES),  # SMIMECapabilities
-            # signingCertificateV2 with one ESSCertIDv2 (default hash SHA-256, left out as DER requires)
-            _attribute("1.2.840.113549.1.9.16.2.47", seq(seq(seq(tlv(0x04, cert_hash))))),
-        ]
-    )
+    attrs = [
+        _attribute("1.2.840.113549.1.9.3", _OID_DATA),  # contentType
+        _attribute("1.2.840.113549.1.9.5", der_time(signing_time)),  # signingTime
+        _attribute("1.2.840.113549.1.9.4", tlv(0x04, digest)),  # messageDigest
+        # signingCertificateV2 with one ESSCertIDv2 (default hash SHA-256, left out as DER requires)
+        _attribute("1.2.840.113549.1.9.16.2.47", seq(seq(seq(tlv(0x04, cert_hash))))),
+    ]
+    if capabilities is not None:
+        attrs.append(_attribute(OID_SMIME_CAPABILITIES, capabilities))
+    if encryption_cert is not None:
+        ias = issuer_and_serial(encryption_cert)
+        attrs.append(_attribute(OID_ENC_KEY_PREF, b"\xa0" + ias[1:]))  # [0] IMPLICIT issuerAndSerialNumber
+        attrs.append(_attribute(OID_MS_ENC_KEY_PREF, ias))
+    attrs.sort()  # DER sorts a SET OF by encoding; verifiers re-encode before checking
     to_sign = tlv(0x31, b"".join(attrs))  # the SET OF that RFC 5652 §5.4 says is signed
     key = signer.key
     if isinstance(key, rsa.RSAPrivateKey):
@@ -92,7 +108,7 @@ def signer_info(digest: bytes, signer: KeyEntry, signing_time: datetime) -> cms.
         sig_alg = _SIGNATURE_ALGS[("ec", digest_name)]
     der = seq(
         b"\x02\x01\x01",
-        seq(cert.issuer.public_bytes(), der_int(cert.serial_number)),
+        issuer_and_serial(cert),
         _DIGEST_ALGS[digest_name],
         tlv(0xA0, b"".join(attrs)),
         sig_alg,
@@ -113,10 +129,13 @@ def sign(
     extra_certs: list[x509.Certificate],
     detached: bool,
     signing_time: datetime,
+    encryption_cert: x509.Certificate | None = None,
+    capabilities: bytes | None = None,
 ) -> bytes:
-    """A DER ContentInfo holding SignedData over ``content`` (absent from it when detached)."""
+    """A DER ContentInfo holding SignedData over ``content`` (absent from it when detached).
+    ``extra_certs`` should hold ``encryption_cert`` for a correspondent to reply with."""
     digest_name = digest_name_for(signer.key)
-    si = signer_info(hashlib.new(digest_name, content).digest(), signer, signing_time)
+    si = signer_info(hashlib.new(digest_name, content).digest(), signer, signing_time, encryption_cert, capabilities)
     certs = [asn1x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in [signer.certificate, *extra_certs]]
     body = cms.SignedData(
         {
@@ -234,27 +253,16 @@ def _verify(
     signature = si["signature"].native
     signing_time = None
     attrs = si["signed_attrs"]
-    if attrs.native:
-        values: dict[str, object] = {}
-        for a in attrs:
-            name = a["type"].native
-            if name in values:
-                raise errors.MalformedInput(f"the signed attribute {name} appears twice")
-            if len(a["values"]) != 1 and name in ("message_digest", "content_type", "signing_time"):
-                raise errors.MalformedInput(f"the signed attribute {name} must have one value")
-            values[name] = a["values"]
-        md = values.get("message_digest")
-        digest = content_digest if content is None else hashlib.new(digest_name, content).digest()
-        if md is None or md[0].native != digest:  # type: ignore[index]
-            raise errors.SignatureInvalid("the content does not match the signed digest: it was altered")
-        ct = values.get("content_type")
-        if ct is None or ct[0].dotted != econtent_type:  # type: ignore[index]
-            raise errors.SignatureInvalid("the signed content type does not match")
-        if "signing_time" in values:
-            signing_time = values["signing_time"][0].native  # type: ignore[index]
-            if not isinstance(signing_time, datetime) or signing_time.tzinfo is None:
-                raise errors.MalformedInput("the signing time is not a time")
+    read = SignedAttributes()
+    if attrs.contents:
         signed_bytes = _as_set(attrs)
+        read = read_signed_attributes(signed_bytes)
+        digest = content_digest if content is None else hashlib.new(digest_name, content).digest()
+        if read.message_digest is None or read.message_digest != digest:
+            raise errors.SignatureInvalid("the content does not match the signed digest: it was altered")
+        if read.content_type is None or read.content_type != econtent_type:
+            raise errors.SignatureInvalid("the signed content type does not match")
+        signing_time = read.signing_time
     else:
         if content is None:
             raise errors.UnsupportedAlgorithm("unsupported algorithm: a streamed message without signed attributes")
@@ -263,7 +271,104 @@ def _verify(
         raise errors.MalformedInput("the signature is not an OCTET STRING")
     _verify_raw(signer_cert.public_key(), signature, signed_bytes, sig_alg, digest_name, si["signature_algorithm"]["parameters"])
     warnings = validate_signer(signer_cert, certs, context, signing_time)
-    return VerifyResult(signer_cert, email_of(signer_cert), signing_time, content or b"", warnings)
+    enc_cert = None
+    if read.encryption_key is not None:
+        enc_cert = next((c for c in certs if issuer_and_serial(c) == read.encryption_key), None)
+    return VerifyResult(signer_cert, email_of(signer_cert), signing_time, content or b"", warnings,
+                        read.capabilities, enc_cert)
+
+
+def _elements(data: bytes) -> list[bytes]:
+    """The DER elements (tag, length, value) one after another in ``data``."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        if pos + 2 > len(data) or data[pos] & 0x1F == 0x1F:
+            raise errors.MalformedInput("signed attributes: a truncated or multi-octet tag")
+        first = data[pos + 1]
+        if first < 0x80:
+            length, head = first, 2
+        else:
+            n = first & 0x7F
+            if n == 0 or n > 4 or pos + 2 + n > len(data):
+                raise errors.MalformedInput("signed attributes: a bad length")
+            length, head = int.from_bytes(data[pos + 2:pos + 2 + n], "big"), 2 + n
+        end = pos + head + length
+        if end > len(data):
+            raise errors.MalformedInput("signed attributes: an element runs past its end")
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
+def _value(element: bytes) -> bytes:
+    n = element[1]
+    return element[2:] if n < 0x80 else element[2 + (n & 0x7F):]
+
+
+_SINGLE_VALUED = {"1.2.840.113549.1.9.3": "content_type", "1.2.840.113549.1.9.4": "message_digest",
+                  "1.2.840.113549.1.9.5": "signing_time"}
+
+
+@dataclass
+class SignedAttributes:
+    """What hsmkm reads from a SignerInfo's signed attributes; the rest is carried, unread."""
+
+    content_type: str | None = None
+    message_digest: bytes | None = None
+    signing_time: datetime | None = None
+    capabilities: list[str] | None = None
+    encryption_key: bytes | None = None  # IssuerAndSerialNumber DER of the preferred encryption cert
+    other: list[str] = field(default_factory=list)
+
+
+def read_signed_attributes(der_set: bytes) -> SignedAttributes:
+    """Parse the signed attributes SET: the ones that secure the signature strictly (exactly
+    one value each, no repeats), the informative ones leniently (a value that does not parse
+    is ignored, as any unknown attribute is)."""
+    out = SignedAttributes()
+    seen: set[str] = set()
+    (whole,) = _elements(der_set)
+    for a in _elements(_value(whole)):
+        parts = _elements(_value(a)) if a[:1] == b"\x30" else []
+        if len(parts) != 2 or parts[0][:1] != b"\x06" or parts[1][:1] != b"\x31":
+            raise errors.MalformedInput("a signed attribute is not a type and a SET of values")
+        oid = core.ObjectIdentifier.load(parts[0]).dotted
+        if oid in seen:
+            raise errors.MalformedInput(f"the signed attribute {_SINGLE_VALUED.get(oid, oid)} appears twice")
+        seen.add(oid)
+        values = _elements(_value(parts[1]))
+        if oid in _SINGLE_VALUED:
+            if len(values) != 1:
+                raise errors.MalformedInput(f"the signed attribute {_SINGLE_VALUED[oid]} must have one value")
+            raw = values[0]
+            if oid == "1.2.840.113549.1.9.3":
+                out.content_type = core.ObjectIdentifier.load(raw).dotted
+            elif oid == "1.2.840.113549.1.9.4":
+                out.message_digest = core.OctetString.load(raw).native
+            else:
+                when = cms.Time.load(raw).native
+                if not isinstance(when, datetime) or when.tzinfo is None:
+                    raise errors.MalformedInput("the signing time is not a time")
+                out.signing_time = when
+            continue
+        if not values:
+            continue
+        try:
+            if oid == OID_SMIME_CAPABILITIES:
+                out.capabilities = smimecaps.decode(values[0])
+            elif oid == OID_ENC_KEY_PREF and values[0][:1] == b"\xa0":
+                ias = b"\x30" + values[0][1:]
+                cms.IssuerAndSerialNumber.load(ias, strict=True).native
+                out.encryption_key = ias
+            elif oid == OID_MS_ENC_KEY_PREF and out.encryption_key is None:
+                cms.IssuerAndSerialNumber.load(values[0], strict=True).native
+                out.encryption_key = values[0]
+            else:
+                out.other.append(oid)
+        except (ValueError, TypeError, KeyError, errors.MalformedInput):
+            out.other.append(oid)  # an informative attribute we cannot read: ignored
+    return out
 
 
 def _as_set(attrs: cms.CMSAttributes) -> bytes:

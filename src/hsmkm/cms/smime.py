@@ -63,6 +63,11 @@ def _split_head(data: bytes) -> tuple[list[tuple[str, str]], bytes] | None:
     return None if split is None else (split[0], data[split[1] :])
 
 
+def outer_of(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The header fields that are not the S/MIME layer's own (Content-*, MIME-Version)."""
+    return [(k, v) for k, v in headers if not k.lower().startswith("content-") and k.lower() != "mime-version"]
+
+
 def header_value(headers: list[tuple[str, str]], name: str) -> str | None:
     for k, v in headers:
         if k.lower() == name.lower():

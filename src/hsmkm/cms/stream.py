@@ -15,7 +15,8 @@ import hashlib
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from hsmkm import errors
 from hsmkm.atomic import write_atomic
-from hsmkm.cms import ber, enveloped, signed, smime
+from hsmkm.cms import ber, enveloped, mimefields, protect, signed, smime
 from hsmkm.cms.validation import ValidationContext
 from hsmkm.der import der_oid, seq as der_seq, tlv
 from hsmkm.keys.base import KeyEntry
@@ -125,11 +126,14 @@ def encrypt_stream(
     out: BinaryIO,
     recipients: list[x509.Certificate],
     cipher: enveloped.ContentCipher,
-    transport: enveloped.KeyTransport,
+    transport: enveloped.KeyTransport | Sequence[enveloped.KeyTransport],
+    policy: protect.Confidentiality = protect.Confidentiality.BASELINE,
+    legacy_display: bool = False,
 ) -> None:
-    """Read a message from ``src``, write the S/MIME encrypted message to ``out``."""
+    """Read a message from ``src``, write the S/MIME encrypted message to ``out``, its header
+    fields protected (RFC 9788, hp="cipher") and exposed as ``policy`` allows."""
     head = src.read(64 << 10)
-    outer, entity_head, body_start = _split_message(head)
+    outer, entity_head, body_start, entity_tail = _split_message(head, protect.HpMode.CIPHER, policy, legacy_display)
     cek = os.urandom(32)
     boxes = enveloped.lock_boxes(recipients, cek, transport)
     infos = enveloped.recipient_infos(boxes)
@@ -172,6 +176,8 @@ def encrypt_stream(
             break
         data = canon(chunk)
         emit(enc.update(data if gcm else padder.update(data)))
+    if entity_tail:
+        emit(enc.update(entity_tail if gcm else padder.update(entity_tail)))
     if gcm:
         emit(enc.finalize())
         b64.write(ber.EOC + ber.EOC + ber.header(0x04, 16) + enc.tag + ber.EOC + ber.EOC + ber.EOC)
@@ -181,21 +187,22 @@ def encrypt_stream(
     b64.close()
 
 
-def _split_message(head: bytes) -> tuple[list[tuple[str, str]], bytes, int]:
-    """Outer headers, the protected entity's header block, and where the body starts."""
-    split = smime.split_head(head)
-    if split is None:
-        return [], b"Content-Type: text/plain; charset=utf-8\r\n\r\n", 0
-    headers, body_start = split
-    outer = [(k, v) for k, v in headers if not k.lower().startswith("content-") and k.lower() != "mime-version"]
-    content = [(k, v) for k, v in headers if k.lower().startswith("content-")] or [
-        ("Content-Type", "text/plain; charset=utf-8")
-    ]
-    return outer, "".join(f"{k}: {v}\r\n" for k, v in content).encode() + b"\r\n", body_start
+def _split_message(head: bytes, mode: protect.HpMode, policy: protect.Confidentiality = protect.Confidentiality.BASELINE,
+                   legacy_display: bool = False) -> tuple[list[tuple[str, str]], bytes, int, bytes]:
+    """Outer headers, the Cryptographic Payload up to the body, where the body starts in
+    ``head``, and what follows the body."""
+    m = re.search(rb"\r?\n\r?\n", head)
+    split = mimefields.split_fields(head[: m.end()]) if m else None
+    if split is None or m is None:
+        p = protect.protect_head(None, mode)
+        return p.outer, p.prefix, 0, p.suffix
+    p = protect.protect_head(split[0], mode, policy, legacy_display)
+    return p.outer, p.prefix, m.end(), p.suffix
 
 
-def open_cms_stream(src: BinaryIO) -> BinaryIO:
-    """The CMS bytes of a message: bare DER/BER as is, base64 under S/MIME headers decoded."""
+def open_cms_stream(src: BinaryIO, outer: list[tuple[str, str]] | None = None) -> BinaryIO:
+    """The CMS bytes of a message: bare DER/BER as is, base64 under S/MIME headers decoded;
+    the message's outer (non-MIME) header fields are appended to ``outer``."""
     head = src.read(64 << 10)
     if head[:1] == b"\x30":
         return _Prefixed(head, src)  # type: ignore[return-value]
@@ -206,7 +213,33 @@ def open_cms_stream(src: BinaryIO) -> BinaryIO:
     ctype = (smime.header_value(headers, "Content-Type") or "").lower()
     if not ctype.startswith(("application/pkcs7-mime", "application/x-pkcs7-mime")):
         raise errors.MalformedInput(f"not an encrypted S/MIME message (Content-Type {ctype or 'missing'})")
+    if outer is not None:
+        outer += smime.outer_of(headers)
     return Base64Reader(src, head[body_start:])  # type: ignore[return-value]
+
+
+HeadFilter = Callable[[bytes], bytes]
+
+
+class _HeadFiltered:
+    """A writer that hands the first ``limit`` octets (or all, if fewer) to a filter once."""
+
+    def __init__(self, fh: BinaryIO, head_filter: HeadFilter | None, limit: int = 64 << 10) -> None:
+        self.fh, self.filter, self.limit, self.buf = fh, head_filter, limit, b""
+
+    def write(self, data: bytes) -> None:
+        if self.filter is None:
+            self.fh.write(data)
+            return
+        self.buf += data
+        if len(self.buf) >= self.limit:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.filter is not None:
+            head_filter, self.filter = self.filter, None
+            self.fh.write(head_filter(self.buf))
+            self.buf = b""
 
 
 class _Prefixed:
@@ -224,9 +257,11 @@ class _Prefixed:
         return self.rest.read(n)
 
 
-def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mode: int = 0o600) -> KeyEntry:
-    """Decrypt into ``out_path`` (atomically, after the tag checks); returns the key used."""
-    reader = ber.Reader(open_cms_stream(src))
+def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mode: int = 0o600,
+                   outer: list[tuple[str, str]] | None = None, head_filter: HeadFilter | None = None) -> KeyEntry:
+    """Decrypt into ``out_path`` (atomically, after the tag checks); returns the key used. The
+    outer header fields go to ``outer``; ``head_filter`` rewrites the plaintext's beginning."""
+    reader = ber.Reader(open_cms_stream(src, outer))
     with errors.malformed("CMS message"):
         ci = reader.expect(0x30, "a CMS ContentInfo")
         ci_start = reader.pos
@@ -272,7 +307,8 @@ def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mo
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh, errors.malformed("CMS message"):
+        with os.fdopen(fd, "wb") as raw_fh, errors.malformed("CMS message"):
+            fh = _HeadFiltered(raw_fh, head_filter)
             if enc_hdr.tag not in (0x80, 0xA0):
                 raise errors.MalformedInput("CMS: no encrypted content")
             if enc_hdr.tag == 0x80:
@@ -310,8 +346,9 @@ def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mo
                     fh.write(unpadder.update(dec.finalize()) + unpadder.finalize())
                 except ValueError:
                     raise errors.SignatureInvalid("the content does not decrypt (wrong key or tampered)") from None
-            fh.flush()
-            os.fsync(fh.fileno())
+            fh.finish()
+            raw_fh.flush()
+            os.fsync(raw_fh.fileno())
         os.replace(tmp, out_path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -321,11 +358,14 @@ def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mo
 
 
 def sign_stream(
-    src: BinaryIO, out: BinaryIO, signer: KeyEntry, extra_certs: list[x509.Certificate], detached: bool, now: datetime
+    src: BinaryIO, out: BinaryIO, signer: KeyEntry, extra_certs: list[x509.Certificate], detached: bool, now: datetime,
+    encryption_cert: x509.Certificate | None = None, capabilities: bytes | None = None,
 ) -> None:
-    """Sign a message of any size: hashed and written as it is read, the signature last."""
+    """Sign a message of any size: hashed and written as it is read, the signature last; the
+    header fields protected (RFC 9788, hp="clear"). ``encryption_cert`` (also to be among
+    ``extra_certs``) is named for replies, ``capabilities`` says what the signer reads."""
     head = src.read(64 << 10)
-    outer, entity_head, body_start = _split_message(head)
+    outer, entity_head, body_start, entity_tail = _split_message(head, protect.HpMode.CLEAR)
     digest_name = signed.digest_name_for(signer.key)
     h = hashlib.new(digest_name)
     canon = Canonicalizer()
@@ -335,6 +375,7 @@ def sign_stream(
         yield canon(head[body_start:])
         while chunk := src.read(CHUNK):
             yield canon(chunk)
+        yield entity_tail
 
     if detached:
         boundary = "----hsmkm-" + os.urandom(12).hex()
@@ -343,7 +384,7 @@ def sign_stream(
         for piece in entity():
             h.update(piece)
             out.write(piece)
-        si = signed.signer_info(h.digest(), signer, now)
+        si = signed.signer_info(h.digest(), signer, now, encryption_cert, capabilities)
         der = _signed_data_der(digest_name, None, signed.certificates_der(signer, extra_certs), si.dump())
         out.write(smime.multipart_signed_tail(der, boundary))
         return
@@ -360,7 +401,7 @@ def sign_stream(
         if piece:
             h.update(piece)
             b64.write(ber.header(0x04, len(piece)) + piece)
-    si = signed.signer_info(h.digest(), signer, now)
+    si = signed.signer_info(h.digest(), signer, now, encryption_cert, capabilities)
     b64.write(ber.EOC * 3 + signed.certificates_der(signer, extra_certs) + tlv(0x31, si.dump()) + ber.EOC * 3)
     b64.close()
 
@@ -386,11 +427,17 @@ _OID_SIGNED_DATA = der_oid("1.2.840.113549.1.7.2")
 _OID_DATA = der_oid("1.2.840.113549.1.7.1")
 
 
-def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext) -> signed.VerifyResult:
+def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext, head_filter: HeadFilter | None = None,
+                  check: Callable[[signed.VerifyResult], None] | None = None,
+                  outer_out: list[tuple[str, str]] | None = None) -> signed.VerifyResult:
     """Verify an opaque signed message of any size, writing its content to ``out_path`` only once
     the signature and the signer check out. A clear-signed (multipart/signed) message, at most
-    MAX_CLEAR_SIGNED octets, is read into memory; anything else is refused from its headers."""
+    MAX_CLEAR_SIGNED octets, is read into memory; anything else is refused from its headers.
+    The result carries the outer header fields; ``head_filter`` rewrites the content's
+    beginning as it is written (the outer fields are in ``outer_out`` by then) and ``check``
+    may refuse the result before anything is written."""
     head = src.read(64 << 10)
+    outer: list[tuple[str, str]] = []
     if head[:1] == b"\x30":
         cms_stream: BinaryIO = _Prefixed(head, src)  # type: ignore[assignment]
     else:
@@ -404,11 +451,20 @@ def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext) 
                 raise errors.MalformedInput(f"a clear-signed message over {MAX_CLEAR_SIGNED >> 20} MiB is refused")
             parsed = smime.parse(data)
             result = signed.verify(parsed.der, parsed.detached_content, ctx)
+            result.outer_headers = parsed.outer_headers
+            if outer_out is not None:
+                outer_out += parsed.outer_headers
+            content = head_filter(result.content) if head_filter else result.content
+            if check is not None:
+                check(result)
             if out_path is not None:
-                write_atomic(out_path, result.content, 0o600)
+                write_atomic(out_path, content, 0o600)
             return result
         if not ctype.startswith(("application/pkcs7-mime", "application/x-pkcs7-mime")):
             raise errors.MalformedInput(f"not a signed S/MIME message (Content-Type {ctype or 'missing'})")
+        outer = smime.outer_of(split[0])
+        if outer_out is not None:
+            outer_out += outer
         cms_stream = Base64Reader(src, head[split[1]:])  # type: ignore[assignment]
     if out_path is not None and out_path.is_dir():
         raise errors.BadInput(f"{out_path} is a directory")
@@ -416,7 +472,8 @@ def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext) 
     target = out_path or Path(os.devnull)
     fd, tmp = tempfile.mkstemp(prefix=".hsmkm-verify.", suffix=".tmp", dir=None if out_path is None else out_path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "wb") as raw_fh:
+            fh = _HeadFiltered(raw_fh, head_filter)
             with errors.malformed("signed message"):
                 ci = reader.expect(0x30, "a CMS ContentInfo")
                 ci_start = reader.pos
@@ -474,7 +531,8 @@ def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext) 
                 reader.close(wrap, wrap_start)
                 reader.close(ci, ci_start)
                 reader.at_end()
-                fh.flush()
+                fh.finish()
+                raw_fh.flush()
                 si_set = cms.SignerInfos.load(signer_infos)
                 if not len(si_set):
                     raise errors.MalformedInput("no signer in the message")
@@ -483,6 +541,9 @@ def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext) 
             raise errors.UnsupportedAlgorithm(f"unsupported algorithm: digest {digest_name}")
         der = _signed_data_der(digest_name, None, certs, signer_infos[_header_len(signer_infos):])
         result = signed.verify(der, None, ctx, content_digest=hashers[digest_name].digest())
+        result.outer_headers = outer
+        if check is not None:
+            check(result)
         if out_path is not None:
             os.replace(tmp, target)
         return result

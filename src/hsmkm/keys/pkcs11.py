@@ -128,7 +128,7 @@ class Pkcs11Module:
             if (
                 mod is not None
                 and mod.pid == os.getpid()
-                and (softhsm_config is None or mod.config == softhsm_config)
+                and (softhsm_config is None or _same_file(mod.config, softhsm_config))
             ):
                 return mod
             explicit = softhsm_config is not None
@@ -142,7 +142,13 @@ class Pkcs11Module:
             if store is not None:
                 store.attach()  # held for the process's life, before the module touches the store
             if mod is not None:
-                # After a fork, or for another SoftHSM2 store: start the module afresh.
+                # After a fork, or for another SoftHSM2 store: start the module afresh. The
+                # old sessions end, and their handles would be reused by the new module's
+                # sessions, possibly on another token: they are made unusable first.
+                for ended in mod._tokens.values():
+                    ended.session = _EndedSession(ended.label)
+                    ended.is_open = False
+                mod._tokens.clear()
                 with contextlib.suppress(p11e.PKCS11Error):
                     mod.lib.finalize()
                 with mapped_errors(f"PKCS#11 module {path}"):
@@ -246,6 +252,22 @@ class Pkcs11Module:
     def forget(self, session: TokenSession) -> None:
         with self.lock:
             self._tokens.pop((session.serial, session.label), None)
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+class _EndedSession:
+    """Stands in for a session whose module was re-initialised: every use is an error."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise errors.TokenError(f"token '{self._label}': the session ended (the PKCS#11 module was re-initialised)")
 
 
 def _pin_digest(pin: str) -> bytes:
@@ -577,21 +599,34 @@ class TokenSession:
         return self.private_key(label=label)
 
     def store_certificate(self, der: bytes, label: str, key_id: bytes, subject_der: bytes) -> None:
-        """Store an X.509 certificate object whose CKA_ID matches its key."""
+        """Store an X.509 certificate object whose CKA_ID matches its key, with the issuer and
+        serial number that NSS (Thunderbird) needs to find the certificate of a recipient."""
         with self.lock, mapped_errors(f"{self.what()}: storing certificate"):
-            self.session.create_object(
-                {
-                    Attribute.CLASS: ObjectClass.CERTIFICATE,
-                    Attribute.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: False,
-                    Attribute.LABEL: label,
-                    Attribute.ID: key_id,
-                    Attribute.SUBJECT: subject_der,
-                    Attribute.VALUE: der,
-                }
-            )
+            self.session.create_object(_certificate_template(der, label, key_id, subject_der))
         self.module.changed()
+
+    def repair_certificates(self) -> int:
+        """Re-create certificate objects written without CKA_ISSUER or CKA_SERIAL_NUMBER (by
+        earlier versions), keeping label, id and value; returns how many were repaired."""
+        repaired = 0
+        for obj in self._find(ObjectClass.CERTIFICATE, None, None):
+            with self.lock, mapped_errors(f"{self.what()}: repairing certificates"):
+                der = bytes(obj[Attribute.VALUE])
+                issuer, serial = _issuer_serial(der)
+                try:
+                    present = bytes(obj[Attribute.ISSUER] or b"") == issuer and bytes(obj[Attribute.SERIAL_NUMBER] or b"") == serial
+                except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive):
+                    present = False
+                if present:
+                    continue
+                label, key_id, subject = obj[Attribute.LABEL], bytes(obj[Attribute.ID] or b""), bytes(obj[Attribute.SUBJECT])
+                # the new object first: a failure in between leaves two copies, never none
+                self.session.create_object(_certificate_template(der, label, key_id, subject))
+                obj.destroy()
+                repaired += 1
+        if repaired:
+            self.module.changed()
+        return repaired
 
     def certificates(self) -> list[tuple[str, bytes, bytes]]:
         """(label, id, DER) of every certificate object on the token."""
@@ -627,6 +662,30 @@ class TokenSession:
             self.session.set_pin(old, new)
         self._pin_digest = _pin_digest(new)
         self.module.changed()
+
+
+def _issuer_serial(der: bytes) -> tuple[bytes, bytes]:
+    """The issuer Name and the serialNumber INTEGER of a certificate, both DER."""
+    from asn1crypto import x509 as asn1x509
+
+    tbs = asn1x509.Certificate.load(der)["tbs_certificate"]
+    return tbs["issuer"].dump(), tbs["serial_number"].dump()
+
+
+def _certificate_template(der: bytes, label: str, key_id: bytes, subject_der: bytes) -> dict[Any, Any]:
+    issuer, serial = _issuer_serial(der)
+    return {
+        Attribute.CLASS: ObjectClass.CERTIFICATE,
+        Attribute.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509,
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: False,
+        Attribute.LABEL: label,
+        Attribute.ID: key_id,
+        Attribute.SUBJECT: subject_der,
+        Attribute.ISSUER: issuer,
+        Attribute.SERIAL_NUMBER: serial,
+        Attribute.VALUE: der,
+    }
 
 
 def _serialization() -> Any:

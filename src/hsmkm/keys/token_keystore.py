@@ -133,7 +133,9 @@ class TokenKeystore(EntriesByRole):
         encryption: list[tuple[PrivateKey, x509.Certificate]],
         ca_certs: list[x509.Certificate],
     ) -> None:
-        """Store certificates (and import encryption keys) on the token."""
+        """Store certificates (and import encryption keys) on the token; certificate objects
+        written by earlier versions are repaired on the way (``enroll --update``)."""
+        self.session.repair_certificates()
         if signing is not None:
             key, cert = signing
             kid = getattr(key, "key_id", b"") or key_id_of(cert.public_key())  # type: ignore[arg-type]
@@ -158,6 +160,10 @@ class TokenKeystore(EntriesByRole):
         ca_certs: list[x509.Certificate],
     ) -> None:
         self.store(signing, encryption, ca_certs)
+
+    def repair(self) -> int:
+        """Give certificate objects written by earlier versions the attributes NSS needs."""
+        return self.session.repair_certificates()
 
     def _store_cert(self, cert: x509.Certificate, label: str, kid: bytes) -> None:
         self.session.store_certificate(

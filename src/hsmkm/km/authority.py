@@ -57,6 +57,7 @@ def sign_user_certificate(
     email: str,
     name: str | None,
     days: int | None = None,
+    capabilities: Sequence[str] | None = None,
 ) -> x509.Certificate:
     """Build and sign one user certificate on the token, with a fresh random serial.
 
@@ -75,6 +76,7 @@ def sign_user_certificate(
         not_before=now,
         not_after=now + timedelta(days=days or km.config.cert_days),
         urls=profiles.PublicationUrls(km.config.base_url),
+        capabilities=capabilities,
     )
 
 

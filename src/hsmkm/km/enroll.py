@@ -23,6 +23,7 @@ from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import SerialTaken, record_certificate, serial_hex, sign_user_certificate
 from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, normalize_code, seal_key
+from hsmkm.smimecaps import PROFILE_CAPABILITIES
 from hsmkm.x509.profiles import CertKind
 
 
@@ -83,15 +84,20 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
             return replay
         raise errors.CodeRejected(f"{email}: {checked}")
 
-    enc_key = km.config.user_key_alg.generate()
+    chosen = users.settings_of(km.db.conn, user.id)  # the user's own key algorithm and client profile
+    enc_alg = chosen.key_alg or km.config.user_key_alg
+    caps = PROFILE_CAPABILITIES[chosen.client] if chosen.client is not None else None
+    enc_key = enc_alg.generate()
 
     def seal(master: TokenSecretKey, enc_serial: str) -> archive.SealedRecord:
         # split for the officer sets current at this moment (read again at commit)
         return archive.seal_record(master, epochs.sharing(km.db.conn), user.id, enc_serial, enc_key)
 
     for _ in range(_ISSUE_TRIES):
-        sign_cert = sign_user_certificate(km, csr.public_key(), CertKind.SIGN, email, user.name)  # type: ignore[arg-type]
-        enc_cert = sign_user_certificate(km, enc_key.public_key(), CertKind.ENCRYPT, email, user.name)
+        sign_cert = sign_user_certificate(km, csr.public_key(), CertKind.SIGN, email, user.name,  # type: ignore[arg-type]
+                                          capabilities=caps)
+        enc_cert = sign_user_certificate(km, enc_key.public_key(), CertKind.ENCRYPT, email, user.name,
+                                         capabilities=caps)
         enc_serial = serial_hex(enc_cert.serial_number)
         sealed = seal(km.archive_key, enc_serial)
         salt = os.urandom(16)
@@ -105,7 +111,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
         try:
             response = _commit_enrollment(
                 km, user, checked, req.code, sign_cert, enc_cert, sealed, sign_alg.value, response,
-                lambda master: seal(master, enc_serial),
+                lambda master: seal(master, enc_serial), enc_alg.value,
             )
             break
         except SerialTaken:
@@ -130,6 +136,7 @@ def _commit_enrollment(
     sign_alg: str,
     response: EnrollResponse,
     reseal: Callable[[TokenSecretKey], archive.SealedRecord],
+    enc_alg: str,
 ) -> EnrollResponse:
     now = km.clock()
     history: list[SealedKey] = []
@@ -150,7 +157,7 @@ def _commit_enrollment(
         conn.execute("UPDATE certificates SET current = 0 WHERE user_id = ? AND current = 1", (user.id,))
         record_certificate(conn, sign_cert, CertKind.SIGN, user.id, now)
         record_certificate(conn, enc_cert, CertKind.ENCRYPT, user.id, now)
-        record_id = archive.store_record(conn, sealed, km.config.user_key_alg.value, now)
+        record_id = archive.store_record(conn, sealed, enc_alg, now)
         if checked.purpose is users.CodePurpose.RECOVERY:
             from hsmkm.km.recovery import release_recovered
 
@@ -166,7 +173,7 @@ def _commit_enrollment(
             archive_record=record_id,
             archive_key=sealed.master_label,
             sign_key=sign_alg,
-            enc_key=km.config.user_key_alg.value,
+            enc_key=enc_alg,
             purpose=checked.purpose.value,
             history_keys=len(history),
         )

@@ -21,9 +21,11 @@ from enum import Enum
 from typing import Any
 
 from hsmkm import addresses, errors
+from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import normalize_code
+from hsmkm.smimecaps import ClientProfile
 
 CODE_BYTES = 20
 
@@ -122,7 +124,49 @@ def issue_code(
     return code, int(cur.lastrowid or 0)
 
 
-def add_user(km: KeyManager, email: str, name: str | None) -> tuple[User, str]:
+@dataclass(frozen=True)
+class UserSettings:
+    """Per-user choices over the KM-wide defaults: the encryption key algorithm and the client
+    profile (what the user's mail clients decrypt, written into their certificates)."""
+
+    key_alg: KeyAlgorithm | None = None
+    client: ClientProfile | None = None
+
+
+# A table of its own, made when first needed, so databases made before it need no migration.
+_SETTINGS_TABLE = ("CREATE TABLE IF NOT EXISTS user_settings (user_id INTEGER PRIMARY KEY REFERENCES users(id), "
+                   "key_alg TEXT, client TEXT)")
+
+
+def set_settings(conn: sqlite3.Connection, user_id: int, settings: UserSettings) -> None:
+    """Record the choices given (an unset one keeps its earlier value)."""
+    if settings.key_alg is None and settings.client is None:
+        return
+    conn.execute(_SETTINGS_TABLE)
+    old = settings_of(conn, user_id)
+    key_alg = settings.key_alg or old.key_alg
+    client = settings.client or old.client
+    conn.execute(
+        "INSERT OR REPLACE INTO user_settings(user_id, key_alg, client) VALUES (?, ?, ?)",
+        (user_id, key_alg.value if key_alg else None, client.value if client else None),
+    )
+
+
+def settings_of(conn: sqlite3.Connection, user_id: int) -> UserSettings:
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'user_settings'").fetchone()
+    if not exists:
+        return UserSettings()
+    row = conn.execute("SELECT key_alg, client FROM user_settings WHERE user_id = ?", (user_id,)).fetchone()
+    if row is None:
+        return UserSettings()
+    try:
+        return UserSettings(KeyAlgorithm(row[0]) if row[0] else None, ClientProfile(row[1]) if row[1] else None)
+    except ValueError:
+        raise errors.MalformedInput(f"user {user_id}: unknown settings {row[0]!r}, {row[1]!r} in the database") from None
+
+
+def add_user(km: KeyManager, email: str, name: str | None,
+             settings: UserSettings = UserSettings()) -> tuple[User, str]:
     """Create a user and their one-time enrollment code."""
     email = normalize_email(email)
     name = addresses.check_name(name)
@@ -135,6 +179,11 @@ def add_user(km: KeyManager, email: str, name: str | None) -> tuple[User, str]:
             (email, name, UserStatus.PENDING.value, now.isoformat()),
         )
         uid = int(cur.lastrowid or 0)
+        set_settings(ch.conn, uid, settings)
+        if settings.key_alg is not None:
+            ch.details["key"] = settings.key_alg.value
+        if settings.client is not None:
+            ch.details["client"] = settings.client.value
         code, _ = issue_code(
             ch.conn, uid, CodePurpose.ENROLL, now, km.config.code_ttl_days, km.config.code_max_attempts
         )
@@ -233,11 +282,17 @@ def codes_file_state(conn: sqlite3.Connection, pairs: list[tuple[str, str]]) -> 
     return CodesFileState.COMMITTED if found == len(pairs) else CodesFileState.MIXED
 
 
-def reenable_user(km: KeyManager, email: str) -> str:
-    """A new one-time code; the next enrollment gives new certificates and a new key."""
+def reenable_user(km: KeyManager, email: str, settings: UserSettings = UserSettings()) -> str:
+    """A new one-time code; the next enrollment gives new certificates and a new key (of the
+    algorithm and client profile given here, else the earlier ones)."""
     now = km.clock()
     with km.change(AuditAction.USER_REENABLE, email=email) as ch:
         user = find_user(ch.conn, email)
+        set_settings(ch.conn, user.id, settings)
+        if settings.key_alg is not None:
+            ch.details["key"] = settings.key_alg.value
+        if settings.client is not None:
+            ch.details["client"] = settings.client.value
         code, _ = issue_code(
             ch.conn, user.id, CodePurpose.REENABLE, now, km.config.code_ttl_days, km.config.code_max_attempts
         )

@@ -18,6 +18,7 @@ Profile choices (all PKIX-lint clean, see tests/test_profiles.py):
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from hsmkm import errors
+from hsmkm import errors, smimecaps
 from hsmkm.keys.base import PrivateKey, PublicKey
 
 BACKDATE = timedelta(minutes=5)
@@ -240,8 +241,10 @@ def build_user_certificate(
     not_after: datetime,
     urls: PublicationUrls,
     policy_oid: x509.ObjectIdentifier | None = None,
+    capabilities: Sequence[str] | None = None,
 ) -> x509.Certificate:
-    """A user's signing or encryption certificate (S/MIME, emailProtection, address in SAN)."""
+    """A user's signing or encryption certificate (S/MIME, emailProtection, address in SAN);
+    ``capabilities`` (OIDs, best first) become an SMIMECapabilities extension (RFC 4262)."""
     _check_validity(not_before, not_after)
     _check_email(email)
     is_rsa = isinstance(public_key, rsa.RSAPublicKey)
@@ -261,4 +264,9 @@ def build_user_certificate(
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
         .add_extension(_ski(public_key), critical=False)
     )
+    if capabilities is not None:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(smimecaps.OID_SMIME_CAPABILITIES), smimecaps.encode(capabilities)),
+            critical=False,
+        )
     return builder.sign(ca_key, signature_hash(ca_key))
