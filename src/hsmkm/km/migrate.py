@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pkcs11 import ObjectClass
 
 from hsmkm import errors
+from hsmkm.keys.pkcs11 import TokenSession
 from hsmkm.km import archive, custody, epochs, officer_side, recovery, request_content
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.config import RECOVERY_KEY_LABEL
@@ -39,6 +40,26 @@ def pending_records(km: KeyManager) -> int:
     ).fetchone()[0])
 
 
+
+def _open_recovery_token(
+    km: KeyManager, req: recovery.Request, approvals: list[recovery.Approval], content: request_content.Content
+) -> TokenSession:
+    """The old recovery token, logged in with the PIN the approvals' shares rebuild."""
+    ref = km.config.recovery_token
+    if ref is None:
+        raise errors.NotFound("the KM's configuration names no recovery token to migrate from")
+    request_key = recovery._request_key(km, req)
+    shares = [officer_side.open_pin_share(request_key, a.blob, req.id, a.officer, content.canonical)
+              for a in approvals]
+    pin = custody.combine_pin(shares)
+    del shares
+    try:
+        return open_token(ref, pin, km.config.softhsm_config)
+    except errors.WrongPin:
+        raise errors.SignatureInvalid("the approvals do not rebuild the recovery token's PIN") from None
+    finally:
+        del pin
+
 def migrate(
     km: KeyManager, request_id: int, progress: Callable[[int, int], None] = lambda done, total: None,
     batch: int = BATCH, after_batch: Callable[[int], None] = lambda done: None,
@@ -60,17 +81,7 @@ def migrate(
         destroyed = False
         rec_session = None
         if total:
-            request_key = recovery._request_key(km, req)
-            shares = [officer_side.open_pin_share(request_key, a.blob, req.id, a.officer, content.canonical)
-                      for a in approvals]
-            pin = custody.combine_pin(shares)
-            del shares
-            try:
-                rec_session = open_token(km.config.recovery_token, pin, km.config.softhsm_config)
-            except errors.WrongPin:
-                raise errors.SignatureInvalid("the approvals do not rebuild the recovery token's PIN") from None
-            finally:
-                del pin
+            rec_session = _open_recovery_token(km, req, approvals, content)
             recovery_key = rec_session.private_key(label=RECOVERY_KEY_LABEL)
             while True:
                 rows = archive.records_by_id(conn, [int(r[0]) for r in conn.execute(
@@ -111,17 +122,7 @@ def migrate(
                 after_batch(done)
         if rec_session is None and km.db.get_meta("recovery_public_key") is not None:
             # nothing left to migrate (a run that crashed after its last batch): finish with the key
-            request_key = recovery._request_key(km, req)
-            shares = [officer_side.open_pin_share(request_key, a.blob, req.id, a.officer, content.canonical)
-                      for a in approvals]
-            pin = custody.combine_pin(shares)
-            del shares
-            try:
-                rec_session = open_token(km.config.recovery_token, pin, km.config.softhsm_config)
-            except errors.WrongPin:
-                raise errors.SignatureInvalid("the approvals do not rebuild the recovery token's PIN") from None
-            finally:
-                del pin
+            rec_session = _open_recovery_token(km, req, approvals, content)
         if rec_session is not None:
             destroyed = bool(rec_session.destroy(RECOVERY_KEY_LABEL, ObjectClass.PRIVATE_KEY))
             rec_session.destroy(RECOVERY_KEY_LABEL, ObjectClass.PUBLIC_KEY)
