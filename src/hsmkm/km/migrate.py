@@ -60,6 +60,7 @@ def _open_recovery_token(
     finally:
         del pin
 
+
 def migrate(
     km: KeyManager, request_id: int, progress: Callable[[int, int], None] = lambda done, total: None,
     batch: int = BATCH, after_batch: Callable[[int], None] = lambda done: None,
