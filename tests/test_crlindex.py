@@ -21,7 +21,8 @@ from hsmkm.client.crlcache import CrlCache
 from hsmkm.client.crlindex import MAGIC, CrlIndex, IndexOutdated, build_index
 from hsmkm.der import GENERALIZED_TIME, UTC_TIME, der_time, der_time_of_iso, time_seconds
 from hsmkm.x509 import profiles
-from hsmkm.x509.crl import RevocationReason, RevokedEntry, build_crl, parse_crl
+from hsmkm.x509.crl import RevocationReason, RevokedEntry, build_crl
+from hsmkm.x509.crlparse import parse_crl
 
 MERSENNE = sys.hash_info.modulus
 REASONS = [r for r in RevocationReason if r is not RevocationReason.REMOVE_FROM_CRL]

@@ -31,7 +31,7 @@ from hsmkm.keys.uri import Pkcs11Uri, classify_keystore_ref
 from hsmkm.km import users
 from hsmkm.km.enroll import parse_csr
 from hsmkm.keys.algorithms import algorithm_of
-from hsmkm.x509 import crl as crlmod
+from hsmkm.x509 import crlparse as crlmod
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 EPF_PASSWORD = "fuzz-password"

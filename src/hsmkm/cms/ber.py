@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from hsmkm import errors
+from hsmkm.der import der_length
 
 EOC = b"\x00\x00"
 INDEFINITE = -1
@@ -24,10 +25,7 @@ def header(tag: int, length: int) -> bytes:
     """Identifier and length octets; ``length`` INDEFINITE gives 0x80."""
     if length == INDEFINITE:
         return bytes([tag, 0x80])
-    if length < 0x80:
-        return bytes([tag, length])
-    body = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(body)]) + body
+    return bytes([tag]) + der_length(length)
 
 
 @dataclass
