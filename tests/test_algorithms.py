@@ -70,3 +70,11 @@ def test_p384_uses_sha384_and_the_rest_sha256() -> None:
         KeyAlgorithm.RSA2048: Digest.SHA256, KeyAlgorithm.RSA3072: Digest.SHA256,
         KeyAlgorithm.P256: Digest.SHA256, KeyAlgorithm.P384: Digest.SHA384,
     }
+
+
+def test_builders_get_a_sha2_hash_and_sha1_is_refused() -> None:
+    from hsmkm import errors
+
+    assert all(isinstance(d.builder_hash(), d.hash_class) for d in Digest if d is not Digest.SHA1)
+    with pytest.raises(errors.UnsupportedAlgorithm):
+        Digest.SHA1.builder_hash()

@@ -108,6 +108,13 @@ class Digest(str, Enum):
         """A fresh cryptography hash object."""
         return _HASH_CLASSES[self]()
 
+    def builder_hash(self) -> hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
+        """The hash for cryptography's certificate and CSR builders, which take no SHA-1."""
+        h = self.hash()
+        if isinstance(h, (hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)):
+            return h
+        raise errors.UnsupportedAlgorithm(f"{self.value} signatures on certificates or requests")
+
     @property
     def size(self) -> int:
         return self.hash_class.digest_size  # type: ignore[return-value]

@@ -25,11 +25,11 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from hsmkm import errors, smimecaps
+from hsmkm.keys.algorithms import digest_for_key
 from hsmkm.keys.base import PrivateKey, PublicKey
 
 BACKDATE = timedelta(minutes=5)
@@ -79,13 +79,6 @@ def random_serial() -> int:
         # almost never loops; the floor keeps >= 64 bits of entropy visible in the encoding
         if serial >> _MIN_SERIAL_ENTROPY_BITS:
             return serial
-
-
-def signature_hash(key: PrivateKey | PublicKey) -> hashes.SHA256 | hashes.SHA384:
-    """SHA-384 for P-384 (and larger curves), SHA-256 for RSA and P-256."""
-    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
 
 
 def _check_validity(not_before: datetime, not_after: datetime) -> None:
@@ -152,7 +145,7 @@ def build_ca_certificate(
         .add_extension(ski, critical=False)
         .add_extension(aki, critical=False)
     )
-    return builder.sign(ca_key, signature_hash(ca_key))
+    return builder.sign(ca_key, digest_for_key(ca_key).builder_hash())
 
 
 def build_csr_for_subordinate(
@@ -165,7 +158,7 @@ def build_csr_for_subordinate(
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(_CA_KEY_USAGE, critical=True)
         .add_extension(_ski(ca_key.public_key()), critical=False)
-        .sign(ca_key, signature_hash(ca_key))
+        .sign(ca_key, digest_for_key(ca_key).builder_hash())
     )
 
 
@@ -269,4 +262,4 @@ def build_user_certificate(
             x509.UnrecognizedExtension(x509.ObjectIdentifier(smimecaps.OID_SMIME_CAPABILITIES), smimecaps.encode(capabilities)),
             critical=False,
         )
-    return builder.sign(ca_key, signature_hash(ca_key))
+    return builder.sign(ca_key, digest_for_key(ca_key).builder_hash())
