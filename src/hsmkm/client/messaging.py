@@ -281,10 +281,9 @@ def decrypt_file(src: BinaryIO, out_path: Path, keystore: Keystore, ctx: Validat
     if restorer.later:
         with open(out_path, "rb") as fh:
             inner_signed = smime.is_smime(fh.read(64 << 10))
-        if inner_signed and ctx is None:
-            return opened  # a signed message inside, left as it is: nothing to verify it with
         if inner_signed:
-            assert ctx is not None
+            if ctx is None:
+                return opened  # a signed message inside, left as it is: nothing to verify it with
             _verify_inner(opened, out_path.read_bytes(), ctx, outer)  # signed messages are read whole
         else:
             whole = read_regular(out_path, MAX_IN_MEMORY, "decrypted message")
