@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from hsmkm import errors
 from hsmkm.atomic import write_atomic
+from hsmkm.certnames import CERTS_FOLDER
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.softhsm import ensure_store_config
 
@@ -55,7 +56,7 @@ class Home:
 
     @property
     def certs_dir(self) -> Path:
-        return self.pub / "certs"
+        return self.pub / CERTS_FOLDER
 
     @property
     def softhsm_dir(self) -> Path:

@@ -29,19 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from hsmkm import errors, smimecaps
+from hsmkm.certnames import CertKind
 from hsmkm.keys.algorithms import digest_for_key
 from hsmkm.keys.base import PrivateKey, PublicKey
 
 BACKDATE = timedelta(minutes=5)
 SERIAL_BITS = 159  # positive and at most 20 octets in DER (RFC 5280 section 4.1.2.2)
 _MIN_SERIAL_ENTROPY_BITS = 64  # CA/B Forum: at least 64 bits from a CSPRNG
-
-
-class CertKind(str, Enum):
-    """Which of a user's two certificates."""
-
-    SIGN = "sign"
-    ENCRYPT = "encrypt"
 
 
 @dataclass(frozen=True)
