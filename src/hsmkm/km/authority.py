@@ -112,10 +112,3 @@ def issue_certificates(km: KeyManager, requests: Sequence[IssueRequest]) -> list
             r = requests[i]
             certs[i] = sign_user_certificate(km, r.public_key, r.kind, r.email, r.name)
     raise errors.RandomSourceFailed("no unique serial after several draws")
-
-
-def issue_certificate(
-    km: KeyManager, public_key: PublicKey, kind: CertKind, email: str, name: str | None, user_id: int | None
-) -> x509.Certificate:
-    """Issue and record one certificate: one transaction and one audit entry."""
-    return issue_certificates(km, [IssueRequest(public_key, kind, email, name, user_id)])[0]
