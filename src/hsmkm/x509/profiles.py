@@ -60,11 +60,6 @@ class PublicationUrls:
     def delta_crl(self) -> str:
         return self.base + "crl/delta.crl"
 
-    # the names the brief uses, for callers that prefer them
-    ca_cert_url = ca_cert
-    full_crl_url = full_crl
-    delta_crl_url = delta_crl
-
 
 def random_serial() -> int:
     """A positive random serial below 2**159 (fits 20 DER octets) and at least 2**64."""
@@ -154,9 +149,6 @@ def build_csr_for_subordinate(
         .add_extension(_ski(ca_key.public_key()), critical=False)
         .sign(ca_key, digest_for_key(ca_key).builder_hash())
     )
-
-
-build_ca_csr = build_csr_for_subordinate  # the name ceremony.py uses
 
 
 def _user_key_usage(kind: CertKind, rsa_key: bool) -> x509.KeyUsage:
