@@ -203,13 +203,5 @@ class KmConfig:
         return config
 
     @property
-    def ca_cert_url(self) -> str:
-        return self.base_url + "ca.crt"
-
-    @property
-    def full_crl_url(self) -> str:
-        return self.base_url + "crl/full.crl"
-
-    @property
     def delta_crl_url(self) -> str:
-        return self.base_url + "crl/delta.crl"
+        return self.base_url + "crl/delta.crl"  # as PublicationUrls.delta_crl, unchecked
