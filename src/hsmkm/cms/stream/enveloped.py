@@ -108,27 +108,23 @@ def encrypt_stream(
     b64.close()
 
 
+def _check_enveloped(oid: bytes) -> None:
+    if oid[:1] != b"\x06":
+        raise errors.MalformedInput("not a CMS message")
+    ctype = algos.EncryptionAlgorithmId.load(oid).dotted
+    if ctype not in (OID_AUTH_ENVELOPED, OID_ENVELOPED):
+        raise errors.MalformedInput(f"not an enveloped message (content type {ctype})")
+
+
 def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mode: int = 0o600,
                    outer: list[tuple[str, str]] | None = None, head_filter: HeadFilter | None = None) -> KeyEntry:
     """Decrypt into ``out_path`` (atomically, after the tag checks); returns the key used. The
     outer header fields go to ``outer``; ``head_filter`` rewrites the plaintext's beginning."""
     reader = ber.Reader(open_cms_stream(src, outer))
     with errors.malformed("CMS message"):
-        ci = reader.expect(0x30, "a CMS ContentInfo")
-        ci_start = reader.pos
-        oid = reader.element()
-        if oid[:1] != b"\x06":
-            raise errors.MalformedInput("not a CMS message")
-        ctype = algos.EncryptionAlgorithmId.load(oid).dotted
-        if ctype not in (OID_AUTH_ENVELOPED, OID_ENVELOPED):
-            raise errors.MalformedInput(f"not an enveloped message (content type {ctype})")
-        gcm = ctype == OID_AUTH_ENVELOPED
-        wrap = reader.expect(0xA0, "the [0] content")
-        wrap_start = reader.pos
-        body = reader.expect(0x30, "an (Auth)EnvelopedData")
-        body_start = reader.pos
-        if reader.element()[:1] != b"\x02":
-            raise errors.MalformedInput("CMS: expected a version")
+        frame = ber.open_content_info(reader, _check_enveloped, "an (Auth)EnvelopedData")
+        gcm = algos.EncryptionAlgorithmId.load(frame.content_type).dotted == OID_AUTH_ENVELOPED
+        body, body_start = frame.body, frame.body_start
         nxt = reader.header()
         if nxt.tag == 0xA0:  # originatorInfo
             reader.element(nxt)
@@ -180,8 +176,7 @@ def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mo
             rest = reader.next_in(body, body_start)
         if rest is not None:
             raise errors.MalformedInput("CMS: unexpected data at the end of the message")
-        reader.close(wrap, wrap_start)
-        reader.close(ci, ci_start)
+        frame.close(reader)
         reader.at_end()
         if gcm:
             try:

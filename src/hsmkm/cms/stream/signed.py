@@ -94,6 +94,11 @@ def _signed_data_der(digest: Digest, content: bytes | None, certs: bytes, signer
 MAX_CLEAR_SIGNED = 64 << 20  # a multipart/signed message is read whole; an opaque one streams
 
 
+def _check_signed(oid: bytes) -> None:
+    if oid != _OID_SIGNED_DATA:
+        raise errors.MalformedInput("not a signed message")
+
+
 def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext, head_filter: HeadFilter | None = None,
                   check: Callable[[signed.VerifyResult], None] | None = None,
                   outer_out: list[tuple[str, str]] | None = None) -> signed.VerifyResult:
@@ -143,16 +148,8 @@ def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext, 
                             else stack.enter_context(open(os.devnull, "wb")))
         fh = HeadFiltered(raw_fh, head_filter)
         with errors.malformed("signed message"):
-            ci = reader.expect(0x30, "a CMS ContentInfo")
-            ci_start = reader.pos
-            if reader.element() != _OID_SIGNED_DATA:
-                raise errors.MalformedInput("not a signed message")
-            wrap = reader.expect(0xA0, "the [0] content")
-            wrap_start = reader.pos
-            sd = reader.expect(0x30, "a SignedData")
-            sd_start = reader.pos
-            if reader.element()[:1] != b"\x02":
-                raise errors.MalformedInput("CMS: expected a version")
+            frame = ber.open_content_info(reader, _check_signed, "a SignedData")
+            sd, sd_start = frame.body, frame.body_start
             digest_der = reader.element()
             if digest_der[:1] != b"\x31":
                 raise errors.MalformedInput("CMS: expected the digest algorithms")
@@ -197,8 +194,7 @@ def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext, 
             signer_infos = reader.element(nxt)
             if reader.next_in(sd, sd_start) is not None:
                 raise errors.MalformedInput("CMS: unexpected data after the signer infos")
-            reader.close(wrap, wrap_start)
-            reader.close(ci, ci_start)
+            frame.close(reader)
             reader.at_end()
             fh.finish()
             si_set = cms.SignerInfos.load(signer_infos)
