@@ -27,6 +27,7 @@ def test_digest_identifier_names_the_digest(digest: Digest) -> None:
     assert Digest.of_oid(alg["algorithm"].dotted) is digest
     assert Digest.named(digest.value) is digest
     assert digest.size == hashlib.new(digest.value).digest_size
+    assert digest.block_size == hashlib.new(digest.value).block_size
     assert digest.micalg == {"sha1": "sha-1", "sha224": "sha-224", "sha256": "sha-256",
                              "sha384": "sha-384", "sha512": "sha-512"}[digest.value]
 

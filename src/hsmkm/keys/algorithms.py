@@ -120,6 +120,11 @@ class Digest(str, Enum):
         return self.hash_class.digest_size  # type: ignore[return-value]
 
     @property
+    def block_size(self) -> int:
+        """The compression function's input block in octets (the RFC 7292 KDF's v)."""
+        return self.hash_class.block_size  # type: ignore[return-value]
+
+    @property
     def micalg(self) -> str:
         """The multipart/signed micalg parameter (RFC 8551 §3.5.3.2)."""
         return "sha-" + self.value[3:]
