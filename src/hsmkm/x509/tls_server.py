@@ -3,8 +3,9 @@
 A P-256 key; basicConstraints critical CA:false; keyUsage critical digitalSignature (an
 ECDHE-ECDSA handshake signs, nothing else); EKU serverAuth; SAN with each name as dNSName or
 iPAddress (RFC 6125: clients match the SAN, the CN is for display only); SKI, AKI; an
-optional CRL distribution point; a short validity (``VALIDITY``, never past the issuer's),
-so that a stolen key file expires soon and a restart issues afresh.
+optional CRL distribution point and AIA caIssuers (the KM's ``http://`` URLs); a short validity (``VALIDITY``, never past the issuer's),
+so that a stolen key file expires soon and a restart issues afresh. No certificatePolicies:
+a private CA asserts none of the CA/Browser Forum's policy OIDs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID,
+    ExtendedKeyUsageOID,
+    NameOID,
+)
 
 from hsmkm import errors
 from hsmkm.keys.base import PrivateKey
@@ -44,6 +49,9 @@ def general_name(name: str) -> x509.GeneralName:
         raise errors.BadInput(f"not a host name or IP address: {name!r}")
     if labels[-1].isdigit():
         raise errors.BadInput(f"not a host name or IP address: {name!r}")
+    if len(labels) < 2:
+        # RFC 5280 §4.2.1.6 wants a domain name; "localhost" and other single labels are not
+        raise errors.BadInput(f"a server name must be fully qualified or an IP address: {name!r}")
     return x509.DNSName(host)
 
 
@@ -55,6 +63,7 @@ def build_tls_server_certificate(
     now: datetime,
     validity: timedelta = VALIDITY,
     crl_url: str | None = None,
+    ca_issuers_url: str | None = None,
 ) -> x509.Certificate:
     """The server certificate for ``names`` (the first one is also the subject CN)."""
     if not 1 <= len(names) <= MAX_NAMES:
@@ -85,4 +94,7 @@ def build_tls_server_certificate(
     if crl_url is not None:
         point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)
         builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    if ca_issuers_url is not None:
+        access = x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url))
+        builder = builder.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
     return builder.sign(ca_key, signature_hash(ca_key))
