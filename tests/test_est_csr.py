@@ -131,3 +131,63 @@ def test_mutated_csr_is_refused_by_type(data: st.DataObject) -> None:
     except (errors.MalformedInput, errors.SignatureInvalid, errors.UnsupportedAlgorithm):
         return
     assert req.der == bytes(der)
+
+
+_GENCONF = """\
+asn1 = SEQUENCE:{top}
+[csr]
+cri = SEQUENCE:cri
+algorithm = SEQUENCE:sigalg
+signature = FORMAT:HEX,BITSTRING:{signature}
+[sigalg]
+oid = OID:ecdsa-with-SHA256
+[cri]
+version = INTEGER:0
+subject = SEQUENCE:subject
+spki = SEQUENCE:spki
+attributes = IMPLICIT:0,SET:attributes
+[subject]
+rdn = SET:rdn
+[rdn]
+attr = SEQUENCE:email
+[email]
+type = OID:emailAddress
+value = IA5STRING:{email}
+[spki]
+algorithm = SEQUENCE:ecalg
+key = FORMAT:HEX,BITSTRING:{point}
+[ecalg]
+oid = OID:id-ecPublicKey
+curve = OID:prime256v1
+[attributes]
+decrypt_key_id = SEQUENCE:dkid
+[dkid]
+type = OID:1.2.840.113549.1.9.16.2.37
+values = SET:dkid_values
+[dkid_values]
+value = FORMAT:HEX,OCTETSTRING:{key_id}
+"""
+
+
+def test_an_openssl_only_client_can_build_a_serverkeygen_csr(tmp_path: Path) -> None:
+    """``openssl req`` writes attributes only as strings, so an EST client made of openssl alone
+    builds the DecryptKeyIdentifier CSR with ``asn1parse -genconf``: the request info, its
+    signature by ``openssl dgst -sign``, then the whole request around the same info."""
+    key = tmp_path / "k.pem"
+    assert openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)).returncode == 0
+    spki = openssl("pkey", "-in", str(key), "-pubout", "-outform", "DER").stdout
+    fields = {"email": "alice@example.com", "point": spki[-65:].hex(), "key_id": KEY_ID.hex(), "signature": ""}
+    (tmp_path / "cri.cnf").write_text(_GENCONF.format(top="cri", **fields))
+    cri = openssl("asn1parse", "-genconf", str(tmp_path / "cri.cnf"), "-noout", "-out", str(tmp_path / "cri.der"))
+    assert cri.returncode == 0, cri.stderr
+    sig = openssl("dgst", "-sha256", "-sign", str(key), "-out", str(tmp_path / "sig.der"), str(tmp_path / "cri.der"))
+    assert sig.returncode == 0, sig.stderr
+    fields["signature"] = (tmp_path / "sig.der").read_bytes().hex()
+    (tmp_path / "csr.cnf").write_text(_GENCONF.format(top="csr", **fields))
+    out = openssl("asn1parse", "-genconf", str(tmp_path / "csr.cnf"), "-noout", "-out", str(tmp_path / "csr.der"))
+    assert out.returncode == 0, out.stderr
+    assert openssl("req", "-inform", "DER", "-in", str(tmp_path / "csr.der"), "-verify", "-noout").returncode == 0
+    body = openssl("base64", "-in", str(tmp_path / "csr.der")).stdout
+    req = estcsr.read(body)
+    assert estcsr.for_server_keygen(req) == KEY_ID
+    assert req.csr.subject.rfc4514_string() == "1.2.840.113549.1.9.1=alice@example.com"
