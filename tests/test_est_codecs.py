@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsmkm import errors
+from hsmkm.der import der_oid, seq, tlv
 from hsmkm.est import certsonly, csrattrs, media, transfer
 from hsmkm.keys.algorithms import KeyAlgorithm
 
@@ -201,3 +202,25 @@ def test_content_type_garbage_is_malformed_or_parsed(header: str) -> None:
     except errors.MalformedInput:
         return
     assert "/" in ct.media and media.parse_content_type(ct.format()) == ct
+
+
+def _signed_data(*fields: bytes) -> bytes:
+    return seq(der_oid("1.2.840.113549.1.7.2"), tlv(0xA0, seq(*fields)))
+
+
+_V1, _NO_DIGESTS, _NO_SIGNERS = b"\x02\x01\x01", tlv(0x31, b""), tlv(0x31, b"")
+_DATA = seq(der_oid("1.2.840.113549.1.7.1"))
+
+
+@pytest.mark.parametrize("der", [
+    _signed_data(_V1, _NO_DIGESTS, _DATA, _NO_SIGNERS),  # no certificates
+    _signed_data(_V1, _NO_DIGESTS, seq(der_oid("1.2.840.113549.1.7.1"), tlv(0xA0, tlv(0x04, b"x"))),
+                 tlv(0xA0, CAS[0].public_bytes(serialization.Encoding.DER)), _NO_SIGNERS),  # with content
+    _signed_data(_V1, _NO_DIGESTS, _DATA, tlv(0xA0, tlv(0xA1, b"\x30\x00")), _NO_SIGNERS),  # an attribute certificate
+    _signed_data(_V1, _NO_DIGESTS, _DATA, tlv(0xA0, b"\x30\x03\x02\x01\x00"), _NO_SIGNERS),  # not a certificate
+    seq(der_oid("1.2.840.113549.1.7.3"), tlv(0xA0, seq())),  # an EnvelopedData
+    certsonly.encode(CAS[:1]) + b"\x00",  # trailing octets
+])
+def test_certs_only_malformed(der: bytes) -> None:
+    with pytest.raises(errors.MalformedInput):
+        certsonly.decode(der)
