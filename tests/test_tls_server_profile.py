@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from est_helpers import NOW, ec_key, make_ca, openssl, pem, rsa_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hsmkm import errors
 from hsmkm.keys.base import KeyEntry
@@ -79,6 +81,18 @@ def test_cabf_lint_finds_only_the_deliberate_private_pki_choices(ca: KeyEntry, t
         "cabf.serverauth.subscriber.certificate_policies_extension_absent",
         "cabf.serverauth.subscriber.subject_key_identifier_extension_present",
     ]
+
+
+def test_a_name_too_long_for_a_cn_leaves_the_subject_empty_and_the_san_critical(ca: KeyEntry, tmp_path: Path) -> None:
+    long_name = ("k" * 60 + ".") * 3 + "example.com"
+    cert, _ = _server(ca, [long_name, "127.0.0.1"])
+    assert cert.subject == x509.Name([])
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+    (tmp_path / "srv.pem").write_bytes(pem(cert))
+    (tmp_path / "ca.pem").write_bytes(pem(ca.certificate))
+    assert _lint("lint_pkix_cert", tmp_path / "srv.pem") == []
+    verify = ["verify", "-purpose", "sslserver", "-CAfile", str(tmp_path / "ca.pem"), "-verify_hostname", long_name]
+    assert openssl(*verify, str(tmp_path / "srv.pem")).returncode == 0
 
 
 def test_openssl_verifies_it_for_sslserver_and_its_names(ca: KeyEntry, tmp_path: Path) -> None:
@@ -156,3 +170,23 @@ def test_only_p256_and_short_validity(ca: KeyEntry) -> None:
     late = NOW + timedelta(days=364, hours=12)
     cert = tls_server.build_tls_server_certificate(NAMES, ec_key().public_key(), ca.certificate, ca.key, late)
     assert cert.not_valid_after_utc == ca.certificate.not_valid_after_utc
+
+
+_LABELS = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_LABELS, min_size=1, max_size=4), st.sampled_from(["com", "org", "example", "internal"]), st.booleans())
+def test_any_ldh_host_name_becomes_a_dns_name(labels: list[str], tld: str, upper: bool) -> None:
+    name = ".".join([*labels, tld])
+    assert tls_server.general_name(name.upper() if upper else name) == x509.DNSName(name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_any_text_is_a_general_name_or_bad_input(text: str) -> None:
+    try:
+        general = tls_server.general_name(text)
+    except errors.BadInput:
+        return
+    assert isinstance(general, (x509.DNSName, x509.IPAddress))

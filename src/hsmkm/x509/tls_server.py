@@ -29,6 +29,7 @@ from hsmkm.x509.profiles import BACKDATE, _aki_for, _ski, random_serial, signatu
 
 VALIDITY = timedelta(days=30)
 MAX_NAMES = 16
+_MAX_CN = 64
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
@@ -65,7 +66,7 @@ def build_tls_server_certificate(
     crl_url: str | None = None,
     ca_issuers_url: str | None = None,
 ) -> x509.Certificate:
-    """The server certificate for ``names`` (the first one is also the subject CN)."""
+    """The server certificate for ``names`` (the first one is also the subject CN if it fits)."""
     if not 1 <= len(names) <= MAX_NAMES:
         raise errors.BadInput(f"a server certificate names 1 to {MAX_NAMES} hosts")
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
@@ -73,10 +74,14 @@ def build_tls_server_certificate(
     if not timedelta(0) < validity <= VALIDITY:
         raise errors.BadInput(f"a server certificate is valid for at most {VALIDITY.days} days")
     general = list(dict.fromkeys(general_name(n) for n in names))
-    first = general[0].value
+    first = str(general[0].value)
+    # a CN holds at most 64 characters; past that the subject is empty and the SAN critical
+    # (RFC 5280 §4.2.1.6)
+    fits = len(first) <= _MAX_CN
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)] if fits else [])
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(first))]))
+        .subject_name(subject)
         .issuer_name(issuer_cert.subject)
         .public_key(public_key)
         .serial_number(random_serial())
@@ -87,7 +92,7 @@ def build_tls_server_certificate(
             x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(general), critical=False)
+        .add_extension(x509.SubjectAlternativeName(general), critical=not fits)
         .add_extension(_ski(public_key), critical=False)
         .add_extension(_aki_for(issuer_cert), critical=False)
     )
