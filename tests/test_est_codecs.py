@@ -1,5 +1,5 @@
-"""EST's small codecs: base64 bodies (RFC 8951), certs-only PKCS#7 (RFC 7030 §4.1.3), CSR
-attributes (RFC 7030 §4.5 / RFC 8951 §4) and Content-Type; each round-trips, openssl reads what
+"""EST's small codecs: base64 bodies (RFC 7030, RFC 8951), certs-only PKCS#7 (RFC 7030 §4.1.3), CSR
+attributes (RFC 7030 §4.5, as RFC 8951 corrects it) and Content-Type; each round-trips, openssl reads what
 we write (and we read what openssl writes), and garbage is MalformedInput, nothing else."""
 
 from __future__ import annotations

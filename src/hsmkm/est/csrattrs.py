@@ -1,4 +1,4 @@
-"""CSR attributes (RFC 7030 §4.5, ASN.1 as RFC 8951 §4 corrects it): what the KM wants in a CSR.
+"""CSR attributes (RFC 7030 §4.5, its ASN.1 as RFC 8951 corrects it): what the KM wants in a CSR.
 
 CsrAttrs ::= SEQUENCE SIZE (0..MAX) OF AttrOrOID; AttrOrOID ::= CHOICE { oid OBJECT
 IDENTIFIER, attribute Attribute }. The KM's answer names:

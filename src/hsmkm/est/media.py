@@ -1,4 +1,4 @@
-"""The media types EST uses (RFC 7030 §3.2.4, §4) and a strict reader of Content-Type."""
+"""The media types EST uses (RFC 7030 §4) and a strict reader of Content-Type."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The serverkeygen response (RFC 7030 §4.4.2): ``multipart/mixed`` with the encrypted key part
 (``application/pkcs7-mime; smime-type=server-generated-key``) and the certificate part
 (certs-only, as simpleenroll's answer), each base64. The encoder sends no
-Content-Transfer-Encoding (RFC 8951 §3 deprecates it); the parser ignores a ``base64`` one."""
+Content-Transfer-Encoding (RFC 8951 deprecates it); the parser ignores a ``base64`` one."""
 
 from __future__ import annotations
 

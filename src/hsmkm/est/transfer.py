@@ -1,4 +1,4 @@
-"""EST bodies are base64 (RFC 7030 §4; RFC 8951 §3: with or without line breaks, whatever
+"""EST bodies are base64 (RFC 7030 §4, as RFC 8951 clarifies: with or without line breaks, whatever
 Content-Transfer-Encoding says): a tolerant, bounded decoder and the encoder we send."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Request limits as plain ASGI middleware, outside any framework: the body is read whole,
 at most ``max_body`` octets within ``body_timeout`` seconds, before the application sees the
 request; a body too large, too slow, or with a bad Content-Length gets a one-line
-``text/plain`` 4xx (RFC 8951 §4 allows it for EST) and the application is never called.
+``text/plain`` 4xx (as RFC 7030 lets an EST server explain an error) and the application is never called.
 
 Reading the body first means no handler sees a partial body, and no framework turns a limit
 into a 500 (Starlette's error middleware answers 500 to any exception that a handler's body
