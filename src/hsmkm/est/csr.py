@@ -17,8 +17,8 @@ from cryptography.x509.oid import NameOID
 from hsmkm import errors
 from hsmkm.est import transfer
 from hsmkm.est.csrattrs import OID_DECRYPT_KEY_ID
-from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.algorithms import digest_for_key
+from hsmkm.keys.base import PrivateKey
 
 MAX_CSR = 64 << 10
 MAX_KEY_ID = 64

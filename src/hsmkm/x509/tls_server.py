@@ -24,8 +24,8 @@ from cryptography.x509.oid import (
 )
 
 from hsmkm import errors
-from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.algorithms import digest_for_key
+from hsmkm.keys.base import PrivateKey
 from hsmkm.x509.profiles import BACKDATE, _aki_for, _ski, random_serial
 
 VALIDITY = timedelta(days=30)
