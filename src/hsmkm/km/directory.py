@@ -7,7 +7,6 @@ import fcntl
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
