@@ -268,8 +268,8 @@ def directory_sync(cli_ctx: CliContext, full: bool) -> None:
     """
     km = open_km_files(cli_ctx)
     if full:
-        n = directory.sync_all(km.db.conn, km.home)
+        n = directory.sync_all(km.db.conn, km.publisher)
         cli_ctx.emit({"users": n, "full": True}, f"directory rewritten from the database: {n} users")
         return
-    n = directory.drain_outbox(km.db.conn, km.home)
+    n = directory.drain_outbox(km.db.conn, km.publisher)
     cli_ctx.emit({"users": n, "full": False}, f"directory synced: {n} queued users")

@@ -80,7 +80,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
     if isinstance(checked, str):
         if replay is not None:
             # The same request again (its response was lost): the same answer, nothing new.
-            directory.drain_outbox(km.db.conn, km.home)
+            directory.drain_outbox(km.db.conn, km.publisher)
             return replay
         raise errors.CodeRejected(f"{email}: {checked}")
 
@@ -118,7 +118,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
             continue
     else:
         raise RuntimeError("no unique serials after several draws")
-    directory.drain_outbox(km.db.conn, km.home)
+    directory.drain_outbox(km.db.conn, km.publisher)
     return response
 
 

@@ -1,33 +1,27 @@
-"""Publishing CRLs: numbered in the database, signed on the token, renamed into HOME/pub/crl/.
+"""Publishing CRLs: numbered in the database, signed on the token, handed to the KM's publisher.
 
 CRL numbers are drawn in a transaction, so they strictly increase across crashes and
 concurrent publishers; the last one drawn is anchored on the KM token with the audit head,
 so a database rolled back to an earlier number is refused (``km.anchor``) rather than
 drawing a number twice. A file lock and a number check keep an older CRL from replacing a
-newer one, and the result says so when that happened.
+newer one (the publisher's check), and the result says so when that happened.
 """
 
 from __future__ import annotations
 
-import fcntl
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
-from pathlib import Path
 
 from hsmkm import errors
-from hsmkm.atomic import write_atomic
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
+from hsmkm.km.publisher import CrlKind
 from hsmkm.der import der_time_of_iso
-from hsmkm.x509.crl import RevocationReason, encode_rows, parse_crl, sign_crl
+from hsmkm.x509.crl import RevocationReason, encode_rows, sign_crl
 
-
-class CrlKind(str, Enum):
-    FULL = "full"
-    DELTA = "delta"
+__all__ = ["CrlKind", "Published", "publish_crl"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +30,7 @@ class Published:
     number: int
     base: int | None
     entries: int
-    path: Path
+    where: str  # where the publisher put it (a file, an entry)
     this_update: datetime
     next_update: datetime
     size: int
@@ -93,22 +87,5 @@ def publish_crl(km: KeyManager, kind: CrlKind = CrlKind.FULL, next_update_hours:
         km.ca_cert, km.ca_key, b"".join(encode_rows(_rows(km.db.conn, after, upto))), number, now, next_update,
         delta_of=base, freshest_url=km.config.delta_crl_url if kind is CrlKind.FULL else None,
     )
-    path = km.home.crl_dir / f"{kind.value}.crl"
-    installed = _install(path, der, number)
-    return Published(kind, number, base, count, path, now, next_update, len(der), installed)
-
-
-def _install(path: Path, der: bytes, number: int) -> bool:
-    """Rename the CRL into place unless the one there has a number at least ``number``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".publish.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            try:
-                current = parse_crl(path.read_bytes()).number or 0
-            except errors.MalformedInput:
-                current = 0
-            if current >= number:
-                return False  # a concurrent publisher already put a newer CRL there
-        write_atomic(path, der, 0o644)
-    return True
+    installed = km.publisher.crl(kind, number, der)
+    return Published(kind, number, base, count, km.publisher.crl_location(kind), now, next_update, len(der), installed)

@@ -41,7 +41,7 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
         directory.queue(conn, user.email, now.isoformat())
     if user.status is users.UserStatus.REVOKED and not _valid_current(km, user.id):
         # Run again after it completed (e.g. after a crash): nothing left to revoke.
-        directory.drain_outbox(km.db.conn, km.home)
+        directory.drain_outbox(km.db.conn, km.publisher)
         return Revoked(user.email, [], reason, now.isoformat())
     with km.change(AuditAction.USER_REVOKE, email=email, reason=reason.value) as ch:
         user = users.find_user(ch.conn, email)
@@ -62,8 +62,8 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
         ch.conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.REVOKED.value, user.id))
         ch.details.update(email=user.email, serials=serials)
         # Before the commit: a revoked certificate is never left in the directory.
-        directory.remove_files(km.home, user.email)
-    directory.drain_outbox(km.db.conn, km.home)
+        directory.withdraw(km.publisher, user.email)
+    directory.drain_outbox(km.db.conn, km.publisher)
     return Revoked(user.email, serials, reason, now.isoformat())
 
 

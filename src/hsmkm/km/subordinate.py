@@ -6,7 +6,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from hsmkm import errors
-from hsmkm.atomic import write_atomic
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import record_certificate
 from hsmkm.km.manager import KeyManager
@@ -37,5 +36,5 @@ def import_ca_certificate(km: KeyManager, data: bytes) -> x509.Certificate:
         raise errors.PolicyViolation("the certificate is not a CA certificate (basicConstraints CA:true)")
     with km.change(AuditAction.CA_IMPORT, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string()) as ch:
         record_certificate(ch.conn, cert, "ca", None, km.clock())
-        write_atomic(km.home.ca_cert, cert.public_bytes(serialization.Encoding.DER))
+        km.publisher.ca_certificate(cert.public_bytes(serialization.Encoding.DER))
     return cert
