@@ -34,6 +34,9 @@ class FilePublisher:
             sub.mkdir(parents=True, exist_ok=True)
 
     def ca_certificate(self, der: bytes) -> None:
+        with contextlib.suppress(OSError):
+            if self.home.ca_cert.read_bytes() == der:
+                return  # published again (a sync): the file stays as it is
         write_atomic(self.home.ca_cert, der)
 
     def crl_path(self, kind: CrlKind) -> Path:
