@@ -456,6 +456,7 @@ def test_a_first_release_home_extracted_elsewhere_works_where_it_is(tmp_path: Pa
         tar.extractall(tmp_path, filter="data")
     home = tmp_path / "km"
     assert "/tmp/hsmkm-v1-fixture/km" in (home / "km.json").read_text()
+    hsmkm("db", "upgrade", home=home)
     st = hsmkm("status", "--json", home=home).json()
     assert st["counts"]["users"] == 3
     assert f"directories.tokendir = {home.absolute() / 'softhsm' / 'tokens'}" in (home / "softhsm" / "softhsm2.conf").read_text()

@@ -33,10 +33,11 @@ def _fill(km: KeyManager, n: int, key: ec.EllipticCurvePrivateKey) -> None:
     sharing = epochs.sharing(km.db.conn)
     done = 0
     while done < n:
-        with km.db.transaction() as conn:
+        with km.db.write() as tx:
+            conn = tx.connection  # archive records: not in a repository yet
             for _ in range(min(1000, n - done)):
                 cert = sign_user_certificate(km, key.public_key(), CertKind.ENCRYPT, EMAIL, None)
-                record_certificate(conn, cert, CertKind.ENCRYPT, user.id, now)
+                record_certificate(tx, cert, CertKind.ENCRYPT, user.id, now)
                 sealed = archive.seal_record(km.archive_key, sharing, user.id, serial_hex(cert.serial_number), key)
                 archive.store_record(conn, sealed, "p256", now)
                 done += 1

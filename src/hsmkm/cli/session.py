@@ -12,7 +12,7 @@ from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.publisher import Publisher
 from hsmkm.km.publishers import publisher_for
-from hsmkm.store.db import Database
+from hsmkm.store.database import Database
 
 
 def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:

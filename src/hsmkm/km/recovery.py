@@ -151,7 +151,7 @@ def open_request(
             active = epochs.active(conn)
             if kind is RequestKind.RECOVERY:
                 assert email is not None
-                user = users.find_user(conn, email)
+                user = users.find_user(ch.tx, email)
                 user_id = user.id
                 found = archive.records_for_user(conn, user.id)
                 if not found:
@@ -557,7 +557,7 @@ def complete_recovery(
             if reenable:
                 assert req.user_id is not None
                 code, code_row = users.issue_code(
-                    ch.conn, req.user_id, users.CodePurpose.RECOVERY, km.clock(),
+                    ch.tx, req.user_id, users.CodePurpose.RECOVERY, km.clock(),
                     km.config.code_ttl_days, km.config.code_max_attempts, req.id,
                 )
                 _hold_for_code(ch.conn, code_row, code, keys)

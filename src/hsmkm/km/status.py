@@ -44,6 +44,7 @@ def km_status(km: KeyManager) -> dict[str, Any]:
     officers = custody.active_officers(conn)
     return {
         "home": str(km.home.root),
+        "schema_revision": km.db.revision()[1],
         "embedded": km.config.embedded,
         "token": {
             "module": km.config.km_token.module,
