@@ -64,7 +64,7 @@ class _Settleable(Protocol):
 
 def settle(km: _Settleable) -> None:
     """What an earlier run left half-done: queued directory files, temporary files."""
-    directory.drain_outbox(km.db.conn, km.publisher)
+    directory.drain_outbox(km.db, km.publisher)
     for folder in km.home.written_dirs():
         if folder.is_dir():
             sweep_temps(folder)

@@ -182,7 +182,7 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
     with km.db.read() as tx:
         u = users.find_user(tx, email)
         chosen = users.settings_of(tx, u.id)
-    certs = directory.user_certificates(km.db.conn, u.id)
+    certs = directory.user_certificates(km.db.reader(), u.id)
     archived = km.db.conn.execute("SELECT COUNT(*) FROM archive WHERE user_id = ?", (u.id,)).fetchone()[0]
     data: dict[str, Any] = {
         "email": u.email,
@@ -251,7 +251,7 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
     out: dict[str, Any] = {"email": users.normalize_email(email)}
     pems = []
     for kind in (CertKind.ENCRYPT, CertKind.SIGN):
-        cert = directory.current_certificate(km.db.conn, email, kind)
+        cert = directory.current_certificate(km.db.reader(), email, kind)
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         out[kind.value] = pem
         pems.append(pem)
@@ -271,8 +271,8 @@ def directory_sync(cli_ctx: CliContext, full: bool) -> None:
     """
     km = open_km_files(cli_ctx)
     if full:
-        n = directory.sync_all(km.db.conn, km.publisher)
+        n = directory.sync_all(km.db, km.publisher)
         cli_ctx.emit({"users": n, "full": True}, f"directory rewritten from the database: {n} users")
         return
-    n = directory.drain_outbox(km.db.conn, km.publisher)
+    n = directory.drain_outbox(km.db, km.publisher)
     cli_ctx.emit({"users": n, "full": False}, f"directory synced: {n} queued users")

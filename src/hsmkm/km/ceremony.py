@@ -32,6 +32,7 @@ from hsmkm.km import custody, epochs, officer_side
 from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog
 from hsmkm.km.publisher import Publisher
+from hsmkm.store.repos.artifacts import ArtifactKind
 from hsmkm.km.config import (
     ARCHIVE_KEY_PREFIX,
     AUDIT_KEY_LABEL,
@@ -270,6 +271,8 @@ def _ceremony(
                 from hsmkm.km.authority import record_certificate
 
                 record_certificate(tx, ca_cert, CA_KIND, None, now)
+                tx.artifacts.put(ArtifactKind.CA_CERTIFICATE, ca_cert.public_bytes(serialization.Encoding.DER),
+                                 now.isoformat())
             log = AuditLog(tx, audit_key.hmac_sha256, clock)
             log.append(
                 "operator",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from hsmkm import errors
-from hsmkm.km import users
+from hsmkm.km import artifacts, users
 from hsmkm.km.publisher import Publisher
+from hsmkm.store.database import Database
+from hsmkm.store.tx import Tx
 from hsmkm.x509.profiles import CertKind
 
 
@@ -31,48 +32,36 @@ class CertRecord:
         return x509.load_der_x509_certificate(self.der)
 
 
-def user_certificates(conn: sqlite3.Connection, user_id: int) -> list[CertRecord]:
+def user_certificates(tx: Tx, user_id: int) -> list[CertRecord]:
     return [
-        CertRecord(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], bytes(r[8]))
-        for r in conn.execute(
-            "SELECT serial, kind, status, current, not_before, not_after, revoked_at, reason, der "
-            "FROM certificates WHERE user_id = ? ORDER BY issued_at, serial",
-            (user_id,),
-        )
+        CertRecord(r.serial, r.kind, r.status.value, r.current, r.not_before, r.not_after, r.revoked_at, r.reason,
+                   r.der)
+        for r in tx.certs.of_user(user_id)
     ]
 
 
-def current_certificate(conn: sqlite3.Connection, email: str, kind: CertKind) -> x509.Certificate:
+def current_certificate(tx: Tx, email: str, kind: CertKind) -> x509.Certificate:
     """The user's current certificate of this kind; a revoked one is not current."""
-    found = conn.execute("SELECT id, email FROM users WHERE email = ?", (users.normalize_email(email),)).fetchone()
-    if found is None:
-        raise errors.NotFound(f"unknown user {email}")
-    user = users.User(found[0], found[1], None, users.UserStatus.ACTIVE, "")  # id and email only
-    row = conn.execute(
-        "SELECT der FROM certificates WHERE user_id = ? AND kind = ? AND current = 1 AND status = 'valid' "
-        "ORDER BY issued_at DESC LIMIT 1",
-        (user.id, kind.value),
-    ).fetchone()
-    if row is None:
+    user = users.find_user(tx, email)
+    der = tx.certs.current_of_kind(user.id, kind.value)
+    if der is None:
         raise errors.NotFound(f"{user.email} has no current {kind.value} certificate")
-    return x509.load_der_x509_certificate(bytes(row[0]))
+    return x509.load_der_x509_certificate(der)
 
 
 # --- the directory's entries: derived from the database -----------------------------------------
 #
-# A change of a user's certificates queues the user in ``directory_outbox`` inside its own
+# A change of a user's certificates queues the user in the directory outbox inside its own
 # transaction; the publisher is given the entry after the commit and the queue row dropped. A
 # crash in between leaves the row, and the next command drains it: the entries are never
 # missing for long, and never outlive a revocation (revoking withdraws them before it commits).
 
+_KINDS = {k.value: k for k in (CertKind.ENCRYPT, CertKind.SIGN)}
 
-def queue(conn: sqlite3.Connection, email: str, now: str) -> None:
+
+def queue(tx: Tx, email: str, now: str) -> None:
     """Queue the user's directory entry for publishing (inside the caller's transaction)."""
-    conn.execute(
-        "INSERT INTO directory_outbox(email, queued_at) VALUES (?, ?) "
-        "ON CONFLICT(email) DO UPDATE SET queued_at = excluded.queued_at",
-        (email, now),
-    )
+    tx.outbox.queue(email, now)
 
 
 def withdraw(publisher: Publisher, email: str) -> None:
@@ -81,35 +70,38 @@ def withdraw(publisher: Publisher, email: str) -> None:
         publisher.user(email, {})
 
 
-def publish_user(conn: sqlite3.Connection, publisher: Publisher, email: str) -> None:
+def publish_user(db: Database, publisher: Publisher, email: str) -> None:
     """Give the publisher the user's entry as the database's current certificates make it."""
     with publisher.locked():
-        rows = conn.execute(
-            "SELECT c.kind, c.der FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = ? "
-            "AND c.current = 1 AND c.status = 'valid' ORDER BY c.issued_at",
-            (email,),
-        ).fetchall()
-        kinds = {k.value: k for k in (CertKind.ENCRYPT, CertKind.SIGN)}
-        publisher.user(email, {kinds[kind]: bytes(der) for kind, der in rows if kind in kinds})
+        with db.read() as tx:
+            entry = tx.certs.directory_entry(email)
+        publisher.user(email, {_KINDS[k]: der for k, der in entry.items() if k in _KINDS})
 
 
-def drain_outbox(conn: sqlite3.Connection, publisher: Publisher) -> int:
+def drain_outbox(db: Database, publisher: Publisher) -> int:
     """Publish every queued user; returns how many."""
-    queued = conn.execute("SELECT email, queued_at FROM directory_outbox ORDER BY email").fetchall()
+    with db.read() as tx:
+        queued = tx.outbox.queued()
     for email, queued_at in queued:
         with contextlib.suppress(errors.BadInput):  # an address no entry may be named after
-            publish_user(conn, publisher, email)
-        conn.execute("DELETE FROM directory_outbox WHERE email = ? AND queued_at = ?", (email, queued_at))
+            publish_user(db, publisher, email)
+        with db.write() as tx:
+            tx.outbox.done(email, queued_at)
     return len(queued)
 
 
-def sync_all(conn: sqlite3.Connection, publisher: Publisher) -> int:
-    """Republish every user's entry from the database and drop entries of no current certificate."""
+def sync_all(db: Database, publisher: Publisher) -> int:
+    """Republish every user's entry, the CA certificate and the current CRLs from the database,
+    and drop entries of no current certificate."""
+    with db.read() as tx:
+        everyone = sorted(tx.users.emails())
     emails = []
-    for email in (str(r[0]) for r in conn.execute("SELECT email FROM users ORDER BY email")):
+    for email in everyone:
         with contextlib.suppress(errors.BadInput):  # an address no entry may be named after
-            publish_user(conn, publisher, email)
+            publish_user(db, publisher, email)
             emails.append(email)
     publisher.prune(emails)
-    conn.execute("DELETE FROM directory_outbox")
+    with db.write() as tx:
+        tx.outbox.clear()
+    artifacts.republish(db, publisher)
     return len(emails)

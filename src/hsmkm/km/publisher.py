@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
-from enum import Enum
 from typing import Protocol
 
+from hsmkm.store.repos.crls import CrlKind
 from hsmkm.x509.profiles import CertKind
 
-
-class CrlKind(str, Enum):
-    FULL = "full"
-    DELTA = "delta"
+__all__ = ["CrlKind", "Publisher"]
 
 
 class Publisher(Protocol):
