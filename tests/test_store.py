@@ -261,9 +261,9 @@ def test_a_drawn_serial_already_recorded_is_a_conflict_and_issuance_draws_again(
 ) -> None:
     """The certificate insert's clash comes back as a store Conflict; issuance re-signs only
     the certificate whose serial was taken, and the batch is recorded once."""
+    from conftest import trial_pin
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from conftest import trial_pin
     from hsmkm.km.authority import IssueRequest, issue_certificates, serial_hex
     from hsmkm.km.manager import KeyManager
     from hsmkm.x509 import profiles
