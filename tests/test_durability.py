@@ -212,7 +212,7 @@ def test_a_rotation_between_sealing_and_commit_loses_nothing(home: Path, seam: l
     # The record opens under the key it names, and later rotations move it on.
     from hsmkm.km import archive
 
-    record = archive.records_for_user(km.db.conn, 1)[0]
+    record = archive.records_for_user(km.db.reader(), 1)[0]
     assert archive.open_outer(record, km.archive_key_by_label(record.master_label))
     km_enroll._before_commit = lambda k: None
     assert rotate_archive_key(km).records == 1

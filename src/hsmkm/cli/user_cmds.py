@@ -15,7 +15,7 @@ from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.atomic import atomic_writer
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km, open_km_files
-from hsmkm.km import directory, users
+from hsmkm.km import archive, directory, users
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.smimecaps import ClientProfile
 from hsmkm.x509.profiles import CertKind
@@ -183,7 +183,8 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
         u = users.find_user(tx, email)
         chosen = users.settings_of(tx, u.id)
     certs = directory.user_certificates(km.db.reader(), u.id)
-    archived = km.db.conn.execute("SELECT COUNT(*) FROM archive WHERE user_id = ?", (u.id,)).fetchone()[0]
+    with km.db.read() as tx:
+        archived = archive.count_for_user(tx, u.id)
     data: dict[str, Any] = {
         "email": u.email,
         "name": u.name,

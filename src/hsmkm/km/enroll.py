@@ -160,7 +160,7 @@ def _commit_enrollment(
         tx.certs.retire_current(user.id)
         record_certificate(tx, sign_cert, CertKind.SIGN, user.id, now)
         record_certificate(tx, enc_cert, CertKind.ENCRYPT, user.id, now)
-        record_id = archive.store_record(conn, sealed, enc_alg, now)
+        record_id = archive.store_record(tx, sealed, enc_alg, now)
         if checked.purpose is users.CodePurpose.RECOVERY:
             from hsmkm.km.recovery import release_recovered
 

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from hsmkm.store.repos.users import UserRepo
 
 
+# The driver connection the temporary escape hatches hand out.
+RawConnection = sqlite3.Connection
+
+
 class Tx:
     """What a state change (``writable``) or a reader works through; never a connection."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from hsmkm.store.schema import audit, meta
 from hsmkm.store.upsert import upsert
@@ -73,6 +73,9 @@ class AuditRepo:
         result = self._conn.execute(_ALL) if action is None else self._conn.execute(_BY_ACTION, {"action": action})
         for r in result:
             yield AuditRow(int(r[0]), r[1], r[2], r[3], r[4], bytes(r[5]), bytes(r[6]), bytes(r[7]))
+
+    def count(self) -> int:
+        return int(self._conn.execute(select(func.count()).select_from(audit)).scalar_one())
 
     def crl_number(self) -> int:
         """The last CRL number the database says was drawn (0 before the first)."""

@@ -31,6 +31,19 @@ class NewCert:
     issued_at: str
 
 
+@dataclass(frozen=True)
+class RevokedCert:
+    """A revoked certificate recorded as such (synthetic history for benchmarks)."""
+
+    serial: str
+    kind: str
+    der: bytes
+    issued_at: str
+    revoked_at: str
+    reason: str
+    revoked_seq: int
+
+
 _ADD = certs.insert()
 _RETIRE = (
     certs.update()
@@ -94,6 +107,16 @@ class CertRepo:
         (and none of them is recorded)."""
         if new:
             self._conn.execute(_ADD, [_values(c) for c in new])
+
+    def add_revoked(self, rows: Sequence[RevokedCert]) -> None:
+        """Record certificates already revoked and no longer current (one batched statement)."""
+        if rows:
+            self._conn.execute(_ADD, [
+                {"serial": r.serial, "user_id": None, "kind": r.kind, "der": r.der, "not_before": r.issued_at,
+                 "not_after": r.issued_at, "issued_at": r.issued_at, "status": CertStatus.REVOKED.value,
+                 "current": 0, "revoked_at": r.revoked_at, "reason": r.reason, "revoked_seq": r.revoked_seq}
+                for r in rows
+            ])
 
     def serials_taken(self, serials: Sequence[str]) -> set[str]:
         return {str(r[0]) for r in self._conn.execute(select(certs.c.serial).where(certs.c.serial.in_(serials)))}

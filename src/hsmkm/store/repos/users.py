@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from hsmkm.store.schema import users
 
@@ -81,8 +81,6 @@ class UserRepo:
         self._conn.execute(_SET_STATUS, {"uid": user_id, "new_status": status.value})
 
     def count(self) -> int:
-        from sqlalchemy import func
-
         return int(self._conn.execute(select(func.count()).select_from(users)).scalar_one())
 
 
