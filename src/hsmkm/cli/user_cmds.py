@@ -260,7 +260,9 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
 
 
 @directory_group.command("sync")
-@click.option("--full", is_flag=True, help="Rewrite every user's files, the CA certificate and the current CRLs from the database (and drop stale ones).")
+@click.option("--full", is_flag=True,
+              help="Rewrite every user's files, the CA certificate and the current CRLs from the database "
+                   "(and drop stale ones).")
 @pass_cli
 def directory_sync(cli_ctx: CliContext, full: bool) -> None:
     """Bring HOME/pub/ in line with the database: the queued changes, or everything.
