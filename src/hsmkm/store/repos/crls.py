@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, text
 
@@ -85,8 +86,16 @@ class CrlRepo:
     def revoked(self, after: int, upto: int) -> Iterator[tuple[str, str, str]]:
         """(serial hex, revocation time ISO, reason) of the revocations in (after, upto], in
         the order they happened (the revoked_seq index gives them without a sort)."""
-        result = self._conn.execution_options(stream_results=True, yield_per=_STREAM_ROWS).execute(
-            _REVOKED, {"after": after, "upto": upto}
-        )
-        for partition in result.partitions():
-            yield from partition
+        # The hot path of a million-entry CRL: the statement compiled for this dialect runs on
+        # the driver's own cursor, in this transaction, and rows come in batches of the
+        # driver's tuples (a Row object per entry costs as much again as the reading).
+        compiled = _REVOKED.compile(dialect=self._conn.dialect)
+        params = compiled.construct_params({"after": after, "upto": upto})
+        args: Any = [params[k] for k in compiled.positiontup or ()] if compiled.positional else params
+        cursor = self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(str(compiled), args)
+            while rows := cursor.fetchmany(_STREAM_ROWS):
+                yield from rows
+        finally:
+            cursor.close()
