@@ -11,12 +11,13 @@ from asn1crypto import algos, cms, core, keys, pkcs12
 from asn1crypto import x509 as asn1x509
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives import padding, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from hsmkm import errors
+from hsmkm.keys.algorithms import Digest
 from hsmkm.keys.base import PrivateKey
 
 OWASP_PBKDF2_SHA256_ITERATIONS = 600_000
@@ -33,12 +34,8 @@ _KDF_HASHES = {
     "sha384": (hashlib.sha384, 48, 128),
     "sha512": (hashlib.sha512, 64, 128),
 }
-_PBKDF2_PRFS: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
+# The PBKDF2 PRFs read (HMAC with these digests of the algorithm table).
+_PBKDF2_PRFS = frozenset({Digest.SHA1, Digest.SHA256, Digest.SHA384, Digest.SHA512})
 _AES_KEY_SIZES = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32}
 _PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError, RecursionError,
                  crypto_exceptions.UnsupportedAlgorithm, *errors.CERTIFICATE_ERRORS)
@@ -99,9 +96,10 @@ def _check_iterations(count: int, what: str, cap: int = MAX_ITERATIONS) -> int:
 
 
 def _pbkdf2(password: str, salt: bytes, iterations: int, prf: str = "sha256", length: int = 32) -> bytes:
-    if prf not in _PBKDF2_PRFS:
+    digest = Digest.named(prf)
+    if digest is None or digest not in _PBKDF2_PRFS:
         raise errors.UnsupportedAlgorithm(f".epf: PBKDF2 with {prf}")
-    return PBKDF2HMAC(_PBKDF2_PRFS[prf](), length, salt, iterations).derive(password.encode("utf-8"))
+    return PBKDF2HMAC(digest.hash(), length, salt, iterations).derive(password.encode("utf-8"))
 
 
 def _aes_cbc(key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:

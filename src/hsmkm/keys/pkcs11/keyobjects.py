@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pkcs11
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 from pkcs11 import Attribute, KeyType, Mechanism
@@ -127,7 +127,7 @@ class TokenRSAPrivateKey(_StaysOnToken, rsa.RSAPrivateKey):
                 mech, hmech, mgf = _PSS_MECH[hash_name]
                 salt = padding._salt_length
                 if not isinstance(salt, int):
-                    salt = hashes.Hash(getattr(hashes, hash_name.upper())()).algorithm.digest_size
+                    salt = Digest(hash_name).size
                 return bytes(self._obj.sign(data, mechanism=mech, mechanism_param=(hmech, mgf, salt)))
         raise errors.UnsupportedAlgorithm(f"RSA signature padding {padding.name} with {hash_name}")
 
