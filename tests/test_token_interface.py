@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import MakeToken, hsmkm, softhsm_conf, trial_pin
+
 from hsmkm import errors, keys
 from hsmkm.keys.token import ObjectKind
 from hsmkm.km.config import CONFIG_VERSION, Home, KmConfig, TokenRef
