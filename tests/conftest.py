@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +41,13 @@ def hsmkm(*args: str, home: Path | None = None, env: dict[str, str] | None = Non
     return run
 
 
+def softhsm_conf(home: Path) -> Path:
+    """The SoftHSM2 config of a KM home's embedded store."""
+    return home / "softhsm" / "softhsm2.conf"
+
+
 def softhsm_env(home: Path) -> dict[str, str]:
-    return {"SOFTHSM2_CONF": str(home / "softhsm" / "softhsm2.conf")}
+    return {"SOFTHSM2_CONF": str(softhsm_conf(home))}
 
 
 def trial_pin(home: Path, name: str) -> str:
@@ -68,6 +73,32 @@ def module_path() -> str:
     from hsmkm.keys.softhsm import find_softhsm_module
 
     return find_softhsm_module()
+
+
+def make_token(label: str, pin: str, store: Path) -> Path:
+    """A throwaway SoftHSM2 token made in this process, in the store whose config is ``store``
+    (e.g. a KM home's ``softhsm/softhsm2.conf``); its SO PIN is ``so-`` + the user PIN."""
+    from hsmkm import keys
+
+    provisioner = keys.token_provisioner()
+    provisioner.init_token(keys.load_module(provisioner.module_path(), str(store)), label, "so-" + pin, pin)
+    return store
+
+
+MakeToken = Callable[..., Path]
+
+
+@pytest.fixture
+def user_token(tmp_path: Path) -> MakeToken:
+    """``user_token(label, pin, store=conf)``: ``make_token`` into ``conf``, or, without one, into
+    a store of the test's own under its temporary directory; returns the store's config."""
+    from hsmkm import keys
+
+    def make(label: str, pin: str, store: Path | None = None) -> Path:
+        conf = store if store is not None else keys.token_provisioner().make_store(tmp_path / "user-tokens")
+        return make_token(label, pin, conf)
+
+    return make
 
 
 def all_bytes_under(root: Path) -> Iterator[tuple[Path, bytes]]:

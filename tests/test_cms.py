@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import hsmkm
+from conftest import MakeToken, hsmkm
 from hsmkm import errors
 from hsmkm.client import messaging
 from hsmkm.cms import enveloped, signed, smime
@@ -300,19 +300,15 @@ def test_revoked_signer_fails_verify_and_recipient_is_refused(tmp_path: Path) ->
     assert not (tmp_path / "x.eml").exists()
 
 
-def test_token_slot_opens_openssl_oaep_sha256_and_ecdh(tmp_path: Path, module_path: str) -> None:
+def test_token_slot_opens_openssl_oaep_sha256_and_ecdh(tmp_path: Path, module_path: str, user_token: MakeToken) -> None:
     """A token key opens an OAEP-SHA256 lock box (SoftHSM2 does OAEP only with SHA-1) and an ECDH one."""
-    import sys
-
-    from conftest import softhsm_env
+    from conftest import softhsm_conf, softhsm_env
 
     for user_key in ("rsa2048", "p256"):
         home = tmp_path / user_key
         hsmkm("init", "--ca-subject", "CN=Token CA", "--ca-key", "p256", "--user-key", user_key, home=home)
         env = {**softhsm_env(home), "UPIN": "user-pin-1"}
-        script = ("from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module, "
-                  "init_token; init_token(Pkcs11Module.load(find_softhsm_module()), 'uma', 'so-uma-1', 'user-pin-1')")
-        subprocess.run([sys.executable, "-c", script], env={**os.environ, **env}, check=True)
+        user_token("uma", "user-pin-1", store=softhsm_conf(home))
         code = hsmkm("user", "add", "uma@example.com", "--json", home=home).json()["code"]
         uri = f"pkcs11:token=uma?module-path={module_path}&pin-source=env:UPIN"
         hsmkm("enroll", "--km", str(home), "--email", "uma@example.com", "--code-source", "env:CODE",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import hsmkm, trial_pin
+from conftest import MakeToken, hsmkm, trial_pin
 
 PW = "durable-pass-1"
 
@@ -478,10 +478,10 @@ def test_a_first_release_home_extracted_elsewhere_works_where_it_is(tmp_path: Pa
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
 
 
-def test_a_token_enrollment_whose_answer_was_lost_is_answered_again(home: Path, module_path: str) -> None:
-    import sys
-
-    from conftest import softhsm_env
+def test_a_token_enrollment_whose_answer_was_lost_is_answered_again(
+    home: Path, module_path: str, user_token: MakeToken
+) -> None:
+    from conftest import softhsm_conf, softhsm_env
 
     from hsmkm.client.enroll import build_csr
     from hsmkm.keys.algorithms import KeyAlgorithm
@@ -490,10 +490,7 @@ def test_a_token_enrollment_whose_answer_was_lost_is_answered_again(home: Path, 
     from hsmkm.km import enroll as km_enroll
     from hsmkm.protocol import EnrollRequest
 
-    script = ("import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; "
-              "from hsmkm.keys.softhsm import find_softhsm_module, init_token; "
-              "init_token(Pkcs11Module.load(find_softhsm_module()), 'sam', 'so-sam-pin-1', 'sam-pin-1234')")
-    subprocess.run([sys.executable, "-c", script], env={**os.environ, **softhsm_env(home)}, check=True)
+    user_token("sam", "sam-pin-1234", store=softhsm_conf(home))
     code = add_user(home, "sam@example.com")
     uri = f"pkcs11:token=sam?module-path={module_path}&pin-source=env:SAM_PIN"
     # The first attempt: the key is made on the token, the KM commits, the answer is lost.

@@ -13,19 +13,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import all_bytes_under, hsmkm, pkcs11_tool_objects, softhsm_env, trial_pin
+from conftest import all_bytes_under, hsmkm, make_token, pkcs11_tool_objects, softhsm_conf, softhsm_env, trial_pin
 
 PW = "correct-horse-battery"
 
 
 def make_user_token(home: Path, label: str, pin: str) -> None:
     """A user's own token in the KM's trial store (as CLI.md suggests for trials)."""
-    script = (
-        "import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; "
-        "from hsmkm.keys.softhsm import find_softhsm_module, init_token; "
-        "init_token(Pkcs11Module.load(find_softhsm_module()), sys.argv[1], 'so-' + sys.argv[2], sys.argv[2])"
-    )
-    subprocess.run([sys.executable, "-c", script, label, pin], env={**os.environ, **softhsm_env(home)}, check=True)
+    make_token(label, pin, softhsm_conf(home))
 
 
 def add_user(home: Path, email: str, name: str | None = None) -> str:

@@ -488,7 +488,7 @@ def _damaged_homes(world: World, base: Path) -> Iterator[tuple[str, Path]]:
         ("ca-empty", "pub/ca.crt", b""), ("ca-flipped", "pub/ca.crt", ca[:30] + bytes([ca[30] ^ 0xFF]) + ca[31:]),
         ("config-list", "km.json", b"[1, 2]"), ("config-binary", "km.json", b"\xff\xfe\x00"),
         ("config-truncated", "km.json", config[:40]), ("config-wrong-types", "km.json",
-                                                       config.replace(b'"km_token": {', b'"km_token": 5, "x": {')),
+                                                       config.replace(b'"km_token": "', b'"km_token": 5, "x": "')),
         ("db-truncated", "km.db", db[:5000]), ("db-garbage", "km.db", os.urandom(8192)),
         ("db-empty-sqlite", "km.db", b""),
     ]

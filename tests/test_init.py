@@ -13,8 +13,8 @@ import pytest
 from cryptography import x509
 from pkcs11 import ObjectClass
 
-from conftest import all_bytes_under, hsmkm, pkcs11_tool_objects, softhsm_env, trial_pin
-from hsmkm import errors
+from conftest import MakeToken, all_bytes_under, hsmkm, pkcs11_tool_objects, softhsm_env, trial_pin
+from hsmkm import errors, keys
 from hsmkm.keys.pkcs11 import Pkcs11Module
 from hsmkm.km import custody
 from hsmkm.km.config import Home, KmConfig
@@ -128,26 +128,15 @@ def test_init_with_missing_module_is_exit_3_and_leaves_nothing(fresh_home: Path)
     assert not fresh_home.exists()
 
 
-def _external_store(tmp_path: Path, labels: list[str], pin: str) -> dict[str, str]:
+def _external_store(user_token: MakeToken, labels: list[str], pin: str) -> dict[str, str]:
     """A SoftHSM2 store with the named tokens, all with ``pin`` (test tokens)."""
-    from hsmkm.keys.softhsm import find_softhsm_module, init_token, write_store_config
-
-    conf = write_store_config(tmp_path / "store")
-    env = {"SOFTHSM2_CONF": str(conf)}
-    script = (
-        "import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; "
-        "from hsmkm.keys.softhsm import find_softhsm_module, init_token; "
-        "m = Pkcs11Module.load(find_softhsm_module()); "
-        "[init_token(m, l, 'so-pin-1234', sys.argv[1]) for l in sys.argv[2:]]"
-    )
-    subprocess.run([__import__("sys").executable, "-c", script, pin, *labels],
-                   env={**os.environ, **env}, check=True)
-    assert find_softhsm_module() and init_token and conf.exists()
-    return env
+    confs = {user_token(label, pin) for label in labels}
+    assert len(confs) == 1  # one store holds them all
+    return {"SOFTHSM2_CONF": str(confs.pop())}
 
 
-def test_init_on_external_tokens_wrong_pin_unknown_token(tmp_path: Path, module_path: str) -> None:
-    env = _external_store(tmp_path, ["km", "rec", "ann", "bo", "cy"], "1234")
+def test_init_on_external_tokens_wrong_pin_unknown_token(tmp_path: Path, module_path: str, user_token: MakeToken) -> None:
+    env = _external_store(user_token, ["km", "rec", "ann", "bo", "cy"], "1234")
     env.update({"PIN": "1234", "BAD": "9999"})
     officers = []
     for name in ("ann", "bo", "cy"):
@@ -183,14 +172,8 @@ def test_init_on_external_tokens_wrong_pin_unknown_token(tmp_path: Path, module_
     ok = hsmkm(*base, "--recovery-token", "rec", "--pin-source", "env:PIN", *officers, "--json", home=home, env=env)
     assert ok.json()["officers"] == ["ann", "bo", "cy"] and ok.json()["quorum"] == 2
     assert "deprecated and ignored" in ok.stderr
-    script = (
-        "import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module\n"
-        "m = Pkcs11Module.load(find_softhsm_module())\n"
-        "print(m.open_token('1234', label='rec').has_object('hsmkm-recovery'))\n"
-    )
-    out = subprocess.run([__import__("sys").executable, "-c", script], env={**os.environ, **env},
-                         capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "False"
+    rec = keys.open_token(f"pkcs11:token=rec?module-path={module_path}", "1234", softhsm_config=env["SOFTHSM2_CONF"])
+    assert rec.has_object("hsmkm-recovery") is False
     st = hsmkm("status", "--json", "--pin-source", "env:PIN", home=home, env=env).json()
     assert st["officers"] == ["ann", "bo", "cy"] and st["token"]["label"] == "km"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hsmkm, trial_pin
+from conftest import MakeToken, hsmkm, trial_pin
 from hsmkm import errors
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.km import migrate, recovery
@@ -165,23 +165,24 @@ def test_a_first_release_database_gains_the_new_tables_by_db_upgrade_once(v1_as_
         db.close()
 
 
-def test_a_recovery_tokens_so_pin_resets_its_user_pin_until_the_key_is_destroyed(tmp_path: Path, module_path: str) -> None:
+def test_a_recovery_tokens_so_pin_resets_its_user_pin_until_the_key_is_destroyed(
+    tmp_path: Path, module_path: str, user_token: MakeToken
+) -> None:
     """Why the migration destroys the recovery key: on SoftHSM2 the SO PIN resets the user PIN
     (C_InitPIN, here through pkcs11-tool), and the holder then uses the key with no officer."""
     import os
     import subprocess
     import sys
 
-    from hsmkm.keys.softhsm import write_store_config
+    from hsmkm import keys
+    from hsmkm.keys.algorithms import KeyAlgorithm
 
-    conf = write_store_config(tmp_path / "store")
+    conf = user_token("rec", "nobody-knows-1")
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-    make = ("import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module, "
-            "init_token; from hsmkm.keys.algorithms import KeyAlgorithm; m = Pkcs11Module.load(find_softhsm_module()); "
-            "init_token(m, 'rec', 'so-pin-1234', 'nobody-knows-1'); "
-            "m.open_token('nobody-knows-1', label='rec').generate_keypair(KeyAlgorithm.RSA2048, 'hsmkm-recovery', b'r', "
-            "sign=False, decrypt=True)")
-    subprocess.run([sys.executable, "-c", make], env=env, check=True)
+    # The recovery key made in this process; the SO and the holder below are other processes.
+    rec = keys.open_token(f"pkcs11:token=rec?module-path={module_path}", "nobody-knows-1", softhsm_config=str(conf))
+    rec.generate_keypair(KeyAlgorithm.RSA2048, "hsmkm-recovery", b"r", sign=False, decrypt=True)
+    rec.close()
     probe = ("import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module; "
              "ts = Pkcs11Module.load(find_softhsm_module()).open_token(sys.argv[1], label='rec'); "
              "print(ts.has_object('hsmkm-recovery')); sys.argv[2:] and ts.destroy('hsmkm-recovery', "
@@ -189,7 +190,7 @@ def test_a_recovery_tokens_so_pin_resets_its_user_pin_until_the_key_is_destroyed
 
     def reset_and_probe(new_pin: str, *destroy: str) -> str:
         subprocess.run(["pkcs11-tool", "--module", module_path, "--token-label", "rec", "--login",
-                        "--login-type", "so", "--so-pin", "so-pin-1234", "--init-pin", "--new-pin", new_pin], env=env, check=True, capture_output=True)
+                        "--login-type", "so", "--so-pin", "so-nobody-knows-1", "--init-pin", "--new-pin", new_pin], env=env, check=True, capture_output=True)
         return subprocess.run([sys.executable, "-c", probe, new_pin, *destroy], env=env, check=True,
                               capture_output=True, text=True).stdout.strip()
 

@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import hsmkm, softhsm_env
+from conftest import hsmkm, make_token, softhsm_conf, softhsm_env
 from hsmkm.cms import smime
 
 PW = "correct-horse-battery"
@@ -328,9 +328,7 @@ for obj in list(s.session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE}
 def test_nss_lists_the_token_certificates_and_decrypts_with_the_token(world: World, module_path: str) -> None:
     env = softhsm_env(world.home)
     token, pin = "tia", "tia-pin-1234"
-    init = ("import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module, "
-            "init_token; init_token(Pkcs11Module.load(find_softhsm_module()), sys.argv[1], 'so-' + sys.argv[2], sys.argv[2])")
-    subprocess.run([sys.executable, "-c", init, token, pin], env={**os.environ, **env}, check=True)
+    make_token(token, pin, softhsm_conf(world.home))
     uri = f"pkcs11:token={token}?module-path={module_path}&pin-source=env:TIA_PIN"
     enroll(world.home, "tia", "rsa2048", "compat", uri, "rsa2048", env={"TIA_PIN": pin, **env})
     db = nss_db(world, "nss-token")

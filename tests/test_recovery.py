@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import hsmkm, trial_pin
+from conftest import hsmkm, make_token, softhsm_conf, trial_pin
 from custody_helpers import approve
 from hsmkm import errors
 from hsmkm.keys.epf import EpfKeystore
@@ -271,9 +271,7 @@ def test_tampered_archive_record_is_a_tamper_error(km_with_alice: dict[str, Path
 def test_officer_changes_need_a_quorum_and_reshare(km_with_alice: dict[str, Path], module_path: str) -> None:
     home = km_with_alice["home"]
     env = {"SOFTHSM2_CONF": str(home / "softhsm" / "softhsm2.conf"), "DANA_PIN": "dana-pin-1"}
-    script = ("import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import "
-              "find_softhsm_module, init_token; init_token(Pkcs11Module.load(find_softhsm_module()), 'dana', 'so-dana-1', 'dana-pin-1')")
-    subprocess.run([os.sys.executable, "-c", script], env={**os.environ, **env}, check=True)  # type: ignore[attr-defined]
+    make_token("dana", "dana-pin-1", softhsm_conf(home))
     uri = f"pkcs11:token=dana?module-path={module_path}&pin-source=env:DANA_PIN"
     opened = hsmkm("officer", "add", "dana", "--token", uri, "--json", home=home, env=env).json()
     rid = opened["id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import KeyType
@@ -16,6 +17,7 @@ from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.km.enroll import enroll
 from hsmkm.km.users import add_user, import_users
 from hsmkm.protocol import EnrollRequest
+from hsmkm.keys.pkcs11 import TokenSession
 
 
 def _enroll_rate(root: Path, n: int, prefix: str = "") -> float:
@@ -47,7 +49,7 @@ def _officers_rates(tmp: Path, n: int, rounds: int) -> tuple[float, float]:
 def _raw_keygen_rate(root: Path, n: int) -> float:
     """C_GenerateKeyPair RSA-3072 (session objects) on the KM token, python-pkcs11 only."""
     km = open_km(root)
-    session = km.session.session
+    session = cast(TokenSession, km.session).session
     t = time.perf_counter()
     with km.session.lock:
         for _ in range(n):

@@ -7,6 +7,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Mechanism
@@ -15,6 +16,7 @@ from hsmkm.bench.fixtures import make_km, open_km
 from hsmkm.bench.rows import Row, rate
 from hsmkm.km.authority import IssueRequest, issue_certificates
 from hsmkm.x509.profiles import CertKind
+from hsmkm.keys.pkcs11 import TokenPrivateKey
 
 _TBS = os.urandom(900)
 BATCH = 50  # about the size of a user certificate's TBS
@@ -22,7 +24,7 @@ BATCH = 50  # about the size of a user certificate's TBS
 
 def _raw_sign_rate(root: Path, n: int) -> float:
     km = open_km(root)
-    obj = km.ca_key._obj  # the raw python-pkcs11 object: C_Sign with no hsmkm code around it
+    obj = cast(TokenPrivateKey, km.ca_key)._obj  # the raw python-pkcs11 object: C_Sign with no hsmkm code around it
     with km.session.lock:
         obj.sign(_TBS, mechanism=Mechanism.SHA256_RSA_PKCS)
         return rate(lambda: obj.sign(_TBS, mechanism=Mechanism.SHA256_RSA_PKCS), n)

@@ -12,8 +12,8 @@ from hsmkm.bench.fixtures import make_km, open_km
 from hsmkm.bench.rows import Row
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.base import PrivateKey
-from hsmkm.keys.pkcs11 import Pkcs11Module
-from hsmkm.keys.softhsm import init_token
+from hsmkm import keys
+from hsmkm.keys.token import TokenModule
 from hsmkm.km import archive, custody, epochs, recovery
 from hsmkm.km.authority import record_certificate, serial_hex, sign_user_certificate
 from hsmkm.km.ceremony import OFFICER_KEY_ALG
@@ -42,7 +42,7 @@ def _fill(km: KeyManager, n: int, key: ec.EllipticCurvePrivateKey) -> None:
                 done += 1
 
 
-def _officer_key(module: Pkcs11Module, home: Home, name: str) -> PrivateKey:
+def _officer_key(module: TokenModule, home: Home, name: str) -> PrivateKey:
     session = module.open_token(home.trial_pin_file(name).read_text().strip(), label=name)
     return session.private_key(label=OFFICER_KEY_LABEL)
 
@@ -56,7 +56,7 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     size = f"{n // 1000}k"
     key = ec.generate_private_key(ec.SECP256R1())
     _fill(km, n, key)
-    module = Pkcs11Module.load(km.config.km_token.module, km.config.softhsm_config)
+    module = keys.load_module(km.config.km_token.module, km.config.softhsm_config)
 
     # The reference: one token ECDH derive per share opened, on an officer's token.
     officer1 = _officer_key(module, home, "officer1")
@@ -85,7 +85,7 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     # An officer added: a key on a new token, two approvals re-sharing every record, and each
     # of the four officers of the new set combining its new shares.
     pin = custody.random_pin(16)
-    init_token(module, "officer4", custody.random_pin(), pin)
+    keys.token_provisioner().init_token(module, "officer4", custody.random_pin(), pin)
     home.trial_pin_file("officer4").write_text(pin)
     t = time.perf_counter()
     session = module.open_token(pin, label="officer4")

@@ -11,13 +11,13 @@ from typing import Any
 import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from hsmkm import errors
+from hsmkm import errors, keys
 from hsmkm.atomic import sweep_temps, write_atomic
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km
 from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.epf import EpfKeystore
-from hsmkm.keys.pkcs11 import Pkcs11Module, TokenSession
+from hsmkm.keys.token import Token
 from hsmkm.keys.uri import Pkcs11Uri
 from hsmkm.km import custody, epochs, recovery, request_content
 from hsmkm.km.ceremony import OFFICER_KEY_ALG, check_officer_token
@@ -25,13 +25,12 @@ from hsmkm.km.config import OFFICER_KEY_LABEL
 from hsmkm.km.manager import KeyManager
 
 
-def _officer_token(cli_ctx: CliContext, km: KeyManager, uri_text: str, pin_source: str | None, who: str) -> TokenSession:
+def _officer_token(cli_ctx: CliContext, km: KeyManager, uri_text: str, pin_source: str | None, who: str) -> Token:
     uri = Pkcs11Uri.parse(uri_text)
     module = uri.module_path or km.config.km_token.module
     config = km.config.softhsm_config if module == km.config.km_token.module else None
     pin = cli_ctx.secret(pin_source or km.config.resolve_source(uri.pin_source), f"PIN of {who}'s token")
-    slot = int(uri.slot_id) if uri.slot_id is not None else None
-    return Pkcs11Module.load(module, config).open_token(pin, label=uri.token, serial=uri.serial, slot_id=slot)
+    return keys.open_token(uri, pin, module_path=module, softhsm_config=config)
 
 
 @cli.group("recovery")

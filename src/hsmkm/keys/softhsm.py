@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 from pathlib import Path
-
-import pkcs11
+from typing import TYPE_CHECKING
 
 from hsmkm import errors
 from hsmkm.atomic import write_atomic
-from hsmkm.keys.pkcs11 import Pkcs11Module, mapped_errors
+
+if TYPE_CHECKING:
+    from hsmkm.keys.token import TokenModule
 
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -71,8 +71,14 @@ def ensure_store_config(conf: Path) -> None:
         raise errors.TokenError(f"{conf}: cannot write the SoftHSM2 configuration ({exc.strerror})") from None
 
 
-def init_token(module: Pkcs11Module, label: str, so_pin: str, user_pin: str) -> None:
+def init_token(module: TokenModule, label: str, so_pin: str, user_pin: str) -> None:
     """Initialise the store's free slot as a token with this label and PINs."""
+    import pkcs11
+
+    from hsmkm.keys.pkcs11 import Pkcs11Module, mapped_errors
+
+    if not isinstance(module, Pkcs11Module):
+        raise TypeError("a SoftHSM2 token is made through its PKCS#11 module")
     if label in module.token_labels():
         raise errors.AlreadyExists(f"a token labelled '{label}' already exists")
     with module.lock:
@@ -99,5 +105,18 @@ def init_token(module: Pkcs11Module, label: str, so_pin: str, user_pin: str) -> 
     module.changed()
 
 
-def softhsm_util_available() -> bool:
-    return shutil.which("softhsm2-util") is not None
+class SoftHsmProvisioner:
+    """The ``TokenProvisioner`` of SoftHSM2: its module, stores in a directory, tokens in them."""
+
+    def module_path(self) -> str:
+        return find_softhsm_module()
+
+    def make_store(self, directory: Path) -> Path:
+        """A token store in ``directory``; returns the path of its config."""
+        return write_store_config(directory)
+
+    def ensure_config(self, conf: Path) -> None:
+        ensure_store_config(conf)
+
+    def init_token(self, module: TokenModule, label: str, so_pin: str, user_pin: str) -> None:
+        init_token(module, label, so_pin, user_pin)

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hsmkm import errors
-from hsmkm.keys import data_objects
-from hsmkm.keys.pkcs11 import TokenSession
+from hsmkm.keys.token import DataObjectRef, Token
 from hsmkm.km.audit import FindingSource, Head, Witness, crl_number_of
 from hsmkm.store.tx import Tx
 from hsmkm.km.config import Home
@@ -84,30 +83,30 @@ def anchor_lock(home: Home) -> Path:
 class TokenAnchor:
     """Reads, checks and advances the anchor on one KM token session."""
 
-    def __init__(self, session: TokenSession, mac: Mac, lock_path: Path) -> None:
+    def __init__(self, session: Token, mac: Mac, lock_path: Path) -> None:
         self._session = session
         self._mac = mac
         self._lock_path = lock_path
         self._verified: dict[str, Anchor] = {}  # labels whose MAC this process checked already
-        self._known: list[data_objects.DataObject] = []
+        self._known: list[DataObjectRef] = []
 
     def _remember(self, label: str, anchor: Anchor) -> None:
         """Keep the last few verified labels (the two slots, and what replaced them)."""
         self._verified = {label: anchor, **dict(list(self._verified.items())[:3])}
 
-    def _objects(self) -> list[data_objects.DataObject]:
+    def _objects(self) -> list[DataObjectRef]:
         """The slot objects as they are now: the ones this process knows, read again (cheaper
         than a search, which reads every object on the token), or a search if one is gone."""
         if self._known:
-            now = [data_objects.reread(self._session, obj) for obj in self._known]
+            now = [self._session.data_reread(obj) for obj in self._known]
             if all(obj is not None for obj in now):
                 return [obj for obj in now if obj is not None]
-        found = data_objects.find(self._session, APPLICATION)
+        found = self._session.data_find(APPLICATION)
         # Fewer than two: one may be mid-write in another process; search again next time.
         self._known = found if len(found) >= _SLOTS else []
         return found
 
-    def _slots(self) -> tuple[list[tuple[Anchor, data_objects.DataObject]], list[data_objects.DataObject]]:
+    def _slots(self) -> tuple[list[tuple[Anchor, DataObjectRef]], list[DataObjectRef]]:
         """(valid slots, lowest seq first; objects of ours that are not valid anchors)."""
         valid, invalid = [], []
         for obj in self._objects():
@@ -173,26 +172,26 @@ class TokenAnchor:
             label = _encode(new, self._mac)
             self._remember(label, new)
             if len(valid) >= _SLOTS:
-                data_objects.relabel(self._session, valid[0][1], label)
+                self._session.data_relabel(valid[0][1], label)
                 extra = valid[1:-1]  # slots beyond two, left by an earlier repair
             else:
-                data_objects.create(self._session, APPLICATION, label)
+                self._session.data_create(APPLICATION, label)
                 extra = []
                 self._known = []
             # Under the lock nobody else writes, so what does not verify is no one's work in progress.
             for obj in [o for _, o in extra] + invalid:
-                data_objects.destroy(self._session, obj)
+                self._session.data_destroy(obj)
                 self._known = []
 
     def start(self, head: Head) -> None:
         """The first anchor of a new KM, in both slots; objects left on the token by an
         earlier KM (whose audit key is gone, so their MACs cannot verify) are destroyed."""
         with self._writer():
-            for obj in data_objects.find(self._session, APPLICATION):
-                data_objects.destroy(self._session, obj)
+            for obj in self._session.data_find(APPLICATION):
+                self._session.data_destroy(obj)
             label = _encode(Anchor(head.seq, head.digest, 0), self._mac)
             for _ in range(_SLOTS):
-                data_objects.create(self._session, APPLICATION, label)
+                self._session.data_create(APPLICATION, label)
             self._known = []
 
     def replace(self, head: Head, crl_number: int) -> None:
@@ -200,10 +199,10 @@ class TokenAnchor:
         made before the old ones are destroyed, so a kill leaves the old anchor, and the
         rollback still refused, rather than none."""
         with self._writer():
-            old = data_objects.find(self._session, APPLICATION)
+            old = self._session.data_find(APPLICATION)
             label = _encode(Anchor(head.seq, head.digest, crl_number), self._mac)
             for _ in range(_SLOTS):
-                data_objects.create(self._session, APPLICATION, label)
+                self._session.data_create(APPLICATION, label)
             for obj in old:
-                data_objects.destroy(self._session, obj)
+                self._session.data_destroy(obj)
             self._known = []

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsmkm import errors
 from hsmkm.keys.base import PrivateKey
-from hsmkm.keys.pkcs11 import TokenSecretKey
+from hsmkm.keys.token import SecretKey
 from hsmkm.km import sealing, shamir
 from hsmkm.km.epochs import Epoch
 from hsmkm.km.officer_side import RecordIdentity, share_context
@@ -91,7 +91,7 @@ def seal_inner(record_key: bytes, pkcs8: bytes, user_id: int, cert_serial: str) 
 
 
 def seal_record(
-    master: TokenSecretKey, epochs: list[Epoch], user_id: int, cert_serial: str, key: PrivateKey
+    master: SecretKey, epochs: list[Epoch], user_id: int, cert_serial: str, key: PrivateKey
 ) -> SealedRecord:
     """Both layers around ``key``: under a fresh record key split among the officers, then
     under the master key on the token."""
@@ -152,7 +152,7 @@ def identity(record: ArchiveRecord) -> RecordIdentity:
     return RecordIdentity(record.id, record.user_id, record.cert_serial)
 
 
-def open_outer(record: ArchiveRecord, master: TokenSecretKey) -> bytes:
+def open_outer(record: ArchiveRecord, master: SecretKey) -> bytes:
     """The recovery-layer ciphertext; a record altered in the database is a tamper error."""
     aad = record_aad(record.user_id, record.cert_serial, record.format_version)
     try:

@@ -20,14 +20,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pkcs11 import ObjectClass
 
-from hsmkm import errors
+from hsmkm import errors, keys
 from hsmkm.atomic import write_atomic
 from hsmkm.clock import Clock, system_clock
 from hsmkm.keys.algorithms import KeyAlgorithm
-from hsmkm.keys.pkcs11 import Pkcs11Module, TokenSession
-from hsmkm.keys.softhsm import find_softhsm_module, init_token, write_store_config
+from hsmkm.keys.token import ObjectKind, Token
 from hsmkm.km import custody, epochs, officer_side
 from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog
@@ -146,16 +144,17 @@ def _ceremony(
     softhsm_config: str | None = None
 
     if embedded:
-        module_path = find_softhsm_module()
-        softhsm_config = str(write_store_config(home.softhsm_dir))
-        module = Pkcs11Module.load(module_path, softhsm_config)
+        softhsm = keys.token_provisioner()
+        module_path = softhsm.module_path()
+        softhsm_config = str(softhsm.make_store(home.softhsm_dir))
+        module = keys.load_module(module_path, softhsm_config)
         km_pin = custody.random_pin(16)
-        init_token(module, EMBEDDED_KM_TOKEN, custody.random_pin(), km_pin)
+        softhsm.init_token(module, EMBEDDED_KM_TOKEN, custody.random_pin(), km_pin)
         write_secret_file(home.trial_pin_file("km"), km_pin)
         officer_specs = []
         for name in [f"officer{i}" for i in range(1, req.embedded_officers + 1)]:
             pin = custody.random_pin(16)
-            init_token(module, name, custody.random_pin(), pin)
+            softhsm.init_token(module, name, custody.random_pin(), pin)
             write_secret_file(home.trial_pin_file(name), pin)
             # The PIN file relative to the home, so a copied home uses its own.
             uri = (
@@ -173,7 +172,7 @@ def _ceremony(
     else:
         assert req.module is not None
         module_path = req.module
-        module = Pkcs11Module.load(module_path)
+        module = keys.load_module(module_path)
         if req.km_pin is None:
             raise errors.SecretSourceError("--pin-source is needed with --module")
         if req.recovery_token_label:
@@ -197,25 +196,25 @@ def _ceremony(
     # --- the KM token ---------------------------------------------------------------------
     km = module.open_token(km_pin, label=km_ref.label)
     for label, cls in (
-        (CA_KEY_LABEL, ObjectClass.PRIVATE_KEY),
-        (AUDIT_KEY_LABEL, ObjectClass.SECRET_KEY),
-        (ARCHIVE_KEY_PREFIX + "1", ObjectClass.SECRET_KEY),
+        (CA_KEY_LABEL, ObjectKind.PRIVATE_KEY),
+        (AUDIT_KEY_LABEL, ObjectKind.SECRET_KEY),
+        (ARCHIVE_KEY_PREFIX + "1", ObjectKind.SECRET_KEY),
     ):
         if km.has_object(label, cls):
             raise errors.AlreadyExists(f"token '{km.label}' already holds '{label}'; refusing to overwrite it")
     ca_key = km.generate_keypair(req.ca_key_alg, CA_KEY_LABEL, b"hsmkm-ca", sign=True, decrypt=False)
     undo.add(lambda: _destroy_pair(km, CA_KEY_LABEL))
     km.generate_aes_key(ARCHIVE_KEY_PREFIX + "1")
-    undo.add(lambda: km.destroy(ARCHIVE_KEY_PREFIX + "1", ObjectClass.SECRET_KEY))
+    undo.add(lambda: km.destroy(ARCHIVE_KEY_PREFIX + "1", ObjectKind.SECRET_KEY))
     audit_key = km.generate_hmac_key(AUDIT_KEY_LABEL)
-    undo.add(lambda: km.destroy(AUDIT_KEY_LABEL, ObjectClass.SECRET_KEY))
+    undo.add(lambda: km.destroy(AUDIT_KEY_LABEL, ObjectKind.SECRET_KEY))
 
     # --- the officers: one person, one officer, each on a token of its own ---------------------
     officer_keys = []
     signing_keys = []
     officer_tokens: list[tuple[str, str, str]] = []
     for spec in officer_specs:
-        omod = Pkcs11Module.load(spec.module)
+        omod = keys.load_module(spec.module)
         ots = omod.open_token(spec.pin, label=spec.label, serial=spec.serial)
         check_officer_token(ots.serial, ots.label, ots.has_object(OFFICER_KEY_LABEL), km.serial, None,
                             [t[1] for t in officer_tokens], spec.name)
@@ -336,6 +335,6 @@ def check_officer_token(
         )
 
 
-def _destroy_pair(ts: TokenSession, label: str) -> None:
-    ts.destroy(label, ObjectClass.PRIVATE_KEY)
-    ts.destroy(label, ObjectClass.PUBLIC_KEY)
+def _destroy_pair(ts: Token, label: str) -> None:
+    ts.destroy(label, ObjectKind.PRIVATE_KEY)
+    ts.destroy(label, ObjectKind.PUBLIC_KEY)

@@ -6,15 +6,16 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from hsmkm import errors
+from hsmkm import errors, keys
 from hsmkm.atomic import write_atomic
 from hsmkm.certnames import CERTS_FOLDER
 from hsmkm.keys.algorithms import KeyAlgorithm
-from hsmkm.keys.softhsm import ensure_store_config
+from hsmkm.keys.uri import Pkcs11Uri
 
-# Version 2 keeps paths into the home relative to it; version 1 kept them absolute.
-CONFIG_VERSION = 2
-_KNOWN_VERSIONS = (1, 2)
+# Version 3 names tokens by RFC 7512 URIs; version 2 by module/label/serial fields, with paths
+# into the home relative to it; version 1 kept those paths absolute. All three are read.
+CONFIG_VERSION = 3
+_KNOWN_VERSIONS = (1, 2, 3)
 SOFTHSM_CONFIG_NAME = "softhsm/softhsm2.conf"
 
 CA_KEY_LABEL = "hsmkm-ca"
@@ -119,11 +120,27 @@ def relative_source(root: Path, spec: str | None) -> str | None:
 
 @dataclass
 class TokenRef:
-    """Where a token is: its module and how to find it (no PIN)."""
+    """Where a token is: its module and how to find it (no PIN); an RFC 7512 URI in km.json."""
 
     module: str
     label: str | None = None
     serial: str | None = None
+
+    @property
+    def uri(self) -> Pkcs11Uri:
+        return Pkcs11Uri(token=self.label, serial=self.serial, module_path=self.module)
+
+    @classmethod
+    def parse(cls, value: object) -> TokenRef:
+        """A reference as km.json holds it: a ``pkcs11:`` URI, or (versions 1 and 2) its fields."""
+        if isinstance(value, dict):
+            return cls(**value)
+        if not isinstance(value, str):
+            raise TypeError("a token reference is a pkcs11: URI")
+        uri = Pkcs11Uri.parse(value)
+        if uri.module_path is None:
+            raise ValueError(f"token URI {value} has no module-path")
+        return cls(uri.module_path, uri.token, uri.serial)
 
 
 @dataclass
@@ -157,6 +174,8 @@ class KmConfig:
         data["ca_key_alg"] = self.ca_key_alg.value
         data["user_key_alg"] = self.user_key_alg.value
         data["version"] = CONFIG_VERSION
+        data["km_token"] = self.km_token.uri.to_uri()
+        data["recovery_token"] = self.recovery_token.uri.to_uri() if self.recovery_token else None
         if self.softhsm_config is not None:
             data["softhsm_config"] = home.relative(self.softhsm_config)
         data["km_pin_source"] = relative_source(home.root, self.km_pin_source)
@@ -181,21 +200,21 @@ class KmConfig:
         if data.get("version") not in _KNOWN_VERSIONS:
             raise errors.MalformedInput(f"{home.config}: configuration version {data.get('version')} unknown")
         try:
-            data["km_token"] = TokenRef(**data["km_token"])
+            data["km_token"] = TokenRef.parse(data["km_token"])
             rec = data.get("recovery_token")
-            data["recovery_token"] = TokenRef(**rec) if rec else None
+            data["recovery_token"] = TokenRef.parse(rec) if rec else None
             data["ca_key_alg"] = KeyAlgorithm(data["ca_key_alg"])
             data["user_key_alg"] = KeyAlgorithm(data["user_key_alg"])
             data.pop("root", None)
             config = cls(**data)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, errors.MalformedInput) as exc:
             raise errors.MalformedInput(f"{home.config}: bad configuration ({exc})") from None
         root = home.root.absolute()
         config.root = root
         if config.embedded:
             # The embedded layout is fixed: its store is this home's, wherever it was made.
             config.softhsm_config = str(root / SOFTHSM_CONFIG_NAME)
-            ensure_store_config(Path(config.softhsm_config))
+            keys.token_provisioner().ensure_config(Path(config.softhsm_config))
         elif config.softhsm_config is not None and not Path(config.softhsm_config).is_absolute():
             config.softhsm_config = str(root / config.softhsm_config)
         if isinstance(config.km_pin_source, str):

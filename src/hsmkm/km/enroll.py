@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hsmkm import errors
 from hsmkm.keys.algorithms import algorithm_of
-from hsmkm.keys.pkcs11 import TokenSecretKey
+from hsmkm.keys.token import SecretKey
 from hsmkm.km import archive, directory, epochs, users
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import SerialTaken, record_certificate, serial_hex, sign_user_certificate
@@ -92,7 +92,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
     caps = PROFILE_CAPABILITIES[chosen.client] if chosen.client is not None else None
     enc_key = enc_alg.generate()
 
-    def seal(master: TokenSecretKey, enc_serial: str) -> archive.SealedRecord:
+    def seal(master: SecretKey, enc_serial: str) -> archive.SealedRecord:
         # split for the officer sets current at this moment (read again at commit)
         return archive.seal_record(master, epochs.sharing(km.db.conn), user.id, enc_serial, enc_key)
 
@@ -138,7 +138,7 @@ def _commit_enrollment(
     sealed: archive.SealedRecord,
     sign_alg: str,
     response: EnrollResponse,
-    reseal: Callable[[TokenSecretKey], archive.SealedRecord],
+    reseal: Callable[[SecretKey], archive.SealedRecord],
     enc_alg: str,
 ) -> EnrollResponse:
     now = km.clock()

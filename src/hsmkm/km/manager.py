@@ -10,11 +10,11 @@ from typing import Any
 
 from cryptography import x509
 
-from hsmkm import errors
+from hsmkm import errors, keys
 from hsmkm.x509.anchor import load_ca_certificate
 from hsmkm.clock import Clock, system_clock
-from hsmkm.keys.pkcs11 import Pkcs11Module, TokenPrivateKey, TokenSecretKey, TokenSession
-from hsmkm.keys.softhsm_store import Repair
+from hsmkm.keys.base import PrivateKey
+from hsmkm.keys.token import Repair, SecretKey, Token
 from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog, crl_number_of
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, TokenRef
@@ -23,10 +23,9 @@ from hsmkm.store.database import Database
 from hsmkm.store.tx import RawConnection, Tx
 
 
-def open_token(ref: TokenRef, pin: str, softhsm_config: str | None) -> TokenSession:
+def open_token(ref: TokenRef, pin: str, softhsm_config: str | None) -> Token:
     """Log in to the token ``ref`` names (once per process)."""
-    module = Pkcs11Module.load(ref.module, softhsm_config)
-    return module.open_token(pin, label=ref.label, serial=ref.serial)
+    return keys.open_token(ref.uri, pin, softhsm_config=softhsm_config)
 
 
 @dataclass
@@ -52,7 +51,7 @@ class KeyManager:
         home: Home,
         config: KmConfig,
         db: Database,
-        session: TokenSession,
+        session: Token,
         clock: Clock,
         actor: str,
         publisher: Publisher,
@@ -65,10 +64,10 @@ class KeyManager:
         self.actor = actor
         # Where certificates, the CA certificate and CRLs go: chosen by the adapter.
         self.publisher = publisher
-        self._ca_key: TokenPrivateKey | None = None
+        self._ca_key: PrivateKey | None = None
         self._ca_cert: x509.Certificate | None = None
-        self._audit_key: TokenSecretKey | None = None
-        self._archive_key: TokenSecretKey | None = None
+        self._audit_key: SecretKey | None = None
+        self._archive_key: SecretKey | None = None
         # Token files the store check restored when this KM was opened (each audited).
         self.repairs: list[Repair] = []
         self._anchor: TokenAnchor | None = None
@@ -94,7 +93,7 @@ class KeyManager:
     # --- keys on the KM token ---------------------------------------------------------------
 
     @property
-    def ca_key(self) -> TokenPrivateKey:
+    def ca_key(self) -> PrivateKey:
         if self._ca_key is None:
             self._ca_key = self.session.private_key(label=CA_KEY_LABEL)
         return self._ca_key
@@ -111,20 +110,20 @@ class KeyManager:
         return self._ca_cert
 
     @property
-    def audit_key(self) -> TokenSecretKey:
+    def audit_key(self) -> SecretKey:
         if self._audit_key is None:
             self._audit_key = self.session.secret_key(AUDIT_KEY_LABEL)
         return self._audit_key
 
     @property
-    def archive_key(self) -> TokenSecretKey:
+    def archive_key(self) -> SecretKey:
         with self.db.read() as tx:
             label = tx.meta.get("archive_key_label") or self.config.archive_key_label
         if self._archive_key is None or self._archive_key.label != label:
             self._archive_key = self.session.secret_key(label)
         return self._archive_key
 
-    def archive_key_by_label(self, label: str) -> TokenSecretKey:
+    def archive_key_by_label(self, label: str) -> SecretKey:
         return self.session.secret_key(label)
 
     # --- state changes ----------------------------------------------------------------------

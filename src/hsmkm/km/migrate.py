@@ -14,10 +14,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pkcs11 import ObjectClass
 
 from hsmkm import errors
-from hsmkm.keys.pkcs11 import TokenSession
+from hsmkm.keys.token import ObjectKind, Token
 from hsmkm.km import archive, custody, epochs, officer_side, recovery, request_content
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.config import RECOVERY_KEY_LABEL
@@ -43,7 +42,7 @@ def pending_records(km: KeyManager) -> int:
 
 def _open_recovery_token(
     km: KeyManager, req: recovery.Request, approvals: list[recovery.Approval], content: request_content.Content
-) -> TokenSession:
+) -> Token:
     """The old recovery token, logged in with the PIN the approvals' shares rebuild."""
     ref = km.config.recovery_token
     if ref is None:
@@ -125,8 +124,8 @@ def migrate(
             # nothing left to migrate (a run that crashed after its last batch): finish with the key
             rec_session = _open_recovery_token(km, req, approvals, content)
         if rec_session is not None:
-            destroyed = bool(rec_session.destroy(RECOVERY_KEY_LABEL, ObjectClass.PRIVATE_KEY))
-            rec_session.destroy(RECOVERY_KEY_LABEL, ObjectClass.PUBLIC_KEY)
+            destroyed = bool(rec_session.destroy(RECOVERY_KEY_LABEL, ObjectKind.PRIVATE_KEY))
+            rec_session.destroy(RECOVERY_KEY_LABEL, ObjectKind.PUBLIC_KEY)
             rec_session.close()
         with km.change(AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="done", records=done,
                        recovery_key_destroyed=destroyed) as ch:

@@ -22,12 +22,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pkcs11 import ObjectClass
 
 from hsmkm import errors
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.base import PrivateKey, PublicKey
-from hsmkm.keys.pkcs11 import TokenSession
+from hsmkm.keys.token import ObjectKind, Token
 from hsmkm.km import archive, custody, epochs, officer_side, request_content, shamir, users
 from hsmkm.store.database import Database
 from hsmkm.km.audit import AuditAction
@@ -196,9 +195,9 @@ def open_request(
     return load(km.db.conn, rid)
 
 
-def _destroy_key(session: TokenSession, label: str) -> None:
-    session.destroy(label, ObjectClass.PRIVATE_KEY)
-    session.destroy(label, ObjectClass.PUBLIC_KEY)
+def _destroy_key(session: Token, label: str) -> None:
+    session.destroy(label, ObjectKind.PRIVATE_KEY)
+    session.destroy(label, ObjectKind.PUBLIC_KEY)
 
 
 def content_for_officer(km: KeyManager, request_id: int) -> Content:

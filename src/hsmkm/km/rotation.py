@@ -14,10 +14,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pkcs11 import ObjectClass
 
 from hsmkm import errors
-from hsmkm.keys.pkcs11 import TokenSession
+from hsmkm.keys.token import ObjectKind, Token
 from hsmkm.km import archive
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.config import ARCHIVE_KEY_PREFIX
@@ -41,7 +40,7 @@ def _next_label(label: str) -> str:
     return f"{ARCHIVE_KEY_PREFIX}{number + 1}"
 
 
-def master_key_is_sound(session: TokenSession, label: str) -> bool:
+def master_key_is_sound(session: Token, label: str) -> bool:
     """Whether the key is one whole archive master key: its attributes, and a round trip.
 
     A kill while SoftHSM2 writes a new key's object (it rewrites the file once per
@@ -49,7 +48,7 @@ def master_key_is_sound(session: TokenSession, label: str) -> bool:
     become the master key.
     """
     try:
-        attrs = session.attributes(label, ObjectClass.SECRET_KEY)
+        attrs = session.attributes(label, ObjectKind.SECRET_KEY)
         if attrs.key_type != "AES" or not attrs.token or attrs.sensitive is not True or attrs.extractable is not False:
             return False
         if not {"encrypt", "decrypt"} <= set(attrs.usages):
@@ -63,10 +62,10 @@ def master_key_is_sound(session: TokenSession, label: str) -> bool:
 
 def _fresh_master_key(km: KeyManager, label: str) -> None:
     """A whole key under ``label``: one left by a crashed run is kept if sound, else replaced."""
-    if km.session.has_object(label, ObjectClass.SECRET_KEY):
+    if km.session.has_object(label, ObjectKind.SECRET_KEY):
         if master_key_is_sound(km.session, label):
             return
-        km.session.destroy(label, ObjectClass.SECRET_KEY)
+        km.session.destroy(label, ObjectKind.SECRET_KEY)
     km.session.generate_aes_key(label)
     if not master_key_is_sound(km.session, label):
         raise errors.TokenError(f"token '{km.session.label}': the new archive key '{label}' does not work")
@@ -109,7 +108,7 @@ def rotate_archive_key(
         old, new = labels["old"], labels["new"]
     total = km.db.reader().archive.count(labels=[old])
     done = 0
-    old_exists = km.session.has_object(old, ObjectClass.SECRET_KEY)
+    old_exists = km.session.has_object(old, ObjectKind.SECRET_KEY)
     while old_exists:
         done += _migrate(km, old, new, batch, lambda n: progress(done + n, max(total, done + n)))
         # The old key goes only when a write transaction sees no record under it: an
@@ -117,7 +116,7 @@ def rotate_archive_key(
         with km.db.write() as tx:
             if tx.archive.count(labels=[old]):
                 continue
-            km.session.destroy(old, ObjectClass.SECRET_KEY)
+            km.session.destroy(old, ObjectKind.SECRET_KEY)
             old_exists = False
     _check_no_orphans(km)
     with km.change(AuditAction.ARCHIVE_ROTATE, stage="done", old=old, new=new, records=done) as ch:
@@ -128,7 +127,7 @@ def rotate_archive_key(
 def _check_no_orphans(km: KeyManager) -> None:
     """Every archive record's master key is on the token (none refers to a destroyed key)."""
     labels = km.db.reader().archive.labels()
-    missing = [label for label in labels if not km.session.has_object(label, ObjectClass.SECRET_KEY)]
+    missing = [label for label in labels if not km.session.has_object(label, ObjectKind.SECRET_KEY)]
     if missing:
         count = km.db.reader().archive.count(labels=missing)
         raise errors.TokenError(

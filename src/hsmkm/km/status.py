@@ -6,12 +6,12 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from pkcs11 import ObjectClass
 
 from hsmkm.km import archive, custody
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL
 from hsmkm.km.manager import KeyManager
 from hsmkm.store.repos.crls import CrlKind
+from hsmkm.keys.token import ObjectKind
 
 
 def km_status(km: KeyManager) -> dict[str, Any]:
@@ -19,9 +19,9 @@ def km_status(km: KeyManager) -> dict[str, Any]:
     conn = tx.connection  # officers: not in repositories yet
     keys = []
     for label, cls in (
-        (CA_KEY_LABEL, ObjectClass.PRIVATE_KEY),
-        (tx.meta.get("archive_key_label") or km.config.archive_key_label, ObjectClass.SECRET_KEY),
-        (AUDIT_KEY_LABEL, ObjectClass.SECRET_KEY),
+        (CA_KEY_LABEL, ObjectKind.PRIVATE_KEY),
+        (tx.meta.get("archive_key_label") or km.config.archive_key_label, ObjectKind.SECRET_KEY),
+        (AUDIT_KEY_LABEL, ObjectKind.SECRET_KEY),
     ):
         keys.append(asdict(km.session.attributes(label, cls)))
 

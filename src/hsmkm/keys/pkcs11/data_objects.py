@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pkcs11.exceptions as p11e
 from pkcs11 import Attribute, ObjectClass
 
 from hsmkm import errors
-from hsmkm.keys.pkcs11 import TokenSession, mapped_errors
+from hsmkm.keys.pkcs11.errmap import mapped_errors
+
+if TYPE_CHECKING:
+    from hsmkm.keys.pkcs11.session import TokenSession
 
 _FIND_TRIES = 8
 
