@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import subprocess
 import time
@@ -340,7 +341,7 @@ def test_a_valid_mac_over_damaged_contents_is_malformed(pki: Pki, tmp_path: Path
     path = tmp_path / "m.epf"
     for auth_safe in (b"\x30\x03\x02\x01\x01", b"\x30\x00" + b"junk", b"\x04\x02hi"):
         salt = b"s" * 8
-        mac = epf.hmac.new(epf._pkcs12_kdf(PW, salt, 1, 3, 32), auth_safe, "sha256").digest()
+        mac = hmac.new(epf._pkcs12_kdf(PW, salt, 1, 3, 32), auth_safe, "sha256").digest()
         pfx = asn1_pkcs12.Pfx({"version": "v3", "auth_safe": {"content_type": "data", "content": auth_safe},
                                "mac_data": {"mac": {"digest_algorithm": {"algorithm": "sha256"}, "digest": mac},
                                             "mac_salt": salt, "iterations": 1}})

@@ -130,7 +130,7 @@ def test_init_with_missing_module_is_exit_3_and_leaves_nothing(fresh_home: Path)
 
 def _external_store(tmp_path: Path, labels: list[str], pin: str) -> dict[str, str]:
     """A SoftHSM2 store with the named tokens, all with ``pin`` (test tokens)."""
-    from hsmkm.keys.softhsm import find_softhsm_module, init_token, write_store_config
+    from hsmkm.keys.softhsm import write_store_config
 
     conf = write_store_config(tmp_path / "store")
     env = {"SOFTHSM2_CONF": str(conf)}
@@ -142,7 +142,10 @@ def _external_store(tmp_path: Path, labels: list[str], pin: str) -> dict[str, st
     )
     subprocess.run([__import__("sys").executable, "-c", script, pin, *labels],
                    env={**os.environ, **env}, check=True)
-    assert find_softhsm_module() and init_token and conf.exists()
+    slots = subprocess.run(["softhsm2-util", "--show-slots"], env={**os.environ, **env},
+                           capture_output=True, text=True, check=True).stdout
+    made = [line.split(":", 1)[1].strip() for line in slots.splitlines() if line.strip().startswith("Label:")]
+    assert sorted(label for label in made if label) == sorted(labels)
     return env
 
 

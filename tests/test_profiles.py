@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from hsmkm import errors
 from hsmkm.keys.base import PrivateKey
@@ -140,7 +140,7 @@ def test_user_certificate_extensions(ca: tuple[PrivateKey, x509.Certificate], us
             assert [n.value for n in fresh[0].full_name or []] == ["http://pki.example/hsmkm/crl/delta.crl"]
             aia = ext.get_extension_for_class(x509.AuthorityInformationAccess).value
             assert [(d.access_method, d.access_location.value) for d in aia] == [
-                (x509.AuthorityInformationAccessOID.CA_ISSUERS, "http://pki.example/hsmkm/ca.crt")
+                (AuthorityInformationAccessOID.CA_ISSUERS, "http://pki.example/hsmkm/ca.crt")
             ]
             with pytest.raises(x509.ExtensionNotFound):
                 ext.get_extension_for_class(x509.CertificatePolicies)
