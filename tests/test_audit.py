@@ -487,6 +487,7 @@ def test_the_km_pin_holder_can_rewrite_the_log_but_not_below_a_checkpoint_held_e
 # --- checkpoints: standard, outsider-verifiable, and refused when not this KM's --------------
 
 
+@pytest.mark.interop
 def test_openssl_verifies_a_checkpoint_with_the_ca_certificate_alone(history: History, tmp_path: Path) -> None:
     import json
 

@@ -113,6 +113,7 @@ def test_round_trip_orders_entries_by_certificate_age(pki: Pki, tmp_path: Path) 
     assert PW not in text and "PRIVATE" not in text
 
 
+@pytest.mark.interop
 def test_friendly_names_and_equal_not_before(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "a.epf"
     ks = EpfKeystore.create(path, PW, iterations=FAST)
@@ -179,6 +180,7 @@ def test_create_refuses_existing_paths_and_short_passwords(pki: Pki, tmp_path: P
 # --- openssl and cryptography ------------------------------------------------------------------
 
 
+@pytest.mark.interop
 def test_openssl_reads_every_key_and_certificate(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "alice.epf"
     _store(pki, path)
@@ -195,6 +197,7 @@ def test_openssl_reads_every_key_and_certificate(pki: Pki, tmp_path: Path) -> No
     assert wrong.returncode != 0 and "mac verify error" in wrong.stderr.lower()
 
 
+@pytest.mark.interop
 def test_opens_what_openssl_exports(pki: Pki, tmp_path: Path) -> None:
     key, cert = pki.enc[0]
     key_pem, cert_pem, ca_pem = _pem_key(key, tmp_path / "k.pem"), _pem_cert(cert, tmp_path / "c.pem"), _pem_cert(pki.ca, tmp_path / "ca.pem")
@@ -268,6 +271,7 @@ def test_kdf_and_mac_agree_with_cryptography(pki: Pki, tmp_path: Path, password:
     assert loaded.cert is not None and loaded.cert.certificate == cert
 
 
+@pytest.mark.interop
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(password=passwords)
 def test_openssl_verifies_our_mac_for_any_password(pki: Pki, tmp_path: Path, password: str) -> None:
@@ -385,6 +389,7 @@ def test_a_crash_mid_write_leaves_the_old_file(pki: Pki, tmp_path: Path, monkeyp
     assert EpfKeystore.open(path, PW).signing_entry() is not None
 
 
+@pytest.mark.interop
 def test_change_password(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "a.epf"
     _store(pki, path)
@@ -399,6 +404,7 @@ def test_change_password(pki: Pki, tmp_path: Path) -> None:
     assert _openssl("pkcs12", "-in", str(path), "-passin", "env:P", "-noout", password="a brand new password").returncode == 0
 
 
+@pytest.mark.interop
 def test_default_iteration_count(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "slow.epf"
     start = time.monotonic()

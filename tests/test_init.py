@@ -30,6 +30,7 @@ def test_embedded_init_makes_ca_on_the_token(km_home: Path) -> None:
     assert not (km_home / "secrets" / "km-recovery.pin").exists()
 
 
+@pytest.mark.interop
 def test_openssl_parses_the_ca_certificate(km_home: Path) -> None:
     out = subprocess.run(
         ["openssl", "x509", "-in", str(km_home / "pub" / "ca.crt"), "-inform", "DER", "-noout", "-text"],
@@ -50,6 +51,7 @@ def test_pkilint_reports_nothing_on_the_ca_certificate(km_home: Path, tmp_path: 
     assert proc.stdout.strip() == "", proc.stdout
 
 
+@pytest.mark.interop
 def test_pkcs11_tool_shows_ca_and_archive_keys_sensitive_never_extractable(km_home: Path, module_path: str) -> None:
     env = {**os.environ, **softhsm_env(km_home), "PIN": trial_pin(km_home, "km")}
     # pkcs11-tool takes the PIN only in argv; this throwaway test token's PIN is fine there.

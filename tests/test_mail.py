@@ -219,6 +219,7 @@ def test_draft_era_protected_headers_v1_are_read() -> None:
 # --- 7-bit, canonical clear-signed content --------------------------------------------------
 
 
+@pytest.mark.interop
 def test_utf8_body_is_clear_signed_quoted_printable_and_verifies_at_openssl(tmp_path: Path) -> None:
     message = f"{FROM_ALICE}\nSubject: caf\u00e9\nContent-Type: text/plain; charset=utf-8\n\nGr\u00fc\u00dfe, \u00e9t\u00e9\n".encode()
     out = messaging.sign_message(message, ALICE, True, AT)

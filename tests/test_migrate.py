@@ -153,6 +153,7 @@ def test_a_first_release_database_gains_the_new_tables_on_open_once(v1: dict[str
         db.close()
 
 
+@pytest.mark.interop
 def test_a_recovery_tokens_so_pin_resets_its_user_pin_until_the_key_is_destroyed(tmp_path: Path, module_path: str) -> None:
     """Why the migration destroys the recovery key: on SoftHSM2 the SO PIN resets the user PIN
     (C_InitPIN, here through pkcs11-tool), and the holder then uses the key with no officer."""

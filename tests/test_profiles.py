@@ -58,6 +58,7 @@ def user_keys() -> dict[str, PrivateKey]:
     return {"rsa": rsa.generate_private_key(65537, 2048), "ec": ec.generate_private_key(ec.SECP256R1())}
 
 
+@pytest.mark.interop
 def test_ca_certificate_profile(ca: tuple[PrivateKey, x509.Certificate], tmp_path: Path) -> None:
     key, cert = ca
     ext = cert.extensions
@@ -80,6 +81,7 @@ def test_ca_certificate_profile(ca: tuple[PrivateKey, x509.Certificate], tmp_pat
     assert _openssl("verify", "-CAfile", str(path), str(path)).returncode == 0
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("user_alg", ["rsa", "ec"])
 def test_user_certificates_lint_clean_and_verify(
     ca: tuple[PrivateKey, x509.Certificate], user_keys: dict[str, PrivateKey], user_alg: str, tmp_path: Path
@@ -176,6 +178,7 @@ def test_smime_br_mailbox_profile_with_policy_oid(tmp_path: Path) -> None:
             assert _lint("lint_pkix_cert", path) == ""
 
 
+@pytest.mark.interop
 def test_subordinate_ca(tmp_path: Path) -> None:
     root_key = rsa.generate_private_key(65537, 3072)
     root = profiles.build_ca_certificate(parse_dn("CN=Root,O=Example"), root_key.public_key(), root_key, profiles.random_serial(), NOW, NOW + timedelta(days=3650), path_length=1)

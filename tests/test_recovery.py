@@ -51,6 +51,7 @@ def km_with_alice(tmp_path: Path) -> dict[str, Path]:
     return {"home": home, "epf": epf, "root": tmp_path}
 
 
+@pytest.mark.interop
 def test_one_approval_is_not_enough_two_export_current_and_history(km_with_alice: dict[str, Path]) -> None:
     home, root = km_with_alice["home"], km_with_alice["root"]
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "lost laptop", "--json", home=home).json()["id"]

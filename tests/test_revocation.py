@@ -62,6 +62,7 @@ def revoked_km(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"home": home, "root": root}
 
 
+@pytest.mark.interop
 def test_openssl_verifies_the_crl_signatures(revoked_km: dict[str, Path]) -> None:
     for kind in ("full", "delta"):
         proc = subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(revoked_km["home"] / "pub/crl" / f"{kind}.crl"),
@@ -69,6 +70,7 @@ def test_openssl_verifies_the_crl_signatures(revoked_km: dict[str, Path]) -> Non
         assert proc.returncode == 0 and "verify OK" in proc.stdout + proc.stderr
 
 
+@pytest.mark.interop
 def test_openssl_verify_crl_check_rejects_the_revoked_and_accepts_the_others(revoked_km: dict[str, Path]) -> None:
     root = revoked_km["root"]
     base = ["openssl", "verify", "-crl_check", "-CAfile", str(root / "ca.pem"), "-CRLfile", str(root / "full.pem")]
