@@ -166,6 +166,7 @@ def test_the_chain_head_edited_is_found(history: History) -> None:
     assert run.returncode == 1 and result["findings"][0]["problem"] == "the audit head is missing"
 
 
+@pytest.mark.slow
 def test_a_crl_number_set_back_is_found_and_no_number_is_drawn_twice(history: History) -> None:
     crl_before = (history.home / "pub/crl/full.crl").read_bytes()
     with db(history.home) as conn:
@@ -251,6 +252,7 @@ def test_a_change_after_a_cut_is_refused_and_changes_nothing(history: History, r
     assert_found(history.home, history.checkpoint, 4, set())
 
 
+@pytest.mark.slow
 def test_a_whole_database_rollback_is_found_and_no_crl_number_is_reused(history: History, tmp_path: Path) -> None:
     """The writer keeps a copy of km.db, bob is enrolled and revoked and a CRL published, and
     the copy is put back (bob un-revoked). Found by the anchor and the later checkpoint; every
@@ -414,6 +416,7 @@ def test_the_newest_anchor_slot_lost_leaves_the_one_before(history: History) -> 
     assert verify(history.home, history.checkpoint)[1]["anchor"]["seq"] == 7
 
 
+@pytest.mark.slow
 def test_concurrent_changes_never_move_the_anchor_backwards(history: History) -> None:
     procs = [
         subprocess.Popen([str(Path(sys.executable).parent / "hsmkm"), "--home", str(history.home), "user", "add",
@@ -427,6 +430,7 @@ def test_concurrent_changes_never_move_the_anchor_backwards(history: History) ->
     assert run.returncode == 0 and result["entries"] == 14 and result["anchor"]["seq"] == 14
 
 
+@pytest.mark.slow
 def test_verify_during_concurrent_changes_finds_nothing(history: History) -> None:
     """Readers see one snapshot, read after the anchor: commits and anchor writes going on
     meanwhile are never a finding."""
@@ -514,6 +518,7 @@ def test_openssl_verifies_a_checkpoint_with_the_ca_certificate_alone(history: Hi
     assert verify(history.home, pem, history.checkpoint)[0].returncode == 0
 
 
+@pytest.mark.slow
 def test_a_tampered_or_foreign_checkpoint_is_refused_in_one_line(history: History, km_home: Path, tmp_path: Path) -> None:
     data = history.checkpoint.read_bytes()
     at = data.index(b'"seq": 6')

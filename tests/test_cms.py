@@ -268,6 +268,7 @@ def test_cli_tampering_leaves_no_plaintext_and_exits_per_contract(tmp_path: Path
     assert list(tmp_path.glob(".out.eml.*")) == []
 
 
+@pytest.mark.slow
 @pytest.mark.interop
 def test_revoked_signer_fails_verify_and_recipient_is_refused(tmp_path: Path) -> None:
     home = tmp_path / "km"

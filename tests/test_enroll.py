@@ -269,6 +269,7 @@ def _enroll_many(home: str, prefix: str, n: int) -> list[str]:
     return serials
 
 
+@pytest.mark.slow
 def test_four_processes_enroll_1000_users_into_one_km(tmp_path: Path) -> None:
     import multiprocessing
     import sqlite3

@@ -424,6 +424,7 @@ def _signed_cases(world: World) -> dict[str, tuple[bytes, int]]:
     return cases
 
 
+@pytest.mark.slow
 def test_hostile_signed_messages_refused(world: World) -> None:
     cases = _signed_cases(world)
     assert len(cases) >= 30
@@ -441,6 +442,7 @@ def test_hostile_signed_messages_refused(world: World) -> None:
     path.unlink()
 
 
+@pytest.mark.slow
 def test_hostile_enveloped_messages_refused(world: World) -> None:
     cert = world.alice_enc.certificate
     gcm = enveloped.encrypt(b"Content-Type: text/plain\r\n\r\nsecret\r\n", [cert], enveloped.ContentCipher.AES256_GCM)
@@ -505,6 +507,7 @@ def _damaged_homes(world: World, base: Path) -> Iterator[tuple[str, Path]]:
         yield name, home
 
 
+@pytest.mark.slow
 def test_damaged_home_refused(world: World, tmp_path: Path) -> None:
     homes = list(_damaged_homes(world, tmp_path))
     for name, home in homes:

@@ -49,6 +49,7 @@ def _recover(home: Path, email: str, out: Path) -> set[int]:
     return _encryption_keys(out, "recovered-pw")
 
 
+@pytest.mark.slow
 def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(v1: dict[str, Path], tmp_path: Path) -> None:
     home, users = v1["home"], v1["users"]
     counts = hsmkm("status", "--json", home=home).json()["counts"]

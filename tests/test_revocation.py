@@ -62,6 +62,7 @@ def revoked_km(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"home": home, "root": root}
 
 
+@pytest.mark.slow
 @pytest.mark.interop
 def test_openssl_verifies_the_crl_signatures(revoked_km: dict[str, Path]) -> None:
     for kind in ("full", "delta"):
@@ -227,6 +228,7 @@ def test_crl_numbers_increase_under_concurrent_publishers(revoked_km: dict[str, 
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
 
 
+@pytest.mark.slow
 def test_crl_fetch_refuses_bad_crls_in_one_line_keeps_the_cache_and_refreshes_when_stale(tmp_path: Path) -> None:
     home = tmp_path / "km"
     hsmkm("init", "--ca-subject", "CN=Fetch CA", "--ca-key", "p256", "--user-key", "p256", home=home)
