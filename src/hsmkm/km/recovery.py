@@ -29,6 +29,7 @@ from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.base import PrivateKey, PublicKey
 from hsmkm.keys.pkcs11 import TokenSession
 from hsmkm.km import archive, custody, epochs, officer_side, request_content, shamir, users
+from hsmkm.store.database import Database
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.officer_side import NewOfficer, RecordIdentity
@@ -151,9 +152,9 @@ def open_request(
             active = epochs.active(conn)
             if kind is RequestKind.RECOVERY:
                 assert email is not None
-                user = users.find_user(conn, email)
+                user = users.find_user(ch.tx, email)
                 user_id = user.id
-                found = archive.records_for_user(conn, user.id)
+                found = archive.records_for_user(ch.tx, user.id)
                 if not found:
                     raise errors.NotFound(f"{user.email} has no archived keys")
                 if any(r.format_version != archive.FORMAT_VERSION for r in found):
@@ -506,7 +507,7 @@ def _record_keys(km: KeyManager, req: Request, content: Content, approvals: Sequ
 def _open_records(km: KeyManager, content: Content, record_keys: dict[int, bytes]) -> list[RecoveredKey]:
     out = []
     masters: dict[str, Any] = {}
-    for rec in archive.records_by_id(km.db.conn, [v.identity.record_id for v in content.records]):
+    for rec in archive.records_by_id(km.db.reader(), [v.identity.record_id for v in content.records]):
         master = masters.get(rec.master_label)
         if master is None:
             master = masters[rec.master_label] = km.archive_key_by_label(rec.master_label)
@@ -557,7 +558,7 @@ def complete_recovery(
             if reenable:
                 assert req.user_id is not None
                 code, code_row = users.issue_code(
-                    ch.conn, req.user_id, users.CodePurpose.RECOVERY, km.clock(),
+                    ch.tx, req.user_id, users.CodePurpose.RECOVERY, km.clock(),
                     km.config.code_ttl_days, km.config.code_max_attempts, req.id,
                 )
                 _hold_for_code(ch.conn, code_row, code, keys)
@@ -572,10 +573,10 @@ def complete_recovery(
     return Completion(req.id, req.email, keys, code)
 
 
-def record_serials(conn: sqlite3.Connection, request_id: int) -> set[str]:
+def record_serials(db: Database, request_id: int) -> set[str]:
     """The certificate serials of the records a recovery request names."""
-    req = load(conn, request_id)
-    return {r.cert_serial for r in archive.records_by_id(conn, req.records)}
+    req = load(db.conn, request_id)
+    return {r.cert_serial for r in archive.records_by_id(db.reader(), req.records)}
 
 
 def _code_hold_key(code: str, code_row: int) -> bytes:
