@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import all_bytes_under, hsmkm
@@ -48,6 +49,7 @@ def _naming(root: Path, path: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p, data in all_bytes_under(root) if any(n in data for n in needles))
 
 
+@pytest.mark.slow
 def test_a_copied_home_works_on_its_own_with_the_original_deleted(tmp_path: Path) -> None:
     original = tmp_path / "original" / "km"
     users = tmp_path / "users"

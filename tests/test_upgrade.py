@@ -69,6 +69,7 @@ def test_an_un_upgraded_database_refuses_other_commands_in_one_line(v1: tuple[Pa
     assert _dump(home) == before
 
 
+@pytest.mark.slow
 def test_the_first_release_home_upgraded_verifies_enrolls_publishes_and_recovers(
     v1: tuple[Path, Path], tmp_path: Path
 ) -> None:
