@@ -15,11 +15,13 @@ PACKAGE = Path(hsmkm.__file__).resolve().parent
 
 # DESIGN.md's layers, highest first; a module may import its own layer or any below it.
 # The top-level modules (hsmkm.der, hsmkm.clock, hsmkm.atomic, ...) are the foundation,
-# beside hsmkm.errors. bench is a tool that drives the KM as the CLI does; est (the EST wire
-# codecs, which both the server and the enrollment client speak) sits with km and client.
+# beside hsmkm.errors. serve/ is the server adapter (DESIGN.md's server/); bench is a tool
+# that drives the KM as the CLI does; est (the EST wire codecs, which both the server and
+# the enrollment client speak) sits with km and client.
 LAYERS: dict[str, int] = {
     "cli": 4,
     "server": 4,
+    "serve": 4,
     "bench": 4,
     "km": 3,
     "client": 3,
