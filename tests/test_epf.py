@@ -25,7 +25,7 @@ from hsmkm.keys.algorithms import KeyAlgorithm, algorithm_of
 from hsmkm.keys.base import KeyRole, PrivateKey
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.x509 import profiles
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 
 PW = "correct horse battery"
 FAST = 1000  # iterations for speed; one test below uses the default

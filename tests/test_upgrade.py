@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import hsmkm
 from hsmkm.keys.epf import EpfKeystore
-from hsmkm.x509.crl import parse_crl
+from hsmkm.x509.crlparse import parse_crl
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v1-home.tar.gz"
 

@@ -14,7 +14,7 @@ import click
 from cryptography import x509
 
 from hsmkm import errors
-from hsmkm.addresses import address_file
+from hsmkm.certnames import CERTS_FOLDER, CertKind, cert_file
 from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.bounded import MAX_SMALL_FILE, open_regular, read_regular
 from hsmkm.cli.client_cmds import open_user_keystore
@@ -216,7 +216,7 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
 
 
 def _directory_cert(km_home: Path, email: str) -> x509.Certificate:
-    path = address_file(km_home / "pub" / "certs", email, ".enc.crt")
+    path = cert_file(km_home / "pub" / CERTS_FOLDER, email, CertKind.ENCRYPT)
     try:
         return x509.load_der_x509_certificate(read_regular(path, MAX_SMALL_FILE, "directory"))
     except errors.NotFound:

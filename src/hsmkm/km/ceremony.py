@@ -232,7 +232,7 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
     csr_path = cert_path = None
     ca_cert: x509.Certificate | None = None
     if req.csr:
-        csr = profiles.build_ca_csr(req.ca_subject, ca_key)
+        csr = profiles.build_csr_for_subordinate(req.ca_subject, ca_key)
         csr_file = req.root / "ca.csr"
         write_atomic(csr_file, csr.public_bytes(serialization.Encoding.PEM))
         csr_path = str(csr_file)
