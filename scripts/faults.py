@@ -247,14 +247,14 @@ def verify_reenable(case: Case, proc: subprocess.CompletedProcess[str]) -> str |
 
 def verify_rotate(case: Case, _p: subprocess.CompletedProcess[str]) -> str | None:
     proc = py(
-        "import sys\nfrom pathlib import Path\nfrom hsmkm.km.manager import KeyManager\n"
+        "import sys\nfrom pathlib import Path\nfrom hsmkm.km.manager import KeyManager\nfrom hsmkm.km.publishers import publisher_for\n"
         "from hsmkm.km import archive\nfrom hsmkm.km.rotation import master_key_is_sound\n"
-        "home=Path(sys.argv[1]);km=KeyManager.open(home,(home/'secrets'/'km.pin').read_text().strip())\n"
+        "home=Path(sys.argv[1]);km=KeyManager.open(home,(home/'secrets'/'km.pin').read_text().strip(), publisher=publisher_for(home))\n"
         "label=km.db.get_meta('archive_key_label')\n"
         "assert km.db.get_meta('archive_rotation') is None, 'rotation left unfinished'\n"
         "assert master_key_is_sound(km.session,label), 'current master key is not whole'\n"
         "rows=km.db.conn.execute('SELECT id FROM archive').fetchall()\n"
-        "for r in archive.records_by_id(km.db.conn,[x[0] for x in rows]):\n"
+        "for r in archive.records_by_id(km.db.reader(),[x[0] for x in rows]):\n"
         "    assert r.master_label==label, 'a record under an old key'\n"
         "    archive.open_outer(r, km.archive_key)\n",
         str(case.home))

@@ -10,6 +10,7 @@ from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.pkcs11 import Pkcs11Module
 from hsmkm.km import recovery
 from hsmkm.km.manager import KeyManager
+from hsmkm.km.publishers import publisher_for
 
 
 def officer_key(km: KeyManager, home: Path, name: str) -> PrivateKey:
@@ -31,7 +32,7 @@ def complete_in_child(home: str, request_id: int, claimed: Any, go: Any, results
     pausing right after it claimed the request until ``go`` is set."""
     from hsmkm import errors
 
-    km = KeyManager.open(Path(home), trial_pin(Path(home), "km"))
+    km = KeyManager.open(Path(home), trial_pin(Path(home), "km"), publisher=publisher_for(Path(home)))
 
     def pause() -> None:
         claimed.set()

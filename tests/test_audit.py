@@ -348,8 +348,8 @@ def km_python(home: Path, code: str, *args: str) -> str:
     """Python with the KM opened on its trial PIN (the KM operator's own tools)."""
     prologue = (
         "import sys\nfrom pathlib import Path\nfrom hsmkm.km.config import Home\n"
-        "from hsmkm.km.manager import KeyManager\nhome = Path(sys.argv[1])\n"
-        "km = KeyManager.open(home, Home(home).trial_pin_file('km').read_text().strip())\n"
+        "from hsmkm.km.manager import KeyManager\nfrom hsmkm.km.publishers import publisher_for\nhome = Path(sys.argv[1])\n"
+        "km = KeyManager.open(home, Home(home).trial_pin_file('km').read_text().strip(), publisher=publisher_for(home))\n"
     )
     proc = subprocess.run([sys.executable, "-c", prologue + code, str(home), *args], capture_output=True,
                           env={**os.environ, **softhsm_env(home)}, timeout=120)

@@ -20,6 +20,7 @@ from custody_helpers import approve, officer_key
 from hsmkm import errors
 from hsmkm.km import archive, officer_side, recovery, request_content, sealing, shamir
 from hsmkm.km.manager import KeyManager
+from hsmkm.km.publishers import publisher_for
 
 PW = "insider-test-pw"
 
@@ -51,7 +52,7 @@ def insider(template: Path, tmp_path: Path) -> dict[str, object]:
         f.write_text(f.read_text().replace(str(template), str(home)))
     with sqlite3.connect(home / "km.db") as conn:
         conn.execute("UPDATE officers SET uri = replace(uri, ?, ?)", (str(template), str(home)))
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "lost laptop", email="alice@example.com")
     approve(km, home, req.id, "officer1", "officer2")
     return {"home": home, "km": km, "req": req}
@@ -158,7 +159,7 @@ def test_an_edited_expiry_does_not_revive_a_request(insider: dict[str, object]) 
     km, req, home = insider["km"], insider["req"], insider["home"]
     assert isinstance(km, KeyManager) and isinstance(req, recovery.Request) and isinstance(home, Path)
     later = KeyManager.open(home, trial_pin(home, "km"),
-                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1))
+                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1), publisher=publisher_for(home))
     with pytest.raises(errors.PolicyViolation, match="expired"):
         recovery.complete_recovery(later, req.id, None, reenable=False)
     revived = (later.clock() + timedelta(days=30)).isoformat()
@@ -304,7 +305,7 @@ def test_a_completed_request_reopened_in_the_database_opens_nothing(insider: dic
     assert "key is gone from the KM token" in stderr
     # and a forged claim of a dead process does not get past the expiry either
     later = KeyManager.open(home, trial_pin(home, "km"),
-                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1))
+                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1), publisher=publisher_for(home))
     other = recovery.open_request(km, recovery.RequestKind.RECOVERY, "old", email="alice@example.com")
     approve(km, home, other.id, "officer1", "officer2")
     with km.db.transaction() as conn:

@@ -169,8 +169,9 @@ def test_commands_that_need_no_key_do_not_log_in(home: Path) -> None:
 
 def _km(home: Path):  # type: ignore[no-untyped-def]
     from hsmkm.km.manager import KeyManager
+    from hsmkm.km.publishers import publisher_for
 
-    return KeyManager.open(home, trial_pin(home, "km"), actor="test")
+    return KeyManager.open(home, trial_pin(home, "km"), actor="test", publisher=publisher_for(home))
 
 
 def _request(email: str, code: str):  # type: ignore[no-untyped-def]

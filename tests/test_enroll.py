@@ -195,11 +195,12 @@ def test_csr_for_another_address_or_bad_signature_is_refused(enrolled: dict[str,
     from hsmkm.km.config import Home
     from hsmkm.km.enroll import enroll
     from hsmkm.km.manager import KeyManager
+    from hsmkm.km.publishers import publisher_for
     from hsmkm.protocol import EnrollRequest
 
     home = enrolled["home"]
     code = add_user(home, "hank@example.com")
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     key = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(errors.PolicyViolation, match="not hank@example.com"):
         enroll(km, EnrollRequest("hank@example.com", code, build_csr(key, "mallory@example.com")))
@@ -255,10 +256,11 @@ def _enroll_many(home: str, prefix: str, n: int) -> list[str]:
     from hsmkm.keys.epf import EpfKeystore
     from hsmkm.km.enroll import enroll
     from hsmkm.km.manager import KeyManager
+    from hsmkm.km.publishers import publisher_for
     from hsmkm.km.users import add_user as km_add_user
 
     root = Path(home)
-    km = KeyManager.open(root, (root / "secrets" / "km.pin").read_text().strip(), actor=prefix)
+    km = KeyManager.open(root, (root / "secrets" / "km.pin").read_text().strip(), actor=prefix, publisher=publisher_for(root))
     serials = []
     for i in range(n):
         email = f"{prefix}{i}@load.example"

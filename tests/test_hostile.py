@@ -233,12 +233,13 @@ def test_traversing_address_writes_nothing_outside(world: World) -> None:
 
 
 def test_file_names_from_addresses_stay_in_their_folder(world: World, tmp_path: Path) -> None:
-    from hsmkm import addresses, certnames, errors
+    from hsmkm import addresses, errors
+    from hsmkm.certnames import cert_files
 
     folder = tmp_path / "pub" / "certs"
     for bad in _BAD:
         with pytest.raises(errors.BadInput):
-            certnames.cert_files(folder, bad)  # the directory's files are named only through it
+            cert_files(folder, bad)  # the directory's files are named only through it
     for good in _GOOD:
         assert addresses.address_file(folder, good, ".enc.crt").parent == folder
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []

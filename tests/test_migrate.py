@@ -15,6 +15,7 @@ from hsmkm import errors
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.km import migrate, recovery
 from hsmkm.km.manager import KeyManager
+from hsmkm.km.publishers import publisher_for
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v1-home.tar.gz"
 MADE_AT = "/tmp/hsmkm-v1-fixture/km"
@@ -87,7 +88,7 @@ def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(v1
         assert "officer1 SHA-256" in run.stderr
 
     # A crash after the first batch: the next run continues where it stopped.
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
 
     class Crash(Exception):
         pass
@@ -130,7 +131,7 @@ def test_the_recovery_token_is_empty_after_migration(v1: dict[str, Path], monkey
         return seen[-1]
 
     monkeypatch.setattr(custody, "combine_pin", spy)
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     rid = recovery.open_request(km, recovery.RequestKind.MIGRATE, "migrate").id
     for officer in ("officer1", "officer2"):
         hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", "--trust-officer-set", home=home)

@@ -19,6 +19,7 @@ from hsmkm import errors
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.km import recovery
 from hsmkm.km.manager import KeyManager
+from hsmkm.km.publishers import publisher_for
 
 PW = "correct-horse-battery"
 
@@ -127,7 +128,7 @@ def test_code_out_is_on_disk_before_the_commit(km_with_alice: dict[str, Path]) -
     """--code-out: the code is written (fsynced, renamed) inside the completion, before its
     commit; a commit that fails afterwards leaves a code that the database never knew."""
     home, root = km_with_alice["home"], km_with_alice["root"]
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "code", email="alice@example.com")
     approve(km, home, req.id, "officer1", "officer2")
     seen: dict[str, object] = {}
@@ -161,7 +162,7 @@ def test_an_export_or_code_out_cut_short_is_finished_by_the_same_command(km_with
     commit is finished by running the same command again; a file that is not this request's
     export stays untouched and is refused."""
     home, root = km_with_alice["home"], km_with_alice["root"]
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "export", email="alice@example.com")
     approve(km, home, req.id, "officer1", "officer2")
     out = root / "alice-keys.p12"
@@ -190,7 +191,7 @@ def test_an_export_or_code_out_cut_short_is_finished_by_the_same_command(km_with
     assert len(EpfKeystore.open(out, "p12-pass").encryption_entries()) == 2
 
     # --code-out: after the commit the code in the file is the live one; re-running says so.
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     req2 = recovery.open_request(km, recovery.RequestKind.RECOVERY, "code", email="alice@example.com")
     approve(km, home, req2.id, "officer1", "officer2")
     km.close()
@@ -215,7 +216,7 @@ def test_crash_during_complete_can_be_rerun(km_with_alice: dict[str, Path], monk
     """A failure inside the completion hands the request back; a completion killed outright
     leaves a claim of a dead process, which the next run takes over."""
     home = km_with_alice["home"]
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "crash", email="alice@example.com")
     approve(km, home, req.id, "officer1", "officer2")
 
@@ -321,7 +322,7 @@ def test_archive_rotate_keeps_every_record_recoverable(km_with_alice: dict[str, 
     from hsmkm.km import rotation
 
     home = km_with_alice["home"]
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     calls = {"n": 0}
     real = km.change
 
@@ -365,7 +366,7 @@ def test_archive_rotate_keeps_every_record_recoverable(km_with_alice: dict[str, 
 
 
 def _two_requests(home: Path) -> tuple[int, int]:
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     ids = []
     for reason in ("first", "second"):
         req = recovery.open_request(km, recovery.RequestKind.RECOVERY, reason, email="alice@example.com")
@@ -444,7 +445,7 @@ def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alic
     from hsmkm.km import epochs
 
     home, root = km_with_alice["home"], km_with_alice["root"]
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     change = recovery.open_request(km, recovery.RequestKind.POLICY, "quorum 3", params={"quorum": 3})
     assert [e.number for e in epochs.sharing(km.db.conn)] == [1, 2]
     approve(km, home, change.id, "officer1", "officer2")  # re-shares alice's two records
@@ -465,7 +466,7 @@ def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alic
     # A change left to expire: the next request retires its pending epoch.
     stale = recovery.open_request(km, recovery.RequestKind.POLICY, "quorum 2", params={"quorum": 2})
     later = KeyManager.open(home, trial_pin(home, "km"),
-                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1))
+                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1), publisher=publisher_for(home))
     recovery.open_request(later, recovery.RequestKind.RECOVERY, "later", email="bob@example.com")
     assert [e.number for e in epochs.sharing(km.db.conn)] == [epochs.active(km.db.conn).number]
     assert stale.params["epoch"] not in [e.number for e in epochs.sharing(km.db.conn)]
@@ -484,7 +485,7 @@ def test_a_change_opened_between_sealing_and_commit_still_gets_the_new_record(
     from hsmkm.protocol import EnrollRequest
 
     home = km_with_alice["home"]
-    km = KeyManager.open(home, trial_pin(home, "km"))
+    km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     _, code = users.add_user(km, "carol@example.com", None)
     real = archive.seal_record
     opened: list[int] = []

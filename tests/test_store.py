@@ -266,11 +266,12 @@ def test_a_drawn_serial_already_recorded_is_a_conflict_and_issuance_draws_again(
 
     from hsmkm.km.authority import IssueRequest, issue_certificates, serial_hex
     from hsmkm.km.manager import KeyManager
+    from hsmkm.km.publishers import publisher_for
     from hsmkm.x509 import profiles
     from hsmkm.certnames import CertKind
 
     hsmkm("init", "--ca-subject", "CN=Store KM CA,O=hsmkm tests", "--ca-key", "p256", home=fresh_home)
-    km = KeyManager.open(fresh_home, trial_pin(fresh_home, "km"))
+    km = KeyManager.open(fresh_home, trial_pin(fresh_home, "km"), publisher=publisher_for(fresh_home))
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     [first] = issue_certificates(km, [IssueRequest(key, CertKind.SIGN, "a@example.com")])
     real = profiles.random_serial

@@ -87,7 +87,7 @@ def run(tmp: Path, quick: bool) -> list[Row]:
                         f"{pub.size / 2**20:.1f} MiB CRL, RSA-3072 signature on SoftHSM2; target 1m <= 10 s"))
         cache = CrlCache(tmp / f"cache-{size}")
         t = time.perf_counter()
-        cache.update(pub.path.read_bytes(), None, km.ca_cert, km.clock())
+        cache.update(Path(pub.where).read_bytes(), None, km.ca_cert, km.clock())
         rows.append(Row("crl", f"cache_update_{label}_s", time.perf_counter() - t, "s", "verify + parse + index"))
         caches[size] = (cache, _probes(all_serials, random.Random(size)))
         meta_index = next((cache.dir).glob("index-*.bin"))
@@ -140,7 +140,7 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     cache = caches[largest][0]
     base = (cache.dir / f"full-{cache.status(km.clock()).full_number}.crl").read_bytes()
     t = time.perf_counter()
-    cache.update(base, delta.path.read_bytes(), km.ca_cert, km.clock())
+    cache.update(base, Path(delta.where).read_bytes(), km.ca_cert, km.clock())
     rows.append(Row("crl", f"cache_update_delta_{LABELS[largest]}_s", time.perf_counter() - t, "s",
                     "apply a 1,000-entry delta: verify both CRLs, overlay the delta, keep the base index"))
     full = publish_crl(km, CrlKind.FULL)

@@ -20,6 +20,7 @@ from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.enroll import enroll as km_enroll
 from hsmkm.cli.session import settle
 from hsmkm.km.manager import KeyManager
+from hsmkm.km.publishers import publisher_for
 from hsmkm.protocol import EnrollRequest, EnrollResponse
 
 
@@ -41,7 +42,7 @@ def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | Non
     def send(request: EnrollRequest) -> EnrollResponse:
         config = KmConfig.load(Home(km_home))
         pin = cli_ctx.secret(km_pin_source or config.km_pin_source, "KM token PIN")
-        km = KeyManager.open(km_home, pin, actor=f"enroll:{request.email}")
+        km = KeyManager.open(km_home, pin, actor=f"enroll:{request.email}", publisher=publisher_for(km_home))
         for repair in km.repairs:
             cli_ctx.warn(repair.describe())
         settle(km)

@@ -66,12 +66,12 @@ def crl_publish(cli_ctx: CliContext, delta: bool, next_update_hours: int | None)
     km = open_km(cli_ctx)
     p = publish_crl(km, CrlKind.DELTA if delta else CrlKind.FULL, next_update_hours)
     cli_ctx.emit(
-        {"kind": p.kind.value, "number": p.number, "base": p.base, "entries": p.entries, "path": str(p.path),
+        {"kind": p.kind.value, "number": p.number, "base": p.base, "entries": p.entries, "path": p.where,
          "this_update": p.this_update.isoformat(), "next_update": p.next_update.isoformat(), "bytes": p.size,
          "installed": p.installed},
         f"{p.kind.value} CRL #{p.number}{f' (base #{p.base})' if p.base else ''}: {p.entries} entries, "
         f"{p.size} bytes, next update {p.next_update.isoformat()} -> "
-        + (str(p.path) if p.installed else f"not installed: {p.path} already holds a CRL numbered at least that"),
+        + (p.where if p.installed else f"not installed: {p.where} already holds a CRL numbered at least that"),
     )
 
 

@@ -14,6 +14,7 @@ from hsmkm.cli.session import open_km
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.uri import Pkcs11Uri
 from hsmkm.km.ceremony import InitRequest, OfficerSpec, run_ceremony
+from hsmkm.km.publishers import publisher_for
 from hsmkm.x509.names import parse_dn
 
 ALGS = click.Choice([a.value for a in KeyAlgorithm])
@@ -100,7 +101,7 @@ def init(
         # accepted so that older scripts still run; the ceremony warns that it is ignored
         req.recovery_token_label = recovery_token or ("(deprecated)" if recovery_pin_source else None)
         req.officers = [_officer_spec(cli_ctx, o) for o in officers]
-    result = run_ceremony(req)
+    result = run_ceremony(req, publisher_for(cli_ctx.home))
     for w in result.warnings:
         cli_ctx.warn(w)
     out: dict[str, Any] = {

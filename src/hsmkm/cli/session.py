@@ -10,6 +10,8 @@ from hsmkm.cli.main import CliContext
 from hsmkm.km import directory
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.manager import KeyManager
+from hsmkm.km.publisher import Publisher
+from hsmkm.km.publishers import publisher_for
 from hsmkm.store.database import Database
 
 
@@ -18,7 +20,7 @@ def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
     config = KmConfig.load(Home(cli.home))
     spec = cli.pin_source or config.km_pin_source
     pin = cli.secret(spec, "KM token PIN")
-    km = KeyManager.open(cli.home, pin, actor=actor)
+    km = KeyManager.open(cli.home, pin, actor=actor, publisher=publisher_for(cli.home))
     for repair in km.repairs:
         cli.warn(repair.describe())
     settle(km)
@@ -32,6 +34,7 @@ class KmFiles:
     home: Home
     config: KmConfig
     db: Database
+    publisher: Publisher
 
 
 def open_km_files(cli: CliContext) -> KmFiles:
@@ -43,7 +46,7 @@ def open_km_files(cli: CliContext) -> KmFiles:
         cli.secret(cli.pin_source, "KM token PIN")  # a PIN source given is still checked
     home = Home(cli.home)
     config = KmConfig.load(home)
-    files = KmFiles(home, config, Database.open(home.database))
+    files = KmFiles(home, config, Database.open(home.database), publisher_for(cli.home))
     settle(files)
     return files
 
@@ -55,10 +58,13 @@ class _Settleable(Protocol):
     @property
     def db(self) -> Database: ...
 
+    @property
+    def publisher(self) -> Publisher: ...
+
 
 def settle(km: _Settleable) -> None:
     """What an earlier run left half-done: queued directory files, temporary files."""
-    directory.drain_outbox(km.db.conn, km.home)
+    directory.drain_outbox(km.db, km.publisher)
     for folder in km.home.written_dirs():
         if folder.is_dir():
             sweep_temps(folder)

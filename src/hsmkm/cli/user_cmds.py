@@ -182,7 +182,7 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
     with km.db.read() as tx:
         u = users.find_user(tx, email)
         chosen = users.settings_of(tx, u.id)
-    certs = directory.user_certificates(km.db.conn, u.id)
+    certs = directory.user_certificates(km.db.reader(), u.id)
     with km.db.read() as tx:
         archived = archive.count_for_user(tx, u.id)
     data: dict[str, Any] = {
@@ -252,7 +252,7 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
     out: dict[str, Any] = {"email": users.normalize_email(email)}
     pems = []
     for kind in (CertKind.ENCRYPT, CertKind.SIGN):
-        cert = directory.current_certificate(km.db.conn, email, kind)
+        cert = directory.current_certificate(km.db.reader(), email, kind)
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         out[kind.value] = pem
         pems.append(pem)
@@ -260,10 +260,12 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
 
 
 @directory_group.command("sync")
-@click.option("--full", is_flag=True, help="Rewrite every user's files from the database (and drop stale ones).")
+@click.option("--full", is_flag=True,
+              help="Rewrite every user's files, the CA certificate and the current CRLs from the database "
+                   "(and drop stale ones).")
 @pass_cli
 def directory_sync(cli_ctx: CliContext, full: bool) -> None:
-    """Bring HOME/pub/certs/ in line with the database: the queued changes, or everything.
+    """Bring HOME/pub/ in line with the database: the queued changes, or everything.
 
     \b
     Examples:
@@ -272,8 +274,8 @@ def directory_sync(cli_ctx: CliContext, full: bool) -> None:
     """
     km = open_km_files(cli_ctx)
     if full:
-        n = directory.sync_all(km.db.conn, km.home)
+        n = directory.sync_all(km.db, km.publisher)
         cli_ctx.emit({"users": n, "full": True}, f"directory rewritten from the database: {n} users")
         return
-    n = directory.drain_outbox(km.db.conn, km.home)
+    n = directory.drain_outbox(km.db, km.publisher)
     cli_ctx.emit({"users": n, "full": False}, f"directory synced: {n} queued users")

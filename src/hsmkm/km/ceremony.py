@@ -31,6 +31,8 @@ from hsmkm.keys.softhsm import find_softhsm_module, init_token, write_store_conf
 from hsmkm.km import custody, epochs, officer_side
 from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog
+from hsmkm.km.publisher import Publisher
+from hsmkm.store.repos.artifacts import ArtifactKind
 from hsmkm.km.config import (
     ARCHIVE_KEY_PREFIX,
     AUDIT_KEY_LABEL,
@@ -114,7 +116,8 @@ class _Undo:
                 fn()
 
 
-def run_ceremony(req: InitRequest, clock: Clock = system_clock) -> InitResult:
+def run_ceremony(req: InitRequest, publisher: Publisher, clock: Clock = system_clock) -> InitResult:
+    """The key ceremony; the CA certificate goes to ``publisher``."""
     home = Home(req.root)
     if home.exists():
         raise errors.AlreadyExists(f"a KM already exists at {req.root}; refusing to overwrite it")
@@ -123,7 +126,7 @@ def run_ceremony(req: InitRequest, clock: Clock = system_clock) -> InitResult:
     if req.root.exists() and any(req.root.iterdir()):
         raise errors.AlreadyExists(f"{req.root} is not empty; choose an empty or new directory")
     try:
-        return _ceremony(req, home, clock, undo, created_root)
+        return _ceremony(req, home, publisher, clock, undo, created_root)
     except BaseException:
         undo.run()
         if created_root:
@@ -134,7 +137,9 @@ def run_ceremony(req: InitRequest, clock: Clock = system_clock) -> InitResult:
         raise
 
 
-def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_root: bool) -> InitResult:
+def _ceremony(
+    req: InitRequest, home: Home, publisher: Publisher, clock: Clock, undo: _Undo, created_root: bool
+) -> InitResult:
     warnings: list[str] = []
     req.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     embedded = req.module is None
@@ -245,7 +250,7 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
             not_before=now,
             not_after=now + timedelta(days=req.ca_days),
         )
-        write_atomic(home.ca_cert, ca_cert.public_bytes(serialization.Encoding.DER))
+        publisher.ca_certificate(ca_cert.public_bytes(serialization.Encoding.DER))
         cert_path = str(home.ca_cert)
 
     # --- the database and the configuration -------------------------------------------------
@@ -266,6 +271,8 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
                 from hsmkm.km.authority import record_certificate
 
                 record_certificate(tx, ca_cert, CA_KIND, None, now)
+                tx.artifacts.put(ArtifactKind.CA_CERTIFICATE, ca_cert.public_bytes(serialization.Encoding.DER),
+                                 now.isoformat())
             log = AuditLog(tx, audit_key.hmac_sha256, clock)
             log.append(
                 "operator",
@@ -297,8 +304,7 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
         subordinate=req.csr,
     )
     config.save(home)
-    for sub in (home.crl_dir, home.certs_dir):
-        sub.mkdir(parents=True, exist_ok=True)
+    publisher.prepare()
     os.chmod(req.root, 0o700)
     return InitResult(
         home=req.root,

@@ -82,7 +82,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
     if isinstance(checked, users.CodeRefused):
         if replay is not None:
             # The same request again (its response was lost): the same answer, nothing new.
-            directory.drain_outbox(km.db.conn, km.home)
+            directory.drain_outbox(km.db, km.publisher)
             return replay
         raise errors.CodeRejected(f"{email}: {checked.message}")
 
@@ -121,7 +121,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
             continue
     else:
         raise errors.RandomSourceFailed("no unique serials after several draws")
-    directory.drain_outbox(km.db.conn, km.home)
+    directory.drain_outbox(km.db, km.publisher)
     return response
 
 
@@ -170,7 +170,7 @@ def _commit_enrollment(
         response = dataclasses.replace(response, history=history)
         purge_responses(tx, now)
         _store_response(tx, checked.id, code, response, now)
-        directory.queue(conn, user.email, now.isoformat())
+        directory.queue(tx, user.email, now.isoformat())
         ch.details.update(
             sign_serial=serial_hex(sign_cert.serial_number),
             enc_serial=sealed.cert_serial,

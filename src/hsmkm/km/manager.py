@@ -18,6 +18,7 @@ from hsmkm.keys.softhsm_store import Repair
 from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog, crl_number_of
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, TokenRef
+from hsmkm.km.publisher import Publisher
 from hsmkm.store.database import Database
 from hsmkm.store.tx import RawConnection, Tx
 
@@ -54,6 +55,7 @@ class KeyManager:
         session: TokenSession,
         clock: Clock,
         actor: str,
+        publisher: Publisher,
     ) -> None:
         self.home = home
         self.config = config
@@ -61,6 +63,8 @@ class KeyManager:
         self.session = session
         self.clock = clock
         self.actor = actor
+        # Where certificates, the CA certificate and CRLs go: chosen by the adapter.
+        self.publisher = publisher
         self._ca_key: TokenPrivateKey | None = None
         self._ca_cert: x509.Certificate | None = None
         self._audit_key: TokenSecretKey | None = None
@@ -72,13 +76,13 @@ class KeyManager:
 
     @classmethod
     def open(
-        cls, root: Path, km_pin: str, clock: Clock = system_clock, actor: str = "operator"
+        cls, root: Path, km_pin: str, clock: Clock = system_clock, actor: str = "operator", *, publisher: Publisher
     ) -> KeyManager:
         home = Home(root)
         config = KmConfig.load(home)
         db = Database.open(home.database)
         session = open_token(config.km_token, km_pin, config.softhsm_config)
-        km = cls(home, config, db, session, clock, actor)
+        km = cls(home, config, db, session, clock, actor, publisher)
         km.repairs = session.module.take_repairs()
         if km.repairs:
             with km.change(AuditAction.TOKEN_REPAIR, repairs=[

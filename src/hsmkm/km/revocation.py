@@ -41,10 +41,10 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
     # Queued first, in a transaction of its own: whatever happens to the revocation, the
     # next drain makes the user's files match the database again.
     with km.db.write() as tx:
-        directory.queue(tx.connection, user.email, now.isoformat())
+        directory.queue(tx, user.email, now.isoformat())
     if user.status is UserStatus.REVOKED and not _valid_current(km, user.id):
         # Run again after it completed (e.g. after a crash): nothing left to revoke.
-        directory.drain_outbox(km.db.conn, km.home)
+        directory.drain_outbox(km.db, km.publisher)
         return Revoked(user.email, [], reason, now.isoformat())
     with km.change(AuditAction.USER_REVOKE, email=email, reason=reason.value) as ch:
         user = users.find_user(ch.tx, email)
@@ -58,8 +58,8 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
         ch.tx.users.set_status(user.id, UserStatus.REVOKED)
         ch.details.update(email=user.email, serials=serials)
         # Before the commit: a revoked certificate is never left in the directory.
-        directory.remove_files(km.home, user.email)
-    directory.drain_outbox(km.db.conn, km.home)
+        directory.withdraw(km.publisher, user.email)
+    directory.drain_outbox(km.db, km.publisher)
     return Revoked(user.email, serials, reason, now.isoformat())
 
 

@@ -11,11 +11,12 @@ from pkcs11 import ObjectClass
 from hsmkm.km import archive, custody
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL
 from hsmkm.km.manager import KeyManager
+from hsmkm.store.repos.crls import CrlKind
 
 
 def km_status(km: KeyManager) -> dict[str, Any]:
     tx = km.db.reader()
-    conn = tx.connection  # the CRL table and officers: not in repositories yet
+    conn = tx.connection  # officers: not in repositories yet
     keys = []
     for label, cls in (
         (CA_KEY_LABEL, ObjectClass.PRIVATE_KEY),
@@ -24,20 +25,18 @@ def km_status(km: KeyManager) -> dict[str, Any]:
     ):
         keys.append(asdict(km.session.attributes(label, cls)))
 
-    crl = conn.execute(
-        "SELECT number, this_update, next_update, entries FROM crls WHERE kind = 'full' ORDER BY number DESC LIMIT 1"
-    ).fetchone()
+    crl = tx.crls.last(CrlKind.FULL)
     now = km.clock()
     crl_info: dict[str, Any] | None = None
     if crl is not None:
-        this_update = datetime.fromisoformat(crl[1])
+        this_update = datetime.fromisoformat(crl.this_update)
         crl_info = {
-            "number": crl[0],
-            "this_update": crl[1],
-            "next_update": crl[2],
-            "entries": crl[3],
+            "number": crl.number,
+            "this_update": crl.this_update,
+            "next_update": crl.next_update,
+            "entries": crl.entries,
             "age_seconds": int((now - this_update).total_seconds()),
-            "stale": now > datetime.fromisoformat(crl[2]),
+            "stale": now > datetime.fromisoformat(crl.next_update),
         }
     officers = custody.active_officers(conn)
     return {

@@ -6,9 +6,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from hsmkm import errors
-from hsmkm.atomic import write_atomic
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import record_certificate
+from hsmkm.store.repos.artifacts import ArtifactKind
 from hsmkm.store.repos.certs import CA_KIND
 from hsmkm.km.manager import KeyManager
 
@@ -37,6 +37,8 @@ def import_ca_certificate(km: KeyManager, data: bytes) -> x509.Certificate:
     if bc is None or not bc.ca:
         raise errors.PolicyViolation("the certificate is not a CA certificate (basicConstraints CA:true)")
     with km.change(AuditAction.CA_IMPORT, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string()) as ch:
+        der = cert.public_bytes(serialization.Encoding.DER)
         record_certificate(ch.tx, cert, CA_KIND, None, km.clock())
-        write_atomic(km.home.ca_cert, cert.public_bytes(serialization.Encoding.DER))
+        ch.tx.artifacts.put(ArtifactKind.CA_CERTIFICATE, der, km.clock().isoformat())
+        km.publisher.ca_certificate(der)
     return cert

@@ -242,3 +242,15 @@ counters = Table(
     Column("name", Text, primary_key=True),
     Column("value", Integer, nullable=False),
 )
+
+# --- revision 0004: published artifacts kept in the database -----------------------------------
+
+published_artifacts = Table(
+    "published_artifacts", metadata,
+    Column("kind", Text, primary_key=True),
+    Column("der", LargeBinary, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("modified_at", Text, nullable=False),
+    Column("number", Integer),
+    Column("next_update", Text),
+)

@@ -12,12 +12,15 @@ from sqlalchemy import Connection
 
 if TYPE_CHECKING:
     from hsmkm.store.repos.archive import ArchiveRepo
+    from hsmkm.store.repos.artifacts import ArtifactRepo
     from hsmkm.store.repos.audit import AuditRepo
     from hsmkm.store.repos.certs import CertRepo
     from hsmkm.store.repos.codes import CodeRepo
     from hsmkm.store.repos.counters import CounterRepo
+    from hsmkm.store.repos.crls import CrlRepo
     from hsmkm.store.repos.enroll_responses import EnrollResponseRepo
     from hsmkm.store.repos.meta import MetaRepo
+    from hsmkm.store.repos.outbox import OutboxRepo
     from hsmkm.store.repos.settings import SettingsRepo
     from hsmkm.store.repos.users import UserRepo
 
@@ -86,6 +89,24 @@ class Tx:
         from hsmkm.store.repos.enroll_responses import EnrollResponseRepo
 
         return EnrollResponseRepo(self._conn)
+
+    @cached_property
+    def crls(self) -> CrlRepo:
+        from hsmkm.store.repos.crls import CrlRepo
+
+        return CrlRepo(self._conn)
+
+    @cached_property
+    def artifacts(self) -> ArtifactRepo:
+        from hsmkm.store.repos.artifacts import ArtifactRepo
+
+        return ArtifactRepo(self._conn)
+
+    @cached_property
+    def outbox(self) -> OutboxRepo:
+        from hsmkm.store.repos.outbox import OutboxRepo
+
+        return OutboxRepo(self._conn)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -9,6 +9,7 @@ from enum import Enum
 from sqlalchemy import Connection, bindparam, func, select
 
 from hsmkm.store.schema import certificates as certs
+from hsmkm.store.schema import users
 
 # The kind column holds a user certificate's x509 kind ('sign', 'encrypt') or this, for the CA's own.
 CA_KIND = "ca"
@@ -59,6 +60,38 @@ _REVOKE = (
             revoked_seq=bindparam("seq"))
 )
 _DER = select(certs.c.der).where(certs.c.serial == bindparam("s"))
+_OF_USER = (
+    select(certs.c.serial, certs.c.kind, certs.c.status, certs.c.current, certs.c.not_before, certs.c.not_after,
+           certs.c.revoked_at, certs.c.reason, certs.c.der)
+    .where(certs.c.user_id == bindparam("uid"))
+    .order_by(certs.c.issued_at, certs.c.serial)
+)
+_CURRENT_OF_KIND = (
+    select(certs.c.der)
+    .where(certs.c.user_id == bindparam("uid"), certs.c.kind == bindparam("kind"), certs.c.current == 1,
+           certs.c.status == CertStatus.VALID.value)
+    .order_by(certs.c.issued_at.desc())
+    .limit(1)
+)
+_ENTRY = (
+    select(certs.c.kind, certs.c.der)
+    .select_from(certs.join(users, users.c.id == certs.c.user_id))
+    .where(users.c.email == bindparam("email"), certs.c.current == 1, certs.c.status == CertStatus.VALID.value)
+    .order_by(certs.c.issued_at)
+)
+
+
+@dataclass(frozen=True)
+class CertRow:
+    serial: str
+    kind: str
+    status: CertStatus
+    current: bool
+    not_before: str
+    not_after: str
+    revoked_at: str | None
+    reason: str | None
+    der: bytes
 
 
 class CertRepo:
@@ -102,6 +135,22 @@ class CertRepo:
     def der(self, serial: str) -> bytes | None:
         value = self._conn.execute(_DER, {"s": serial}).scalar()
         return None if value is None else bytes(value)
+
+    def of_user(self, user_id: int) -> list[CertRow]:
+        """Every certificate of the user, current and past, in the order they were issued."""
+        return [
+            CertRow(str(r[0]), str(r[1]), CertStatus(r[2]), bool(r[3]), str(r[4]), str(r[5]), r[6], r[7], bytes(r[8]))
+            for r in self._conn.execute(_OF_USER, {"uid": user_id})
+        ]
+
+    def current_of_kind(self, user_id: int, kind: str) -> bytes | None:
+        """DER of the user's current valid certificate of this kind (the newest), if any."""
+        value = self._conn.execute(_CURRENT_OF_KIND, {"uid": user_id, "kind": kind}).scalar()
+        return None if value is None else bytes(value)
+
+    def directory_entry(self, email: str) -> dict[str, bytes]:
+        """The user's current valid certificates by kind: what the directory publishes."""
+        return {str(r[0]): bytes(r[1]) for r in self._conn.execute(_ENTRY, {"email": email})}
 
     def count_issued(self) -> int:
         """User certificates (the CA's own aside)."""
