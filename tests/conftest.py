@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,9 @@ class Run:
     stdout: str
     stderr: str
 
-    def json(self) -> dict:  # type: ignore[type-arg]
-        return json.loads(self.stdout)
+    def json(self) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.stdout)
+        return document
 
 
 def hsmkm(*args: str, home: Path | None = None, env: dict[str, str] | None = None,

@@ -167,6 +167,7 @@ def test_the_chain_head_edited_is_found(history: History) -> None:
     assert run.returncode == 1 and result["findings"][0]["problem"] == "the audit head is missing"
 
 
+@pytest.mark.slow
 def test_a_crl_number_set_back_is_found_and_no_number_is_drawn_twice(history: History) -> None:
     crl_before = (history.home / "pub/crl/full.crl").read_bytes()
     with db(history.home) as conn:
@@ -178,6 +179,58 @@ def test_a_crl_number_set_back_is_found_and_no_number_is_drawn_twice(history: Hi
     run = hsmkm("crl", "publish", home=history.home, check=False)
     assert run.returncode == 1 and "rolled back" in run.stderr
     assert (history.home / "pub/crl/full.crl").read_bytes() == crl_before
+
+
+def test_the_first_entry_deleted_is_found(history: History) -> None:
+    with db(history.home) as conn:
+        conn.execute("DELETE FROM audit WHERE seq = 1")
+    assert_found(history.home, history.checkpoint, 1, {"chain"})
+
+
+def test_an_entry_replayed_over_another_is_found(history: History) -> None:
+    """Entry 2's whole row (its own valid hash and MAC) copied over entry 4: each MAC is
+    genuine, but for another place in the chain."""
+    with db(history.home) as conn:
+        conn.execute("""UPDATE audit SET (at, actor, action, details, prev_hash, hash, mac) =
+                        (SELECT at, actor, action, details, prev_hash, hash, mac FROM audit WHERE seq = 2)
+                        WHERE seq = 4""")
+    assert_found(history.home, history.checkpoint, 4, {"chain"})
+
+
+def test_an_entry_appended_beyond_the_head_is_found(history: History) -> None:
+    """A forged entry 7 linked to entry 6, carrying entry 6's genuine MAC: the writer has no
+    MAC key for a new one, nor for a head that would name it."""
+    with db(history.home) as conn:
+        conn.execute("""INSERT INTO audit (seq, at, actor, action, details, prev_hash, hash, mac)
+                        SELECT 7, at, actor, 'user.revoke', details, hash, hash, mac FROM audit WHERE seq = 6""")
+    run, result = verify(history.home)
+    assert run.returncode == 1 and result["first_bad"] == 7 and "chain" in found_by(result), result
+    assert run.stderr.startswith("hsmkm: error: audit chain broken at entry 7: ")
+    assert verify(history.home, history.checkpoint)[0].returncode == 1
+
+
+def test_the_head_set_back_with_the_entries_kept_is_found(history: History) -> None:
+    """The head row from an earlier copy (entry 3, genuinely MAC'd) while entries 4-6 stay."""
+    with db(history.home) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'", (history.head_after_3,))
+    run, result = verify(history.home)
+    assert run.returncode == 1 and "head" in found_by(result), result
+    assert run.stderr.startswith("hsmkm: error: audit chain broken at entry ")
+    assert verify(history.home, history.checkpoint)[0].returncode == 1
+
+
+@pytest.mark.parametrize("head", ["head-left", "head-deleted"])
+def test_the_whole_log_deleted_is_found(history: History, head: str) -> None:
+    with db(history.home) as conn:
+        conn.execute("DELETE FROM audit")
+        if head == "head-deleted":
+            conn.execute("DELETE FROM meta WHERE key = 'audit_head'")
+    run, result = verify(history.home)
+    assert run.returncode == 1 and result["ok"] is False and "anchor" in found_by(result), result
+    assert run.stderr.startswith("hsmkm: error: audit chain broken at entry 1: ")
+    assert len(run.stderr.strip().splitlines()) == 1
+    run, result = verify(history.home, history.checkpoint)
+    assert run.returncode == 1 and "checkpoint" in found_by(result)
 
 
 # --- no ordinary state change writes over a cut --------------------------------------------
@@ -200,6 +253,7 @@ def test_a_change_after_a_cut_is_refused_and_changes_nothing(history: History, r
     assert_found(history.home, history.checkpoint, 4, set())
 
 
+@pytest.mark.slow
 def test_a_whole_database_rollback_is_found_and_no_crl_number_is_reused(history: History, tmp_path: Path) -> None:
     """The writer keeps a copy of km.db, bob is enrolled and revoked and a CRL published, and
     the copy is put back (bob un-revoked). Found by the anchor and the later checkpoint; every
@@ -363,6 +417,7 @@ def test_the_newest_anchor_slot_lost_leaves_the_one_before(history: History) -> 
     assert verify(history.home, history.checkpoint)[1]["anchor"]["seq"] == 7
 
 
+@pytest.mark.slow
 def test_concurrent_changes_never_move_the_anchor_backwards(history: History) -> None:
     procs = [
         subprocess.Popen([str(Path(sys.executable).parent / "hsmkm"), "--home", str(history.home), "user", "add",
@@ -376,6 +431,7 @@ def test_concurrent_changes_never_move_the_anchor_backwards(history: History) ->
     assert run.returncode == 0 and result["entries"] == 14 and result["anchor"]["seq"] == 14
 
 
+@pytest.mark.slow
 def test_verify_during_concurrent_changes_finds_nothing(history: History) -> None:
     """Readers see one snapshot, read after the anchor: commits and anchor writes going on
     meanwhile are never a finding."""
@@ -436,6 +492,7 @@ def test_the_km_pin_holder_can_rewrite_the_log_but_not_below_a_checkpoint_held_e
 # --- checkpoints: standard, outsider-verifiable, and refused when not this KM's --------------
 
 
+@pytest.mark.interop
 def test_openssl_verifies_a_checkpoint_with_the_ca_certificate_alone(history: History, tmp_path: Path) -> None:
     import json
 
@@ -462,6 +519,7 @@ def test_openssl_verifies_a_checkpoint_with_the_ca_certificate_alone(history: Hi
     assert verify(history.home, pem, history.checkpoint)[0].returncode == 0
 
 
+@pytest.mark.slow
 def test_a_tampered_or_foreign_checkpoint_is_refused_in_one_line(history: History, km_home: Path, tmp_path: Path) -> None:
     data = history.checkpoint.read_bytes()
     at = data.index(b'"seq": 6')

@@ -119,6 +119,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("cipher,transport", [
     (enveloped.ContentCipher.AES256_GCM, enveloped.KeyTransport.RSA_OAEP),
     (enveloped.ContentCipher.AES256_CBC, enveloped.KeyTransport.RSA_OAEP),
@@ -133,6 +134,7 @@ def test_openssl_decrypts_what_hsmkm_encrypts(files: Path, cipher, transport) ->
     assert out.stdout.endswith(b"\r\n\r\nfor bob\r\n")
 
 
+@pytest.mark.interop
 def test_gpgsm_decrypts_cbc_pkcs1v15(files: Path) -> None:
     home = files / "gnupg"
     home.mkdir(mode=0o700, exist_ok=True)
@@ -162,6 +164,7 @@ def test_gpgsm_decrypts_cbc_pkcs1v15(files: Path) -> None:
     assert out.returncode == 0 and out.stdout == b"hello gpgsm\r\n", out.stderr
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("opts", [["-aes-256-gcm"], ["-aes-256-cbc"],
                                   ["-aes-256-cbc", "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256"]])
 def test_hsmkm_decrypts_what_openssl_encrypts_to_several(files: Path, opts: list[str]) -> None:
@@ -171,6 +174,7 @@ def test_hsmkm_decrypts_what_openssl_encrypts_to_several(files: Path, opts: list
     assert enveloped.decrypt(out.stdout, [BOB]).content == b"from openssl\r\n"
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("detached", [False, True])
 def test_openssl_verifies_what_hsmkm_signs(files: Path, detached: bool) -> None:
     msg = messaging.sign_message(b"Subject: signed\r\n\r\nsigned text\r\n", Store(ALICE_SIGN, []), detached)
@@ -182,6 +186,7 @@ def test_openssl_verifies_what_hsmkm_signs(files: Path, detached: bool) -> None:
     assert messaging.verify_message(msg, CTX).email == "alice@smime.example"
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("flags", [[], ["-nodetach"]])
 def test_hsmkm_verifies_what_openssl_signs(files: Path, flags: list[str]) -> None:
     out = run("openssl", "cms", "-sign", "-md", "sha256", "-signer", str(files / "alice.sign.crt"),
@@ -263,6 +268,8 @@ def test_cli_tampering_leaves_no_plaintext_and_exits_per_contract(tmp_path: Path
     assert list(tmp_path.glob(".out.eml.*")) == []
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_revoked_signer_fails_verify_and_recipient_is_refused(tmp_path: Path) -> None:
     home = tmp_path / "km"
     hsmkm("init", "--ca-subject", "CN=Msg CA", "--ca-key", "p256", "--user-key", "rsa2048", home=home)
@@ -300,6 +307,7 @@ def test_revoked_signer_fails_verify_and_recipient_is_refused(tmp_path: Path) ->
     assert not (tmp_path / "x.eml").exists()
 
 
+@pytest.mark.interop
 def test_token_slot_opens_openssl_oaep_sha256_and_ecdh(tmp_path: Path, module_path: str, user_token: MakeToken) -> None:
     """A token key opens an OAEP-SHA256 lock box (SoftHSM2 does OAEP only with SHA-1) and an ECDH one."""
     from conftest import softhsm_conf, softhsm_env

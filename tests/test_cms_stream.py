@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +38,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
 """
 
 
+@pytest.mark.interop
 def test_64_mib_message_streams_in_bounded_memory(tmp_path: Path) -> None:
     line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!?\n"
     with open(tmp_path / "in.eml", "wb") as fh:
@@ -113,6 +115,7 @@ def test_canonicalisation_is_independent_of_chunking(text: list[bytes], cuts: li
     assert out == whole and b"\n" not in whole.replace(b"\r\n", b"")
 
 
+@pytest.mark.interop
 def test_streamed_signatures_verify_with_openssl_and_hsmkm(tmp_path: Path, km_home: Path) -> None:
     """msg sign and msg verify stream: opaque and clear-signed, a few MiB, checked both ways."""
     from conftest import hsmkm

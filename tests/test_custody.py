@@ -275,8 +275,10 @@ def test_an_officer_key_swapped_in_the_database_is_refused_by_the_officers(insid
     run = hsmkm("recovery", "approve", str(req2.id), "--officer", "officer1", "--yes", home=home, check=False)
     assert run.returncode == 1 and "carries officer1's own attestation" in run.stderr.splitlines()[-1]
     # even a recovery approval refuses to work with an altered officer set
+    recovery_req = insider["req"]
+    assert isinstance(recovery_req, recovery.Request)
     with pytest.raises(errors.Tampered):
-        approve(km, home, insider["req"].id, "officer3")  # type: ignore[union-attr]
+        approve(km, home, recovery_req.id, "officer3")
     assert km.db.conn.execute("SELECT COUNT(*) FROM reshares").fetchone()[0] == 0
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,6 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from conftest import MakeToken, hsmkm, trial_pin
 
 PW = "durable-pass-1"
+
+if TYPE_CHECKING:
+    from pkcs11 import ObjectClass
 
 
 def add_user(home: Path, email: str) -> str:
@@ -244,7 +248,7 @@ def test_a_rotation_started_but_unfinished_at_commit_still_moves_the_record(home
     other.close()
 
 
-def _secret():  # type: ignore[no-untyped-def]
+def _secret() -> ObjectClass:
     from pkcs11 import ObjectClass
 
     return ObjectClass.SECRET_KEY
@@ -391,7 +395,7 @@ def test_a_failed_import_commit_leaves_a_void_codes_file(home: Path, tmp_path: P
         result = CliRunner().invoke(cli, ["--home", str(home), "user", "import", str(csv), "--codes-out", str(out)],
                                     env={"HSMKM_PIN_SOURCE": f"file:{home / 'secrets' / 'km.pin'}"})
     finally:
-        users.import_users = real  # type: ignore[assignment]
+        users.import_users = real
     assert result.exit_code != 0
     assert out.read_text().startswith("# VOID")
     assert hsmkm("user", "list", "--json", home=home).json()["users"] == []

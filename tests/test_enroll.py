@@ -50,6 +50,7 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory, module_path: str) -> dict
     return {"home": home, "alice": alice, "root": root}
 
 
+@pytest.mark.interop
 def test_openssl_pkcs12_opens_the_epf(enrolled: dict[str, Path]) -> None:
     proc = subprocess.run(
         ["openssl", "pkcs12", "-in", str(enrolled["alice"]), "-passin", "env:PW", "-nodes", "-info"],
@@ -65,6 +66,7 @@ def test_openssl_pkcs12_opens_the_epf(enrolled: dict[str, Path]) -> None:
     assert wrong.returncode != 0
 
 
+@pytest.mark.interop
 def test_pkcs11_tool_shows_bob_signing_key_non_extractable_and_certificates(
     enrolled: dict[str, Path], module_path: str
 ) -> None:
@@ -86,6 +88,7 @@ def test_pkcs11_tool_shows_bob_signing_key_non_extractable_and_certificates(
     assert ids <= cert_ids, "each key's certificate carries the key's CKA_ID"
 
 
+@pytest.mark.interop
 def test_user_certificates_lint_clean_and_verify(enrolled: dict[str, Path]) -> None:
     home = enrolled["home"]
     ca_pem = enrolled["root"] / "ca.pem"
@@ -263,6 +266,7 @@ def _enroll_many(home: str, prefix: str, n: int) -> list[str]:
     return serials
 
 
+@pytest.mark.slow
 def test_four_processes_enroll_1000_users_into_one_km(tmp_path: Path) -> None:
     import multiprocessing
     import sqlite3

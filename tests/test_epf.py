@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import subprocess
 import time
@@ -19,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hsmkm import errors
-from hsmkm.keys import epf
+from hsmkm.keys import epf, p12
 from hsmkm.keys.algorithms import KeyAlgorithm, algorithm_of
 from hsmkm.keys.base import KeyRole, PrivateKey
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.x509 import profiles
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 
 PW = "correct horse battery"
 FAST = 1000  # iterations for speed; one test below uses the default
@@ -112,6 +113,7 @@ def test_round_trip_orders_entries_by_certificate_age(pki: Pki, tmp_path: Path) 
     assert PW not in text and "PRIVATE" not in text
 
 
+@pytest.mark.interop
 def test_friendly_names_and_equal_not_before(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "a.epf"
     ks = EpfKeystore.create(path, PW, iterations=FAST)
@@ -178,6 +180,7 @@ def test_create_refuses_existing_paths_and_short_passwords(pki: Pki, tmp_path: P
 # --- openssl and cryptography ------------------------------------------------------------------
 
 
+@pytest.mark.interop
 def test_openssl_reads_every_key_and_certificate(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "alice.epf"
     _store(pki, path)
@@ -194,6 +197,7 @@ def test_openssl_reads_every_key_and_certificate(pki: Pki, tmp_path: Path) -> No
     assert wrong.returncode != 0 and "mac verify error" in wrong.stderr.lower()
 
 
+@pytest.mark.interop
 def test_opens_what_openssl_exports(pki: Pki, tmp_path: Path) -> None:
     key, cert = pki.enc[0]
     key_pem, cert_pem, ca_pem = _pem_key(key, tmp_path / "k.pem"), _pem_cert(cert, tmp_path / "c.pem"), _pem_cert(pki.ca, tmp_path / "ca.pem")
@@ -267,6 +271,7 @@ def test_kdf_and_mac_agree_with_cryptography(pki: Pki, tmp_path: Path, password:
     assert loaded.cert is not None and loaded.cert.certificate == cert
 
 
+@pytest.mark.interop
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(password=passwords)
 def test_openssl_verifies_our_mac_for_any_password(pki: Pki, tmp_path: Path, password: str) -> None:
@@ -280,11 +285,11 @@ def test_openssl_verifies_our_mac_for_any_password(pki: Pki, tmp_path: Path, pas
 
 
 def test_kdf_is_deterministic_and_separates_purposes() -> None:
-    a = epf._pkcs12_kdf("pw", b"salt", 5, 3, 32)
-    assert a == epf._pkcs12_kdf("pw", b"salt", 5, 3, 32) and len(a) == 32
-    assert a != epf._pkcs12_kdf("pw", b"salt", 5, 1, 32) != epf._pkcs12_kdf("pw", b"salt", 6, 3, 32)
-    assert epf._pkcs12_kdf("pw", b"salt", 5, 3, 80)[:32] == a  # longer output extends, it does not change
-    assert len(epf._pkcs12_kdf("pw", b"salt", 1, 3, 64, "sha512")) == 64
+    a = p12._pkcs12_kdf("pw", b"salt", 5, 3, 32)
+    assert a == p12._pkcs12_kdf("pw", b"salt", 5, 3, 32) and len(a) == 32
+    assert a != p12._pkcs12_kdf("pw", b"salt", 5, 1, 32) != p12._pkcs12_kdf("pw", b"salt", 6, 3, 32)
+    assert p12._pkcs12_kdf("pw", b"salt", 5, 3, 80)[:32] == a  # longer output extends, it does not change
+    assert len(p12._pkcs12_kdf("pw", b"salt", 1, 3, 64, "sha512")) == 64
 
 
 # --- wrong passwords, damage, crashes ------------------------------------------------------------
@@ -340,7 +345,7 @@ def test_a_valid_mac_over_damaged_contents_is_malformed(pki: Pki, tmp_path: Path
     path = tmp_path / "m.epf"
     for auth_safe in (b"\x30\x03\x02\x01\x01", b"\x30\x00" + b"junk", b"\x04\x02hi"):
         salt = b"s" * 8
-        mac = epf.hmac.new(epf._pkcs12_kdf(PW, salt, 1, 3, 32), auth_safe, "sha256").digest()
+        mac = hmac.new(p12._pkcs12_kdf(PW, salt, 1, 3, 32), auth_safe, "sha256").digest()
         pfx = asn1_pkcs12.Pfx({"version": "v3", "auth_safe": {"content_type": "data", "content": auth_safe},
                                "mac_data": {"mac": {"digest_algorithm": {"algorithm": "sha256"}, "digest": mac},
                                             "mac_salt": salt, "iterations": 1}})
@@ -384,6 +389,7 @@ def test_a_crash_mid_write_leaves_the_old_file(pki: Pki, tmp_path: Path, monkeyp
     assert EpfKeystore.open(path, PW).signing_entry() is not None
 
 
+@pytest.mark.interop
 def test_change_password(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "a.epf"
     _store(pki, path)
@@ -398,10 +404,11 @@ def test_change_password(pki: Pki, tmp_path: Path) -> None:
     assert _openssl("pkcs12", "-in", str(path), "-passin", "env:P", "-noout", password="a brand new password").returncode == 0
 
 
+@pytest.mark.interop
 def test_default_iteration_count(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "slow.epf"
     start = time.monotonic()
-    _store(pki, path, iterations=epf.OWASP_PBKDF2_SHA256_ITERATIONS)
+    _store(pki, path, iterations=p12.OWASP_PBKDF2_SHA256_ITERATIONS)
     ks = EpfKeystore.open(path, PW)
     elapsed = time.monotonic() - start
     assert ks.iterations == 600_000 and len(ks.encryption_entries()) == 3

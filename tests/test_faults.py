@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is installed by scripts/setup")
 def test_kill_minus_9_smoke_keeps_every_invariant() -> None:
     proc = subprocess.run([str(ROOT / "scripts" / "faults"), "--smoke", "--json"], capture_output=True, text=True,

@@ -7,9 +7,12 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_fuzz_smoke_runs_every_target_without_a_crash(tmp_path: Path) -> None:
     proc = subprocess.run([str(ROOT / "scripts" / "fuzz"), "--smoke", "--work", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)

@@ -30,6 +30,7 @@ def test_embedded_init_makes_ca_on_the_token(km_home: Path) -> None:
     assert not (km_home / "secrets" / "km-recovery.pin").exists()
 
 
+@pytest.mark.interop
 def test_openssl_parses_the_ca_certificate(km_home: Path) -> None:
     out = subprocess.run(
         ["openssl", "x509", "-in", str(km_home / "pub" / "ca.crt"), "-inform", "DER", "-noout", "-text"],
@@ -50,6 +51,7 @@ def test_pkilint_reports_nothing_on_the_ca_certificate(km_home: Path, tmp_path: 
     assert proc.stdout.strip() == "", proc.stdout
 
 
+@pytest.mark.interop
 def test_pkcs11_tool_shows_ca_and_archive_keys_sensitive_never_extractable(km_home: Path, module_path: str) -> None:
     env = {**os.environ, **softhsm_env(km_home), "PIN": trial_pin(km_home, "km")}
     # pkcs11-tool takes the PIN only in argv; this throwaway test token's PIN is fine there.
@@ -132,7 +134,12 @@ def _external_store(user_token: MakeToken, labels: list[str], pin: str) -> dict[
     """A SoftHSM2 store with the named tokens, all with ``pin`` (test tokens)."""
     confs = {user_token(label, pin) for label in labels}
     assert len(confs) == 1  # one store holds them all
-    return {"SOFTHSM2_CONF": str(confs.pop())}
+    env = {"SOFTHSM2_CONF": str(confs.pop())}
+    slots = subprocess.run(["softhsm2-util", "--show-slots"], env={**os.environ, **env},
+                           capture_output=True, text=True, check=True).stdout
+    made = [line.split(":", 1)[1].strip() for line in slots.splitlines() if line.strip().startswith("Label:")]
+    assert sorted(label for label in made if label) == sorted(labels)
+    return env
 
 
 def test_init_on_external_tokens_wrong_pin_unknown_token(tmp_path: Path, module_path: str, user_token: MakeToken) -> None:

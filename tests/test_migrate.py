@@ -58,6 +58,7 @@ def _recover(home: Path, email: str, out: Path) -> set[int]:
     return _encryption_keys(out, "recovered-pw")
 
 
+@pytest.mark.slow
 def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(v1: dict[str, Path], tmp_path: Path) -> None:
     home, users = v1["home"], v1["users"]
     counts = hsmkm("status", "--json", home=home).json()["counts"]
@@ -165,6 +166,7 @@ def test_a_first_release_database_gains_the_new_tables_by_db_upgrade_once(v1_as_
         db.close()
 
 
+@pytest.mark.interop
 def test_a_recovery_tokens_so_pin_resets_its_user_pin_until_the_key_is_destroyed(
     tmp_path: Path, module_path: str, user_token: MakeToken
 ) -> None:

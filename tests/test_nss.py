@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from conftest import hsmkm, make_token, softhsm_conf, softhsm_env
 from hsmkm.cms import smime
 
+pytestmark = pytest.mark.interop
+
 PW = "correct-horse-battery"
 
 

@@ -11,13 +11,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from hsmkm import errors
 from hsmkm.keys.base import PrivateKey
 from hsmkm.x509 import profiles
 from hsmkm.x509.names import parse_dn
-from hsmkm.x509.profiles import CertKind, PublicationUrls
+from hsmkm.certnames import CertKind
+from hsmkm.x509.profiles import PublicationUrls
 
 BIN = Path(sys.executable).parent
 NOW = datetime.now(timezone.utc)
@@ -58,6 +59,7 @@ def user_keys() -> dict[str, PrivateKey]:
     return {"rsa": rsa.generate_private_key(65537, 2048), "ec": ec.generate_private_key(ec.SECP256R1())}
 
 
+@pytest.mark.interop
 def test_ca_certificate_profile(ca: tuple[PrivateKey, x509.Certificate], tmp_path: Path) -> None:
     key, cert = ca
     ext = cert.extensions
@@ -80,6 +82,7 @@ def test_ca_certificate_profile(ca: tuple[PrivateKey, x509.Certificate], tmp_pat
     assert _openssl("verify", "-CAfile", str(path), str(path)).returncode == 0
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("user_alg", ["rsa", "ec"])
 def test_user_certificates_lint_clean_and_verify(
     ca: tuple[PrivateKey, x509.Certificate], user_keys: dict[str, PrivateKey], user_alg: str, tmp_path: Path
@@ -140,7 +143,7 @@ def test_user_certificate_extensions(ca: tuple[PrivateKey, x509.Certificate], us
             assert [n.value for n in fresh[0].full_name or []] == ["http://pki.example/hsmkm/crl/delta.crl"]
             aia = ext.get_extension_for_class(x509.AuthorityInformationAccess).value
             assert [(d.access_method, d.access_location.value) for d in aia] == [
-                (x509.AuthorityInformationAccessOID.CA_ISSUERS, "http://pki.example/hsmkm/ca.crt")
+                (AuthorityInformationAccessOID.CA_ISSUERS, "http://pki.example/hsmkm/ca.crt")
             ]
             with pytest.raises(x509.ExtensionNotFound):
                 ext.get_extension_for_class(x509.CertificatePolicies)
@@ -176,6 +179,7 @@ def test_smime_br_mailbox_profile_with_policy_oid(tmp_path: Path) -> None:
             assert _lint("lint_pkix_cert", path) == ""
 
 
+@pytest.mark.interop
 def test_subordinate_ca(tmp_path: Path) -> None:
     root_key = rsa.generate_private_key(65537, 3072)
     root = profiles.build_ca_certificate(parse_dn("CN=Root,O=Example"), root_key.public_key(), root_key, profiles.random_serial(), NOW, NOW + timedelta(days=3650), path_length=1)

@@ -19,7 +19,7 @@ from hsmkm.km.publisher import CrlKind, Publisher
 from hsmkm.km.publishers import publisher_for
 from hsmkm.store.repos.artifacts import Artifact, ArtifactKind
 from hsmkm.x509.crlparse import parse_crl
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 
 
 class MemoryPublisher:

@@ -52,6 +52,8 @@ def km_with_alice(tmp_path: Path) -> dict[str, Path]:
     return {"home": home, "epf": epf, "root": tmp_path}
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_one_approval_is_not_enough_two_export_current_and_history(km_with_alice: dict[str, Path]) -> None:
     home, root = km_with_alice["home"], km_with_alice["root"]
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "lost laptop", "--json", home=home).json()["id"]
@@ -99,6 +101,7 @@ def test_one_approval_is_not_enough_two_export_current_and_history(km_with_alice
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
 
 
+@pytest.mark.slow
 def test_reenable_gives_the_user_their_archived_keys(km_with_alice: dict[str, Path]) -> None:
     home, root = km_with_alice["home"], km_with_alice["root"]
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "forgot password", "--json", home=home).json()["id"]
@@ -153,6 +156,7 @@ def test_code_out_is_on_disk_before_the_commit(km_with_alice: dict[str, Path]) -
     assert done.code == seen["code"] and len(done.keys) == 2
 
 
+@pytest.mark.slow
 def test_an_export_or_code_out_cut_short_is_finished_by_the_same_command(km_with_alice: dict[str, Path]) -> None:
     """A run that wrote its export (or its --code-out file) and died before or after its
     commit is finished by running the same command again; a file that is not this request's
@@ -268,6 +272,7 @@ def test_tampered_archive_record_is_a_tamper_error(km_with_alice: dict[str, Path
     assert hsmkm("recovery", "list", "--json", home=home).json()["requests"][-1]["status"] == "open"
 
 
+@pytest.mark.slow
 def test_officer_changes_need_a_quorum_and_reshare(km_with_alice: dict[str, Path], module_path: str) -> None:
     home = km_with_alice["home"]
     env = {"SOFTHSM2_CONF": str(home / "softhsm" / "softhsm2.conf"), "DANA_PIN": "dana-pin-1"}

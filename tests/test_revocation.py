@@ -63,6 +63,8 @@ def revoked_km(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"home": home, "root": root}
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_openssl_verifies_the_crl_signatures(revoked_km: dict[str, Path]) -> None:
     for kind in ("full", "delta"):
         proc = subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(revoked_km["home"] / "pub/crl" / f"{kind}.crl"),
@@ -70,6 +72,7 @@ def test_openssl_verifies_the_crl_signatures(revoked_km: dict[str, Path]) -> Non
         assert proc.returncode == 0 and "verify OK" in proc.stdout + proc.stderr
 
 
+@pytest.mark.interop
 def test_openssl_verify_crl_check_rejects_the_revoked_and_accepts_the_others(revoked_km: dict[str, Path]) -> None:
     root = revoked_km["root"]
     base = ["openssl", "verify", "-crl_check", "-CAfile", str(root / "ca.pem"), "-CRLfile", str(root / "full.pem")]
@@ -226,6 +229,7 @@ def test_crl_numbers_increase_under_concurrent_publishers(revoked_km: dict[str, 
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
 
 
+@pytest.mark.slow
 def test_crl_fetch_refuses_bad_crls_in_one_line_keeps_the_cache_and_refreshes_when_stale(tmp_path: Path) -> None:
     home = tmp_path / "km"
     hsmkm("init", "--ca-subject", "CN=Fetch CA", "--ca-key", "p256", "--user-key", "p256", home=home)

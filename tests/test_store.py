@@ -268,7 +268,7 @@ def test_a_drawn_serial_already_recorded_is_a_conflict_and_issuance_draws_again(
     from hsmkm.km.manager import KeyManager
     from hsmkm.km.publishers import publisher_for
     from hsmkm.x509 import profiles
-    from hsmkm.x509.profiles import CertKind
+    from hsmkm.certnames import CertKind
 
     hsmkm("init", "--ca-subject", "CN=Store KM CA,O=hsmkm tests", "--ca-key", "p256", home=fresh_home)
     km = KeyManager.open(fresh_home, trial_pin(fresh_home, "km"), publisher=publisher_for(fresh_home))

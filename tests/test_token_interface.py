@@ -122,8 +122,9 @@ def test_a_token_uri_in_km_json_round_trips_odd_labels_and_serials() -> None:
 def test_a_km_opened_in_process_uses_its_homes_store(km_home: Path) -> None:
     st = hsmkm("status", "--json", home=km_home).json()
     from hsmkm.km.manager import KeyManager
+    from hsmkm.km.publishers import publisher_for
 
-    km = KeyManager.open(km_home, trial_pin(km_home, "km"))
+    km = KeyManager.open(km_home, trial_pin(km_home, "km"), publisher=publisher_for(km_home))
     try:
         assert km.session.serial == st["token"]["serial"] and km.session.module.store is not None
         assert "SOFTHSM2_CONF" not in os.environ or os.environ["SOFTHSM2_CONF"] != str(softhsm_conf(km_home))

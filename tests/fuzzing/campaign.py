@@ -11,6 +11,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypedDict
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -21,7 +22,19 @@ ALL = ["ber", "signed", "enveloped", "smime", "pkcs12", "crl", "csr", "uri", "cs
 TIMEOUT_S = {"pkcs12": 60}
 
 
-def run_target(name: str, seconds: int, work: Path, nice: bool) -> dict[str, object]:
+class TargetResult(TypedDict):
+    """One target's run, as the table and report.json show it."""
+
+    target: str
+    seconds: int
+    executions: int
+    crashed: bool
+    returncode: int
+    artifacts: list[str]
+    log: str
+
+
+def run_target(name: str, seconds: int, work: Path, nice: bool) -> TargetResult:
     corpus = work / "corpus" / name
     crashes = work / "crashes"
     crashes.mkdir(parents=True, exist_ok=True)
@@ -40,9 +53,8 @@ def run_target(name: str, seconds: int, work: Path, nice: bool) -> dict[str, obj
     runs = int(m[-1]) if m else 0
     crashed = proc.returncode != 0
     artifacts = sorted(str(p) for p in crashes.glob(f"{name}-*"))
-    return {"target": name, "seconds": round(time.monotonic() - started), "executions": runs,
-            "crashed": crashed, "returncode": proc.returncode, "artifacts": artifacts if crashed else [],
-            "log": str(log)}
+    return TargetResult(target=name, seconds=round(time.monotonic() - started), executions=runs, crashed=crashed,
+                        returncode=proc.returncode, artifacts=artifacts if crashed else [], log=str(log))
 
 
 def main() -> int:
@@ -60,12 +72,12 @@ def main() -> int:
     seconds = 4 if args.smoke else args.seconds
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda t: run_target(t, seconds, args.work, not args.no_nice), args.targets))
-    total = sum(int(r["executions"]) for r in results)  # type: ignore[call-overload]
+    total = sum(r["executions"] for r in results)
     print(f"{'target':<10} {'seconds':>8} {'executions':>12}  result")
     for r in results:
         print(f"{r['target']:<10} {r['seconds']:>8} {r['executions']:>12}  "
-              + ("CRASH " + " ".join(r["artifacts"]) + f" (see {r['log']})" if r["crashed"] else "ok"))  # type: ignore[operator]
-    print(f"{'total':<10} {sum(int(r['seconds']) for r in results):>8} {total:>12}")  # type: ignore[call-overload]
+              + ("CRASH " + " ".join(r["artifacts"]) + f" (see {r['log']})" if r["crashed"] else "ok"))
+    print(f"{'total':<10} {sum(r['seconds'] for r in results):>8} {total:>12}")
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "report.json").write_text(json.dumps({"results": results, "total_executions": total}, indent=1))
     return 1 if any(r["crashed"] for r in results) else 0

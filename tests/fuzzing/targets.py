@@ -298,7 +298,7 @@ def _pkcs12_seeds(w: World) -> list[bytes]:
     from cryptography.hazmat.primitives.serialization import pkcs12
 
     legacy = pkcs12.serialize_key_and_certificates(
-        b"seed", w.signer.key, w.signer.certificate, [w.ca],  # type: ignore[arg-type]
+        b"seed", w.signer.key, w.signer.certificate, [w.ca],
         serialization.BestAvailableEncryption(EPF_PASSWORD.encode()),
     )
     enc = (
@@ -308,7 +308,7 @@ def _pkcs12_seeds(w: World) -> list[bytes]:
         .hmac_hash(hashes.SHA1())
         .build(EPF_PASSWORD.encode())
     )
-    triple_des = pkcs12.serialize_key_and_certificates(b"seed", w.signer.key, w.signer.certificate, None, enc)  # type: ignore[arg-type]
+    triple_des = pkcs12.serialize_key_and_certificates(b"seed", w.signer.key, w.signer.certificate, None, enc)
     return [ours, legacy, triple_des]
 
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hsmkm.bench.fixtures import make_km
 from hsmkm.bench.rows import Row
+from hsmkm.certnames import CertKind
 from hsmkm.cms import enveloped
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.x509 import profiles
@@ -49,7 +50,7 @@ def _recipients(n: int, tmp: Path) -> list[x509.Certificate]:
                                        profiles.random_serial(), now, now + timedelta(days=2))
     urls = profiles.PublicationUrls("http://hsmkm.localhost/")
     certs = [
-        profiles.build_user_certificate(profiles.CertKind.ENCRYPT, f"r{i}@bench.example", None, key.public_key(), ca,
+        profiles.build_user_certificate(CertKind.ENCRYPT, f"r{i}@bench.example", None, key.public_key(), ca,
                                         ca_key, profiles.random_serial(), now, now + timedelta(days=1), urls)
         for i in range(n)
     ]
@@ -140,9 +141,9 @@ def _small_ops(work: Path, msg: bytes) -> list[Row]:
     ca = profiles.build_ca_certificate(x509.Name.from_rfc4514_string("CN=Bench sign CA"), ca_key.public_key(), ca_key,
                                        profiles.random_serial(), now, now + timedelta(days=2))
     urls = profiles.PublicationUrls("http://hsmkm.localhost/")
-    sign_cert = profiles.build_user_certificate(profiles.CertKind.SIGN, "s@bench.example", None, key.public_key(), ca,
+    sign_cert = profiles.build_user_certificate(CertKind.SIGN, "s@bench.example", None, key.public_key(), ca,
                                                 ca_key, profiles.random_serial(), now, now + timedelta(days=1), urls)
-    enc_cert = profiles.build_user_certificate(profiles.CertKind.ENCRYPT, "s@bench.example", None, key.public_key(), ca,
+    enc_cert = profiles.build_user_certificate(CertKind.ENCRYPT, "s@bench.example", None, key.public_key(), ca,
                                                ca_key, profiles.random_serial(), now, now + timedelta(days=1), urls)
     pem = serialization.Encoding.PEM
     (work / "s.crt").write_bytes(sign_cert.public_bytes(pem))

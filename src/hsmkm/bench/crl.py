@@ -18,7 +18,7 @@ from hsmkm.km.publication import CrlKind, publish_crl
 from hsmkm.store.repos.certs import RevokedCert
 from hsmkm.store.repos.counters import Counter
 from hsmkm.x509 import profiles
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 
 LABELS = {10: "10", 10_000: "10k", 100_000: "100k", 1_000_000: "1m"}
 REASONS = ("keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "unspecified")

@@ -15,7 +15,7 @@ from pkcs11 import Mechanism
 from hsmkm.bench.fixtures import make_km, open_km
 from hsmkm.bench.rows import Row, rate
 from hsmkm.km.authority import IssueRequest, issue_certificates
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 from hsmkm.keys.pkcs11 import TokenPrivateKey
 
 _TBS = os.urandom(900)

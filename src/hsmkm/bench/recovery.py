@@ -21,7 +21,7 @@ from hsmkm.km.config import OFFICER_KEY_LABEL, Home
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.rotation import rotate_archive_key
 from hsmkm.km.users import add_user
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 
 EMAIL = "archived@bench.example"
 

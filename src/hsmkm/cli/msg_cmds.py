@@ -23,6 +23,7 @@ from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.client import messaging
 from hsmkm.clock import system_clock
 from hsmkm.client.correspondents import Correspondents
+from hsmkm.keys.base import Keystore
 from hsmkm.client.crlcache import CrlCache
 from hsmkm.cms import enveloped, signed
 from hsmkm.cms.protect import Confidentiality
@@ -127,7 +128,7 @@ def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detache
             messaging.sign_file(src, dst, ks, detached)
 
 
-def _check_own_certificate(cli_ctx: CliContext, ks: messaging.Keystore, km_home: Path | None, cache: Path | None) -> None:
+def _check_own_certificate(cli_ctx: CliContext, ks: Keystore, km_home: Path | None, cache: Path | None) -> None:
     """Refuse to sign with a certificate the cached CRL lists as revoked; warn when the cache
     is stale or absent (then nothing is known either way)."""
     entry = ks.signing_entry()

@@ -18,7 +18,7 @@ from hsmkm.cli.session import open_km, open_km_files
 from hsmkm.km import archive, directory, users
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.smimecaps import ClientProfile
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 
 
 @cli.group()

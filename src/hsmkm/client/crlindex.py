@@ -135,6 +135,8 @@ def build_index(revocations: Iterable[tuple[int, int, int]]) -> bytearray:
 class CrlIndex:
     """A read-only index over a buffer (usually a memory-mapped file); ``check`` is one slot."""
 
+    count: int
+
     def __init__(self, buffer: mmap.mmap | bytes | bytearray, where: str = "CRL index") -> None:
         if len(buffer) < HEADER.size or bytes(buffer[:7]) != _FAMILY:
             raise errors.MalformedInput(f"{where}: not a CRL index")

@@ -195,7 +195,7 @@ def encrypt(
     cbc = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
     ct = cbc.update(padder.update(content) + padder.finalize()) + cbc.finalize()
     version = "v2" if any(b[:1] != b"\x30" for b in boxes) else "v0"
-    body = cms.EnvelopedData(
+    enveloped = cms.EnvelopedData(
         {
             "version": version,
             "recipient_infos": infos,
@@ -206,7 +206,7 @@ def encrypt(
             },
         }
     )
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": body}).dump()
+    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
 
 
 # --- decryption ------------------------------------------------------------------------------

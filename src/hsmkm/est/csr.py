@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 from asn1crypto import core
 from asn1crypto import csr as asn1csr
@@ -97,11 +98,14 @@ class _Capability(core.Sequence):
     _fields = [("capability_id", core.ObjectIdentifier), ("parameters", core.Any, {"optional": True})]  # noqa: RUF012 (asn1crypto reads it)
 
 
+_V = TypeVar("_V", bound=core.Asn1Value)
+
+
 class _Capabilities(core.SequenceOf):
     _child_spec = _Capability
 
 
-def _single(values: _AnySet, spec: type[core.Asn1Value], oid: str) -> core.Asn1Value:
+def _single(values: _AnySet, spec: type[_V], oid: str) -> _V:
     if len(values) != 1:
         raise errors.MalformedInput(f"the CSR: attribute {oid} must have one value")
     return spec.load(values[0].dump(), strict=True)

@@ -125,7 +125,7 @@ class EpfKeystore(EntriesByRole):
                 raise errors.MalformedInput(f"{self.path}: a PKCS#12 file without a MAC is refused")
             digest_alg = mac_data["mac"]["digest_algorithm"]["algorithm"].native
             salt = mac_data["mac_salt"].native
-            iterations = mac_data["iterations"].native
+            iterations: int = mac_data["iterations"].native
             expected = mac_data["mac"]["digest"].native
         except errors.HsmkmError:
             raise

@@ -95,6 +95,9 @@ class Token(Protocol):
 
     def secret_key(self, label: str) -> SecretKey: ...
 
+    def private_key_labels(self) -> list[tuple[str, bytes]]:
+        """(label, CKA_ID) of every private key on the token."""
+
     def attributes(self, label: str, kind: ObjectKind) -> KeyAttributes: ...
 
     def generate_keypair(

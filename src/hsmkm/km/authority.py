@@ -14,7 +14,7 @@ from hsmkm.keys.base import PublicKey
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.x509 import profiles
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 from hsmkm.store.errors import Conflict
 from hsmkm.store.repos.certs import NewCert
 from hsmkm.store.tx import Tx
@@ -128,4 +128,3 @@ def issue_certificates(km: KeyManager, requests: Sequence[IssueRequest]) -> list
                 r = requests[i]
                 certs[i] = sign_user_certificate(km, r.public_key, r.kind, r.email, r.name)
     raise errors.RandomSourceFailed("no unique serial after several draws")
-

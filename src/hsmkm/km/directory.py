@@ -12,7 +12,7 @@ from hsmkm.km import artifacts, users
 from hsmkm.km.publisher import Publisher
 from hsmkm.store.database import Database
 from hsmkm.store.tx import Tx
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 
 
 @dataclass(frozen=True)

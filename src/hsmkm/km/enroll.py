@@ -24,7 +24,7 @@ from hsmkm.km.authority import SerialTaken, record_certificate, serial_hex, sign
 from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, normalize_code, seal_key
 from hsmkm.smimecaps import PROFILE_CAPABILITIES
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 from hsmkm.store.repos.users import UserStatus
 from hsmkm.store.tx import Tx
 

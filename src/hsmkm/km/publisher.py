@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from hsmkm.store.repos.crls import CrlKind
-from hsmkm.x509.profiles import CertKind
+from hsmkm.certnames import CertKind
 
 __all__ = ["CrlKind", "Publisher"]
 

@@ -3,14 +3,15 @@ signature checked, so that a damaged ``pub/ca.crt`` is refused by name, not used
 
 from __future__ import annotations
 
+from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 
 from hsmkm import errors
 
 
 _ERRORS: tuple[type[Exception], ...] = (
-    TypeError, *errors.CERTIFICATE_PARSE_ERRORS, errors.crypto_exceptions.InvalidSignature,
-    errors.crypto_exceptions.UnsupportedAlgorithm,
+    TypeError, *errors.CERTIFICATE_PARSE_ERRORS, crypto_exceptions.InvalidSignature,
+    crypto_exceptions.UnsupportedAlgorithm,
 )
 
 
