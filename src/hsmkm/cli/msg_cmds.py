@@ -17,9 +17,9 @@ from hsmkm import errors
 from hsmkm.addresses import address_file
 from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.bounded import MAX_SMALL_FILE, open_regular, read_regular
-from hsmkm.cli.client_cmds import open_user_keystore
-from hsmkm.cli.crl_cmds import client_cache, default_cache_dir, revocation_status
-from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.keystores import open_user_keystore
+from hsmkm.cli.revocation import client_cache, default_cache_dir, revocation_status
+from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.client import messaging
 from hsmkm.clock import system_clock
 from hsmkm.client.correspondents import Correspondents
@@ -94,7 +94,7 @@ def _context(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> Validati
     return ValidationContext([ca], system_clock(), check)
 
 
-@cli.group("msg")
+@group("msg")
 def msg() -> None:
     """S/MIME messages: sign, verify, encrypt, decrypt."""
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from hsmkm import errors
 from hsmkm.atomic import sweep_temps, write_atomic
-from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.session import open_km
 from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.epf import EpfKeystore
@@ -34,7 +34,7 @@ def _officer_token(cli_ctx: CliContext, km: KeyManager, uri_text: str, pin_sourc
     return Pkcs11Module.load(module, config).open_token(pin, label=uri.token, serial=uri.serial, slot_id=slot)
 
 
-@cli.group("recovery")
+@group("recovery")
 def recovery_group() -> None:
     """Key recovery under K-of-N officer approval."""
 
@@ -279,7 +279,7 @@ def _change(cli_ctx: CliContext, km: KeyManager, kind: recovery.RequestKind, req
                  "every archive record re-shared")
 
 
-@cli.group("officer")
+@group("officer")
 def officer_group() -> None:
     """Recovery officers (changes need a quorum of the current officers)."""
 
@@ -368,7 +368,7 @@ def recovery_policy(cli_ctx: CliContext, quorum: int, request_id: int | None) ->
             f"quorum {quorum}")
 
 
-@cli.group("archive")
+@group("archive")
 def archive_group() -> None:
     """The key archive."""
 

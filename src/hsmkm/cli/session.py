@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hsmkm.atomic import sweep_temps
-from hsmkm.cli.main import CliContext
+from hsmkm.cli.context import CliContext
 from hsmkm.km import directory
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.manager import KeyManager
