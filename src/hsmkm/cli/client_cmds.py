@@ -11,31 +11,24 @@ import click
 from hsmkm import errors
 from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.keystores import keystore_secret, open_user_keystore
+from hsmkm.cli.session import open_km_at
 from hsmkm.client import enroll as client_enroll
+from hsmkm.enroll_wire import request_email
 from hsmkm.keys import AnyKeystore, new_keystore, open_keystore
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.keys.token_keystore import TokenKeystore
 from hsmkm.keys.uri import is_pkcs11_uri
-from hsmkm.km.config import Home, KmConfig
-from hsmkm.km.enroll import enroll as km_enroll
-from hsmkm.cli.session import settle
-from hsmkm.km.manager import KeyManager
-from hsmkm.protocol import EnrollRequest, EnrollResponse
+from hsmkm.km.enroll_endpoint import answer
 
 
 def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | None) -> client_enroll.Transport:
-    """The KM reached through its home on this machine (a network transport can replace it)."""
+    """The KM reached through its home on this machine, in this process (HTTPS can replace it)."""
 
-    def send(request: EnrollRequest) -> EnrollResponse:
-        config = KmConfig.load(Home(km_home))
-        pin = cli_ctx.secret(km_pin_source or config.km_pin_source, "KM token PIN")
-        km = KeyManager.open(km_home, pin, actor=f"enroll:{request.email}")
-        for repair in km.repairs:
-            cli_ctx.warn(repair.describe())
-        settle(km)
+    def send(request: bytes) -> bytes:
+        km = open_km_at(cli_ctx, km_home, km_pin_source, actor=f"enroll:{request_email(request)}")
         try:
-            return km_enroll(km, request)
+            return answer(km, request)
         finally:
             km.close()
 

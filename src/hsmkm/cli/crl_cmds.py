@@ -10,7 +10,7 @@ from cryptography import x509
 from hsmkm import errors
 from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.cli.context import CliContext, group, pass_cli
-from hsmkm.cli.revocation import client_cache, fetch_into, revocation_status
+from hsmkm.cli.revocation import revocation_checker
 from hsmkm.cli.session import open_km
 from hsmkm.clock import system_clock
 from hsmkm.km.publication import CrlKind, publish_crl
@@ -55,8 +55,9 @@ def crl_fetch(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> None:
     Example:
       hsmkm crl fetch --km ./km
     """
-    store, ca = client_cache(km_home, cache)
-    fetch_into(store, km_home, ca)
+    checker = revocation_checker(cli_ctx, km_home, cache)
+    checker.refresh()
+    store = checker.cache
     st = store.status(system_clock())
     cli_ctx.emit(
         {"full": st.full_number, "delta": st.delta_number, "entries": st.entries,
@@ -83,8 +84,7 @@ def crl_check(cli_ctx: CliContext, certificate: Path, km_home: Path, cache: Path
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     except errors.CERTIFICATE_PARSE_ERRORS:
         raise errors.MalformedInput(f"{certificate}: not a certificate") from None
-    store, ca = client_cache(km_home, cache)
-    info = revocation_status(cli_ctx, store, km_home, ca, cert.serial_number)
+    info = revocation_checker(cli_ctx, km_home, cache).status(cert.serial_number)
     if info is None:
         cli_ctx.emit({"serial": f"{cert.serial_number:x}", "revoked": False}, "not revoked")
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from hsmkm.atomic import sweep_temps
@@ -15,10 +16,15 @@ from hsmkm.store.db import Database
 
 def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
     """The KM at the home, logged in with the PIN from --pin-source (or the trial PIN file)."""
-    config = KmConfig.load(Home(cli.home))
-    spec = cli.pin_source or config.km_pin_source
+    return open_km_at(cli, cli.home, cli.pin_source, actor)
+
+
+def open_km_at(cli: CliContext, root: Path, pin_source: str | None, actor: str) -> KeyManager:
+    """The KM at ``root``, logged in with the PIN from ``pin_source`` (else the home's own)."""
+    config = KmConfig.load(Home(root))
+    spec = pin_source or config.km_pin_source
     pin = cli.secret(spec, "KM token PIN")
-    km = KeyManager.open(cli.home, pin, actor=actor)
+    km = KeyManager.open(root, pin, actor=actor)
     for repair in km.repairs:
         cli.warn(repair.describe())
     settle(km)
