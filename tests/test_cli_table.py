@@ -16,12 +16,41 @@ CLI_DIR = Path(__file__).resolve().parents[1] / "src" / "hsmkm" / "cli"
 
 # The commands CLI.md names for this release (its tables), as `hsmkm …` paths.
 CONTRACT = [
-    "init", "status", "officer add", "officer remove", "officer list", "recovery policy",
-    "user add", "user import", "user list", "user show", "user revoke", "user reenable",
-    "crl publish", "crl fetch", "crl check", "recovery request", "recovery approve", "recovery complete",
-    "recovery list", "audit verify", "audit checkpoint", "audit accept-rollback", "directory show",
-    "directory sync", "archive migrate", "archive rotate", "ca import", "enroll", "keystore info",
-    "keystore passwd", "keystore repair", "msg sign", "msg verify", "msg encrypt", "msg decrypt",
+    "init",
+    "status",
+    "officer add",
+    "officer remove",
+    "officer list",
+    "recovery policy",
+    "user add",
+    "user import",
+    "user list",
+    "user show",
+    "user revoke",
+    "user reenable",
+    "crl publish",
+    "crl fetch",
+    "crl check",
+    "recovery request",
+    "recovery approve",
+    "recovery complete",
+    "recovery list",
+    "audit verify",
+    "audit checkpoint",
+    "audit accept-rollback",
+    "directory show",
+    "directory sync",
+    "archive migrate",
+    "archive rotate",
+    "ca import",
+    "enroll",
+    "keystore info",
+    "keystore passwd",
+    "keystore repair",
+    "msg sign",
+    "msg verify",
+    "msg encrypt",
+    "msg decrypt",
 ]
 
 
@@ -44,16 +73,25 @@ def test_every_command_of_the_contract_is_there_with_its_help(path: str) -> None
 
 
 def test_the_root_holds_exactly_the_table() -> None:
-    assert sorted(cli.commands.values(), key=lambda c: str(c.name)) == sorted(COMMANDS, key=lambda c: str(c.name))
+    assert sorted(cli.commands.values(), key=lambda c: str(c.name)) == sorted(
+        COMMANDS, key=lambda c: str(c.name)
+    )
 
 
 def test_command_modules_import_only_the_context_and_helpers() -> None:
     modules = {p.stem for p in CLI_DIR.glob("*_cmds.py")}
     for path in CLI_DIR.glob("*_cmds.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
-                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else (
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                )
+            )
             for name in names:
                 if name.startswith("hsmkm.cli."):
                     leaf = name.split(".")[2]
-                    assert leaf not in modules | {"main", "commands"}, f"{path.name} imports {name}"
+                    assert leaf not in modules | {"main", "commands"}, (
+                        f"{path.name} imports {name}"
+                    )

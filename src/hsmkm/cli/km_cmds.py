@@ -198,13 +198,11 @@ def audit_verify(cli_ctx: CliContext, checkpoints: tuple[Path, ...]) -> None:
       # against checkpoints the officers kept:
       hsmkm --home ./km audit verify --checkpoint ann-2026-06-01.p7m --checkpoint bo-2026-07-01.p7m
     """
-    from hsmkm.km.checkpoint import read_checkpoint
+    from hsmkm.km.audit_check import verify_audit
 
     km = open_km(cli_ctx)
-    cps = [read_checkpoint(read_regular(path, 1 << 20, "checkpoint"), km.ca_cert, km.clock()) for path in checkpoints]
-    anchor = km.anchor.read()
-    witnesses = ([anchor.witness()] if anchor is not None else []) + [cp.witness() for cp in cps]
-    report = km.audit().verify(witnesses)
+    check = verify_audit(km, (read_regular(path, 1 << 20, "checkpoint") for path in checkpoints))
+    report, anchor, cps = check.report, check.anchor, check.checkpoints
     result = {
         "ok": report.ok,
         "entries": report.entries,

@@ -20,13 +20,12 @@ from hsmkm.cli.keystores import open_user_keystore
 from hsmkm.cli.revocation import default_cache_dir, km_source, revocation_checker
 from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.client import messaging
-from hsmkm.clock import system_clock
 from hsmkm.client.correspondents import Correspondents
 from hsmkm.client.crlcache import CrlCache
-from hsmkm.client.revocation import check_own_signing_certificate
+from hsmkm.client.revocation import check_own_signing_certificate, validation_context
 from hsmkm.cms import enveloped, signed
 from hsmkm.cms.protect import Confidentiality
-from hsmkm.cms.validation import Revoked, ValidationContext
+from hsmkm.cms.validation import ValidationContext
 
 
 def _read(path: str) -> bytes:
@@ -75,23 +74,7 @@ def _correspondents(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> C
 
 
 def _context(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> ValidationContext:
-    checker = revocation_checker(cli_ctx, km_home, cache)
-    ca = checker.ca
-    warned: list[bool] = []
-
-    def check(cert: x509.Certificate) -> Revoked | None:
-        if cert.issuer != ca.subject:
-            return None
-        try:
-            info = checker.status(cert.serial_number)
-        except errors.Unreachable as exc:
-            if not warned:
-                cli_ctx.warn(f"revocation not checked: {exc}")
-                warned.append(True)
-            return None
-        return None if info is None else Revoked(info.revoked_at, info.reason.value)
-
-    return ValidationContext([ca], system_clock(), check)
+    return validation_context(revocation_checker(cli_ctx, km_home, cache))
 
 
 @group("msg")
