@@ -178,3 +178,21 @@ def test_a_km_home_is_a_crl_source_and_a_directory(
         directory.encryption_certificate("eve@example.com")
     with pytest.raises(errors.BadInput):
         directory.encryption_certificate("../../etc/passwd")
+
+
+def test_the_client_reaches_the_km_only_through_its_protocols() -> None:
+    """No module of client/ imports the KM's code, the store or the command line: a KM is
+    reached through a Transport, a CrlSource and a CertDirectory only."""
+    import ast
+
+    folder = Path(__file__).resolve().parents[1] / "src" / "hsmkm" / "client"
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(("hsmkm.km", "hsmkm.store", "hsmkm.cli")), f"{path.name} imports {name}"
