@@ -195,4 +195,5 @@ def test_the_client_reaches_the_km_only_through_its_protocols() -> None:
             else:
                 continue
             for name in names:
-                assert not name.startswith(("hsmkm.km", "hsmkm.store", "hsmkm.cli")), f"{path.name} imports {name}"
+                top = ".".join(name.split(".")[:2])
+                assert top not in ("hsmkm.km", "hsmkm.store", "hsmkm.cli"), f"{path.name} imports {name}"
