@@ -18,7 +18,8 @@ from hsmkm.protocol import EnrollRequest, open_key
 
 
 class Transport(Protocol):
-    """Carries one encoded enrollment request to the KM and brings back its encoded response."""
+    """Carries one encoded enrollment request to the KM and brings back its encoded response;
+    a refusal by the KM (a wrong code, a bad CSR) is raised as the hsmkm error it is."""
 
     def __call__(self, request: bytes, /) -> bytes: ...
 
