@@ -42,13 +42,13 @@ from hsmkm.km.config import (
     KmConfig,
     TokenRef,
 )
+from hsmkm.km.officer_policy import OFFICER_KEY_ALG, check_officer_token
 from hsmkm.secrets import write_secret_file
 from hsmkm.store.db import Database
 from hsmkm.x509 import profiles
 
 EMBEDDED_OFFICERS = ("officer1", "officer2", "officer3")
 EMBEDDED_QUORUM = 2
-OFFICER_KEY_ALG = KeyAlgorithm.P256
 
 
 @dataclass
@@ -385,23 +385,6 @@ def _save_config(req: InitRequest, home: Home, plan: _Plan) -> None:
     for sub in (home.crl_dir, home.certs_dir):
         sub.mkdir(parents=True, exist_ok=True)
     os.chmod(req.root, 0o700)
-
-
-def check_officer_token(
-    serial: str, label: str, holds_officer_key: bool, km_serial: str, recovery: tuple[str | None, str | None] | None,
-    other_serials: list[str], name: str,
-) -> None:
-    """One person, one officer: an officer's token is none of the KM's and no other officer's."""
-    if serial == km_serial:
-        raise errors.PolicyViolation(f"{name}'s token is the KM token; an officer key must be on a token of its own")
-    if recovery is not None and (serial == recovery[0] or (recovery[0] is None and label == recovery[1])):
-        raise errors.PolicyViolation(f"{name}'s token is the recovery token; an officer key must be on a token of its own")
-    if serial in other_serials:
-        raise errors.PolicyViolation(f"{name}'s token (serial {serial}) already holds another officer's key")
-    if holds_officer_key:
-        raise errors.PolicyViolation(
-            f"{name}'s token '{label}' already holds an officer key; one person, one officer: use a token of its own"
-        )
 
 
 def _destroy_pair(ts: TokenSession, label: str) -> None:

@@ -7,9 +7,9 @@ from hsmkm import errors
 from hsmkm.keys.pkcs11 import Pkcs11Module, TokenSession
 from hsmkm.keys.uri import Pkcs11Uri
 from hsmkm.km import custody, epochs
-from hsmkm.km.ceremony import OFFICER_KEY_ALG, check_officer_token
 from hsmkm.km.config import OFFICER_KEY_LABEL
 from hsmkm.km.manager import KeyManager
+from hsmkm.km.officer_policy import OFFICER_KEY_ALG, check_officer_token
 
 
 def pin_source(km: KeyManager, uri_text: str) -> str | None:
