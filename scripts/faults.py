@@ -212,7 +212,7 @@ def verify_import(case: Case, _p: subprocess.CompletedProcess[str]) -> str | Non
 
 
 def verify_crl(case: Case, _p: subprocess.CompletedProcess[str]) -> str | None:
-    proc = py("import sys\nfrom pathlib import Path\nfrom hsmkm.x509.crl import parse_crl\n"
+    proc = py("import sys\nfrom pathlib import Path\nfrom hsmkm.x509.crlparse import parse_crl\n"
               "print(parse_crl(Path(sys.argv[1]).read_bytes()).number)", str(case.home / "pub" / "crl" / "full.crl"))
     if proc.returncode != 0:
         return "full.crl does not parse"

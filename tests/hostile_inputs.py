@@ -23,8 +23,9 @@ from pathlib import Path
 from asn1crypto import algos, cms, pkcs12
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from hsmkm.cms import signed, stream
+from hsmkm.cms import stream
 from hsmkm.der import der_int, der_oid, der_time, seq, tlv
+from hsmkm.keys.algorithms import signature_scheme
 from hsmkm.keys.base import KeyEntry
 
 _DER = Encoding.DER
@@ -49,8 +50,8 @@ def signed_message(
     """A DER SignedData over ``content`` signed with ``entry``'s key, with the fields an attack
     changes: the eContentType (and the signed content-type attribute, by default the same, so
     the signature itself is good), the signatureAlgorithm, the signingTime's encoding."""
-    digest_name = signed.digest_name_for(entry.key)
-    digest = hashlib.new(digest_name, content).digest()
+    scheme = signature_scheme(entry.key)
+    digest = hashlib.new(scheme.digest.value, content).digest()
     ctype_der = der_oid(attr_content_type or econtent_type)
     time_der = signing_time if signing_time is not None else der_time(datetime.now(timezone.utc))
     attrs = sorted([
@@ -59,22 +60,13 @@ def signed_message(
         seq(der_oid("1.2.840.113549.1.9.4"), tlv(0x31, tlv(0x04, digest))),
     ])
     to_sign = tlv(0x31, b"".join(attrs))
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-
-    hash_cls = signed._HASHES[digest_name]
-    key = entry.key
-    if isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(to_sign, padding.PKCS1v15(), hash_cls())
-        default_alg = signed._SIGNATURE_ALGS[("rsa", digest_name)]
-    else:
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        signature = key.sign(to_sign, ec.ECDSA(hash_cls()))
-        default_alg = signed._SIGNATURE_ALGS[("ec", digest_name)]
+    signature = scheme.sign(entry.key, to_sign)
+    default_alg = scheme.algorithm_identifier
     cert = entry.certificate
     si = si_override if si_override is not None else seq(
         b"\x02\x01\x01",
         seq(cert.issuer.public_bytes(), der_int(cert.serial_number)),
-        signed._DIGEST_ALGS[digest_name],
+        scheme.digest.algorithm_identifier,
         tlv(0xA0, b"".join(attrs)),
         sig_alg if sig_alg is not None else default_alg,
         tlv(0x04, signature),
@@ -83,7 +75,7 @@ def signed_message(
 
     sd = seq(
         b"\x02\x01\x01",
-        tlv(0x31, signed._DIGEST_ALGS[digest_name]),
+        tlv(0x31, scheme.digest.algorithm_identifier),
         seq(der_oid(econtent_type), tlv(0xA0, tlv(0x04, content))),
         tlv(0xA0, cert_der if cert_der is not None else cert.public_bytes(serialization.Encoding.DER)),
         tlv(0x31, si),

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Run, hsmkm, softhsm_env
-from hsmkm.x509.crl import parse_crl
+from hsmkm.x509.crlparse import parse_crl
 
 PW = "correct-horse-battery"
 

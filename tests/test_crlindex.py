@@ -21,7 +21,8 @@ from hsmkm.client.crlcache import CrlCache
 from hsmkm.client.crlindex import MAGIC, CrlIndex, IndexOutdated, build_index
 from hsmkm.der import GENERALIZED_TIME, UTC_TIME, der_time, der_time_of_iso, time_seconds
 from hsmkm.x509 import profiles
-from hsmkm.x509.crl import RevocationReason, RevokedEntry, build_crl, parse_crl
+from hsmkm.x509.crl import RevocationReason, RevokedEntry, build_crl
+from hsmkm.x509.crlparse import parse_crl
 
 MERSENNE = sys.hash_info.modulus
 REASONS = [r for r in RevocationReason if r is not RevocationReason.REMOVE_FROM_CRL]
@@ -288,3 +289,8 @@ def test_a_cache_it_cannot_read_counts_as_empty_and_the_next_update_replaces_it(
     cache.update(build_crl(ca, key, [RevokedEntry(serial, NOW)], 2, NOW, NOW + timedelta(days=1)), None, ca, NOW)
     assert cache.check(serial) == (NOW, RevocationReason.UNSPECIFIED)
     assert sorted(p.name for p in directory.iterdir()) == [".update.lock", "full-2.crl", "index-2.bin", "meta.json"]
+
+
+def test_the_index_record_layouts_have_their_fixed_sizes() -> None:
+    # the file format: 32-octet slots (and overflow records), a 64-octet header
+    assert crlindex.SLOT_SIZE == 32 and crlindex.OVERFLOW.size == 32 and crlindex.HEADER.size == 64

@@ -19,7 +19,8 @@ from conftest import hsmkm
 from hsmkm import errors
 from hsmkm.client.crlcache import CrlCache
 from hsmkm.x509 import profiles
-from hsmkm.x509.crl import RevocationReason, RevokedEntry, build_crl, parse_crl
+from hsmkm.x509.crl import RevocationReason, RevokedEntry, build_crl
+from hsmkm.x509.crlparse import parse_crl
 
 PW = "correct-horse-battery"
 LINT_CRL = str(Path(sys.executable).parent / "lint_crl")

@@ -11,7 +11,8 @@ GENERALIZED_TIME = 0x18
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
 
 
-def _len(n: int) -> bytes:
+def der_length(n: int) -> bytes:
+    """The length octets of a definite length (X.690 §8.1.3: short form below 128)."""
     if n < 0x80:
         return bytes([n])
     body = n.to_bytes((n.bit_length() + 7) // 8, "big")
@@ -19,11 +20,34 @@ def _len(n: int) -> bytes:
 
 
 def tlv(tag: int, value: bytes) -> bytes:
-    return bytes([tag]) + _len(len(value)) + value
+    return bytes([tag]) + der_length(len(value)) + value
 
 
 def seq(*parts: bytes) -> bytes:
     return tlv(0x30, b"".join(parts))
+
+
+def read_tlv(data: bytes | memoryview, pos: int, what: str = "DER") -> tuple[int, int, int]:
+    """(tag, start of value, end of value) of the definite-length TLV at ``pos`` (one-octet
+    tags, lengths up to four octets); ``what`` names the structure in the MalformedInput."""
+    try:
+        tag = data[pos]
+        first = data[pos + 1]
+    except IndexError:
+        raise errors.MalformedInput(f"{what}: truncated") from None
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        n = first & 0x7F
+        if n == 0 or n > 4 or pos + n > len(data):
+            raise errors.MalformedInput(f"{what}: bad length")
+        length = int.from_bytes(data[pos : pos + n], "big")
+        pos += n
+    end = pos + length
+    if end > len(data):
+        raise errors.MalformedInput(f"{what}: truncated")
+    return tag, pos, end
 
 
 def der_int(value: int) -> bytes:

@@ -100,7 +100,8 @@ class PolicyViolation(BadInput):
 
 
 class TokenError(HsmkmError):
-    """Base of PKCS#11 errors."""
+    """Base of PKCS#11 errors: a token or module that cannot be reached (exit 3); what the
+    token refuses because of what it was given is a TokenRefusal, bad input (exit 2)."""
 
     exit_code = ExitCode.UNREACHABLE
 
@@ -113,28 +114,37 @@ class TokenNotFound(TokenError):
     """No token matches the label, serial, slot or URI."""
 
 
-class WrongPin(TokenError):
+class TokenRefusal(TokenError, BadInput):
+    """The token answered, and the answer is that the input was wrong (exit 2)."""
+
     exit_code = ExitCode.BAD_INPUT
 
 
-class PinLocked(TokenError):
-    exit_code = ExitCode.BAD_INPUT
+class WrongPin(TokenRefusal):
+    """The token refused the PIN."""
 
 
-class MechanismUnsupported(TokenError):
-    exit_code = ExitCode.BAD_INPUT
+class PinLocked(TokenRefusal):
+    """The PIN is locked after too many wrong tries."""
 
 
-class KeyNotFound(TokenError):
+class MechanismUnsupported(TokenRefusal):
+    """The token does not offer the mechanism asked for."""
+
+
+class KeyNotFound(TokenRefusal):
     """No key object with that label or id on the token."""
-
-    exit_code = ExitCode.BAD_INPUT
 
 
 class Unreachable(HsmkmError):
     """A component (not the token) cannot be reached."""
 
     exit_code = ExitCode.UNREACHABLE
+
+
+class RandomSourceFailed(Unreachable):
+    """Fresh random values kept colliding (serial numbers drawn again and again): the random
+    source does not work, so nothing is issued."""
 
 
 # --- parsing hostile input -----------------------------------------------------------------

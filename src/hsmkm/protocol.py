@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -68,6 +69,6 @@ def open_key(code: str, response: EnrollResponse, item: SealedKey) -> PrivateKey
     key = code_key(code, response.salt)
     try:
         pkcs8 = AESGCM(key).decrypt(item.sealed[:12], item.sealed[12:], item.cert_der)
-    except Exception:
+    except (InvalidTag, ValueError):  # ValueError: a nonce cut short
         raise errors.SignatureInvalid("the enrollment response does not open with this code") from None
     return serialization.load_der_private_key(pkcs8, None)  # type: ignore[return-value]

@@ -11,14 +11,23 @@ from asn1crypto import core
 
 from hsmkm import errors
 from hsmkm.der import der_oid, seq
+from hsmkm.keys.algorithms import (
+    AES_CBC_OIDS,
+    AES_GCM_OIDS,
+    AES_WRAP_OIDS,
+    ECDH_STD_SCHEMES,
+    RSA_ENCRYPTION_OID,
+    RSA_OAEP_OID,
+    Digest,
+)
 
 OID_SMIME_CAPABILITIES = "1.2.840.113549.1.9.15"  # the attribute and the extension (RFC 4262)
-AES256_GCM = "2.16.840.1.101.3.4.1.46"
-AES256_CBC = "2.16.840.1.101.3.4.1.42"
-RSA_OAEP = "1.2.840.113549.1.1.7"
-RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
-ECDH_SHA256_KDF = "1.3.132.1.11.1"  # dhSinglePass-stdDH-sha256kdf-scheme
-AES256_WRAP = "2.16.840.1.101.3.4.1.45"
+AES256_GCM = AES_GCM_OIDS[32]
+AES256_CBC = AES_CBC_OIDS[32]
+RSA_OAEP = RSA_OAEP_OID
+RSA_ENCRYPTION = RSA_ENCRYPTION_OID
+ECDH_SHA256_KDF = ECDH_STD_SCHEMES[Digest.SHA256]  # dhSinglePass-stdDH-sha256kdf-scheme
+AES256_WRAP = AES_WRAP_OIDS[32]
 
 
 class ClientProfile(str, Enum):

@@ -21,7 +21,8 @@ from cryptography import x509
 from hsmkm import errors
 from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.client.crlindex import CrlIndex, RevocationInfo, build_index
-from hsmkm.x509.crl import ParsedCrl, RevocationReason, parse_crl, verify_crl_signature
+from hsmkm.x509.crl import RevocationReason
+from hsmkm.x509.crlparse import ParsedCrl, parse_crl, verify_crl_signature
 
 __all__ = ["CacheStatus", "CrlCache", "RevocationInfo"]
 

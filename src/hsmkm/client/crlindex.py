@@ -37,7 +37,6 @@ SLOT = struct.Struct(">20sqB3x")
 OVERFLOW = struct.Struct(">21sqB2x")
 _TAIL = struct.Struct(">qB")
 SLOT_SIZE = SLOT.size
-assert SLOT_SIZE == 32 and OVERFLOW.size == 32 and HEADER.size == 64
 KEYS_PER_BUCKET = 2.5
 SLOT_LOAD = 0.7  # slots filled; lower means a quicker pilot search and a larger file
 MIN_SLOTS = 16

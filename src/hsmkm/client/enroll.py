@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.keys.algorithms import KeyAlgorithm, digest_for_key
 from hsmkm.keys.base import PrivateKey
 from hsmkm.enroll_wire import decode_response, encode_request
 from hsmkm.protocol import EnrollRequest, open_key
@@ -49,12 +49,11 @@ class EnrollResult:
 
 def build_csr(key: PrivateKey, email: str) -> bytes:
     """A CSR with the address in subjectAltName, signed by the new key (proof of possession)."""
-    alg = hashes.SHA384() if getattr(key, "key_size", 0) == 384 else hashes.SHA256()
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, email)]))
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
-        .sign(key, alg)
+        .sign(key, digest_for_key(key).builder_hash())
     )
     return csr.public_bytes(serialization.Encoding.DER)
 

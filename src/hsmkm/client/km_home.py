@@ -7,8 +7,8 @@ from pathlib import Path
 from cryptography import x509
 
 from hsmkm import errors
-from hsmkm.addresses import address_file
 from hsmkm.bounded import MAX_CRL, MAX_SMALL_FILE, read_regular
+from hsmkm.certnames import CERTS_FOLDER, CertKind, cert_file
 from hsmkm.client.sources import CrlSet
 from hsmkm.x509.anchor import load_ca_certificate
 
@@ -47,7 +47,7 @@ class KmHome:
         return CrlSet(full, delta)
 
     def encryption_certificate(self, email: str) -> x509.Certificate:
-        path = address_file(self.pub / "certs", email, ".enc.crt")
+        path = cert_file(self.pub / CERTS_FOLDER, email, CertKind.ENCRYPT)
         try:
             return x509.load_der_x509_certificate(
                 read_regular(path, MAX_SMALL_FILE, "directory")

@@ -24,6 +24,7 @@ from hsmkm.client.correspondents import Correspondents
 from hsmkm.clock import Clock, system_clock
 from hsmkm.cms import enveloped, protect, sevenbit, signed, smime, stream
 from hsmkm.cms.validation import ValidationContext, check_recipient
+from hsmkm.keys.algorithms import digest_for_key
 from hsmkm.keys.base import KeyEntry, Keystore
 
 MAX_IN_MEMORY = stream.MAX_CLEAR_SIGNED  # a message restored or clear-signed whole
@@ -101,10 +102,6 @@ def _signing_material(keystore: Keystore) -> tuple[KeyEntry, list[x509.Certifica
 # --- sign and verify --------------------------------------------------------------------
 
 
-def _micalg(entry: KeyEntry) -> str:
-    return "sha-384" if signed.digest_name_for(entry.key) == "sha384" else "sha-256"
-
-
 def sign_message(message: bytes, keystore: Keystore, detached: bool, clock: Clock = system_clock) -> bytes:
     """Sign with the header fields protected (hp="clear"); clear-signed content is made 7-bit."""
     entry, extra, enc_cert, caps = _signing_material(keystore)
@@ -113,7 +110,7 @@ def sign_message(message: bytes, keystore: Keystore, detached: bool, clock: Cloc
         payload = sevenbit.seven_bit(payload)
     der = signed.sign(payload, entry, extra, detached, clock(), enc_cert, caps)
     if detached:
-        return smime.multipart_signed(payload, der, _micalg(entry), sevenbit.seven_bit_fields(p.outer))
+        return smime.multipart_signed(payload, der, digest_for_key(entry.key).micalg, sevenbit.seven_bit_fields(p.outer))
     return smime.pkcs7_mime(der, smime.SmimeType.SIGNED_DATA, p.outer)
 
 
@@ -284,10 +281,9 @@ def decrypt_file(src: BinaryIO, out_path: Path, keystore: Keystore, ctx: Validat
     if restorer.later:
         with open(out_path, "rb") as fh:
             inner_signed = smime.is_smime(fh.read(64 << 10))
-        if inner_signed and ctx is None:
-            return opened  # a signed message inside, left as it is: nothing to verify it with
         if inner_signed:
-            assert ctx is not None
+            if ctx is None:
+                return opened  # a signed message inside, left as it is: nothing to verify it with
             _verify_inner(opened, out_path.read_bytes(), ctx, outer)  # signed messages are read whole
         else:
             whole = read_regular(out_path, MAX_IN_MEMORY, "decrypted message")

@@ -7,11 +7,12 @@ pieces of a constructed OCTET STRING without holding the whole value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from hsmkm import errors
+from hsmkm.der import der_length
 
 EOC = b"\x00\x00"
 INDEFINITE = -1
@@ -24,10 +25,7 @@ def header(tag: int, length: int) -> bytes:
     """Identifier and length octets; ``length`` INDEFINITE gives 0x80."""
     if length == INDEFINITE:
         return bytes([tag, 0x80])
-    if length < 0x80:
-        return bytes([tag, length])
-    body = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(body)]) + body
+    return bytes([tag]) + der_length(length)
 
 
 @dataclass
@@ -168,3 +166,38 @@ class Reader:
             if end is not None and (sub.length == INDEFINITE or self.pos + sub.length > end):
                 raise errors.MalformedInput("CMS: a piece runs past the end of its OCTET STRING")
             yield from self.octet_pieces(sub, depth + 1)
+
+
+@dataclass
+class ContentFrame:
+    """A ContentInfo read up to its content's first field: the content type (DER OID) and the
+    open ContentInfo, [0] and content SEQUENCE, each with where its value starts."""
+
+    content_type: bytes
+    info: Header
+    info_start: int
+    explicit: Header
+    explicit_start: int
+    body: Header
+    body_start: int
+
+    def close(self, reader: Reader) -> None:
+        """Check that the [0] and the ContentInfo end where the content did."""
+        reader.close(self.explicit, self.explicit_start)
+        reader.close(self.info, self.info_start)
+
+
+def open_content_info(reader: Reader, check_type: Callable[[bytes], None], body_what: str) -> ContentFrame:
+    """Read ContentInfo { contentType, [0] SEQUENCE { version, ... } } through the version;
+    ``check_type`` refuses a content type (given as DER) by raising."""
+    info = reader.expect(0x30, "a CMS ContentInfo")
+    info_start = reader.pos
+    content_type = reader.element()
+    check_type(content_type)
+    explicit = reader.expect(0xA0, "the [0] content")
+    explicit_start = reader.pos
+    body = reader.expect(0x30, body_what)
+    body_start = reader.pos
+    if reader.element()[:1] != b"\x02":
+        raise errors.MalformedInput("CMS: expected a version")
+    return ContentFrame(content_type, info, info_start, explicit, explicit_start, body, body_start)

@@ -9,13 +9,13 @@ key on a token opens a lock box the same way as a key in an .epf.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from asn1crypto import algos, cms, core
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, keywrap, serialization
+from cryptography.hazmat.primitives import keywrap, serialization
 from cryptography.hazmat.primitives import padding as sympadding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -25,31 +25,28 @@ from hsmkm import errors
 from hsmkm.certnames import label_of
 from hsmkm.der import der_int, der_oid, seq, tlv
 from hsmkm import smimecaps
+from hsmkm.keys.algorithms import (
+    AES_CBC_OIDS,
+    AES_GCM_OIDS,
+    AES_WRAP_OIDS,
+    EC_PUBLIC_KEY_OID,
+    ECDH_KDF_DIGESTS,
+    ECDH_STD_SCHEMES,
+    MGF1_OID,
+    RSA_ENCRYPTION_OID,
+    RSA_OAEP_OID,
+    Digest,
+    digest_for_key,
+)
 from hsmkm.keys.base import KeyEntry
-
-
-HashFactory = Callable[[], hashes.HashAlgorithm]
 
 
 ContentCipher = smimecaps.Cipher  # the names the CMS layer has always used
 KeyTransport = smimecaps.Transport
 
 
-OID_DH_SHA256 = "1.3.132.1.11.1"  # dhSinglePass-stdDH-sha256kdf-scheme
-OID_DH_SHA384 = "1.3.132.1.11.2"
-OID_AES256_WRAP = "2.16.840.1.101.3.4.1.45"
-OID_AES128_WRAP = "2.16.840.1.101.3.4.1.5"
-OID_AES192_WRAP = "2.16.840.1.101.3.4.1.25"
-_WRAP_SIZES = {OID_AES128_WRAP: 16, OID_AES192_WRAP: 24, OID_AES256_WRAP: 32}
-# dhSinglePass-stdDH and -cofactorDH (the same on prime curves, whose cofactor is 1), by KDF hash.
-_KDF_HASH: dict[str, HashFactory] = {
-    "1.3.133.16.840.63.0.2": hashes.SHA1, "1.3.133.16.840.63.0.3": hashes.SHA1,
-    "1.3.132.1.11.0": hashes.SHA224, OID_DH_SHA256: hashes.SHA256, OID_DH_SHA384: hashes.SHA384,
-    "1.3.132.1.11.3": hashes.SHA512, "1.3.132.1.14.0": hashes.SHA224, "1.3.132.1.14.1": hashes.SHA256,
-    "1.3.132.1.14.2": hashes.SHA384, "1.3.132.1.14.3": hashes.SHA512,
-}
-_HASH_BY_NAME: dict[str, HashFactory] = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
-                 "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+OID_AES256_WRAP = AES_WRAP_OIDS[32]
+_WRAP_SIZES = {oid: size for size, oid in AES_WRAP_OIDS.items()}
 
 
 class GcmParameters(core.Sequence):
@@ -94,25 +91,25 @@ def _check_recipient(cert: x509.Certificate) -> None:
 
 
 
-def _oaep(hash_cls: HashFactory, mgf_cls: HashFactory) -> padding.OAEP:
-    return padding.OAEP(mgf=padding.MGF1(mgf_cls()), algorithm=hash_cls(), label=None)
+def _oaep(digest: Digest, mgf: Digest) -> padding.OAEP:
+    return padding.OAEP(mgf=padding.MGF1(mgf.hash()), algorithm=digest.hash(), label=None)
 
 
 _OAEP_SHA256_ALG = seq(
-    der_oid("1.2.840.113549.1.1.7"),
+    der_oid(RSA_OAEP_OID),
     seq(
-        tlv(0xA0, seq(der_oid("2.16.840.1.101.3.4.2.1"))),
-        tlv(0xA1, seq(der_oid("1.2.840.113549.1.1.8"), seq(der_oid("2.16.840.1.101.3.4.2.1")))),
+        tlv(0xA0, Digest.SHA256.algorithm_identifier),
+        tlv(0xA1, seq(der_oid(MGF1_OID), Digest.SHA256.algorithm_identifier)),
     ),
 )
-_RSA_PKCS1_ALG = seq(der_oid("1.2.840.113549.1.1.1"), b"\x05\x00")
-_EC_PUBLIC_KEY_ALG = seq(der_oid("1.2.840.10045.2.1"))
+_RSA_PKCS1_ALG = seq(der_oid(RSA_ENCRYPTION_OID), b"\x05\x00")
+_EC_PUBLIC_KEY_ALG = seq(der_oid(EC_PUBLIC_KEY_OID))
 
 
 def _ktri(cert: x509.Certificate, pub: rsa.RSAPublicKey, cek: bytes, transport: KeyTransport) -> bytes:
     """KeyTransRecipientInfo, version 0, in DER (built directly: a thousand of these must be quick)."""
     if transport is KeyTransport.RSA_OAEP:
-        alg, wrapped = _OAEP_SHA256_ALG, pub.encrypt(cek, _oaep(hashes.SHA256, hashes.SHA256))
+        alg, wrapped = _OAEP_SHA256_ALG, pub.encrypt(cek, _oaep(Digest.SHA256, Digest.SHA256))
     else:
         alg, wrapped = _RSA_PKCS1_ALG, pub.encrypt(cek, padding.PKCS1v15())
     return seq(b"\x02\x01\x00", _issuer_and_serial(cert), alg, tlv(0x04, wrapped))
@@ -127,9 +124,10 @@ def _shared_info(wrap_oid: str, ukm: bytes | None, size: int) -> bytes:
 
 def _kari(cert: x509.Certificate, pub: ec.EllipticCurvePublicKey, cek: bytes) -> bytes:
     """KeyAgreeRecipientInfo ([1], version 3) with an ephemeral originator key, in DER."""
-    scheme, hash_cls = (OID_DH_SHA384, hashes.SHA384) if pub.curve.key_size >= 384 else (OID_DH_SHA256, hashes.SHA256)
+    digest = digest_for_key(pub)
+    scheme = ECDH_STD_SCHEMES[digest]
     eph = ec.generate_private_key(pub.curve)
-    kek = X963KDF(hash_cls(), 32, _shared_info(OID_AES256_WRAP, None, 32)).derive(eph.exchange(ec.ECDH(), pub))
+    kek = X963KDF(digest.hash(), 32, _shared_info(OID_AES256_WRAP, None, 32)).derive(eph.exchange(ec.ECDH(), pub))
     point = eph.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     originator = tlv(0xA0, tlv(0xA1, _EC_PUBLIC_KEY_ALG + tlv(0x03, b"\x00" + point)))
     alg = seq(der_oid(scheme), seq(der_oid(OID_AES256_WRAP)))
@@ -238,9 +236,9 @@ def _open_ktri(info: cms.KeyTransRecipientInfo, entry: KeyEntry) -> bytes:
     name = alg["algorithm"].native
     if name == "rsaes_oaep":
         params = alg["parameters"]
-        h = _HASH_BY_NAME.get(params["hash_algorithm"]["algorithm"].native)
+        h = Digest.named(params["hash_algorithm"]["algorithm"].native)
         mgf = params["mask_gen_algorithm"]
-        m = _HASH_BY_NAME.get(mgf["parameters"]["algorithm"].native) if mgf["algorithm"].native == "mgf1" else None
+        m = Digest.named(mgf["parameters"]["algorithm"].native) if mgf["algorithm"].native == "mgf1" else None
         if h is None or m is None or params["p_source_algorithm"]["parameters"].native not in (b"", None):
             raise errors.UnsupportedAlgorithm("RSA-OAEP parameters not supported")
         return key.decrypt(info["encrypted_key"].native, _oaep(h, m))
@@ -253,8 +251,8 @@ def _open_kari(info: cms.KeyAgreeRecipientInfo, encrypted_key: bytes, entry: Key
     key = entry.key
     alg = info["key_encryption_algorithm"]
     scheme = alg["algorithm"].dotted
-    hash_cls = _KDF_HASH.get(scheme)
-    if hash_cls is None:
+    kdf_digest = ECDH_KDF_DIGESTS.get(scheme)
+    if kdf_digest is None:
         raise errors.UnsupportedAlgorithm(f"unsupported algorithm: key agreement {scheme} (X25519/HKDF is not supported)")
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise errors.UnsupportedAlgorithm("unsupported algorithm: ECDH lock box for a key that is not NIST EC")
@@ -269,7 +267,7 @@ def _open_kari(info: cms.KeyAgreeRecipientInfo, encrypted_key: bytes, entry: Key
     point = originator.chosen["public_key"].native
     peer = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, point)
     ukm = info["ukm"].native if info["ukm"].native else None
-    kek = X963KDF(hash_cls(), size, _shared_info(wrap_oid, ukm, size)).derive(key.exchange(ec.ECDH(), peer))
+    kek = X963KDF(kdf_digest.hash(), size, _shared_info(wrap_oid, ukm, size)).derive(key.exchange(ec.ECDH(), peer))
     try:
         return keywrap.aes_key_unwrap(kek, encrypted_key)
     except keywrap.InvalidUnwrap:
@@ -306,8 +304,8 @@ def _open_lock_box(infos: cms.RecipientInfos, candidates: list[KeyEntry]) -> tup
     raise errors.NotFound("the message is not addressed to any of this keystore's keys")
 
 
-_GCM_KEY_SIZES = {"2.16.840.1.101.3.4.1.6": 16, "2.16.840.1.101.3.4.1.26": 24, "2.16.840.1.101.3.4.1.46": 32}
-_CBC_KEY_SIZES = {"2.16.840.1.101.3.4.1.2": 16, "2.16.840.1.101.3.4.1.22": 24, "2.16.840.1.101.3.4.1.42": 32}
+_GCM_KEY_SIZES = {oid: size for size, oid in AES_GCM_OIDS.items()}
+_CBC_KEY_SIZES = {oid: size for size, oid in AES_CBC_OIDS.items()}
 GCM_NONCE_SIZE = 12  # RFC 5084 §3.2; what every S/MIME implementation sends
 GCM_TAG_SIZES = range(12, 17)  # RFC 5084 §3.2: aes-ICVlen is 12 to 16
 CBC_IV_SIZE = 16

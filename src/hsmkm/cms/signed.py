@@ -4,7 +4,6 @@ an explicit validation context."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -12,7 +11,7 @@ from asn1crypto import cms, core
 from asn1crypto import x509 as asn1x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsmkm import errors, smimecaps
@@ -20,10 +19,9 @@ from hsmkm.certnames import email_of
 from hsmkm.der import der_int, der_oid, der_time, seq, tlv
 from hsmkm.cms.protect import Restored
 from hsmkm.cms.validation import ValidationContext, validate_signer
+from hsmkm.keys.algorithms import Digest, digest_for_key, signature_scheme
 from hsmkm.keys.base import KeyEntry
 
-_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512, "sha224": hashes.SHA224,
-           "sha1": hashes.SHA1}
 
 
 @dataclass
@@ -39,31 +37,13 @@ class VerifyResult:
     restored: Restored | None = None  # the message as its sender wrote it (header protection undone)
 
 
-def digest_name_for(key: object) -> str:
-    """The digest a signature by this key uses (SHA-384 for P-384, else SHA-256)."""
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        return "sha384"
-    return "sha256"
-
-
-OID_SMIME_CAPABILITIES = "1.2.840.113549.1.9.15"
+OID_SMIME_CAPABILITIES = smimecaps.OID_SMIME_CAPABILITIES
 OID_ENC_KEY_PREF = "1.2.840.113549.1.9.16.2.11"  # RFC 8551 §2.5.3 SMIMEEncryptionKeyPreference
 OID_MS_ENC_KEY_PREF = "1.3.6.1.4.1.311.16.4"  # Microsoft's: a bare IssuerAndSerialNumber
 
 
 OID_DATA = "1.2.840.113549.1.7.1"
 _OID_DATA = der_oid(OID_DATA)
-_DIGEST_ALGS = {
-    "sha256": seq(der_oid("2.16.840.1.101.3.4.2.1")),
-    "sha384": seq(der_oid("2.16.840.1.101.3.4.2.2")),
-    "sha512": seq(der_oid("2.16.840.1.101.3.4.2.3")),
-}
-_SIGNATURE_ALGS = {
-    ("rsa", "sha256"): seq(der_oid("1.2.840.113549.1.1.11"), b"\x05\x00"),
-    ("rsa", "sha384"): seq(der_oid("1.2.840.113549.1.1.12"), b"\x05\x00"),
-    ("ec", "sha256"): seq(der_oid("1.2.840.10045.4.3.2")),
-    ("ec", "sha384"): seq(der_oid("1.2.840.10045.4.3.3")),
-}
 
 
 def _attribute(oid: str, value: bytes) -> bytes:
@@ -80,8 +60,7 @@ def signer_info(digest: bytes, signer: KeyEntry, signing_time: datetime,
     DER) signed with the key interface. ``capabilities`` is an SMIMECapabilities SEQUENCE
     (what the signer reads); ``encryption_cert`` is named as the one to encrypt replies to,
     both in the RFC 8551 attribute and in Microsoft's, which Outlook reads."""
-    digest_name = digest_name_for(signer.key)
-    hash_cls = _HASHES[digest_name]
+    scheme = signature_scheme(signer.key)
     cert = signer.certificate
     cert_hash = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
     attrs = [
@@ -99,20 +78,13 @@ def signer_info(digest: bytes, signer: KeyEntry, signing_time: datetime,
         attrs.append(_attribute(OID_MS_ENC_KEY_PREF, ias))
     attrs.sort()  # DER sorts a SET OF by encoding; verifiers re-encode before checking
     to_sign = tlv(0x31, b"".join(attrs))  # the SET OF that RFC 5652 §5.4 says is signed
-    key = signer.key
-    if isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(to_sign, padding.PKCS1v15(), hash_cls())
-        sig_alg = _SIGNATURE_ALGS[("rsa", digest_name)]
-    else:
-        signature = key.sign(to_sign, ec.ECDSA(hash_cls()))
-        sig_alg = _SIGNATURE_ALGS[("ec", digest_name)]
     der = seq(
         b"\x02\x01\x01",
         issuer_and_serial(cert),
-        _DIGEST_ALGS[digest_name],
+        scheme.digest.algorithm_identifier,
         tlv(0xA0, b"".join(attrs)),
-        sig_alg,
-        tlv(0x04, signature),
+        scheme.algorithm_identifier,
+        tlv(0x04, scheme.sign(signer.key, to_sign)),
     )
     return cms.SignerInfo.load(der)
 
@@ -134,13 +106,13 @@ def sign(
 ) -> bytes:
     """A DER ContentInfo holding SignedData over ``content`` (absent from it when detached).
     ``extra_certs`` should hold ``encryption_cert`` for a correspondent to reply with."""
-    digest_name = digest_name_for(signer.key)
-    si = signer_info(hashlib.new(digest_name, content).digest(), signer, signing_time, encryption_cert, capabilities)
+    digest = digest_for_key(signer.key)
+    si = signer_info(hashlib.new(digest.value, content).digest(), signer, signing_time, encryption_cert, capabilities)
     certs = [asn1x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in [signer.certificate, *extra_certs]]
     body = cms.SignedData(
         {
             "version": "v1",
-            "digest_algorithms": [{"algorithm": digest_name}],
+            "digest_algorithms": [{"algorithm": digest.value}],
             "encap_content_info": {"content_type": "data", "content": None if detached else content},
             "certificates": certs,
             "signer_infos": [si],
@@ -151,21 +123,21 @@ def sign(
 
 # signatureAlgorithm values accepted per key type, with the digest each one fixes (None: the
 # SignerInfo's digestAlgorithm, as for rsaEncryption, which RFC 5754 §3.2 allows).
-_RSA_SIGNATURES: dict[str, str | None] = {
-    "rsassa_pkcs1v15": None, "sha1_rsa": "sha1", "sha224_rsa": "sha224", "sha256_rsa": "sha256", "sha384_rsa": "sha384", "sha512_rsa": "sha512",
-    "rsassa_pss": None,
+_RSA_SIGNATURES: dict[str, Digest | None] = {
+    "rsassa_pkcs1v15": None, "rsassa_pss": None, **{f"{d.value}_rsa": d for d in Digest},
 }
-_EC_SIGNATURES: dict[str, str | None] = {
-    "sha1_ecdsa": "sha1", "sha224_ecdsa": "sha224", "sha256_ecdsa": "sha256", "sha384_ecdsa": "sha384", "sha512_ecdsa": "sha512",
+_EC_SIGNATURES: dict[str, Digest | None] = {
     "ecdsa": None,  # id-ecPublicKey as a signature algorithm: some old signers write it
+    **{f"{d.value}_ecdsa": d for d in Digest},
 }
 
 
-def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, digest_name: str,
+def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, digest: Digest,
                 params: object) -> None:
     """Check ``signature`` with the signer's key, refusing a signatureAlgorithm that does not
     fit that key or the SignerInfo's digest."""
-    hash_cls = _HASHES[digest_name]
+    digest_name = digest.value
+    hash_cls = digest.hash_class
     if isinstance(public, rsa.RSAPublicKey):
         allowed = _RSA_SIGNATURES
     elif isinstance(public, ec.EllipticCurvePublicKey):
@@ -175,7 +147,7 @@ def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, dig
     if sig_alg not in allowed:
         raise errors.UnsupportedAlgorithm(f"unsupported algorithm: signature {sig_alg} with this signer's key")
     fixed = allowed[sig_alg]
-    if fixed is not None and fixed != digest_name:
+    if fixed is not None and fixed is not digest:
         raise errors.SignatureInvalid(f"the signature algorithm ({sig_alg}) and the digest ({digest_name}) differ")
     try:
         if isinstance(public, rsa.RSAPublicKey):
@@ -192,8 +164,7 @@ def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, dig
                 public.verify(signature, data, padding.PSS(padding.MGF1(hash_cls()), salt), hash_cls())
             else:
                 public.verify(signature, data, padding.PKCS1v15(), hash_cls())
-        else:
-            assert isinstance(public, ec.EllipticCurvePublicKey)
+        elif isinstance(public, ec.EllipticCurvePublicKey):
             public.verify(signature, data, ec.ECDSA(hash_cls()))
     except InvalidSignature:
         raise errors.SignatureInvalid("the signature does not verify") from None
@@ -247,7 +218,8 @@ def _verify(
     if signer_cert is None:
         raise errors.ValidationFailed("the signer's certificate is not in the message")
     digest_name = si["digest_algorithm"]["algorithm"].native
-    if digest_name not in _HASHES:
+    si_digest = Digest.named(digest_name)
+    if si_digest is None:
         raise errors.UnsupportedAlgorithm(f"digest {digest_name} not supported")
     sig_alg = si["signature_algorithm"]["algorithm"].native
     signature = si["signature"].native
@@ -269,7 +241,7 @@ def _verify(
         signed_bytes = content
     if not isinstance(signature, bytes):
         raise errors.MalformedInput("the signature is not an OCTET STRING")
-    _verify_raw(signer_cert.public_key(), signature, signed_bytes, sig_alg, digest_name, si["signature_algorithm"]["parameters"])
+    _verify_raw(signer_cert.public_key(), signature, signed_bytes, sig_alg, si_digest, si["signature_algorithm"]["parameters"])
     warnings = validate_signer(signer_cert, certs, context, signing_time)
     enc_cert = None
     if read.encryption_key is not None:

@@ -184,12 +184,6 @@ def parse(data: bytes) -> Parsed:
     raise errors.MalformedInput(f"not an S/MIME message (Content-Type {ctype or 'missing'})")
 
 
-def inner_entity_body(entity: bytes) -> bytes:
-    """The body of a decrypted or verified MIME entity (what a person reads)."""
-    split = _split_head(entity)
-    return entity if split is None else split[1]
-
-
 def is_smime(entity: bytes) -> bool:
     split = _split_head(entity)
     if split is None:

@@ -17,8 +17,8 @@ from cryptography.x509.oid import NameOID
 from hsmkm import errors
 from hsmkm.est import transfer
 from hsmkm.est.csrattrs import OID_DECRYPT_KEY_ID
+from hsmkm.keys.algorithms import digest_for_key
 from hsmkm.keys.base import PrivateKey
-from hsmkm.x509.profiles import signature_hash
 
 MAX_CSR = 64 << 10
 MAX_KEY_ID = 64
@@ -129,4 +129,4 @@ def build(key: PrivateKey, email: str, decrypt_key_id: bytes | None = None) -> b
         if not 1 <= len(decrypt_key_id) <= MAX_KEY_ID:
             raise errors.BadInput(f"a DecryptKeyIdentifier has 1 to {MAX_KEY_ID} octets")
         builder = builder.add_attribute(x509.ObjectIdentifier(OID_DECRYPT_KEY_ID), decrypt_key_id, _tag=_ASN1Type.OctetString)
-    return builder.sign(key, signature_hash(key)).public_bytes(serialization.Encoding.DER)
+    return builder.sign(key, digest_for_key(key).builder_hash()).public_bytes(serialization.Encoding.DER)

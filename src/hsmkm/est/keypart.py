@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from hsmkm import errors
-from hsmkm.cms.signed import digest_name_for
 from hsmkm.der import der_int, der_oid, seq, tlv
+from hsmkm.keys.algorithms import digest_for_key
 from hsmkm.keys.base import KeyEntry, PrivateKey
 from hsmkm.protocol import code_key
 
@@ -84,7 +84,7 @@ def _strip(der: bytes) -> bytes:
 
 def _signed_package(package: bytes, signer: KeyEntry) -> bytes:
     """SignedData (RFC 5652 §5, version 3 for a content type other than data) over the package."""
-    digest_name = digest_name_for(signer.key)
+    digest_name = digest_for_key(signer.key).value
     attrs = sorted([
         seq(der_oid(OID_CONTENT_TYPE), tlv(0x31, der_oid(OID_KEY_PACKAGE))),
         seq(der_oid(OID_MESSAGE_DIGEST), tlv(0x31, tlv(0x04, hashlib.new(digest_name, package).digest()))),

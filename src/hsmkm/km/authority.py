@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from hsmkm import errors
 from hsmkm.keys.base import PublicKey
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
@@ -110,11 +111,4 @@ def issue_certificates(km: KeyManager, requests: Sequence[IssueRequest]) -> list
             i = next(i for i, c in enumerate(certs) if serial_hex(c.serial_number) == str(taken))
             r = requests[i]
             certs[i] = sign_user_certificate(km, r.public_key, r.kind, r.email, r.name)
-    raise RuntimeError("no unique serial after several draws")
-
-
-def issue_certificate(
-    km: KeyManager, public_key: PublicKey, kind: CertKind, email: str, name: str | None, user_id: int | None
-) -> x509.Certificate:
-    """Issue and record one certificate: one transaction and one audit entry."""
-    return issue_certificates(km, [IssueRequest(public_key, kind, email, name, user_id)])[0]
+    raise errors.RandomSourceFailed("no unique serial after several draws")

@@ -309,7 +309,7 @@ def _ca_certificate_or_csr(
     """The self-signed CA certificate written to the home, or (``--csr``) the CSR for a
     parent CA; with the path written."""
     if req.csr:
-        csr = profiles.build_ca_csr(req.ca_subject, ca_key)
+        csr = profiles.build_csr_for_subordinate(req.ca_subject, ca_key)
         csr_file = req.root / "ca.csr"
         write_atomic(csr_file, csr.public_bytes(serialization.Encoding.PEM))
         return None, str(csr_file), None

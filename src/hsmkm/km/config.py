@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from hsmkm import errors
 from hsmkm.atomic import write_atomic
+from hsmkm.certnames import CERTS_FOLDER
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.softhsm import ensure_store_config
 
@@ -55,7 +56,7 @@ class Home:
 
     @property
     def certs_dir(self) -> Path:
-        return self.pub / "certs"
+        return self.pub / CERTS_FOLDER
 
     @property
     def softhsm_dir(self) -> Path:
@@ -202,13 +203,5 @@ class KmConfig:
         return config
 
     @property
-    def ca_cert_url(self) -> str:
-        return self.base_url + "ca.crt"
-
-    @property
-    def full_crl_url(self) -> str:
-        return self.base_url + "crl/full.crl"
-
-    @property
     def delta_crl_url(self) -> str:
-        return self.base_url + "crl/delta.crl"
+        return self.base_url + "crl/delta.crl"  # as PublicationUrls.delta_crl, unchecked

@@ -7,12 +7,11 @@ import fcntl
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 
 from hsmkm import errors
-from hsmkm.addresses import address_file
+from hsmkm.certnames import cert_files
 from hsmkm.atomic import sweep_temps, write_atomic
 from hsmkm.km.config import Home
 from hsmkm.km import users
@@ -77,12 +76,6 @@ def queue(conn: sqlite3.Connection, email: str, now: str) -> None:
     )
 
 
-def cert_files(certs_dir: Path, email: str) -> dict[CertKind, Path]:
-    """The user's files; an address that would name a path outside the folder is refused."""
-    return {kind: address_file(certs_dir, email, f".{_SUFFIX[kind]}.crt") for kind in (CertKind.ENCRYPT, CertKind.SIGN)}
-
-
-_SUFFIX = {CertKind.ENCRYPT: "enc", CertKind.SIGN: "sign"}
 
 
 @contextlib.contextmanager

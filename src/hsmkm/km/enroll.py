@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -117,7 +118,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
         except SerialTaken:
             continue
     else:
-        raise RuntimeError("no unique serials after several draws")
+        raise errors.RandomSourceFailed("no unique serials after several draws")
     directory.drain_outbox(km.db.conn, km.home)
     return response
 
@@ -261,7 +262,7 @@ def replayed_response(
     blob = bytes(sealed)
     try:
         data = AESGCM(_replay_key(code, bytes(salt))).decrypt(blob[:12], blob[12:], f"hsmkm-enroll-replay\x00{cid}".encode())
-    except Exception:
+    except (InvalidTag, ValueError):
         return None
     response = _decode_response(data)
     if x509.load_der_x509_certificate(response.sign_cert_der).public_key() != csr.public_key():

@@ -22,7 +22,8 @@ from hsmkm.atomic import write_atomic
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.der import der_time_of_iso
-from hsmkm.x509.crl import RevocationReason, encode_rows, parse_crl, sign_crl
+from hsmkm.x509.crl import RevocationReason, encode_rows, sign_crl
+from hsmkm.x509.crlparse import parse_crl
 
 
 class CrlKind(str, Enum):

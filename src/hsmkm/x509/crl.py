@@ -1,5 +1,5 @@
-"""CRLs (RFC 5280 §5) encoded directly in DER, in time linear in their entries, and parsed
-back just as directly.
+"""CRLs (RFC 5280 §5) encoded directly in DER, in time linear in their entries (the parser is
+``hsmkm.x509.crlparse``).
 
 cryptography's CertificateRevocationListBuilder copies its list on every added entry, so
 a large CRL is quadratic there (300,000 entries took 180 s). Here each entry is a few
@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsmkm import errors
-from hsmkm.der import GENERALIZED_TIME, UTC_TIME, _len, der_int, der_oid, der_time, seq as _seq, time_seconds, tlv
-from hsmkm.keys.base import PrivateKey, PublicKey
+from hsmkm.der import der_int, der_length, der_oid, der_time, seq as _seq, tlv
+from hsmkm.keys.algorithms import signature_scheme
+from hsmkm.keys.base import PrivateKey
 
 
 class RevocationReason(str, Enum):
@@ -81,30 +80,13 @@ OID_DELTA = "2.5.29.27"
 OID_AKI = "2.5.29.35"
 OID_FRESHEST = "2.5.29.46"
 
-_REASON_EXT = {
+# The crlEntryExtensions whose one extension is the reason, by reason.
+REASON_EXTENSIONS = {
     reason: _seq(_seq(der_oid(OID_REASON), tlv(0x04, tlv(0x0A, bytes([code])))))
     for reason, code in _CODES.items()
 }
-# An entry's crlEntryExtensions by reason (none when unspecified, RFC 5280 §5.3.1), and that
-# of an entry whose one extension is its reason, up to the code.
-_ENTRY_EXTENSIONS = {r: b"" if r is RevocationReason.UNSPECIFIED else ext for r, ext in _REASON_EXT.items()}
-_ONLY_REASON = _REASON_EXT[RevocationReason.KEY_COMPROMISE][:-1]
-
-
-def _signature_algorithm(key: PrivateKey) -> tuple[bytes, hashes.HashAlgorithm]:
-    if isinstance(key, rsa.RSAPrivateKey):
-        return _seq(der_oid("1.2.840.113549.1.1.11"), b"\x05\x00"), hashes.SHA256()
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if key.curve.key_size >= 384:
-            return _seq(der_oid("1.2.840.10045.4.3.3")), hashes.SHA384()
-        return _seq(der_oid("1.2.840.10045.4.3.2")), hashes.SHA256()
-    raise errors.UnsupportedAlgorithm("CRLs are signed with RSA or ECDSA keys")
-
-
-def _sign(key: PrivateKey, data: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
-    if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(data, padding.PKCS1v15(), algorithm)
-    return key.sign(data, ec.ECDSA(algorithm))
+# An entry's crlEntryExtensions by reason (none when unspecified, RFC 5280 §5.3.1).
+_ENTRY_EXTENSIONS = {r: b"" if r is RevocationReason.UNSPECIFIED else ext for r, ext in REASON_EXTENSIONS.items()}
 
 
 def encode_entries(entries: Iterable[RevokedEntry]) -> Iterator[bytes]:
@@ -129,8 +111,8 @@ def encode_rows(rows: Iterable[tuple[int, bytes, RevocationReason]]) -> Iterator
     exts = _ENTRY_EXTENSIONS
     for serial, when, reason in rows:
         sb = serial.to_bytes(serial.bit_length() // 8 + 1, "big", signed=True)
-        body = b"\x02" + _len(len(sb)) + sb + when + exts[reason]
-        yield (b"\x30" + bytes((len(body),)) if len(body) < 0x80 else b"\x30" + _len(len(body))) + body
+        body = b"\x02" + der_length(len(sb)) + sb + when + exts[reason]
+        yield (b"\x30" + bytes((len(body),)) if len(body) < 0x80 else b"\x30" + der_length(len(body))) + body
 
 
 def build_crl(
@@ -159,7 +141,11 @@ def sign_crl(
     freshest_url: str | None = None,
 ) -> bytes:
     """A signed v2 CRL around already encoded revokedCertificates elements."""
-    sig_alg, hash_alg = _signature_algorithm(key)
+    try:
+        scheme = signature_scheme(key)
+    except errors.UnsupportedAlgorithm:
+        raise errors.UnsupportedAlgorithm("CRLs are signed with RSA or ECDSA keys") from None
+    sig_alg = scheme.algorithm_identifier
     try:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
@@ -183,217 +169,5 @@ def sign_crl(
         tlv(0x30, revoked) if revoked else b"",
         tlv(0xA0, _seq(*exts)),
     )
-    signature = _sign(key, tbs, hash_alg)
+    signature = scheme.sign(key, tbs)
     return _seq(tbs, sig_alg, tlv(0x03, b"\x00" + signature))
-
-
-# --- parsing -----------------------------------------------------------------------------
-
-
-def _read(data: bytes | memoryview, pos: int) -> tuple[int, int, int]:
-    """(tag, start of value, end of value) of the TLV at ``pos``."""
-    try:
-        tag = data[pos]
-        first = data[pos + 1]
-    except IndexError:
-        raise errors.MalformedInput("CRL: truncated") from None
-    pos += 2
-    if first < 0x80:
-        length = first
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 4 or pos + n > len(data):
-            raise errors.MalformedInput("CRL: bad length")
-        length = int.from_bytes(data[pos : pos + n], "big")
-        pos += n
-    end = pos + length
-    if end > len(data):
-        raise errors.MalformedInput("CRL: truncated")
-    return tag, pos, end
-
-
-def _parse_time(tag: int, raw: bytes) -> datetime:
-    try:
-        return datetime.fromtimestamp(time_seconds(tag, raw), timezone.utc)
-    except errors.MalformedInput as exc:
-        raise errors.MalformedInput(f"CRL: {exc}") from None
-
-
-@dataclass
-class ParsedCrl:
-    tbs: bytes
-    signature_algorithm: bytes
-    signature: bytes
-    issuer_der: bytes
-    this_update: datetime
-    next_update: datetime | None
-    number: int | None
-    delta_of: int | None
-    revoked_start: int
-    revoked_end: int
-    der: bytes
-
-    def entries(self) -> Iterator[RevokedEntry]:
-        """The revoked entries, walked directly over the DER."""
-        for serial, seconds, code in self.revocations():
-            yield RevokedEntry(serial, datetime.fromtimestamp(seconds, timezone.utc), RevocationReason.from_code(code))
-
-    def revocations(self) -> Iterator[tuple[int, int, int]]:
-        """(serial, revocation time in seconds since 1970, reason code) of each entry: what
-        an index needs, without a datetime or an enum per entry."""
-        try:
-            yield from self._revocations()
-        except IndexError:
-            raise errors.MalformedInput("CRL: truncated entry") from None
-
-    def _revocations(self) -> Iterator[tuple[int, int, int]]:
-        data = self.der
-        pos, stop = self.revoked_start, self.revoked_end
-        days: dict[bytes, int] = {}
-        only_reason = _ONLY_REASON
-        reason_at = len(only_reason)
-        while pos < stop:
-            # Entries are short, so their lengths take the one-byte form; others go the long way.
-            n = data[pos + 1]
-            if data[pos] != 0x30:
-                raise errors.MalformedInput("CRL: bad entry")
-            if n < 0x80:
-                start, end = pos + 2, pos + 2 + n
-            else:
-                _, start, end = _read(data, pos)
-            n = data[start + 1]
-            if end > stop or data[start] != 0x02 or not 0 < n < 0x80 or start + 2 + n >= end:
-                raise errors.MalformedInput("CRL: bad serial number")
-            s = start + 2
-            e = s + n
-            serial = int.from_bytes(data[s:e], "big", signed=True)
-            n = data[e + 1]
-            e2 = e + 2 + n
-            if n >= 0x80 or e2 > end:
-                raise errors.MalformedInput("CRL: bad revocation date")
-            try:
-                seconds = time_seconds(data[e], data[e + 2 : e2], days)
-            except errors.MalformedInput as exc:
-                raise errors.MalformedInput(f"CRL: {exc}") from None
-            if e2 == end:
-                code = 0
-            elif end - e2 == reason_at + 1 and data[e2:end - 1] == only_reason:
-                code = data[end - 1]
-            else:
-                code = _entry_reason(data, e2, end)
-            if code not in _BY_CODE:
-                raise errors.MalformedInput(f"CRL: unknown reason code {code}")
-            yield serial, seconds, code
-            pos = end
-
-
-def _entry_reason(data: bytes, pos: int, end: int) -> int:
-    """The reason code in crlEntryExtensions, or 0 (unspecified) without one."""
-    for oid, value in _extensions(data, pos, end):
-        if oid == der_oid(OID_REASON):
-            if len(value) != 3 or value[:2] != b"\x0a\x01":
-                raise errors.MalformedInput("CRL: bad reason code")
-            return value[2]
-    return 0
-
-
-def _extensions(data: bytes, pos: int, end: int) -> Iterator[tuple[bytes, bytes]]:
-    """(DER OID, extnValue contents) of the Extensions SEQUENCE at ``pos``, which ends at ``end``."""
-    tag, s, e = _read(data, pos)
-    if tag != 0x30 or e != end:
-        raise errors.MalformedInput("CRL: bad extensions")
-    pos = s
-    while pos < e:
-        tag, es, ee = _read(data, pos)
-        _, _, oe = _read(data, es)
-        if tag != 0x30 or ee > e:
-            raise errors.MalformedInput("CRL: bad extension")
-        vpos = oe
-        if data[vpos] == 0x01:  # critical flag
-            _, _, vpos = _read(data, vpos)
-        _, vs, ve = _read(data, vpos)
-        yield data[es:oe], data[vs:ve]
-        pos = ee
-
-
-def parse_crl(der: bytes) -> ParsedCrl:
-    """Split a DER CRL into what a cache needs; malformed input is MalformedInput."""
-    if der[:1] != b"\x30":
-        raise errors.MalformedInput("CRL: not a DER CertificateList")
-    try:
-        tag, start, end = _read(der, 0)
-        if tag != 0x30 or end != len(der):
-            raise errors.MalformedInput("CRL: not a DER CertificateList")
-        ttag, ts, te = _read(der, start)
-        tbs = der[start:te]
-        atag, as_, ae = _read(der, te)
-        stag, ss, se = _read(der, ae)
-        if ttag != 0x30 or atag != 0x30 or stag != 0x03 or se != end or der[ss] != 0:
-            raise errors.MalformedInput("CRL: not a DER CertificateList")
-        sig_alg = der[te:ae]
-        signature = der[ss + 1 : se]
-        pos = ts
-        t, s, e = _read(der, pos)
-        if t == 0x02:  # version
-            pos = e
-        t, s, e = _read(der, pos)  # signature algorithm (inner)
-        if der[pos:e] != sig_alg:
-            raise errors.MalformedInput("CRL: inner and outer signature algorithms differ")
-        issuer_start = e
-        t, s, e = _read(der, issuer_start)
-        issuer_der = der[issuer_start:e]
-        t, s, e = _read(der, e)
-        this_update = _parse_time(t, der[s:e])
-        next_update = None
-        pos = e
-        revoked_start = revoked_end = 0
-        number = delta_of = None
-        while pos < te:
-            t, s, e = _read(der, pos)
-            if t in (0x17, 0x18):
-                next_update = _parse_time(t, der[s:e])
-            elif t == 0x30:
-                revoked_start, revoked_end = s, e
-            elif t == 0xA0:
-                number, delta_of = _crl_extensions(der[s:e])
-            pos = e
-    except (IndexError, UnicodeDecodeError):
-        raise errors.MalformedInput("CRL: malformed") from None
-    return ParsedCrl(tbs, sig_alg, signature, issuer_der, this_update, next_update, number, delta_of,
-                     revoked_start, revoked_end, der)
-
-
-def _crl_extensions(data: bytes) -> tuple[int | None, int | None]:
-    """(CRL number, base CRL number of a delta) from the CRL's [0] extensions contents."""
-    number = delta = None
-    for oid, value in _extensions(data, 0, len(data)):
-        if oid in (der_oid(OID_CRL_NUMBER), der_oid(OID_DELTA)):
-            _, is_, ie = _read(value, 0)
-            if oid == der_oid(OID_CRL_NUMBER):
-                number = int.from_bytes(value[is_:ie], "big", signed=True)
-            else:
-                delta = int.from_bytes(value[is_:ie], "big", signed=True)
-    return number, delta
-
-
-def verify_crl_signature(crl: ParsedCrl, issuer_public: PublicKey) -> None:
-    """Check the CRL's signature with the CA's public key; SignatureInvalid if it fails."""
-    from cryptography.exceptions import InvalidSignature
-
-    algs = {
-        _seq(der_oid("1.2.840.113549.1.1.11"), b"\x05\x00"): hashes.SHA256(),
-        _seq(der_oid("1.2.840.113549.1.1.11")): hashes.SHA256(),
-        _seq(der_oid("1.2.840.113549.1.1.12"), b"\x05\x00"): hashes.SHA384(),
-        _seq(der_oid("1.2.840.10045.4.3.2")): hashes.SHA256(),
-        _seq(der_oid("1.2.840.10045.4.3.3")): hashes.SHA384(),
-    }
-    hash_alg = algs.get(crl.signature_algorithm)
-    if hash_alg is None:
-        raise errors.UnsupportedAlgorithm("CRL signature algorithm not supported")
-    try:
-        if isinstance(issuer_public, rsa.RSAPublicKey):
-            issuer_public.verify(crl.signature, crl.tbs, padding.PKCS1v15(), hash_alg)
-        else:
-            issuer_public.verify(crl.signature, crl.tbs, ec.ECDSA(hash_alg))
-    except (InvalidSignature, ValueError):
-        raise errors.SignatureInvalid("the CRL's signature does not verify with the CA's key") from None

@@ -22,26 +22,19 @@ from collections.abc import Sequence
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from hsmkm import errors, smimecaps
+from hsmkm.certnames import CertKind
+from hsmkm.keys.algorithms import digest_for_key
 from hsmkm.keys.base import PrivateKey, PublicKey
 
 BACKDATE = timedelta(minutes=5)
 SERIAL_BITS = 159  # positive and at most 20 octets in DER (RFC 5280 section 4.1.2.2)
 _MIN_SERIAL_ENTROPY_BITS = 64  # CA/B Forum: at least 64 bits from a CSPRNG
-
-
-class CertKind(str, Enum):
-    """Which of a user's two certificates."""
-
-    SIGN = "sign"
-    ENCRYPT = "encrypt"
 
 
 @dataclass(frozen=True)
@@ -66,11 +59,6 @@ class PublicationUrls:
     def delta_crl(self) -> str:
         return self.base + "crl/delta.crl"
 
-    # the names the brief uses, for callers that prefer them
-    ca_cert_url = ca_cert
-    full_crl_url = full_crl
-    delta_crl_url = delta_crl
-
 
 def random_serial() -> int:
     """A positive random serial below 2**159 (fits 20 DER octets) and at least 2**64."""
@@ -79,13 +67,6 @@ def random_serial() -> int:
         # almost never loops; the floor keeps >= 64 bits of entropy visible in the encoding
         if serial >> _MIN_SERIAL_ENTROPY_BITS:
             return serial
-
-
-def signature_hash(key: PrivateKey | PublicKey) -> hashes.SHA256 | hashes.SHA384:
-    """SHA-384 for P-384 (and larger curves), SHA-256 for RSA and P-256."""
-    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
 
 
 def _check_validity(not_before: datetime, not_after: datetime) -> None:
@@ -152,7 +133,7 @@ def build_ca_certificate(
         .add_extension(ski, critical=False)
         .add_extension(aki, critical=False)
     )
-    return builder.sign(ca_key, signature_hash(ca_key))
+    return builder.sign(ca_key, digest_for_key(ca_key).builder_hash())
 
 
 def build_csr_for_subordinate(
@@ -165,11 +146,8 @@ def build_csr_for_subordinate(
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(_CA_KEY_USAGE, critical=True)
         .add_extension(_ski(ca_key.public_key()), critical=False)
-        .sign(ca_key, signature_hash(ca_key))
+        .sign(ca_key, digest_for_key(ca_key).builder_hash())
     )
-
-
-build_ca_csr = build_csr_for_subordinate  # the name ceremony.py uses
 
 
 def _user_key_usage(kind: CertKind, rsa_key: bool) -> x509.KeyUsage:
@@ -269,4 +247,4 @@ def build_user_certificate(
             x509.UnrecognizedExtension(x509.ObjectIdentifier(smimecaps.OID_SMIME_CAPABILITIES), smimecaps.encode(capabilities)),
             critical=False,
         )
-    return builder.sign(ca_key, signature_hash(ca_key))
+    return builder.sign(ca_key, digest_for_key(ca_key).builder_hash())

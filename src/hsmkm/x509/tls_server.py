@@ -24,8 +24,9 @@ from cryptography.x509.oid import (
 )
 
 from hsmkm import errors
+from hsmkm.keys.algorithms import digest_for_key
 from hsmkm.keys.base import PrivateKey
-from hsmkm.x509.profiles import BACKDATE, _aki_for, _ski, random_serial, signature_hash
+from hsmkm.x509.profiles import BACKDATE, _aki_for, _ski, random_serial
 
 VALIDITY = timedelta(days=30)
 MAX_NAMES = 16
@@ -102,4 +103,4 @@ def build_tls_server_certificate(
     if ca_issuers_url is not None:
         access = x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url))
         builder = builder.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
-    return builder.sign(ca_key, signature_hash(ca_key))
+    return builder.sign(ca_key, digest_for_key(ca_key).builder_hash())
