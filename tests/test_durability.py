@@ -379,7 +379,6 @@ def test_user_import_codes_file_comes_before_the_users(home: Path, tmp_path: Pat
 def test_a_failed_import_commit_leaves_a_void_codes_file(home: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from hsmkm.cli import commands  # noqa: F401
     from hsmkm.cli.main import cli
     from hsmkm.km import users
 

@@ -249,7 +249,7 @@ def _enroll_many(home: str, prefix: str, n: int) -> list[str]:
     from hsmkm.client.enroll import enroll as client_enroll
     from hsmkm.keys.algorithms import KeyAlgorithm
     from hsmkm.keys.epf import EpfKeystore
-    from hsmkm.km.enroll import enroll
+    from hsmkm.km.enroll_endpoint import answer
     from hsmkm.km.manager import KeyManager
     from hsmkm.km.publishers import publisher_for
     from hsmkm.km.users import add_user as km_add_user
@@ -261,7 +261,7 @@ def _enroll_many(home: str, prefix: str, n: int) -> list[str]:
         email = f"{prefix}{i}@load.example"
         _, code = km_add_user(km, email, None)
         target = EpfKeystore.create(root.parent / f"{prefix}{i}.epf", "password-123", iterations=1000)
-        r = client_enroll(target, lambda req: enroll(km, req), email, code, KeyAlgorithm.P256)
+        r = client_enroll(target, lambda req: answer(km, req), email, code, KeyAlgorithm.P256)
         serials += [f"{r.sign_serial:x}", f"{r.enc_serial:x}"]
     return serials
 

@@ -432,3 +432,15 @@ def test_announcements_are_replaced_only_by_a_later_signature(tmp_path: Path) ->
     assert store.capabilities_for("alice@smime.example", enc) == [smimecaps.AES256_CBC]
     (tmp_path / "c" / "alice@smime.example.json").write_bytes(b"{not json")
     assert store.get("alice@smime.example") is None  # a damaged entry counts as none
+
+
+def test_a_long_utf8_subject_folds_with_crlf_and_the_clear_signature_verifies() -> None:
+    """A UTF-8 Subject long enough to fold into two encoded words: the fold is CRLF, as the
+    signed entity travels, so the signature over it still verifies (found by hypothesis)."""
+    message = ("From: Alice <alice@smime.example>\r\nSubject: 00000" + "\u00a0" * 17 + "\U00010000\r\n"
+               "Content-Type: text/plain; charset=utf-8\r\n\r\n").encode()
+    out = messaging.sign_message(message, ALICE, True, AT)
+    signed_part = smime.parse(out).detached_content
+    assert signed_part is not None and b"\n" not in signed_part.replace(b"\r\n", b"")
+    result = messaging.verify_message(out, CTX)
+    assert result.restored is not None and _fields(result.restored.message) == _fields(message)

@@ -16,7 +16,7 @@ from hsmkm import keys
 from hsmkm.keys.token import TokenModule
 from hsmkm.km import archive, custody, epochs, recovery
 from hsmkm.km.authority import record_certificate, serial_hex, sign_user_certificate
-from hsmkm.km.ceremony import OFFICER_KEY_ALG
+from hsmkm.km.officer_policy import OFFICER_KEY_ALG
 from hsmkm.km.config import OFFICER_KEY_LABEL, Home
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.rotation import rotate_archive_key

@@ -9,52 +9,33 @@ from typing import Any
 import click
 
 from hsmkm import errors
-from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.context import CliContext, group, pass_cli
+from hsmkm.cli.keystores import keystore_secret, open_user_keystore
+from hsmkm.cli.session import open_km_at
 from hsmkm.client import enroll as client_enroll
+from hsmkm.enroll_wire import request_email
 from hsmkm.keys import AnyKeystore, new_keystore, open_keystore
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.keys.token_keystore import TokenKeystore
-from hsmkm.keys.uri import Pkcs11Uri, is_pkcs11_uri
-from hsmkm.km.config import Home, KmConfig
-from hsmkm.km.enroll import enroll as km_enroll
-from hsmkm.cli.session import settle
-from hsmkm.km.manager import KeyManager
-from hsmkm.km.publishers import publisher_for
-from hsmkm.protocol import EnrollRequest, EnrollResponse
-
-
-def keystore_secret(cli_ctx: CliContext, ref: str, password_source: str | None, confirm: bool = False) -> str:
-    """The PIN (token: the URI's pin-source, else --pin-source) or the .epf password."""
-    if is_pkcs11_uri(ref):
-        uri = Pkcs11Uri.parse(ref)
-        return cli_ctx.secret(uri.pin_source or cli_ctx.pin_source, f"PIN of token {uri.token or ''}".strip())
-    return cli_ctx.secret(password_source, f"password of {ref}", confirm=confirm)
-
-
-def open_user_keystore(cli_ctx: CliContext, ref: str, password_source: str | None) -> AnyKeystore:
-    return open_keystore(ref, keystore_secret(cli_ctx, ref, password_source))
+from hsmkm.keys.uri import is_pkcs11_uri
+from hsmkm.km.enroll_endpoint import answer
 
 
 def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | None) -> client_enroll.Transport:
-    """The KM reached through its home on this machine (a network transport can replace it)."""
+    """The KM reached through its home on this machine, in this process (HTTPS can replace it)."""
 
-    def send(request: EnrollRequest) -> EnrollResponse:
-        config = KmConfig.load(Home(km_home))
-        pin = cli_ctx.secret(km_pin_source or config.km_pin_source, "KM token PIN")
-        km = KeyManager.open(km_home, pin, actor=f"enroll:{request.email}", publisher=publisher_for(km_home))
-        for repair in km.repairs:
-            cli_ctx.warn(repair.describe())
-        settle(km)
+    def send(request: bytes) -> bytes:
+        km = open_km_at(cli_ctx, km_home, km_pin_source, actor=f"enroll:{request_email(request)}")
         try:
-            return km_enroll(km, request)
+            return answer(km, request)
         finally:
             km.close()
 
     return send
 
 
-@cli.command()
+@click.command()
 @click.option("--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home.")
 @click.option("--email", required=True, help="Your address, as the KM knows it.")
 @click.option("--code-source", required=True, help="Where the one-time code comes from: env:NAME, file:PATH or prompt.")
@@ -111,7 +92,7 @@ def enroll(
     cli_ctx.emit(data, f"enrolled {result.email} into {ref}{extra}")
 
 
-@cli.group()
+@group()
 def keystore() -> None:
     """Your keystore: an .epf file or a token."""
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.km.config import Home
 from hsmkm.store.database import Database
 
 
-@cli.group()
+@group()
 def db() -> None:
     """The KM database: its schema revision."""
 

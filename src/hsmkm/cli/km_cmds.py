@@ -9,7 +9,7 @@ from typing import Any
 import click
 from hsmkm import errors
 from hsmkm.bounded import MAX_SMALL_FILE, read_regular
-from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.session import open_km
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.uri import Pkcs11Uri
@@ -31,7 +31,7 @@ def _officer_spec(cli_ctx: CliContext, text: str) -> OfficerSpec:
     return OfficerSpec(name, uri.module_path, uri.token, uri.serial, pin, uri_text)
 
 
-@cli.command()
+@click.command()
 @click.option("--ca-subject", required=True, help='The CA\'s name, e.g. "CN=Example KM CA,O=Example,C=DE".')
 @click.option("--module", type=click.Path(dir_okay=False), help="PKCS#11 module of the KM's HSM (else the embedded SoftHSM2).")
 @click.option("--token", "token_label", help="Label of the KM token in --module.")
@@ -120,7 +120,7 @@ def init(
     cli_ctx.emit(out, "\n".join(lines))
 
 
-@cli.command()
+@click.command()
 @pass_cli
 def status(cli_ctx: CliContext) -> None:
     """Token, keys with their custody attributes, counts, CRL age, officers and quorum.
@@ -168,7 +168,7 @@ def status(cli_ctx: CliContext) -> None:
     cli_ctx.emit(st, human)
 
 
-@cli.group()
+@group()
 def audit() -> None:
     """The audit log: verify it, and export signed checkpoints of its head for others to keep.
 
@@ -200,13 +200,11 @@ def audit_verify(cli_ctx: CliContext, checkpoints: tuple[Path, ...]) -> None:
       # against checkpoints the officers kept:
       hsmkm --home ./km audit verify --checkpoint ann-2026-06-01.p7m --checkpoint bo-2026-07-01.p7m
     """
-    from hsmkm.km.checkpoint import read_checkpoint
+    from hsmkm.km.audit_check import verify_audit
 
     km = open_km(cli_ctx)
-    cps = [read_checkpoint(read_regular(path, 1 << 20, "checkpoint"), km.ca_cert, km.clock()) for path in checkpoints]
-    anchor = km.anchor.read()
-    witnesses = ([anchor.witness()] if anchor is not None else []) + [cp.witness() for cp in cps]
-    report = km.audit().verify(witnesses)
+    check = verify_audit(km, (read_regular(path, 1 << 20, "checkpoint") for path in checkpoints))
+    report, anchor, cps = check.report, check.anchor, check.checkpoints
     result = {
         "ok": report.ok,
         "entries": report.entries,
@@ -303,7 +301,7 @@ def audit_accept_rollback(cli_ctx: CliContext, yes: bool) -> None:
     )
 
 
-@cli.group()
+@group()
 def ca() -> None:
     """The KM's CA certificate."""
 

@@ -1,144 +1,34 @@
-"""The ``hsmkm`` command: a click group; the only layer that reads the environment or prints."""
+"""The ``hsmkm`` command: the root group and the one table of the commands it holds."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
-from hsmkm import __version__, errors
-from hsmkm.store import errors as store_errors
+from hsmkm import __version__
+from hsmkm.cli import client_cmds, crl_cmds, db_cmds, km_cmds, msg_cmds, recovery_cmds, user_cmds
+from hsmkm.cli.context import CliContext, HsmkmGroup, one_line, printable
 from hsmkm.errors import ExitCode
-from hsmkm.secrets import SecretSource
 
-
-@dataclass
-class CliContext:
-    home: Path
-    json: bool
-    debug: bool
-    pin_source: str | None
-
-    def secret(self, spec: str | None, what: str, confirm: bool = False) -> str:
-        """Read a secret from its source (env:, file:, prompt)."""
-        source = SecretSource.parse(spec or "prompt")
-        prompt = None
-        if sys.stdin.isatty():
-
-            def prompt(label: str) -> str:
-                return str(click.prompt(label, hide_input=True, confirmation_prompt=confirm, err=True))
-
-        return source.read(os.environ, prompt, what)
-
-    def emit(self, result: dict[str, Any], human: str | Callable[[], str]) -> None:
-        """Print the result: one JSON object with --json, else text for people (with control
-        characters and terminal escapes from names, addresses or files shown escaped)."""
-        if self.json:
-            click.echo(json.dumps(result, default=str, sort_keys=True))
-        else:
-            text = human() if callable(human) else human
-            if text:
-                click.echo(printable(text, keep="\n\t"))
-
-    def warn(self, message: str) -> None:
-        click.echo(f"hsmkm: warning: {printable(_one_line(message))}", err=True)
-
-
-def printable(text: str, keep: str = "") -> str:
-    """``text`` with every non-printable character (controls, ESC, C1, bidi overrides) but those
-    in ``keep`` written as a Python escape, so that nothing read from outside drives the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() or ch in keep else ascii(ch)[1:-1] for ch in text)
-
-
-pass_cli = click.make_pass_decorator(CliContext)
-
-
-def _set_field(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
-    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
-        obj = ctx.find_object(CliContext)
-        if value and obj is not None:
-            setattr(obj, name, value)
-
-    return callback
-
-
-class HsmkmGroup(click.Group):
-    """Maps hsmkm errors to one line on stderr and the exit code from CLI.md.
-
-    Every command also accepts --json, --debug and --pin-source after its name, as people
-    type them.
-    """
-
-    group_class = type  # subgroups are HsmkmGroups too
-
-    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        if not isinstance(cmd, click.Group):
-            taken = {opt for p in cmd.params for opt in getattr(p, "opts", [])}
-            for opts, field_name, flag, help_text in (
-                (["--json"], "json", True, "Print exactly one JSON object on stdout."),
-                (["--debug"], "debug", True, "Show tracebacks on errors."),
-                (["--pin-source"], "pin_source", False, "Source of the KM token's PIN: env:NAME, file:PATH, prompt."),
-            ):
-                if opts[0] not in taken:
-                    cmd.params.append(
-                        click.Option(opts, is_flag=flag, expose_value=False, callback=_set_field(field_name),
-                                     help=help_text)
-                    )
-        super().add_command(cmd, name)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except errors.HsmkmError as exc:
-            _fail(ctx, str(exc), exc.exit_code)
-        except click.exceptions.Exit:
-            raise
-        except (click.ClickException, click.Abort):
-            raise
-        except KeyboardInterrupt:
-            click.echo("hsmkm: error: interrupted", err=True)
-            ctx.exit(130)
-        except BrokenPipeError:
-            ctx.exit(int(ExitCode.UNREACHABLE))
-        except store_errors.DATABASE_ERRORS as exc:  # raw SQL of a module not yet in repositories
-            err = store_errors.translate(exc)
-            if err is None:
-                raise
-            _fail(ctx, str(err), err.exit_code)
-        except errors.CERTIFICATE_ERRORS as exc:  # a certificate from a file, parsed lazily where first read
-            _fail(ctx, f"a malformed certificate ({exc})", ExitCode.BAD_INPUT)
-        except OverflowError:  # SQLite's integers are 64-bit: an id or count typed past that
-            _fail(ctx, "a number on the command line is out of range", ExitCode.BAD_INPUT)
-        except OSError as exc:  # a file named on the command line, or one of the home's
-            where = f"{exc.filename}: " if exc.filename else ""
-            _fail(ctx, f"{where}{exc.strerror or type(exc).__name__}", ExitCode.BAD_INPUT)
-        except Exception as exc:  # a bug: still one line, the traceback only with --debug
-            _fail(ctx, f"internal error ({type(exc).__name__}); rerun with --debug", ExitCode.BAD_INPUT)
-
-
-def _fail(ctx: click.Context, message: str, code: ExitCode) -> None:
-    if _debug(ctx):
-        traceback.print_exc()
-    click.echo(f"hsmkm: error: {printable(_one_line(message))}", err=True)
-    ctx.exit(int(code))
-
-
-def _debug(ctx: click.Context) -> bool:
-    obj = ctx.find_object(CliContext)
-    return bool(obj and obj.debug) or "--debug" in sys.argv
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+COMMANDS: tuple[click.Command, ...] = (
+    km_cmds.init,
+    km_cmds.status,
+    km_cmds.audit,
+    km_cmds.ca,
+    db_cmds.db,
+    user_cmds.user,
+    user_cmds.directory_group,
+    crl_cmds.crl_group,
+    recovery_cmds.recovery_group,
+    recovery_cmds.officer_group,
+    recovery_cmds.archive_group,
+    client_cmds.enroll,
+    client_cmds.keystore,
+    msg_cmds.msg,
+)
+"""Every command and group under ``hsmkm``, in one place."""
 
 
 @click.group(cls=HsmkmGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -174,13 +64,15 @@ def cli(ctx: click.Context, home: Path, as_json: bool, debug: bool, pin_source: 
     ctx.obj = CliContext(home=home, json=as_json, debug=debug, pin_source=pin_source)
 
 
-def main() -> None:
-    from hsmkm.cli import commands  # noqa: F401  (registers the commands)
+for _command in COMMANDS:
+    cli.add_command(_command)
 
+
+def main() -> None:
     try:
         code = cli.main(prog_name="hsmkm", standalone_mode=False)
     except click.ClickException as exc:  # bad usage: one line, exit 2, as every other error
-        click.echo(f"hsmkm: error: {printable(_one_line(exc.format_message()))}", err=True)
+        click.echo(f"hsmkm: error: {printable(one_line(exc.format_message()))}", err=True)
         sys.exit(int(ExitCode.BAD_INPUT))
     except click.Abort:
         click.echo("hsmkm: error: aborted", err=True)

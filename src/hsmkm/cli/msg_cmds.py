@@ -14,20 +14,19 @@ import click
 from cryptography import x509
 
 from hsmkm import errors
-from hsmkm.certnames import CERTS_FOLDER, CertKind, cert_file
 from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.bounded import MAX_SMALL_FILE, open_regular, read_regular
-from hsmkm.cli.client_cmds import open_user_keystore
-from hsmkm.cli.crl_cmds import client_cache, default_cache_dir, revocation_status
-from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.keystores import open_user_keystore
+from hsmkm.cli.revocation import default_cache_dir, km_source, revocation_checker
+from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.client import messaging
-from hsmkm.clock import system_clock
 from hsmkm.client.correspondents import Correspondents
 from hsmkm.keys.base import Keystore
 from hsmkm.client.crlcache import CrlCache
+from hsmkm.client.revocation import check_own_signing_certificate, validation_context
 from hsmkm.cms import enveloped, signed
 from hsmkm.cms.protect import Confidentiality
-from hsmkm.cms.validation import Revoked, ValidationContext
+from hsmkm.cms.validation import ValidationContext
 
 
 def _read(path: str) -> bytes:
@@ -70,32 +69,16 @@ def _write(path: str, data: bytes, private: bool = False) -> None:
         write_atomic(path, data, 0o600 if private else 0o644)
 
 
-def _correspondents(km_home: Path, cache: Path | None) -> Correspondents:
+def _correspondents(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> Correspondents:
     """Where what correspondents announced is kept: beside the CRL cache."""
-    store, _ca = client_cache(km_home, cache)
-    return Correspondents(store.dir / "correspondents")
+    return Correspondents(revocation_checker(cli_ctx, km_home, cache).cache.dir / "correspondents")
 
 
 def _context(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> ValidationContext:
-    store, ca = client_cache(km_home, cache)
-    warned: list[bool] = []
-
-    def check(cert: x509.Certificate) -> Revoked | None:
-        if cert.issuer != ca.subject:
-            return None
-        try:
-            info = revocation_status(cli_ctx, store, km_home, ca, cert.serial_number)
-        except errors.Unreachable as exc:
-            if not warned:
-                cli_ctx.warn(f"revocation not checked: {exc}")
-                warned.append(True)
-            return None
-        return None if info is None else Revoked(info.revoked_at, info.reason.value)
-
-    return ValidationContext([ca], system_clock(), check)
+    return validation_context(revocation_checker(cli_ctx, km_home, cache))
 
 
-@cli.group("msg")
+@group("msg")
 def msg() -> None:
     """S/MIME messages: sign, verify, encrypt, decrypt."""
 
@@ -135,37 +118,14 @@ def _check_own_certificate(cli_ctx: CliContext, ks: Keystore, km_home: Path | No
     if entry is None:
         raise errors.NotFound("the keystore has no signing key")
     cert = entry.certificate
-    ca = next((c for c in ks.ca_certificates() if c.subject == cert.issuer), None)
+    checker, cached = None, None
     if km_home is not None:
-        store, ca = client_cache(km_home, cache)
-        if cert.issuer != ca.subject:
-            cli_ctx.warn("your signing certificate is not from this KM's CA: its revocation is not checked")
-            return
-        try:
-            info = revocation_status(cli_ctx, store, km_home, ca, cert.serial_number)
-        except errors.Unreachable as exc:
-            cli_ctx.warn(f"revocation of your signing certificate not checked: {exc}")
-            return
+        checker = revocation_checker(cli_ctx, km_home, cache)
     else:
-        if ca is None and cache is None:
-            cli_ctx.warn("revocation of your signing certificate not checked: the keystore holds no CA certificate")
-            return
-        store = CrlCache(cache or default_cache_dir(ca))  # type: ignore[arg-type]
-        st = store.status(system_clock())
-        if st.full_number is None:
-            cli_ctx.warn("revocation of your signing certificate not checked: no CRL cached (run 'hsmkm crl fetch')")
-            return
-        if st.stale:
-            cli_ctx.warn(f"CRL cache is stale (next update was {st.next_update}); your certificate checked against it")
-        try:
-            info = store.check(cert.serial_number)
-        except errors.Unreachable as exc:
-            cli_ctx.warn(f"revocation of your signing certificate not checked: {exc}")
-            return
-    if info is not None:
-        raise errors.CertificateRevoked(
-            f"your signing certificate {cert.serial_number:x} is revoked ({info.reason.value}, "
-            f"{info.revoked_at.isoformat()}): not signing")
+        ca = next((c for c in ks.ca_certificates() if c.subject == cert.issuer), None)
+        if cache is not None or ca is not None:
+            cached = CrlCache(cache or default_cache_dir(ca))  # type: ignore[arg-type]
+    check_own_signing_certificate(cert, checker, cached, cli_ctx.warn)
 
 
 def _report(result: signed.VerifyResult) -> dict[str, object]:
@@ -205,7 +165,7 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
                 sys.stdout.buffer.flush()
         else:
             result = messaging.verify_file(src, Path(outfile) if outfile else None, ctx)
-    messaging.remember_sender(_correspondents(km_home, cache), result)
+    messaging.remember_sender(_correspondents(cli_ctx, km_home, cache), result)
     for w in result.warnings:
         cli_ctx.warn(w)
     cli_ctx.emit(
@@ -213,16 +173,6 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
          "serial": f"{result.signer.serial_number:x}", "warnings": result.warnings, **_report(result)},
         f"signature OK: signed by {result.email}" + (f" at {result.signing_time.isoformat()}" if result.signing_time else ""),
     )
-
-
-def _directory_cert(km_home: Path, email: str) -> x509.Certificate:
-    path = cert_file(km_home / "pub" / CERTS_FOLDER, email, CertKind.ENCRYPT)
-    try:
-        return x509.load_der_x509_certificate(read_regular(path, MAX_SMALL_FILE, "directory"))
-    except errors.NotFound:
-        raise errors.NotFound(f"no encryption certificate for {email} in the directory (revoked or not enrolled)") from None
-    except ValueError:
-        raise errors.MalformedInput(f"{path}: a damaged certificate in the directory") from None
 
 
 @msg.command("encrypt")
@@ -259,7 +209,8 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
       hsmkm msg encrypt --km ./km --to bob@example.com --hcp hcp_no_confidentiality in.eml -o out.eml
     """
     _check_output(outfile)
-    recipients = [_directory_cert(km_home, e) for e in to]
+    directory = km_source(km_home)
+    recipients = [directory.encryption_certificate(e) for e in to]
     for f in cert_files:
         data = read_regular(f, MAX_SMALL_FILE, "--cert")
         try:
@@ -272,11 +223,11 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
         raise errors.BadInput("name at least one recipient with --to or --cert")
     ks = open_user_keystore(cli_ctx, sign_with, password_source) if sign_with else None
     if sender:
-        recipients.append(_directory_cert(km_home, sender))
+        recipients.append(directory.encryption_certificate(sender))
     elif ks is not None and ks.encryption_entries():
         recipients.append(ks.encryption_entries()[0].certificate)
     ctx = _context(cli_ctx, km_home, cache)
-    choice = messaging.plan(recipients, _correspondents(km_home, cache),
+    choice = messaging.plan(recipients, _correspondents(cli_ctx, km_home, cache),
                             enveloped.ContentCipher(cipher) if cipher else None,
                             enveloped.KeyTransport(key_transport) if key_transport else None)
     for note in choice.notes:
@@ -323,7 +274,7 @@ def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_h
         else:
             opened = messaging.decrypt_file(src, Path(outfile), ks, ctx)
     if opened.signer is not None and km_home is not None:
-        messaging.remember_sender(_correspondents(km_home, cache), opened.signer)
+        messaging.remember_sender(_correspondents(cli_ctx, km_home, cache), opened.signer)
     for w in opened.warnings:
         cli_ctx.warn(w)
     if cli_ctx.json or outfile != "-":

@@ -2,38 +2,31 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from hsmkm import errors, keys
 from hsmkm.atomic import sweep_temps, write_atomic
-from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.session import open_km
 from hsmkm.keys.base import PrivateKey
-from hsmkm.keys.epf import EpfKeystore
 from hsmkm.keys.token import Token
-from hsmkm.keys.uri import Pkcs11Uri
-from hsmkm.km import custody, epochs, recovery, request_content
-from hsmkm.km.ceremony import OFFICER_KEY_ALG, check_officer_token
+from hsmkm.km import custody, officer_change, officer_tokens, recovery, recovery_export
+from hsmkm.km.approval_view import prepare_approval
 from hsmkm.km.config import OFFICER_KEY_LABEL
 from hsmkm.km.manager import KeyManager
 
 
 def _officer_token(cli_ctx: CliContext, km: KeyManager, uri_text: str, pin_source: str | None, who: str) -> Token:
-    uri = Pkcs11Uri.parse(uri_text)
-    module = uri.module_path or km.config.km_token.module
-    config = km.config.softhsm_config if module == km.config.km_token.module else None
-    pin = cli_ctx.secret(pin_source or km.config.resolve_source(uri.pin_source), f"PIN of {who}'s token")
-    return keys.open_token(uri, pin, module_path=module, softhsm_config=config)
+    pin = cli_ctx.secret(pin_source or officer_tokens.pin_source(km, uri_text), f"PIN of {who}'s token")
+    return officer_tokens.open_officer_token(km, uri_text, pin)
 
 
-@cli.group("recovery")
+@group("recovery")
 def recovery_group() -> None:
     """Key recovery under K-of-N officer approval."""
 
@@ -98,32 +91,16 @@ def recovery_approve(
       hsmkm recovery approve 7 --officer ann --pin-source prompt --yes
     """
     km = open_km(cli_ctx)
-    registered = {o.name: o for o in custody.active_officers(km.db.conn)}
-    if officer not in registered:
-        raise errors.PolicyViolation(f"{officer} is not a recovery officer")
-    status = recovery.load(km.db.conn, request_id).status
-    if status is not recovery.RequestStatus.OPEN:
-        raise errors.PolicyViolation(f"request {request_id} is {status.value}")
-    content = recovery.content_for_officer(km, request_id)
-    shown = request_content.describe(content)
-    shown += f"\n  KM CA certificate SHA-256 {hashlib.sha256(km.ca_cert.public_bytes(Encoding.DER)).hexdigest()}"
-    if trust_officer_set:
-        shown += "\n" + _fingerprints(km, content)
-    _confirm(cli_ctx, shown, yes)
-    session = _officer_token(cli_ctx, km, token_uri or registered[officer].uri, officer_pin_source, officer)
-    count = recovery.approve(km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), content,
+    view = prepare_approval(km, request_id, officer, trust_officer_set)
+    _confirm(cli_ctx, view.shown, yes)
+    session = _officer_token(cli_ctx, km, token_uri or view.officer_uri, officer_pin_source, officer)
+    count = recovery.approve(km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), view.content,
                              trust_officer_set)
     quorum = custody.quorum(km.db.conn)
     cli_ctx.emit(
         {"id": request_id, "officer": officer, "approvals": count, "quorum": quorum},
         f"{officer} approved request {request_id} ({count} of {quorum})",
     )
-
-
-def _fingerprints(km: KeyManager, content: request_content.Content) -> str:
-    ep = epochs.get(km.db.conn, int(content.data["epoch"]))
-    return "  officer set {} (quorum {}): {}".format(ep.number, ep.quorum, "; ".join(
-        f"{o.name} SHA-256 {hashlib.sha256(custody.public_der(o.public_key)).hexdigest()[:32]}" for o in ep.officers))
 
 
 @recovery_group.command("complete")
@@ -151,7 +128,7 @@ def recovery_complete(
     if code_out is not None and not reenable:
         raise errors.BadInput("--code-out goes with --reenable")
     km = open_km(cli_ctx)
-    status = recovery.load(km.db.conn, request_id).status
+    status = recovery_export.request_status(km, request_id)
     deliver = None
     if out_path is not None:
         sweep_temps(out_path.parent, out_path.name)  # a killed earlier run's temporary file
@@ -160,7 +137,7 @@ def recovery_complete(
             # A run killed after writing the export but before (or after) its commit: the file
             # opens with this password and holds exactly this request's keys, so the re-run
             # finishes the job; any other file there is left alone.
-            if not _holds_this_export(km, request_id, out_path, password):
+            if not recovery_export.holds_this_export(km, request_id, out_path, password):
                 raise errors.AlreadyExists(f"{out_path} exists")
             if status is recovery.RequestStatus.COMPLETED:
                 cli_ctx.emit({"id": request_id, "out": str(out_path), "already": True},
@@ -168,14 +145,7 @@ def recovery_complete(
                 return
             out_path.unlink()
 
-        def deliver(keys: list[recovery.RecoveredKey]) -> None:
-            from cryptography import x509
-
-            store = EpfKeystore.create(out_path, password)
-            for k in keys:
-                store.add_entry(k.key, x509.load_der_x509_certificate(k.cert_der))
-            store.add_entry(None, km.ca_cert, "hsmkm CA")
-            store.save()
+        deliver = recovery_export.export_writer(km, out_path, password)
 
     before_commit = None
     if code_out is not None and code_out.exists():
@@ -206,18 +176,6 @@ def recovery_complete(
         data["out"] = str(out_path)
         text = f"{len(done.keys)} key(s) of {done.email} written to {out_path}"
     cli_ctx.emit(data, text)
-
-
-def _holds_this_export(km: KeyManager, request_id: int, path: Path, password: str) -> bool:
-    """Whether ``path`` is the PKCS#12 this request's completion writes, under this password."""
-    from hsmkm.km.authority import serial_hex
-
-    try:
-        store = EpfKeystore.open(path, password)
-    except errors.HsmkmError:
-        return False
-    held = {serial_hex(e.certificate.serial_number) for e in store.encryption_entries()}
-    return held == recovery.record_serials(km.db, request_id)
 
 
 def _looks_like_code(path: Path) -> bool:
@@ -255,15 +213,7 @@ def _change(cli_ctx: CliContext, km: KeyManager, kind: recovery.RequestKind, req
             f"'hsmkm recovery approve {req.id} --officer NAME', then run this command again with --request {req.id}",
         )
         return
-    req_obj = recovery.load(km.db.conn, request_id)
-    fixed = ("public_key", "token_serial", "token_label")
-    if req_obj.kind is not kind or {k: req_obj.params.get(k) for k in params if k not in fixed} != {
-        k: v for k, v in params.items() if k not in fixed
-    }:
-        raise errors.PolicyViolation(f"request {request_id} was approved for something else")
-    registered = {o.name: o.uri for o in custody.active_officers(km.db.conn)}
-    if req_obj.kind is recovery.RequestKind.OFFICER_ADD:
-        registered[str(req_obj.params["name"])] = str(req_obj.params["uri"])
+    registered = officer_change.approved_change(km, kind, request_id, params)
 
     def officer_key(name: str) -> PrivateKey:
         # Each officer of the new set combines its sub-shares on its own token (here, on this host).
@@ -278,7 +228,7 @@ def _change(cli_ctx: CliContext, km: KeyManager, kind: recovery.RequestKind, req
                  "every archive record re-shared")
 
 
-@cli.group("officer")
+@group("officer")
 def officer_group() -> None:
     """Recovery officers (changes need a quorum of the current officers)."""
 
@@ -312,21 +262,12 @@ def officer_add(cli_ctx: CliContext, name: str, token_uri: str, request_id: int 
     km = open_km(cli_ctx)
     params: dict[str, Any] = {"name": name, "uri": token_uri}
     if request_id is None:
-        if name in {o.name for o in custody.active_officers(km.db.conn)}:
-            raise errors.AlreadyExists(f"{name} is already an officer")
+        officer_change.check_new_officer(km, name)
         session = _officer_token(cli_ctx, km, token_uri, None, name)
-        rec = km.config.recovery_token
         others = [str(r[0]) for r in km.db.conn.execute(
             "SELECT t.token_serial FROM officer_tokens t JOIN officers o ON o.name = t.officer WHERE o.status = ?",
             (custody.OfficerStatus.ACTIVE,))]
-        check_officer_token(session.serial, session.label, session.has_object(OFFICER_KEY_LABEL), km.session.serial,
-                            (rec.serial, rec.label) if rec is not None else None, others, name)
-        key = session.generate_keypair(OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer",
-                                       sign=True, decrypt=False, derive=True)
-        pub = custody.public_der(key.public_key())
-        if any(custody.public_der(o.public_key) == pub for o in epochs.active(km.db.conn).officers):
-            raise errors.PolicyViolation(f"{name}'s key is already another officer's key")
-        params.update(public_key=pub.hex(), token_serial=session.serial, token_label=session.label)
+        params.update(officer_tokens.make_officer_key(km, name, session, others))
     _change(cli_ctx, km, recovery.RequestKind.OFFICER_ADD, request_id, f"add officer {name}", params, f"add {name}")
 
 
@@ -358,16 +299,14 @@ def recovery_policy(cli_ctx: CliContext, quorum: int, request_id: int | None) ->
       hsmkm recovery policy --quorum 3; …approvals…; hsmkm recovery policy --quorum 3 --request 11
     """
     km = open_km(cli_ctx)
-    n = len(custody.active_officers(km.db.conn))
-    if quorum > n:
-        raise errors.PolicyViolation(f"quorum {quorum} is more than the {n} officers")
+    officer_change.check_quorum(km, quorum)
     if quorum < 2:
         cli_ctx.warn("a quorum of 1 lets a single officer recover keys")
     _change(cli_ctx, km, recovery.RequestKind.POLICY, request_id, f"quorum {quorum}", {"quorum": quorum},
             f"quorum {quorum}")
 
 
-@cli.group("archive")
+@group("archive")
 def archive_group() -> None:
     """The key archive."""
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from hsmkm.atomic import sweep_temps
-from hsmkm.cli.main import CliContext
+from hsmkm.cli.context import CliContext
 from hsmkm.km import directory
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.manager import KeyManager
@@ -17,10 +18,15 @@ from hsmkm.store.database import Database
 
 def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
     """The KM at the home, logged in with the PIN from --pin-source (or the trial PIN file)."""
-    config = KmConfig.load(Home(cli.home))
-    spec = cli.pin_source or config.km_pin_source
+    return open_km_at(cli, cli.home, cli.pin_source, actor)
+
+
+def open_km_at(cli: CliContext, root: Path, pin_source: str | None, actor: str) -> KeyManager:
+    """The KM at ``root``, logged in with the PIN from ``pin_source`` (else the home's own)."""
+    config = KmConfig.load(Home(root))
+    spec = pin_source or config.km_pin_source
     pin = cli.secret(spec, "KM token PIN")
-    km = KeyManager.open(cli.home, pin, actor=actor, publisher=publisher_for(cli.home))
+    km = KeyManager.open(root, pin, actor=actor, publisher=publisher_for(root))
     for repair in km.repairs:
         cli.warn(repair.describe())
     settle(km)

@@ -13,18 +13,22 @@ from cryptography.hazmat.primitives import serialization
 from hsmkm import addresses, errors
 from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.atomic import atomic_writer
-from hsmkm.cli.main import CliContext, cli, pass_cli
+from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.session import open_km, open_km_files
 from hsmkm.km import archive, directory, users
+from hsmkm.km.revocation import parse_reason, revoke_user
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.smimecaps import ClientProfile
+from hsmkm.x509.crl import RevocationReason
 from hsmkm.certnames import CertKind
 
 
-@cli.group()
+@group()
 def user() -> None:
     """Users, their enrollment codes and certificates."""
 
+
+REASONS = [r.value for r in RevocationReason if r is not RevocationReason.REMOVE_FROM_CRL]
 
 _KEY_OPTION = click.option("--key", "key_alg", type=click.Choice([a.value for a in KeyAlgorithm]),
                            help="The user's encryption key algorithm (default: the KM's).")
@@ -232,7 +236,28 @@ def user_reenable(cli_ctx: CliContext, email: str, key_alg: str | None, client: 
     cli_ctx.emit({"email": email, "code": code}, f"new enrollment code for {email} (shown once): {code}")
 
 
-@cli.group("directory")
+@user.command("revoke")
+@click.argument("email")
+@click.option("--reason", type=click.Choice(REASONS, case_sensitive=False), help="RFC 5280 reason.")
+@pass_cli
+def user_revoke(cli_ctx: CliContext, email: str, reason: str | None) -> None:
+    """Revoke the user's current certificates (the archive stays; 'user reenable' brings them back).
+
+    \b
+    Example:
+      hsmkm user revoke bob@example.com --reason keyCompromise && hsmkm crl publish
+    """
+    users.normalize_email(email)  # refused before the token is even opened
+    km = open_km(cli_ctx)
+    done = revoke_user(km, email, parse_reason(reason))
+    cli_ctx.emit(
+        {"email": done.email, "serials": done.serials, "reason": done.reason.value, "revoked_at": done.at},
+        f"revoked {len(done.serials)} certificate(s) of {done.email} ({done.reason.value}); publish a CRL next"
+        if done.serials else f"{done.email} is already revoked",
+    )
+
+
+@group("directory")
 def directory_group() -> None:
     """The directory of users' current certificates."""
 

@@ -1,9 +1,9 @@
 """Client-side enrollment: make the signing key in the keystore, send a CSR with the code,
-store what comes back. The transport to the KM is a callable, so it can travel later."""
+store what comes back. The request and response travel as bytes (``enroll_wire``) through a
+``Transport``, so the carrier (the KM in this process, HTTPS) is the caller's choice."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -13,9 +13,15 @@ from cryptography.x509.oid import NameOID
 
 from hsmkm.keys.algorithms import KeyAlgorithm, digest_for_key
 from hsmkm.keys.base import PrivateKey
-from hsmkm.protocol import EnrollRequest, EnrollResponse, open_key
+from hsmkm.enroll_wire import decode_response, encode_request
+from hsmkm.protocol import EnrollRequest, open_key
 
-Transport = Callable[[EnrollRequest], EnrollResponse]
+
+class Transport(Protocol):
+    """Carries one encoded enrollment request to the KM and brings back its encoded response;
+    a refusal by the KM (a wrong code, a bad CSR) is raised as the hsmkm error it is."""
+
+    def __call__(self, request: bytes, /) -> bytes: ...
 
 
 class EnrollmentTarget(Protocol):
@@ -58,7 +64,8 @@ def enroll(
     """The whole client flow; on any failure the new signing key is discarded."""
     key = target.generate_signing_key(sign_alg)
     try:
-        response = transport(EnrollRequest(email=email, code=code, csr_der=build_csr(key, email)))
+        request = EnrollRequest(email=email, code=code, csr_der=build_csr(key, email))
+        response = decode_response(transport(encode_request(request)))
         sign_cert = x509.load_der_x509_certificate(response.sign_cert_der)
         enc_cert = x509.load_der_x509_certificate(response.encryption.cert_der)
         enc_key = open_key(code, response, response.encryption)

@@ -77,7 +77,7 @@ def encoded_field(f: Field) -> Field:
         pairs = email.utils.getaddresses([f.value])
         value = ", ".join(email.utils.formataddr(p, charset="utf-8") for p in pairs)
     else:
-        value = email.header.Header(f.value, "utf-8", header_name=f.name).encode()
+        value = email.header.Header(f.value, "utf-8", header_name=f.name).encode(linesep="\r\n")
     return Field(f.name, f"{f.name}: {value}\r\n".encode("ascii", "replace"))
 
 
