@@ -159,7 +159,7 @@ def _commit_enrollment(
         record_certificate(conn, enc_cert, CertKind.ENCRYPT, user.id, now)
         record_id = archive.store_record(conn, sealed, enc_alg, now)
         if checked.purpose is users.CodePurpose.RECOVERY:
-            from hsmkm.km.recovery import release_recovered
+            from hsmkm.km.recovery.held import release_recovered
 
             history = release_recovered(conn, checked.id, code, code_key(code, response.salt))
         conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.ACTIVE.value, user.id))

@@ -18,11 +18,14 @@ from pkcs11 import ObjectClass
 
 from hsmkm import errors
 from hsmkm.keys.pkcs11 import TokenSession
-from hsmkm.km import archive, custody, epochs, officer_side, recovery, request_content
+from hsmkm.km import archive, custody, epochs, officer_side, request_content
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.config import RECOVERY_KEY_LABEL
 from hsmkm.km.manager import KeyManager, open_token
 from hsmkm.km.officer_side import RecordIdentity
+from hsmkm.km.recovery.approvals import Approval, verified_approvals
+from hsmkm.km.recovery.claims import claim, finish, release
+from hsmkm.km.recovery.requests import Request, RequestKind, check_expiry, destroy_request_key, load, request_key
 
 BATCH = 200
 
@@ -42,14 +45,14 @@ def pending_records(km: KeyManager) -> int:
 
 
 def _open_recovery_token(
-    km: KeyManager, req: recovery.Request, approvals: list[recovery.Approval], content: request_content.Content
+    km: KeyManager, req: Request, approvals: list[Approval], content: request_content.Content
 ) -> TokenSession:
     """The old recovery token, logged in with the PIN the approvals' shares rebuild."""
     ref = km.config.recovery_token
     if ref is None:
         raise errors.NotFound("the KM's configuration names no recovery token to migrate from")
-    request_key = recovery._request_key(km, req)
-    shares = [officer_side.open_pin_share(request_key, a.blob, req.id, a.officer, content.canonical)
+    key = request_key(km, req)
+    shares = [officer_side.open_pin_share(key, a.blob, req.id, a.officer, content.canonical)
               for a in approvals]
     pin = custody.combine_pin(shares)
     del shares
@@ -67,15 +70,15 @@ def migrate(
 ) -> MigrationResult:
     """Carry out an approved migration request (again, after a crash: it continues)."""
     conn = km.db.conn
-    req = recovery.load(conn, request_id)
-    if req.kind is not recovery.RequestKind.MIGRATE:
+    req = load(conn, request_id)
+    if req.kind is not RequestKind.MIGRATE:
         raise errors.BadInput(f"request {req.id} is a {req.kind.value} request")
     if km.config.recovery_token is None:
         raise errors.PolicyViolation("this KM has no recovery token: its archive is already per-record")
     content = request_content.build(conn, request_id, None)
-    approvals = recovery.verified_approvals(km, req, content)
-    recovery._check_expiry(req, content, km.clock())  # whatever the status says
-    me = recovery.claim(km, req)
+    approvals = verified_approvals(km, req, content)
+    check_expiry(req, content, km.clock())  # whatever the status says
+    me = claim(km, req)
     try:
         total = pending_records(km)
         done = 0
@@ -133,9 +136,9 @@ def migrate(
             ch.conn.execute("DELETE FROM meta WHERE key = 'recovery_public_key'")
             # the PIN shares are void now that the key they guarded is gone
             ch.conn.execute("UPDATE officers SET share = ?", (b"",))
-            recovery._finish(ch.conn, req, me)
+            finish(ch.conn, req, me)
     except BaseException:
-        recovery.release(km, req, me)
+        release(km, req, me)
         raise
-    recovery._destroy_key(km.session, req.key_label)
+    destroy_request_key(km.session, req.key_label)
     return MigrationResult(req.id, done, destroyed)
