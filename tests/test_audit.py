@@ -10,6 +10,7 @@ The attacks act as a database writer would: sqlite3 on km.db, no token, no PIN.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -307,8 +308,8 @@ def test_a_commit_whose_anchor_a_crash_prevented_is_no_finding(history: History)
     one entry ahead of the anchor, which is allowed; the next change anchors again."""
     km_python(history.home, (
         "from hsmkm.km.audit import AuditAction, AuditLog\n"
-        "with km.db.transaction() as conn:\n"
-        "    AuditLog(conn, km.audit_key.hmac_sha256, km.clock).append('operator', AuditAction.USER_ADD, {'email': 'x'})\n"
+        "with km.db.write() as tx:\n"
+        "    AuditLog(tx, km.audit_key.hmac_sha256, km.clock).append('operator', AuditAction.USER_ADD, {'email': 'x'})\n"
     ))
     run, result = verify(history.home, history.checkpoint)
     assert run.returncode == 0 and result["entries"] == 7 and result["anchor"]["seq"] == 6
@@ -499,20 +500,18 @@ def test_help_shows_checkpoint_and_verify_examples() -> None:
 # --- properties: any writer's mutation below a witness is found; anchors round-trip ---------
 
 
-def _software_log(n: int) -> tuple[sqlite3.Connection, Any]:
-    """A log of n entries in an in-memory database, MAC'd with a software key (the token's
+def _software_log(n: int) -> tuple[Any, Any]:
+    """A log of n entries in a throwaway database, MAC'd with a software key (the token's
     HMAC does the same sums)."""
     import hashlib
     import hmac as hmac_mod
+    import tempfile
     from datetime import datetime, timedelta, timezone
 
     from hsmkm.km.audit import AuditAction, AuditLog
-    from hsmkm.store.db import SCHEMA
+    from hsmkm.store.database import Database
 
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    for stmt in SCHEMA.split(";"):
-        if stmt.strip():
-            conn.execute(stmt)
+    db = Database.create(Path(tempfile.mkdtemp()) / "km.db")
     key = b"k" * 32
 
     def mac(data: bytes) -> bytes:
@@ -520,10 +519,10 @@ def _software_log(n: int) -> tuple[sqlite3.Connection, Any]:
 
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
     ticks = iter(range(10_000))
-    log = AuditLog(conn, mac, lambda: start + timedelta(seconds=next(ticks)))
+    log = AuditLog(db.reader(), mac, lambda: start + timedelta(seconds=next(ticks)))
     for i in range(n):
         log.append("operator", AuditAction.USER_ADD, {"email": f"u{i}@example.com"})
-    return conn, mac
+    return db, mac
 
 
 _MUTATIONS = st.sampled_from(["edit", "delete", "swap", "truncate", "rewrite_hash"])
@@ -534,7 +533,8 @@ _MUTATIONS = st.sampled_from(["edit", "delete", "swap", "truncate", "rewrite_has
 def test_any_writer_mutation_at_or_below_a_witness_is_found(n: int, data: st.DataObject, kind: str) -> None:
     from hsmkm.km.audit import AuditLog, FindingSource, Witness, _entry_hash
 
-    conn, mac = _software_log(n)
+    db, mac = _software_log(n)
+    conn = db.conn  # the database writer's raw access
     w_seq = data.draw(st.integers(1, n), label="witnessed entry")
     digest = bytes(conn.execute("SELECT hash FROM audit WHERE seq = ?", (w_seq,)).fetchone()[0])
     witness = Witness(FindingSource.CHECKPOINT, w_seq, digest, 0, "the checkpoint")
@@ -561,7 +561,9 @@ def test_any_writer_mutation_at_or_below_a_witness_is_found(n: int, data: st.Dat
             prev = d
     from hsmkm.clock import system_clock
 
-    report = AuditLog(conn, mac, system_clock).verify([witness])
+    report = AuditLog(db.reader(), mac, system_clock).verify([witness])
+    db.close()
+    shutil.rmtree(db.path.parent)
     assert not report.ok
     assert any(f.source is FindingSource.CHECKPOINT for f in report.findings), report
     assert report.first_bad is not None and report.first_bad <= w_seq + 1

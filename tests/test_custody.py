@@ -59,7 +59,7 @@ def insider(template: Path, tmp_path: Path) -> dict[str, object]:
 
 def _records(km: KeyManager, email: str) -> list[archive.ArchiveRecord]:
     uid = km.db.conn.execute("SELECT id FROM users WHERE email = ?", (email,)).fetchone()[0]
-    return archive.records_for_user(km.db.conn, uid)
+    return archive.records_for_user(km.db.reader(), uid)
 
 
 def _km_token_private_keys(km: KeyManager) -> list[object]:

@@ -211,7 +211,7 @@ def test_a_rotation_between_sealing_and_commit_loses_nothing(home: Path, seam: l
     # The record opens under the key it names, and later rotations move it on.
     from hsmkm.km import archive
 
-    record = archive.records_for_user(km.db.conn, 1)[0]
+    record = archive.records_for_user(km.db.reader(), 1)[0]
     assert archive.open_outer(record, km.archive_key_by_label(record.master_label))
     km_enroll._before_commit = lambda k: None
     assert rotate_archive_key(km).records == 1
@@ -455,6 +455,7 @@ def test_a_first_release_home_extracted_elsewhere_works_where_it_is(tmp_path: Pa
         tar.extractall(tmp_path, filter="data")
     home = tmp_path / "km"
     assert "/tmp/hsmkm-v1-fixture/km" in (home / "km.json").read_text()
+    hsmkm("db", "upgrade", home=home)
     st = hsmkm("status", "--json", home=home).json()
     assert st["counts"]["users"] == 3
     assert f"directories.tokendir = {home.absolute() / 'softhsm' / 'tokens'}" in (home / "softhsm" / "softhsm2.conf").read_text()

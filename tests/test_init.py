@@ -18,7 +18,7 @@ from hsmkm import errors
 from hsmkm.keys.pkcs11 import Pkcs11Module
 from hsmkm.km import custody
 from hsmkm.km.config import Home, KmConfig
-from hsmkm.store.db import Database
+from hsmkm.store.database import Database
 
 
 def test_embedded_init_makes_ca_on_the_token(km_home: Path) -> None:

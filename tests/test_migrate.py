@@ -21,7 +21,8 @@ MADE_AT = "/tmp/hsmkm-v1-fixture/km"
 
 
 @pytest.fixture
-def v1(tmp_path: Path) -> dict[str, Path]:
+def v1_as_made(tmp_path: Path) -> dict[str, Path]:
+    """The first release's home as it was made (its database at schema version 1)."""
     with tarfile.open(FIXTURE) as tar:
         tar.extractall(tmp_path, filter="data")
     home = tmp_path / "km"
@@ -32,6 +33,13 @@ def v1(tmp_path: Path) -> dict[str, Path]:
     with sqlite3.connect(home / "km.db") as conn:
         conn.execute("UPDATE officers SET uri = replace(uri, ?, ?)", (MADE_AT, str(home)))
     return {"home": home, "users": tmp_path / "users"}
+
+
+@pytest.fixture
+def v1(v1_as_made: dict[str, Path]) -> dict[str, Path]:
+    """The first release's home after ``hsmkm db upgrade``, as its operator runs it first."""
+    hsmkm("db", "upgrade", home=v1_as_made["home"])
+    return v1_as_made
 
 
 def _encryption_keys(path: Path, password: str) -> set[int]:
@@ -135,17 +143,20 @@ def test_the_recovery_token_is_empty_after_migration(v1: dict[str, Path], monkey
         recovery.open_request(km, recovery.RequestKind.MIGRATE, "again")
 
 
-def test_a_first_release_database_gains_the_new_tables_on_open_once(v1: dict[str, Path]) -> None:
+def test_a_first_release_database_gains_the_new_tables_by_db_upgrade_once(v1_as_made: dict[str, Path]) -> None:
     from hsmkm.km import epochs
-    from hsmkm.store.db import SCHEMA_VERSION, Database
+    from hsmkm.store.database import Database, head_revision
 
-    path = v1["home"] / "km.db"
+    path = v1_as_made["home"] / "km.db"
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
         pin_epoch = int(conn.execute("SELECT value FROM meta WHERE key = 'share_epoch'").fetchone()[0])
+    refused = hsmkm("status", home=v1_as_made["home"], check=False)
+    assert refused.returncode == 2 and "run 'hsmkm db upgrade'" in refused.stderr
     for _ in range(2):  # idempotent
+        assert Database.upgrade(path)[1] == head_revision()
         db = Database.open(path)
-        assert db.get_meta("schema_version") == str(SCHEMA_VERSION)
+        assert db.get_meta("schema_version") == "2"
         active = epochs.active(db.conn)
         assert active.number == pin_epoch and active.quorum == 2
         assert [(o.name, o.x) for o in active.officers] == [("officer1", 1), ("officer2", 2), ("officer3", 3)]

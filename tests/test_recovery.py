@@ -333,8 +333,9 @@ def test_archive_rotate_keeps_every_record_recoverable(km_with_alice: dict[str, 
     # Pad the archive so the rotation runs in several batches.
     from hsmkm.km import archive as arc
 
-    with km.db.transaction() as conn:
-        rec = arc.records_for_user(conn, 1)[0]
+    with km.db.write() as tx:
+        conn = km.db.conn  # the database writer's raw access, inside the same transaction
+        rec = arc.records_for_user(tx, 1)[0]
         for _ in range(25):
             new_id = conn.execute(
                 "INSERT INTO archive(user_id, cert_serial, algorithm, created_at, format_version, master_label, "

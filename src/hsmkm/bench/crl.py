@@ -15,7 +15,10 @@ from hsmkm.bench.rows import Row
 from hsmkm.client.crlcache import CrlCache
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.publication import CrlKind, publish_crl
+from hsmkm.store.repos.certs import RevokedCert
+from hsmkm.store.repos.counters import Counter
 from hsmkm.x509 import profiles
+from hsmkm.x509.profiles import CertKind
 
 LABELS = {10: "10", 10_000: "10k", 100_000: "100k", 1_000_000: "1m"}
 REASONS = ("keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "unspecified")
@@ -28,13 +31,16 @@ def _revoke_synthetic(km: KeyManager, count: int, start_seq: int) -> list[int]:
     serials = [profiles.random_serial() for _ in range(count)]
     # Each revocation at its own second, as in years of real use (a shared time would let
     # the encoders reuse one DER time for every entry).
-    with km.db.transaction() as conn:
-        conn.executemany(
-            "INSERT INTO certificates(serial, user_id, kind, der, not_before, not_after, issued_at, status, current, "
-            "revoked_at, reason, revoked_seq) VALUES (?, NULL, 'sign', x'', ?, ?, ?, 'revoked', 0, ?, ?, ?)",
-            ((f"{s:040x}", now, now, now, (clock - timedelta(seconds=3 * (start_seq + i))).isoformat(),
-              REASONS[i % len(REASONS)], start_seq + i + 1) for i, s in enumerate(serials)),
-        )
+    with km.db.write() as tx:
+        last = tx.counters.draw(Counter.REVOKED_SEQ, count)
+        first = last - count + 1
+        for at in range(0, count, 10_000):  # batches: a million rows are never one list
+            tx.certs.add_revoked([
+                RevokedCert(f"{s:040x}", CertKind.SIGN.value, b"", now,
+                            (clock - timedelta(seconds=3 * (start_seq + i))).isoformat(),
+                            REASONS[i % len(REASONS)], first + i)
+                for i, s in enumerate(serials[at:at + 10_000], start=at)
+            ])
     return serials
 
 

@@ -33,12 +33,12 @@ def _fill(km: KeyManager, n: int, key: ec.EllipticCurvePrivateKey) -> None:
     sharing = epochs.sharing(km.db.conn)
     done = 0
     while done < n:
-        with km.db.transaction() as conn:
+        with km.db.write() as tx:
             for _ in range(min(1000, n - done)):
                 cert = sign_user_certificate(km, key.public_key(), CertKind.ENCRYPT, EMAIL, None)
-                record_certificate(conn, cert, CertKind.ENCRYPT, user.id, now)
+                record_certificate(tx, cert, CertKind.ENCRYPT, user.id, now)
                 sealed = archive.seal_record(km.archive_key, sharing, user.id, serial_hex(cert.serial_number), key)
-                archive.store_record(conn, sealed, "p256", now)
+                archive.store_record(tx, sealed, "p256", now)
                 done += 1
 
 
@@ -99,7 +99,7 @@ def run(tmp: Path, quick: bool) -> list[Row]:
         recovery.approve(km, change.id, name, _officer_key(module, home, name), shown)
     recovery.complete_change(km, change.id, lambda name: _officer_key(module, home, name))
     add_s = time.perf_counter() - t
-    shares = int(km.db.conn.execute("SELECT COUNT(*) FROM archive_shares").fetchone()[0])
+    shares = km.db.reader().archive.count_shares()
     assert shares == 4 * n, shares
     floor = 2 * n / ecdh_rate
     return [

@@ -136,6 +136,7 @@ def status(cli_ctx: CliContext) -> None:
     def human() -> str:
         lines = [
             f"home: {st['home']}{' (embedded SoftHSM2, for trials)' if st['embedded'] else ''}",
+            f"database: schema revision {st['schema_revision']}",
             f"token: {st['token']['label']} (serial {st['token']['serial']}) reachable",
             f"CA: {st['ca']['subject']} ({st['ca']['key_algorithm']}), valid until {st['ca']['not_after']}",
             "keys:",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import sys
 import traceback
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Any
 import click
 
 from hsmkm import __version__, errors
+from hsmkm.store import errors as store_errors
 from hsmkm.errors import ExitCode
 from hsmkm.secrets import SecretSource
 
@@ -109,10 +109,11 @@ class HsmkmGroup(click.Group):
             ctx.exit(130)
         except BrokenPipeError:
             ctx.exit(int(ExitCode.UNREACHABLE))
-        except sqlite3.OperationalError as exc:
-            _fail(ctx, f"the KM database is unavailable ({exc})", ExitCode.UNREACHABLE)
-        except sqlite3.DatabaseError as exc:
-            _fail(ctx, f"the KM database is damaged ({exc})", ExitCode.BAD_INPUT)
+        except store_errors.DATABASE_ERRORS as exc:  # raw SQL of a module not yet in repositories
+            err = store_errors.translate(exc)
+            if err is None:
+                raise
+            _fail(ctx, str(err), err.exit_code)
         except errors.CERTIFICATE_ERRORS as exc:  # a certificate from a file, parsed lazily where first read
             _fail(ctx, f"a malformed certificate ({exc})", ExitCode.BAD_INPUT)
         except OverflowError:  # SQLite's integers are 64-bit: an id or count typed past that

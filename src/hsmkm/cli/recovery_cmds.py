@@ -218,7 +218,7 @@ def _holds_this_export(km: KeyManager, request_id: int, path: Path, password: st
     except errors.HsmkmError:
         return False
     held = {serial_hex(e.certificate.serial_number) for e in store.encryption_entries()}
-    return held == recovery.record_serials(km.db.conn, request_id)
+    return held == recovery.record_serials(km.db, request_id)
 
 
 def _looks_like_code(path: Path) -> bool:

@@ -10,7 +10,7 @@ from hsmkm.cli.main import CliContext
 from hsmkm.km import directory
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.manager import KeyManager
-from hsmkm.store.db import Database
+from hsmkm.store.database import Database
 
 
 def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:

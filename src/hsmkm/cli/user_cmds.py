@@ -15,7 +15,7 @@ from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.atomic import atomic_writer
 from hsmkm.cli.main import CliContext, cli, pass_cli
 from hsmkm.cli.session import open_km, open_km_files
-from hsmkm.km import directory, users
+from hsmkm.km import archive, directory, users
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.smimecaps import ClientProfile
 from hsmkm.x509.profiles import CertKind
@@ -136,7 +136,8 @@ def _earlier_codes_file(km: Any, out: Path) -> users.CodesFileState:
     if not lines or lines[0] != "email,code":
         return users.CodesFileState.MIXED
     pairs = [tuple(line.split(",", 1)) for line in lines[1:] if "," in line]
-    return users.codes_file_state(km.db.conn, [(p[0], p[1]) for p in pairs])
+    with km.db.read() as tx:
+        return users.codes_file_state(tx, [(p[0], p[1]) for p in pairs])
 
 
 class _NoBar:
@@ -160,7 +161,8 @@ def user_list(cli_ctx: CliContext) -> None:
       hsmkm user list --json
     """
     km = open_km_files(cli_ctx)
-    rows = users.list_users(km.db.conn)
+    with km.db.read() as tx:
+        rows = users.list_users(tx)
     data = [{"email": u.email, "name": u.name, "status": u.status.value, "created_at": u.created_at} for u in rows]
     cli_ctx.emit({"users": data}, "\n".join(f"{u.email:<40} {u.status.value:<8} {u.name or ''}" for u in rows) or "no users")
 
@@ -177,10 +179,12 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
     """
     users.normalize_email(email)  # refused before the database is even opened
     km = open_km_files(cli_ctx)
-    u = users.find_user(km.db.conn, email)
+    with km.db.read() as tx:
+        u = users.find_user(tx, email)
+        chosen = users.settings_of(tx, u.id)
     certs = directory.user_certificates(km.db.conn, u.id)
-    archived = km.db.conn.execute("SELECT COUNT(*) FROM archive WHERE user_id = ?", (u.id,)).fetchone()[0]
-    chosen = users.settings_of(km.db.conn, u.id)
+    with km.db.read() as tx:
+        archived = archive.count_for_user(tx, u.id)
     data: dict[str, Any] = {
         "email": u.email,
         "name": u.name,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hmac
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from hsmkm import errors
 from hsmkm.keys import data_objects
 from hsmkm.keys.pkcs11 import TokenSession
 from hsmkm.km.audit import FindingSource, Head, Witness, crl_number_of
+from hsmkm.store.tx import Tx
 from hsmkm.km.config import Home
 
 APPLICATION = "hsmkm-audit-anchor"
@@ -137,20 +137,20 @@ class TokenAnchor:
             f"{self._session.what()}: the audit anchor does not verify (it is not this KM's, or was altered)"
         )
 
-    def check(self, conn: sqlite3.Connection) -> None:
+    def check(self, tx: Tx) -> None:
         """Refuse (AuditChainBroken) if the database lacks the anchored entry or CRL number.
 
         Runs inside a state change's write transaction, before its audit entry."""
         anchor = self.read()
         if anchor is None:
             return
-        row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (anchor.seq,)).fetchone()
-        if row is None or not hmac.compare_digest(bytes(row[0]), anchor.digest):
+        stored = tx.audit.hash_at(anchor.seq)
+        if stored is None or not hmac.compare_digest(stored, anchor.digest):
             raise errors.AuditChainBroken(
                 f"the database does not hold audit entry {anchor.seq} as the token's anchor records it: "
                 "it was cut or rolled back; refusing to change anything (run 'hsmkm audit verify')"
             )
-        if crl_number_of(conn) < anchor.crl_number:
+        if crl_number_of(tx) < anchor.crl_number:
             raise errors.AuditChainBroken(
                 f"the database's CRL number is below {anchor.crl_number}, which the token's anchor records: "
                 "it was rolled back; refusing to change anything (run 'hsmkm audit verify')"

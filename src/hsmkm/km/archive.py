@@ -13,10 +13,8 @@ master key. Neither layer alone opens a record; the plaintext key exists only in
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +27,8 @@ from hsmkm.keys.pkcs11 import TokenSecretKey
 from hsmkm.km import sealing, shamir
 from hsmkm.km.epochs import Epoch
 from hsmkm.km.officer_side import RecordIdentity, share_context
+from hsmkm.store.repos.archive import ArchiveRow, NewRecord, NewShare
+from hsmkm.store.tx import Tx
 
 FORMAT_VERSION = 2
 FORMAT_V1 = 1
@@ -111,52 +111,41 @@ def seal_record(
                         tuple(e.number for e in epochs))
 
 
-def store_shares(conn: sqlite3.Connection, record_id: int, shares: tuple[SealedShare, ...]) -> None:
-    conn.executemany(
-        "INSERT INTO archive_shares(record_id, epoch, officer, x, sealed) VALUES (?, ?, ?, ?, ?)",
-        [(record_id, s.epoch, s.officer, s.x, s.sealed) for s in shares],
-    )
+def store_shares(tx: Tx, record_id: int, shares: tuple[SealedShare, ...]) -> None:
+    tx.archive.add_shares(record_id, [NewShare(s.epoch, s.officer, s.x, s.sealed) for s in shares])
 
 
-def store_record(conn: sqlite3.Connection, record: SealedRecord, algorithm: str, now: datetime) -> int:
+def store_record(tx: Tx, record: SealedRecord, algorithm: str, now: datetime) -> int:
     """Insert a sealed record and its shares (inside the caller's transaction); returns its id."""
-    cur = conn.execute(
-        "INSERT INTO archive(user_id, cert_serial, algorithm, created_at, format_version, master_label, sealed) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (record.user_id, record.cert_serial, algorithm, now.isoformat(), FORMAT_VERSION, record.master_label, record.sealed),
+    return tx.archive.add(
+        NewRecord(record.user_id, record.cert_serial, algorithm, now.isoformat(), FORMAT_VERSION,
+                  record.master_label, record.sealed),
+        [NewShare(s.epoch, s.officer, s.x, s.sealed) for s in record.shares],
     )
-    record_id = int(cur.lastrowid or 0)
-    store_shares(conn, record_id, record.shares)
-    return record_id
 
 
-def _record(r: tuple[Any, ...]) -> ArchiveRecord:
-    return ArchiveRecord(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]), str(r[6]), bytes(r[7]))
+def _record(r: ArchiveRow) -> ArchiveRecord:
+    return ArchiveRecord(r.id, r.user_id, r.cert_serial, r.algorithm, r.created_at, r.format_version,
+                         r.master_label, r.sealed)
 
 
-def records_for_user(conn: sqlite3.Connection, user_id: int) -> list[ArchiveRecord]:
-    return [
-        _record(r)
-        for r in conn.execute(
-            "SELECT id, user_id, cert_serial, algorithm, created_at, format_version, master_label, sealed "
-            "FROM archive WHERE user_id = ? ORDER BY id",
-            (user_id,),
-        )
-    ]
+def records_for_user(tx: Tx, user_id: int) -> list[ArchiveRecord]:
+    return [_record(r) for r in tx.archive.for_user(user_id)]
 
 
-def records_by_id(conn: sqlite3.Connection, ids: list[int]) -> list[ArchiveRecord]:
+def records_by_id(tx: Tx, ids: list[int]) -> list[ArchiveRecord]:
     out = []
     for rid in ids:
-        r = conn.execute(
-            "SELECT id, user_id, cert_serial, algorithm, created_at, format_version, master_label, sealed "
-            "FROM archive WHERE id = ?",
-            (rid,),
-        ).fetchone()
+        r = tx.archive.by_id(rid)
         if r is None:
             raise errors.NotFound(f"archive record {rid} is missing")
         out.append(_record(r))
     return out
+
+
+def count_for_user(tx: Tx, user_id: int) -> int:
+    """How many keys of the user the archive holds."""
+    return tx.archive.count(user_id=user_id)
 
 
 def identity(record: ArchiveRecord) -> RecordIdentity:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -22,6 +21,8 @@ from typing import Any
 
 from hsmkm import errors
 from hsmkm.clock import Clock
+from hsmkm.store.repos.audit import AuditRow
+from hsmkm.store.tx import Tx
 
 GENESIS = b"\x00" * 32
 
@@ -51,7 +52,7 @@ class AuditAction(str, Enum):
 
 
 Mac = Callable[[bytes], bytes]
-Guard = Callable[[sqlite3.Connection], None]
+Guard = Callable[[Tx], None]
 
 
 class FindingSource(str, Enum):
@@ -118,10 +119,9 @@ def _head_bytes(seq: int, digest: bytes) -> bytes:
     return b"hsmkm-audit-head-v1\x00" + seq.to_bytes(8, "big") + digest
 
 
-def crl_number_of(conn: sqlite3.Connection) -> int:
+def crl_number_of(tx: Tx) -> int:
     """The last CRL number the database says was drawn (0 before the first)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'crl_number'").fetchone()
-    return int(row[0]) if row is not None else 0
+    return tx.audit.crl_number()
 
 
 class AuditLog:
@@ -131,8 +131,8 @@ class AuditLog:
     the KM passes the check against the token's anchor there.
     """
 
-    def __init__(self, conn: sqlite3.Connection, mac: Mac, clock: Clock, guard: Guard | None = None) -> None:
-        self._conn = conn
+    def __init__(self, tx: Tx, mac: Mac, clock: Clock, guard: Guard | None = None) -> None:
+        self._tx = tx
         self._mac = mac
         self._clock = clock
         self._guard = guard
@@ -142,21 +142,23 @@ class AuditLog:
 
     def _stored_head(self) -> Head | None:
         """The last entry, after checking that the MAC'd head in the database names it."""
-        row = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        meta = self._conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
+        # The head row is read locked: whoever holds it owns the next seq (SQLite's write
+        # transaction holds the whole database; a row-locking backend holds this row).
+        meta = self._tx.audit.head(lock=self._tx.writable)
+        row = self._tx.audit.last()
         if row is None and meta is None:
             return None
         broken = "the audit log does not end where its head says; run 'hsmkm audit verify'"
         if row is None or meta is None:
             raise errors.AuditChainBroken(broken)
         try:
-            h_seq_s, h_digest_s, h_mac_s = str(meta[0]).split(":")
+            h_seq_s, h_digest_s, h_mac_s = meta.split(":")
             h_seq, h_digest, h_mac = int(h_seq_s), bytes.fromhex(h_digest_s), bytes.fromhex(h_mac_s)
         except ValueError:
             raise errors.AuditChainBroken("the audit head is malformed; run 'hsmkm audit verify'") from None
         if not hmac.compare_digest(self._mac(_head_bytes(h_seq, h_digest)), h_mac):
             raise errors.AuditChainBroken("the audit head has a bad MAC; run 'hsmkm audit verify'")
-        if h_seq != int(row[0]) or not hmac.compare_digest(h_digest, bytes(row[1])):
+        if h_seq != row[0] or not hmac.compare_digest(h_digest, row[1]):
             raise errors.AuditChainBroken(
                 f"the audit log ends at entry {row[0]} but its head names entry {h_seq}; run 'hsmkm audit verify'"
             )
@@ -168,40 +170,38 @@ class AuditLog:
         if not self._checked:
             self._head = self._stored_head()
             if self._guard is not None:
-                self._guard(self._conn)
+                self._guard(self._tx)
             self._checked = True
         return self._head
 
     def append(self, actor: str, action: AuditAction, details: dict[str, Any]) -> int:
         """Add one entry; call inside the state change's transaction. Returns its seq."""
+        return self.append_many([(actor, action, details)])
+
+    def append_many(self, entries: Sequence[tuple[str, AuditAction, dict[str, Any]]]) -> int:
+        """Add entries in order (one batched insert); call inside the state change's
+        transaction. Returns the last one's seq."""
         head = self.check()
-        seq, prev = (1, GENESIS) if head is None else (head.seq + 1, head.digest)
-        at = self._clock().isoformat(timespec="microseconds")
-        text = json.dumps(details, sort_keys=True, separators=(",", ":"), default=str)
-        digest = _entry_hash(prev, seq, at, actor, action.value, text)
-        mac = self._mac(digest)
-        self._conn.execute(
-            "INSERT INTO audit(seq, at, actor, action, details, prev_hash, hash, mac) VALUES (?,?,?,?,?,?,?,?)",
-            (seq, at, actor, action.value, text, prev, digest, mac),
-        )
-        head_mac = self._mac(_head_bytes(seq, digest))
-        self._conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('audit_head', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (f"{seq}:{digest.hex()}:{head_mac.hex()}",),
-        )
-        self._head = self.appended = Head(seq, digest)
+        seq, prev = (0, GENESIS) if head is None else (head.seq, head.digest)
+        rows: list[AuditRow] = []
+        for actor, action, details in entries:
+            seq += 1
+            at = self._clock().isoformat(timespec="microseconds")
+            text = json.dumps(details, sort_keys=True, separators=(",", ":"), default=str)
+            digest = _entry_hash(prev, seq, at, actor, action.value, text)
+            rows.append(AuditRow(seq, at, actor, action.value, text, prev, digest, self._mac(digest)))
+            prev = digest
+        if not rows:
+            return seq
+        head_mac = self._mac(_head_bytes(seq, prev))
+        self._tx.audit.append(rows, f"{seq}:{prev.hex()}:{head_mac.hex()}")
+        self._head = self.appended = Head(seq, prev)
         return seq
 
     def entries(self, action: AuditAction | None = None) -> list[AuditEntry]:
-        sql = "SELECT seq, at, actor, action, details FROM audit"
-        args: tuple[Any, ...] = ()
-        if action is not None:
-            sql += " WHERE action = ?"
-            args = (action.value,)
         return [
-            AuditEntry(r[0], r[1], r[2], r[3], json.loads(r[4]))
-            for r in self._conn.execute(sql + " ORDER BY seq", args)
+            AuditEntry(r.seq, r.at, r.actor, r.action, json.loads(r.details))
+            for r in self._tx.audit.rows(None if action is None else action.value)
         ]
 
     def verify(self, witnesses: Sequence[Witness] = ()) -> AuditReport:
@@ -212,13 +212,8 @@ class AuditLog:
 
         Read witnesses before calling: all of this reads one snapshot of the database, which
         then holds at least what they witnessed (concurrent commits are no finding)."""
-        if self._conn.in_transaction:
+        with self._tx.snapshot():  # deferred: a read snapshot, no write lock
             return self._verify(witnesses)
-        self._conn.execute("BEGIN")  # deferred: a read snapshot, no write lock
-        try:
-            return self._verify(witnesses)
-        finally:
-            self._conn.execute("COMMIT")
 
     def _verify(self, witnesses: Sequence[Witness]) -> AuditReport:
         findings: list[Finding] = []
@@ -230,8 +225,8 @@ class AuditLog:
         count = 0
         last = 0
         chain_ok = True
-        for seq, at, actor, action, details, prev_hash, digest, mac in self._conn.execute(
-            "SELECT seq, at, actor, action, details, prev_hash, hash, mac FROM audit ORDER BY seq"
+        for seq, at, actor, action, details, prev_hash, digest, mac in (
+            (r.seq, r.at, r.actor, r.action, r.details, r.prev_hash, r.hash, r.mac) for r in self._tx.audit.rows()
         ):
             count += 1
             last = seq
@@ -262,7 +257,7 @@ class AuditLog:
         head_finding = self._verify_head(count, prev) if chain_ok else None
         if head_finding is not None:
             findings.append(head_finding)
-        db_crl = crl_number_of(self._conn)
+        db_crl = crl_number_of(self._tx)
         for w in witnesses:
             if w.seq > last:
                 findings.append(Finding(
@@ -294,13 +289,13 @@ class AuditLog:
         return AuditReport(count, False, first.entry, first.problem, tuple(findings), checked)
 
     def _verify_head(self, count: int, last_digest: bytes) -> Finding | None:
-        head = self._conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
+        head = self._tx.audit.head()
         if head is None:
             if count:
                 return Finding(count, "the audit head is missing", FindingSource.HEAD)
             return None
         try:
-            h_seq_s, h_digest_s, h_mac_s = str(head[0]).split(":")
+            h_seq_s, h_digest_s, h_mac_s = head.split(":")
             h_seq, h_digest, h_mac = int(h_seq_s), bytes.fromhex(h_digest_s), bytes.fromhex(h_mac_s)
         except ValueError:
             return Finding(count, "the audit head is malformed", FindingSource.HEAD)

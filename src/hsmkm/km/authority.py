@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,6 +14,9 @@ from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.x509 import profiles
 from hsmkm.x509.profiles import CertKind
+from hsmkm.store.errors import Conflict
+from hsmkm.store.repos.certs import NewCert
+from hsmkm.store.tx import Tx
 
 _SERIAL_TRIES = 8
 
@@ -28,26 +30,36 @@ def serial_hex(serial: int) -> str:
     return f"{serial:040x}"
 
 
+def new_cert(cert: x509.Certificate, kind: CertKind | str, user_id: int | None, now: datetime) -> NewCert:
+    """The row that records ``cert`` (``kind`` a user certificate's, or CA_KIND)."""
+    return NewCert(
+        serial_hex(cert.serial_number),
+        user_id,
+        kind.value if isinstance(kind, CertKind) else kind,
+        cert.public_bytes(Encoding.DER),
+        cert.not_valid_before_utc.isoformat(),
+        cert.not_valid_after_utc.isoformat(),
+        now.isoformat(),
+    )
+
+
 def record_certificate(
-    conn: sqlite3.Connection, cert: x509.Certificate, kind: CertKind | str, user_id: int | None, now: datetime
+    tx: Tx, cert: x509.Certificate, kind: CertKind | str, user_id: int | None, now: datetime
 ) -> None:
     """Record an issued certificate (inside the caller's transaction); its serial must be new."""
     try:
-        conn.execute(
-            "INSERT INTO certificates(serial, user_id, kind, der, not_before, not_after, issued_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                serial_hex(cert.serial_number),
-                user_id,
-                kind.value if isinstance(kind, CertKind) else kind,
-                cert.public_bytes(Encoding.DER),
-                cert.not_valid_before_utc.isoformat(),
-                cert.not_valid_after_utc.isoformat(),
-                now.isoformat(),
-            ),
-        )
-    except sqlite3.IntegrityError:
+        tx.certs.add(new_cert(cert, kind, user_id, now))
+    except Conflict:
         raise SerialTaken(serial_hex(cert.serial_number)) from None
+
+
+def record_certificates(tx: Tx, rows: Sequence[NewCert]) -> None:
+    """Record a batch in one statement; SerialTaken if any serial is already there (the caller's
+    transaction must then roll back: rows before the clash may be in)."""
+    try:
+        tx.certs.add_many(rows)
+    except Conflict:
+        raise SerialTaken("") from None
 
 
 def sign_user_certificate(
@@ -99,17 +111,21 @@ def issue_certificates(km: KeyManager, requests: Sequence[IssueRequest]) -> list
         try:
             with km.change(AuditAction.ISSUE, count=len(certs)) as ch:
                 now = km.clock()
-                for req, cert in zip(requests, certs):
-                    record_certificate(ch.conn, cert, req.kind, req.user_id, now)
+                record_certificates(ch.tx, [new_cert(c, r.kind, r.user_id, now) for r, c in zip(requests, certs)])
                 ch.details["certificates"] = [
                     {"serial": serial_hex(c.serial_number), "email": r.email, "kind": r.kind.value}
                     for r, c in zip(requests, certs)
                 ]
             return certs
-        except SerialTaken as taken:
-            i = next(i for i, c in enumerate(certs) if serial_hex(c.serial_number) == str(taken))
-            r = requests[i]
-            certs[i] = sign_user_certificate(km, r.public_key, r.kind, r.email, r.name)
+        except SerialTaken:
+            # Rolled back: the serials in the database now are the ones drawn before.
+            serials = [serial_hex(c.serial_number) for c in certs]
+            with km.db.read() as tx:
+                taken = tx.certs.serials_taken(serials)
+            redo = [i for i, s in enumerate(serials) if s in taken or s in serials[:i]]
+            for i in redo:
+                r = requests[i]
+                certs[i] = sign_user_certificate(km, r.public_key, r.kind, r.email, r.name)
     raise RuntimeError("no unique serial after several draws")
 
 

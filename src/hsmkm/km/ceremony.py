@@ -42,7 +42,8 @@ from hsmkm.km.config import (
     TokenRef,
 )
 from hsmkm.secrets import write_secret_file
-from hsmkm.store.db import Database
+from hsmkm.store.database import Database
+from hsmkm.store.repos.certs import CA_KIND
 from hsmkm.x509 import profiles
 
 EMBEDDED_OFFICERS = ("officer1", "officer2", "officer3")
@@ -250,8 +251,9 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
     # --- the database and the configuration -------------------------------------------------
     db = Database.create(home.database)
     try:
-        with db.transaction() as conn:
-            db.set_meta("archive_key_label", ARCHIVE_KEY_PREFIX + "1")
+        with db.write() as tx:
+            conn = tx.connection  # epochs, custody and officer tokens: not in repositories yet
+            tx.meta.set("archive_key_label", ARCHIVE_KEY_PREFIX + "1")
             first = epochs.create(conn, quorum, [(n, p) for n, _, p in officer_keys], epochs.EpochStatus.ACTIVE)
             custody.store_split(conn, officer_keys, {n: b"" for n, _, _ in officer_keys}, first.number, quorum, now)
             conn.executemany("INSERT INTO officer_tokens(officer, token_serial, token_label) VALUES (?, ?, ?)",
@@ -263,8 +265,8 @@ def _ceremony(req: InitRequest, home: Home, clock: Clock, undo: _Undo, created_r
             if ca_cert is not None:
                 from hsmkm.km.authority import record_certificate
 
-                record_certificate(conn, ca_cert, "ca", None, now)
-            log = AuditLog(conn, audit_key.hmac_sha256, clock)
+                record_certificate(tx, ca_cert, CA_KIND, None, now)
+            log = AuditLog(tx, audit_key.hmac_sha256, clock)
             log.append(
                 "operator",
                 AuditAction.INIT,

@@ -67,9 +67,9 @@ def make_checkpoint(km: KeyManager) -> tuple[Checkpoint, bytes]:
     with km.change(AuditAction.AUDIT_CHECKPOINT) as ch:
         ch.details.update(ca_subject=km.ca_cert.subject.rfc4514_string())
     # The head now ends with the entry just committed (or a later one from another process).
-    with km.db.transaction() as conn:
-        head = km.audit(conn).head()
-        crl_number = crl_number_of(conn)
+    with km.db.write() as tx:
+        head = km.audit(tx).head()
+        crl_number = crl_number_of(tx)
     if head is None:
         raise errors.AuditChainBroken("the audit log is empty")
     now = km.clock()

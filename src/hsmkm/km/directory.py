@@ -49,7 +49,10 @@ def user_certificates(conn: sqlite3.Connection, user_id: int) -> list[CertRecord
 
 def current_certificate(conn: sqlite3.Connection, email: str, kind: CertKind) -> x509.Certificate:
     """The user's current certificate of this kind; a revoked one is not current."""
-    user = users.find_user(conn, email)
+    found = conn.execute("SELECT id, email FROM users WHERE email = ?", (users.normalize_email(email),)).fetchone()
+    if found is None:
+        raise errors.NotFound(f"unknown user {email}")
+    user = users.User(found[0], found[1], None, users.UserStatus.ACTIVE, "")  # id and email only
     row = conn.execute(
         "SELECT der FROM certificates WHERE user_id = ? AND kind = ? AND current = 1 AND status = 'valid' "
         "ORDER BY issued_at DESC LIMIT 1",

@@ -6,7 +6,6 @@ import dataclasses
 import hmac
 import json
 import os
-import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -25,6 +24,8 @@ from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, normalize_code, seal_key
 from hsmkm.smimecaps import PROFILE_CAPABILITIES
 from hsmkm.x509.profiles import CertKind
+from hsmkm.store.repos.users import UserStatus
+from hsmkm.store.tx import Tx
 
 
 def _csr_email(csr: x509.CertificateSigningRequest) -> list[str]:
@@ -70,21 +71,22 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
         raise errors.PolicyViolation(f"the CSR names {', '.join(sorted(emails)) or 'no address'}, not {email}")
 
     # A wrong code is a state change of its own (one attempt used), committed before refusing.
-    with km.transaction() as conn:
-        user = users.find_user(conn, email)
-        checked = users.check_code(km, conn, user, req.code)
-        if isinstance(checked, str):
-            replay = replayed_response(km, conn, user, req.code, csr)
+    with km.transaction() as tx:
+        user = users.find_user(tx, email)
+        checked = users.check_code(km, tx, user, req.code)
+        if isinstance(checked, users.CodeRefused):
+            replay = replayed_response(km, tx, user, req.code, csr)
             if replay is None:
-                km.audit(conn).append(km.actor, AuditAction.CODE_REJECTED, {"email": email, "reason": checked})
-    if isinstance(checked, str):
+                km.audit(tx).append(km.actor, AuditAction.CODE_REJECTED, {"email": email, "reason": checked.message})
+    if isinstance(checked, users.CodeRefused):
         if replay is not None:
             # The same request again (its response was lost): the same answer, nothing new.
             directory.drain_outbox(km.db.conn, km.home)
             return replay
-        raise errors.CodeRejected(f"{email}: {checked}")
+        raise errors.CodeRejected(f"{email}: {checked.message}")
 
-    chosen = users.settings_of(km.db.conn, user.id)  # the user's own key algorithm and client profile
+    with km.db.read() as tx:
+        chosen = users.settings_of(tx, user.id)  # the user's own key algorithm and client profile
     enc_alg = chosen.key_alg or km.config.user_key_alg
     caps = PROFILE_CAPABILITIES[chosen.client] if chosen.client is not None else None
     enc_key = enc_alg.generate()
@@ -142,10 +144,11 @@ def _commit_enrollment(
     history: list[SealedKey] = []
     _before_commit(km)
     with km.change(AuditAction.ENROLL, email=user.email) as ch:
-        conn = ch.conn
+        tx = ch.tx
+        conn = tx.connection  # epochs, archive, recovery and the directory: not in repositories yet
         # Re-check inside the write transaction: another process may have used the code.
-        again = users.check_code(km, conn, user, code)
-        if isinstance(again, str) or again.id != checked.id:
+        again = users.check_code(km, tx, user, code)
+        if isinstance(again, users.CodeRefused) or again.id != checked.id:
             raise errors.CodeRejected(f"{user.email}: the enrollment code was already used")
         # A rotation may have started since the record was sealed: the record must be under
         # the master key that is current now, which rotation never destroys while it is.
@@ -153,19 +156,19 @@ def _commit_enrollment(
         # Likewise an officer change may have opened or ended: split for the epochs current now.
         if current.label != sealed.master_label or epochs.sharing_numbers(conn) != sealed.epochs:
             sealed = reseal(current)
-        users.burn_code(conn, checked.id, now)
-        conn.execute("UPDATE certificates SET current = 0 WHERE user_id = ? AND current = 1", (user.id,))
-        record_certificate(conn, sign_cert, CertKind.SIGN, user.id, now)
-        record_certificate(conn, enc_cert, CertKind.ENCRYPT, user.id, now)
-        record_id = archive.store_record(conn, sealed, enc_alg, now)
+        users.burn_code(tx, checked.id, now)
+        tx.certs.retire_current(user.id)
+        record_certificate(tx, sign_cert, CertKind.SIGN, user.id, now)
+        record_certificate(tx, enc_cert, CertKind.ENCRYPT, user.id, now)
+        record_id = archive.store_record(tx, sealed, enc_alg, now)
         if checked.purpose is users.CodePurpose.RECOVERY:
             from hsmkm.km.recovery.held import release_recovered
 
             history = release_recovered(conn, checked.id, code, code_key(code, response.salt))
-        conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.ACTIVE.value, user.id))
+        tx.users.set_status(user.id, UserStatus.ACTIVE)
         response = dataclasses.replace(response, history=history)
-        purge_responses(conn, now)
-        _store_response(conn, checked.id, code, response, now)
+        purge_responses(tx, now)
+        _store_response(tx, checked.id, code, response, now)
         directory.queue(conn, user.email, now.isoformat())
         ch.details.update(
             sign_serial=serial_hex(sign_cert.serial_number),
@@ -223,35 +226,30 @@ def _decode_response(data: bytes) -> EnrollResponse:
 
 
 def _store_response(
-    conn: sqlite3.Connection, code_row: int, code: str, response: EnrollResponse, now: datetime
+    tx: Tx, code_row: int, code: str, response: EnrollResponse, now: datetime
 ) -> None:
     salt = os.urandom(16)
     nonce = os.urandom(12)
     aad = f"hsmkm-enroll-replay\x00{code_row}".encode()
     sealed = nonce + AESGCM(_replay_key(code, salt)).encrypt(nonce, _encode_response(response), aad)
-    conn.execute("INSERT INTO enroll_responses(code_row, kept_at, salt, sealed) VALUES (?, ?, ?, ?)",
-                 (code_row, now.isoformat(), salt, sealed))
+    tx.enroll_responses.keep(code_row, now.isoformat(), salt, sealed)
 
 
-def purge_responses(conn: sqlite3.Connection, now: datetime) -> None:
+def purge_responses(tx: Tx, now: datetime) -> None:
     """Drop kept responses whose replay window has passed (an index range, however many users)."""
-    conn.execute("DELETE FROM enroll_responses WHERE kept_at < ?", ((now - REPLAY_WINDOW).isoformat(),))
+    tx.enroll_responses.purge_before((now - REPLAY_WINDOW).isoformat())
 
 
 def replayed_response(
-    km: KeyManager, conn: sqlite3.Connection, user: users.User, code: str, csr: x509.CertificateSigningRequest
+    km: KeyManager, tx: Tx, user: users.User, code: str, csr: x509.CertificateSigningRequest
 ) -> EnrollResponse | None:
     """The stored response if ``code`` is the user's latest code, used, unexpired, for this CSR's key."""
-    row = conn.execute(
-        "SELECT ec.id, ec.verifier, ec.expires_at, ec.used_at, r.salt, r.sealed FROM enrollment_codes ec "
-        "JOIN enroll_responses r ON r.code_row = ec.id WHERE ec.user_id = ? "
-        "AND ec.id = (SELECT MAX(id) FROM enrollment_codes WHERE user_id = ?)",
-        (user.id, user.id),
-    ).fetchone()
+    row = tx.enroll_responses.for_latest_code(user.id)
     if row is None:
         return None
-    cid, verifier, expires_at, used_at, salt, sealed = row
-    if used_at is None or str(used_at).startswith("superseded:"):
+    cid, verifier, expires_at, used_at, salt, sealed = (row.code_row, row.verifier, row.expires_at, row.used_at,
+                                                        row.salt, row.sealed)
+    if used_at is None or used_at.startswith("superseded:"):
         return None
     now = km.clock()
     if now > datetime.fromisoformat(expires_at) or now > datetime.fromisoformat(used_at) + REPLAY_WINDOW:
@@ -267,9 +265,7 @@ def replayed_response(
     if x509.load_der_x509_certificate(response.sign_cert_der).public_key() != csr.public_key():
         return None
     # Still the user's current certificates (not revoked or re-keyed since).
-    current = conn.execute(
-        "SELECT der FROM certificates WHERE user_id = ? AND current = 1 AND status = 'valid'", (user.id,)
-    ).fetchall()
-    if {bytes(r[0]) for r in current} != {response.sign_cert_der, response.encryption.cert_der}:
+    current = tx.certs.valid_current(user.id)
+    if {der for _, der in current} != {response.sign_cert_der, response.encryption.cert_der}:
         return None
     return response

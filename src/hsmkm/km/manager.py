@@ -19,7 +19,8 @@ from hsmkm.keys.softhsm_store import Repair
 from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog, crl_number_of
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, TokenRef
-from hsmkm.store.db import Database
+from hsmkm.store.database import Database
+from hsmkm.store.tx import Tx
 
 
 def open_token(ref: TokenRef, pin: str, softhsm_config: str | None) -> TokenSession:
@@ -34,8 +35,13 @@ class Change:
 
     actor: str
     action: AuditAction
-    conn: sqlite3.Connection
+    tx: Tx
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The driver connection, for modules whose SQL is not in repositories yet (temporary)."""
+        return self.tx.connection
 
 
 class KeyManager:
@@ -63,7 +69,7 @@ class KeyManager:
         # Token files the store check restored when this KM was opened (each audited).
         self.repairs: list[Repair] = []
         self._anchor: TokenAnchor | None = None
-        self._txn: tuple[sqlite3.Connection, AuditLog] | None = None
+        self._txn: tuple[Tx, AuditLog] | None = None
 
     @classmethod
     def open(
@@ -109,7 +115,8 @@ class KeyManager:
 
     @property
     def archive_key(self) -> TokenSecretKey:
-        label = self.db.get_meta("archive_key_label") or self.config.archive_key_label
+        with self.db.read() as tx:
+            label = tx.meta.get("archive_key_label") or self.config.archive_key_label
         if self._archive_key is None or self._archive_key.label != label:
             self._archive_key = self.session.secret_key(label)
         return self._archive_key
@@ -126,24 +133,24 @@ class KeyManager:
             self._anchor = TokenAnchor(self.session, self.audit_key.hmac_sha256, anchor_lock(self.home))
         return self._anchor
 
-    def audit(self, conn: sqlite3.Connection | None = None) -> AuditLog:
+    def audit(self, tx: Tx | None = None) -> AuditLog:
         """The audit log; inside ``transaction()``, the one that transaction appends to."""
-        if self._txn is not None and (conn is None or conn is self._txn[0]):
+        if self._txn is not None and (tx is None or tx is self._txn[0]):
             return self._txn[1]
-        return AuditLog(conn or self.db.conn, self.audit_key.hmac_sha256, self.clock, guard=self.anchor.check)
+        return AuditLog(tx or self.db.reader(), self.audit_key.hmac_sha256, self.clock, guard=self.anchor.check)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Tx]:
         """A write transaction whose audit appends are checked against the database's head and
         the token's anchor first, and anchored on the token once it has committed."""
         if self._txn is not None:
             raise RuntimeError("KeyManager.transaction() does not nest")
-        with self.db.transaction() as conn:
-            log = AuditLog(conn, self.audit_key.hmac_sha256, self.clock, guard=self.anchor.check)
-            self._txn = (conn, log)
+        with self.db.write() as tx:
+            log = AuditLog(tx, self.audit_key.hmac_sha256, self.clock, guard=self.anchor.check)
+            self._txn = (tx, log)
             try:
-                yield conn
-                crl_number = crl_number_of(conn) if log.appended is not None else 0
+                yield tx
+                crl_number = crl_number_of(tx) if log.appended is not None else 0
             finally:
                 self._txn = None
         # Committed: from here a crash leaves the database ahead of the anchor, which is allowed.
@@ -155,10 +162,10 @@ class KeyManager:
         """One state change: one database transaction and one audit entry, or nothing.
 
         Refused (AuditChainBroken) before the body runs if the log was cut or rolled back."""
-        with self.transaction() as conn:
-            log = self.audit(conn)
+        with self.transaction() as tx:
+            log = self.audit(tx)
             log.check()
-            ch = Change(self.actor, action, conn, dict(details))
+            ch = Change(self.actor, action, tx, dict(details))
             yield ch
             log.append(ch.actor, ch.action, ch.details)
 

@@ -88,7 +88,7 @@ def migrate(
             rec_session = _open_recovery_token(km, req, approvals, content)
             recovery_key = rec_session.private_key(label=RECOVERY_KEY_LABEL)
             while True:
-                rows = archive.records_by_id(conn, [int(r[0]) for r in conn.execute(
+                rows = archive.records_by_id(km.db.reader(), [int(r[0]) for r in conn.execute(
                     "SELECT id FROM archive WHERE format_version = ? ORDER BY id LIMIT ?", (archive.FORMAT_V1, batch)
                 )])
                 if not rows:
@@ -120,7 +120,7 @@ def migrate(
                         )
                         if cur.rowcount == 1:
                             ch.conn.execute("DELETE FROM archive_shares WHERE record_id = ?", (rid,))
-                            archive.store_shares(ch.conn, rid, sealed_shares)
+                            archive.store_shares(ch.tx, rid, sealed_shares)
                 done += len(rows)
                 progress(done, total)
                 after_batch(done)

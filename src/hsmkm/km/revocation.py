@@ -9,6 +9,8 @@ from hsmkm.km import directory, users
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.x509.crl import RevocationReason
+from hsmkm.store.repos.counters import Counter
+from hsmkm.store.repos.users import UserStatus
 
 
 @dataclass(frozen=True)
@@ -34,32 +36,26 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
     if reason is RevocationReason.REMOVE_FROM_CRL:
         raise errors.BadInput("removeFromCRL is not a reason to revoke")
     now = km.clock()
-    user = users.find_user(km.db.conn, email)
+    with km.db.read() as tx:
+        user = users.find_user(tx, email)
     # Queued first, in a transaction of its own: whatever happens to the revocation, the
     # next drain makes the user's files match the database again.
-    with km.db.transaction() as conn:
-        directory.queue(conn, user.email, now.isoformat())
-    if user.status is users.UserStatus.REVOKED and not _valid_current(km, user.id):
+    with km.db.write() as tx:
+        directory.queue(tx.connection, user.email, now.isoformat())
+    if user.status is UserStatus.REVOKED and not _valid_current(km, user.id):
         # Run again after it completed (e.g. after a crash): nothing left to revoke.
         directory.drain_outbox(km.db.conn, km.home)
         return Revoked(user.email, [], reason, now.isoformat())
     with km.change(AuditAction.USER_REVOKE, email=email, reason=reason.value) as ch:
-        user = users.find_user(ch.conn, email)
-        rows = ch.conn.execute(
-            "SELECT serial FROM certificates WHERE user_id = ? AND current = 1 AND status = 'valid'",
-            (user.id,),
-        ).fetchall()
-        if not rows:
+        user = users.find_user(ch.tx, email)
+        serials = [serial for serial, _ in ch.tx.certs.valid_current(user.id)]
+        if not serials:
             raise errors.BadInput(f"{user.email} has no valid current certificates to revoke")
-        seq = int(ch.conn.execute("SELECT COALESCE(MAX(revoked_seq), 0) FROM certificates").fetchone()[0])
-        serials = [r[0] for r in rows]
-        for i, serial in enumerate(serials, start=1):
-            ch.conn.execute(
-                "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ?, revoked_seq = ? "
-                "WHERE serial = ?",
-                (now.isoformat(), reason.value, seq + i, serial),
-            )
-        ch.conn.execute("UPDATE users SET status = ? WHERE id = ?", (users.UserStatus.REVOKED.value, user.id))
+        # The revocation order (delta CRLs read from it): this change owns the values up to last.
+        last = ch.tx.counters.draw(Counter.REVOKED_SEQ, len(serials))
+        for i, serial in enumerate(serials, start=last - len(serials) + 1):
+            ch.tx.certs.revoke(serial, now.isoformat(), reason.value, i)
+        ch.tx.users.set_status(user.id, UserStatus.REVOKED)
         ch.details.update(email=user.email, serials=serials)
         # Before the commit: a revoked certificate is never left in the directory.
         directory.remove_files(km.home, user.email)
@@ -68,6 +64,5 @@ def revoke_user(km: KeyManager, email: str, reason: RevocationReason) -> Revoked
 
 
 def _valid_current(km: KeyManager, user_id: int) -> bool:
-    return km.db.conn.execute(
-        "SELECT 1 FROM certificates WHERE user_id = ? AND current = 1 AND status = 'valid'", (user_id,)
-    ).fetchone() is not None
+    with km.db.read() as tx:
+        return bool(tx.certs.valid_current(user_id))

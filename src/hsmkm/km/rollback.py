@@ -37,13 +37,13 @@ def accept_rollback(km: KeyManager) -> AcceptedRollback:
         )
     if km.audit().verify([anchor.witness()]).ok:
         raise errors.BadInput("the log holds the token's anchor: there is no rollback to accept")
-    with km.db.transaction() as conn:
+    with km.db.write() as tx:
         # Not km.transaction(): its check against the anchor is what refuses every change now.
-        log = AuditLog(conn, km.audit_key.hmac_sha256, km.clock)
+        log = AuditLog(tx, km.audit_key.hmac_sha256, km.clock)
         head = log.check()
         ended = head.seq if head is not None else 0
-        crl_number = max(crl_number_of(conn), anchor.crl_number)
-        km.db.set_meta("crl_number", str(crl_number))
+        crl_number = max(crl_number_of(tx), anchor.crl_number)
+        tx.meta.set("crl_number", str(crl_number))
         log.append(km.actor, AuditAction.AUDIT_ROLLBACK_ACCEPTED, {
             "log_ended_at": ended,
             "anchored_entry": anchor.seq,

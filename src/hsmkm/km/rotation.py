@@ -23,6 +23,8 @@ from hsmkm.km.audit import AuditAction
 from hsmkm.km.config import ARCHIVE_KEY_PREFIX
 from hsmkm.km.manager import KeyManager
 
+ROTATION_KEY = "archive_rotation"  # meta: the rotation under way, if any
+ARCHIVE_LABEL_KEY = "archive_key_label"  # meta: the current archive master key
 BATCH = 500
 _PROBE_AAD = b"hsmkm-archive-key-probe"
 
@@ -71,27 +73,20 @@ def _fresh_master_key(km: KeyManager, label: str) -> None:
 
 
 def _migrate(km: KeyManager, old: str, new: str, batch: int, progress: Callable[[int], None]) -> int:
-    conn = km.db.conn
     old_key, new_key = km.archive_key_by_label(old), km.archive_key_by_label(new)
     done = 0
     while True:
-        rows = conn.execute(
-            "SELECT id, user_id, cert_serial, format_version, sealed FROM archive WHERE master_label = ? "
-            "ORDER BY id LIMIT ?",
-            (old, batch),
-        ).fetchall()
+        rows = km.db.reader().archive.under_label(old, batch)
         if not rows:
             return done
         updates = []
-        for rid, uid, serial, version, sealed in rows:
-            aad = archive.record_aad(uid, serial, version)
-            updates.append((new_key.encrypt_gcm(old_key.decrypt_gcm(bytes(sealed), aad), aad), new, rid, old))
+        for r in rows:
+            aad = archive.record_aad(r.user_id, r.cert_serial, r.format_version)
+            updates.append((r.id, old, new, new_key.encrypt_gcm(old_key.decrypt_gcm(r.sealed, aad), aad)))
         with km.change(AuditAction.ARCHIVE_ROTATE, stage="batch", old=old, new=new,
-                       first=rows[0][0], last=rows[-1][0], count=len(rows)) as ch:
+                       first=rows[0].id, last=rows[-1].id, count=len(rows)) as ch:
             # Only rows still under the old key: a concurrent writer may have moved one.
-            ch.conn.executemany(
-                "UPDATE archive SET sealed = ?, master_label = ? WHERE id = ? AND master_label = ?", updates
-            )
+            ch.tx.archive.reseal(updates)
         done += len(rows)
         progress(done)
 
@@ -100,46 +95,42 @@ def rotate_archive_key(
     km: KeyManager, progress: Callable[[int, int], None] = lambda done, total: None, batch: int = BATCH
 ) -> RotationResult:
     """Re-seal every archive record under a new archive master key, then destroy the old one."""
-    conn = km.db.conn
-    state = km.db.get_meta("archive_rotation")
+    state = km.db.reader().meta.get(ROTATION_KEY)
     if state is None:
-        old = km.db.get_meta("archive_key_label") or km.config.archive_key_label
+        old = km.db.reader().meta.get(ARCHIVE_LABEL_KEY) or km.config.archive_key_label
         new = _next_label(old)
         # A key left by a run that crashed before recording the rotation was never used.
         _fresh_master_key(km, new)
-        with km.change(AuditAction.ARCHIVE_ROTATE, stage="start", old=old, new=new):
-            km.db.set_meta("archive_rotation", json.dumps({"old": old, "new": new}))
-            km.db.set_meta("archive_key_label", new)
+        with km.change(AuditAction.ARCHIVE_ROTATE, stage="start", old=old, new=new) as ch:
+            ch.tx.meta.set(ROTATION_KEY, json.dumps({"old": old, "new": new}))
+            ch.tx.meta.set(ARCHIVE_LABEL_KEY, new)
     else:
         labels = json.loads(state)
         old, new = labels["old"], labels["new"]
-    total = int(conn.execute("SELECT COUNT(*) FROM archive WHERE master_label = ?", (old,)).fetchone()[0])
+    total = km.db.reader().archive.count(labels=[old])
     done = 0
     old_exists = km.session.has_object(old, ObjectClass.SECRET_KEY)
     while old_exists:
         done += _migrate(km, old, new, batch, lambda n: progress(done + n, max(total, done + n)))
         # The old key goes only when a write transaction sees no record under it: an
         # enrollment that sealed under it and commits later re-seals under the new key.
-        with km.db.transaction() as tx:
-            left = tx.execute("SELECT COUNT(*) FROM archive WHERE master_label = ?", (old,)).fetchone()[0]
-            if left:
+        with km.db.write() as tx:
+            if tx.archive.count(labels=[old]):
                 continue
             km.session.destroy(old, ObjectClass.SECRET_KEY)
             old_exists = False
     _check_no_orphans(km)
-    with km.change(AuditAction.ARCHIVE_ROTATE, stage="done", old=old, new=new, records=done):
-        conn.execute("DELETE FROM meta WHERE key = 'archive_rotation'")
+    with km.change(AuditAction.ARCHIVE_ROTATE, stage="done", old=old, new=new, records=done) as ch:
+        ch.tx.meta.delete(ROTATION_KEY)
     return RotationResult(old, new, done)
 
 
 def _check_no_orphans(km: KeyManager) -> None:
     """Every archive record's master key is on the token (none refers to a destroyed key)."""
-    labels = [str(r[0]) for r in km.db.conn.execute("SELECT DISTINCT master_label FROM archive")]
+    labels = km.db.reader().archive.labels()
     missing = [label for label in labels if not km.session.has_object(label, ObjectClass.SECRET_KEY)]
     if missing:
-        count = km.db.conn.execute(
-            f"SELECT COUNT(*) FROM archive WHERE master_label IN ({','.join('?' * len(missing))})", missing
-        ).fetchone()[0]
+        count = km.db.reader().archive.count(labels=missing)
         raise errors.TokenError(
             f"{count} archive record(s) are sealed under key(s) no longer on the token: {', '.join(missing)}"
         )

@@ -8,23 +8,21 @@ from typing import Any
 
 from pkcs11 import ObjectClass
 
-from hsmkm.km import custody
+from hsmkm.km import archive, custody
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL
 from hsmkm.km.manager import KeyManager
 
 
 def km_status(km: KeyManager) -> dict[str, Any]:
-    conn = km.db.conn
+    tx = km.db.reader()
+    conn = tx.connection  # the CRL table and officers: not in repositories yet
     keys = []
     for label, cls in (
         (CA_KEY_LABEL, ObjectClass.PRIVATE_KEY),
-        (km.db.get_meta("archive_key_label") or km.config.archive_key_label, ObjectClass.SECRET_KEY),
+        (tx.meta.get("archive_key_label") or km.config.archive_key_label, ObjectClass.SECRET_KEY),
         (AUDIT_KEY_LABEL, ObjectClass.SECRET_KEY),
     ):
         keys.append(asdict(km.session.attributes(label, cls)))
-
-    def count(sql: str) -> int:
-        return int(conn.execute(sql).fetchone()[0])
 
     crl = conn.execute(
         "SELECT number, this_update, next_update, entries FROM crls WHERE kind = 'full' ORDER BY number DESC LIMIT 1"
@@ -44,6 +42,7 @@ def km_status(km: KeyManager) -> dict[str, Any]:
     officers = custody.active_officers(conn)
     return {
         "home": str(km.home.root),
+        "schema_revision": km.db.revision()[1],
         "embedded": km.config.embedded,
         "token": {
             "module": km.config.km_token.module,
@@ -59,12 +58,12 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "key_algorithm": km.config.ca_key_alg.value,
         },
         "counts": {
-            "users": count("SELECT COUNT(*) FROM users"),
-            "certificates": count("SELECT COUNT(*) FROM certificates WHERE kind != 'ca'"),
-            "revoked": count("SELECT COUNT(*) FROM certificates WHERE status = 'revoked'"),
-            "archived_keys": count("SELECT COUNT(*) FROM archive"),
-            "archived_keys_to_migrate": count("SELECT COUNT(*) FROM archive WHERE format_version = 1"),
-            "audit_entries": count("SELECT COUNT(*) FROM audit"),
+            "users": tx.users.count(),
+            "certificates": tx.certs.count_issued(),
+            "revoked": tx.certs.count_revoked(),
+            "archived_keys": tx.archive.count(),
+            "archived_keys_to_migrate": tx.archive.count(format_version=archive.FORMAT_V1),
+            "audit_entries": tx.audit.count(),
         },
         "crl": crl_info,
         "officers": [o.name for o in officers],

@@ -9,6 +9,7 @@ from hsmkm import errors
 from hsmkm.atomic import write_atomic
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import record_certificate
+from hsmkm.store.repos.certs import CA_KIND
 from hsmkm.km.manager import KeyManager
 
 
@@ -36,6 +37,6 @@ def import_ca_certificate(km: KeyManager, data: bytes) -> x509.Certificate:
     if bc is None or not bc.ca:
         raise errors.PolicyViolation("the certificate is not a CA certificate (basicConstraints CA:true)")
     with km.change(AuditAction.CA_IMPORT, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string()) as ch:
-        record_certificate(ch.conn, cert, "ca", None, km.clock())
+        record_certificate(ch.tx, cert, CA_KIND, None, km.clock())
         write_atomic(km.home.ca_cert, cert.public_bytes(serialization.Encoding.DER))
     return cert

@@ -13,12 +13,10 @@ import hashlib
 import hmac
 import io
 import secrets
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
 
 from hsmkm import addresses, errors
 from hsmkm.keys.algorithms import KeyAlgorithm
@@ -26,29 +24,14 @@ from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import normalize_code
 from hsmkm.smimecaps import ClientProfile
+from hsmkm.store.repos.codes import CodePurpose, NewCode
+from hsmkm.store.repos.settings import SettingsRow
+from hsmkm.store.repos.users import NewUser, User, UserStatus
+from hsmkm.store.tx import Tx
+
+__all__ = ["CodePurpose", "User", "UserStatus"]  # the store's, named here as well
 
 CODE_BYTES = 20
-
-
-class UserStatus(str, Enum):
-    PENDING = "pending"  # has a code, not yet enrolled
-    ACTIVE = "active"
-    REVOKED = "revoked"
-
-
-class CodePurpose(str, Enum):
-    ENROLL = "enroll"
-    REENABLE = "reenable"
-    RECOVERY = "recovery"
-
-
-@dataclass(frozen=True)
-class User:
-    id: int
-    email: str
-    name: str | None
-    status: UserStatus
-    created_at: str
 
 
 @dataclass(frozen=True)
@@ -57,6 +40,22 @@ class CodeRow:
     user_id: int
     purpose: CodePurpose
     recovery_id: int | None
+
+
+class RefusalReason(str, Enum):
+    NONE_ISSUED = "none-issued"
+    USED = "used"
+    LOCKED = "locked"
+    WRONG = "wrong"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class CodeRefused:
+    """Why a code is not the user's live code; ``message`` for people and the audit entry."""
+
+    reason: RefusalReason
+    message: str
 
 
 def normalize_email(email: str) -> str:
@@ -72,28 +71,28 @@ def code_verifier(code: str) -> bytes:
     return hashlib.sha256(b"hsmkm-code-v1\x00" + normalize_code(code).encode()).digest()
 
 
-def _user_from_row(row: tuple[Any, ...]) -> User:
-    return User(row[0], row[1], row[2], UserStatus(row[3]), row[4])
-
-
-def find_user(conn: sqlite3.Connection, email: str) -> User:
-    row = conn.execute(
-        "SELECT id, email, name, status, created_at FROM users WHERE email = ?", (normalize_email(email),)
-    ).fetchone()
-    if row is None:
+def find_user(tx: Tx, email: str) -> User:
+    user = tx.users.by_email(normalize_email(email))
+    if user is None:
         raise errors.NotFound(f"unknown user {email}")
-    return _user_from_row(row)
+    return user
 
 
-def list_users(conn: sqlite3.Connection) -> list[User]:
-    return [
-        _user_from_row(r)
-        for r in conn.execute("SELECT id, email, name, status, created_at FROM users ORDER BY email")
-    ]
+def list_users(tx: Tx) -> list[User]:
+    return tx.users.all()
+
+
+def _new_code(user_id: int, purpose: CodePurpose, now: datetime, ttl_days: int, max_attempts: int,
+              recovery_id: int | None = None) -> tuple[str, NewCode]:
+    code = new_code()
+    return code, NewCode(
+        user_id, secrets.token_hex(8), code_verifier(code), purpose, now.isoformat(),
+        (now + timedelta(days=ttl_days)).isoformat(), max_attempts, recovery_id,
+    )
 
 
 def issue_code(
-    conn: sqlite3.Connection,
+    tx: Tx,
     user_id: int,
     purpose: CodePurpose,
     now: datetime,
@@ -102,26 +101,9 @@ def issue_code(
     recovery_id: int | None = None,
 ) -> tuple[str, int]:
     """A fresh code for the user; any earlier unused code of theirs stops working."""
-    conn.execute(
-        "UPDATE enrollment_codes SET used_at = ? WHERE user_id = ? AND used_at IS NULL",
-        ("superseded:" + now.isoformat(), user_id),
-    )
-    code = new_code()
-    cur = conn.execute(
-        "INSERT INTO enrollment_codes(user_id, code_id, verifier, purpose, created_at, expires_at, "
-        "max_attempts, recovery_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            user_id,
-            secrets.token_hex(8),
-            code_verifier(code),
-            purpose.value,
-            now.isoformat(),
-            (now + timedelta(days=ttl_days)).isoformat(),
-            max_attempts,
-            recovery_id,
-        ),
-    )
-    return code, int(cur.lastrowid or 0)
+    tx.codes.supersede(user_id, "superseded:" + now.isoformat())
+    code, row = _new_code(user_id, purpose, now, ttl_days, max_attempts, recovery_id)
+    return code, tx.codes.add(row)
 
 
 @dataclass(frozen=True)
@@ -133,36 +115,27 @@ class UserSettings:
     client: ClientProfile | None = None
 
 
-# A table of its own, made when first needed, so databases made before it need no migration.
-_SETTINGS_TABLE = ("CREATE TABLE IF NOT EXISTS user_settings (user_id INTEGER PRIMARY KEY REFERENCES users(id), "
-                   "key_alg TEXT, client TEXT)")
-
-
-def set_settings(conn: sqlite3.Connection, user_id: int, settings: UserSettings) -> None:
+def set_settings(tx: Tx, user_id: int, settings: UserSettings) -> None:
     """Record the choices given (an unset one keeps its earlier value)."""
     if settings.key_alg is None and settings.client is None:
         return
-    conn.execute(_SETTINGS_TABLE)
-    old = settings_of(conn, user_id)
+    old = settings_of(tx, user_id)
     key_alg = settings.key_alg or old.key_alg
     client = settings.client or old.client
-    conn.execute(
-        "INSERT OR REPLACE INTO user_settings(user_id, key_alg, client) VALUES (?, ?, ?)",
-        (user_id, key_alg.value if key_alg else None, client.value if client else None),
-    )
+    tx.settings.put(user_id, SettingsRow(key_alg.value if key_alg else None, client.value if client else None))
 
 
-def settings_of(conn: sqlite3.Connection, user_id: int) -> UserSettings:
-    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'user_settings'").fetchone()
-    if not exists:
-        return UserSettings()
-    row = conn.execute("SELECT key_alg, client FROM user_settings WHERE user_id = ?", (user_id,)).fetchone()
+def settings_of(tx: Tx, user_id: int) -> UserSettings:
+    row = tx.settings.get(user_id)
     if row is None:
         return UserSettings()
     try:
-        return UserSettings(KeyAlgorithm(row[0]) if row[0] else None, ClientProfile(row[1]) if row[1] else None)
+        return UserSettings(KeyAlgorithm(row.key_alg) if row.key_alg else None,
+                            ClientProfile(row.client) if row.client else None)
     except ValueError:
-        raise errors.MalformedInput(f"user {user_id}: unknown settings {row[0]!r}, {row[1]!r} in the database") from None
+        raise errors.MalformedInput(
+            f"user {user_id}: unknown settings {row.key_alg!r}, {row.client!r} in the database"
+        ) from None
 
 
 def add_user(km: KeyManager, email: str, name: str | None,
@@ -172,23 +145,18 @@ def add_user(km: KeyManager, email: str, name: str | None,
     name = addresses.check_name(name)
     now = km.clock()
     with km.change(AuditAction.USER_ADD, email=email, name=name) as ch:
-        if ch.conn.execute("SELECT 1 FROM users WHERE email = ?", (email,)).fetchone():
+        if ch.tx.users.by_email(email) is not None:
             raise errors.AlreadyExists(f"user {email} already exists")
-        cur = ch.conn.execute(
-            "INSERT INTO users(email, name, status, created_at) VALUES (?, ?, ?, ?)",
-            (email, name, UserStatus.PENDING.value, now.isoformat()),
-        )
-        uid = int(cur.lastrowid or 0)
-        set_settings(ch.conn, uid, settings)
+        uid = ch.tx.users.add(NewUser(email, name, UserStatus.PENDING, now.isoformat()))
+        set_settings(ch.tx, uid, settings)
         if settings.key_alg is not None:
             ch.details["key"] = settings.key_alg.value
         if settings.client is not None:
             ch.details["client"] = settings.client.value
         code, _ = issue_code(
-            ch.conn, uid, CodePurpose.ENROLL, now, km.config.code_ttl_days, km.config.code_max_attempts
+            ch.tx, uid, CodePurpose.ENROLL, now, km.config.code_ttl_days, km.config.code_max_attempts
         )
     return User(uid, email, name, UserStatus.PENDING, now.isoformat()), code
-
 
 def parse_user_csv(text: str) -> list[tuple[str, str | None]]:
     """Rows of ``email,name`` (a header row ``email,name`` is skipped); every row checked first."""
@@ -233,24 +201,24 @@ def import_users(
     rows = list(rows)
     now = km.clock()
     out: list[tuple[str, str]] = []
-    with km.transaction() as conn:
-        existing = {r[0] for r in conn.execute("SELECT email FROM users")}
+    with km.transaction() as tx:
+        existing = tx.users.emails()
         clash = [e for e, _ in rows if e in existing]
         if clash:
             raise errors.AlreadyExists(f"user {clash[0]} already exists ({len(clash)} in the file)")
-        audit = km.audit(conn)
-        for i, (email, name) in enumerate(rows, start=1):
-            cur = conn.execute(
-                "INSERT INTO users(email, name, status, created_at) VALUES (?, ?, ?, ?)",
-                (email, name, UserStatus.PENDING.value, now.isoformat()),
-            )
-            code, _ = issue_code(
-                conn, int(cur.lastrowid or 0), CodePurpose.ENROLL, now,
-                km.config.code_ttl_days, km.config.code_max_attempts,
-            )
-            audit.append(km.actor, AuditAction.USER_ADD, {"email": email, "name": name, "bulk": True})
-            out.append((email, code))
-            if i % 100 == 0:
+        audit = km.audit(tx)
+        # Batched by the hundred (one statement each for users, codes and audit entries); new
+        # users have no earlier code to supersede.
+        for at in range(0, len(rows), 100):
+            batch = rows[at:at + 100]
+            ids = tx.users.add_many([NewUser(e, n, UserStatus.PENDING, now.isoformat()) for e, n in batch])
+            made = [_new_code(uid, CodePurpose.ENROLL, now, km.config.code_ttl_days, km.config.code_max_attempts)
+                    for uid in ids]
+            tx.codes.add_many([row for _, row in made])
+            audit.append_many([(km.actor, AuditAction.USER_ADD, {"email": e, "name": n, "bulk": True})
+                               for e, n in batch])
+            out += [(e, code) for (e, _), (code, _) in zip(batch, made)]
+            if len(batch) == 100:
                 progress(100)
         progress(len(rows) % 100)
         before_commit(out)
@@ -263,18 +231,14 @@ class CodesFileState(str, Enum):
     MIXED = "mixed"
 
 
-def codes_file_state(conn: sqlite3.Connection, pairs: list[tuple[str, str]]) -> CodesFileState:
+def codes_file_state(tx: Tx, pairs: list[tuple[str, str]]) -> CodesFileState:
     """What a codes file left by an earlier ``user import`` is worth now."""
     found = 0
     for email, code in pairs:
-        row = conn.execute(
-            "SELECT ec.verifier FROM users u JOIN enrollment_codes ec ON ec.user_id = u.id WHERE u.email = ? "
-            "ORDER BY ec.id LIMIT 1",
-            (email,),
-        ).fetchone()
-        if row is None:
+        verifier = tx.codes.first_verifier(email)
+        if verifier is None:
             continue
-        if not hmac.compare_digest(bytes(row[0]), code_verifier(code)):
+        if not hmac.compare_digest(verifier, code_verifier(code)):
             return CodesFileState.MIXED
         found += 1
     if found == 0:
@@ -287,46 +251,41 @@ def reenable_user(km: KeyManager, email: str, settings: UserSettings = UserSetti
     algorithm and client profile given here, else the earlier ones)."""
     now = km.clock()
     with km.change(AuditAction.USER_REENABLE, email=email) as ch:
-        user = find_user(ch.conn, email)
-        set_settings(ch.conn, user.id, settings)
+        user = find_user(ch.tx, email)
+        set_settings(ch.tx, user.id, settings)
         if settings.key_alg is not None:
             ch.details["key"] = settings.key_alg.value
         if settings.client is not None:
             ch.details["client"] = settings.client.value
         code, _ = issue_code(
-            ch.conn, user.id, CodePurpose.REENABLE, now, km.config.code_ttl_days, km.config.code_max_attempts
+            ch.tx, user.id, CodePurpose.REENABLE, now, km.config.code_ttl_days, km.config.code_max_attempts
         )
         ch.details["email"] = user.email
     return code
 
 
-def check_code(km: KeyManager, conn: sqlite3.Connection, user: User, code: str) -> CodeRow | str:
-    """The code row if ``code`` is the user's live code, else the reason it is refused.
+def check_code(km: KeyManager, tx: Tx, user: User, code: str) -> CodeRow | CodeRefused:
+    """The code row if ``code`` is the user's live code, else why it is refused.
 
     A wrong code counts one attempt (the caller commits that); the code is burnt only when
     its attempts run out.
     """
     now = km.clock()
-    row = conn.execute(
-        "SELECT id, verifier, purpose, expires_at, attempts, max_attempts, used_at, recovery_id "
-        "FROM enrollment_codes WHERE user_id = ? ORDER BY id DESC LIMIT 1",
-        (user.id,),
-    ).fetchone()
+    row = tx.codes.latest(user.id)
     if row is None:
-        return "no enrollment code was issued for this user"
-    cid, verifier, purpose, expires_at, attempts, max_attempts, used_at, recovery_id = row
-    if used_at is not None:
-        return "the enrollment code was already used or replaced"
-    if attempts >= max_attempts:
-        return "the enrollment code is locked after too many wrong attempts"
-    if not hmac.compare_digest(bytes(verifier), code_verifier(code)):
-        conn.execute("UPDATE enrollment_codes SET attempts = attempts + 1 WHERE id = ?", (cid,))
-        left = max_attempts - attempts - 1
-        return f"wrong enrollment code ({left} attempt{'s' if left != 1 else ''} left)"
-    if now > datetime.fromisoformat(expires_at):
-        return "the enrollment code has expired"
-    return CodeRow(cid, user.id, CodePurpose(purpose), recovery_id)
+        return CodeRefused(RefusalReason.NONE_ISSUED, "no enrollment code was issued for this user")
+    if row.used_at is not None:
+        return CodeRefused(RefusalReason.USED, "the enrollment code was already used or replaced")
+    if row.attempts >= row.max_attempts:
+        return CodeRefused(RefusalReason.LOCKED, "the enrollment code is locked after too many wrong attempts")
+    if not hmac.compare_digest(row.verifier, code_verifier(code)):
+        tx.codes.count_attempt(row.id)
+        left = row.max_attempts - row.attempts - 1
+        return CodeRefused(RefusalReason.WRONG, f"wrong enrollment code ({left} attempt{'s' if left != 1 else ''} left)")
+    if now > datetime.fromisoformat(row.expires_at):
+        return CodeRefused(RefusalReason.EXPIRED, "the enrollment code has expired")
+    return CodeRow(row.id, user.id, row.purpose, row.recovery_id)
 
 
-def burn_code(conn: sqlite3.Connection, code_id: int, now: datetime) -> None:
-    conn.execute("UPDATE enrollment_codes SET used_at = ? WHERE id = ?", (now.isoformat(), code_id))
+def burn_code(tx: Tx, code_id: int, now: datetime) -> None:
+    tx.codes.burn(code_id, now.isoformat())

@@ -1,0 +1,281 @@
+"""The KM database: an engine (SQLite in WAL mode by default), its schema revision, and transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.pool import StaticPool
+
+from hsmkm import errors
+from hsmkm.store import errors as store_errors
+from hsmkm.store.tx import Tx
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# This code's head revision: opening a database compares with it without loading Alembic
+# (tests/test_store.py checks it is the migrations' head).
+HEAD = "0003_counters"
+BUSY_TIMEOUT_S = 60.0
+# The revision a database made by the release code is at, by its meta 'schema_version'.
+_RELEASE_REVISIONS = {"1": "0001_v1", "2": "0001_v1"}  # 0002 also completes a release's version 2
+
+
+def _config() -> Config:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "hsmkm.store:migrations")
+    return cfg
+
+
+def head_revision() -> str:
+    """The revision this code's schema is at."""
+    return HEAD
+
+
+def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {r.revision for r in ScriptDirectory.from_config(_config()).walk_revisions()}
+
+
+class Revision(str, Enum):
+    """Where a database stands against this code's head."""
+
+    CURRENT = "current"
+    OLDER = "older"
+    NEWER = "newer"  # a revision this code does not know
+    EMPTY = "empty"  # no KM tables at all
+
+
+def _sqlite_connect(path: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise errors.Unreachable(f"cannot open database {path}: {exc}") from None
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
+def _translate_errors(context: Any) -> None:
+    translated = store_errors.translate(context.original_exception)
+    if translated is not None:
+        raise translated from None
+
+
+class Database:
+    """One connection to the KM database; writers take ``write()``, readers ``read()``."""
+
+    def __init__(self, path: Path, engine: Engine) -> None:
+        self.path = path
+        self.engine = engine
+        try:
+            self._conn: Connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except store_errors.DATABASE_ERRORS as exc:
+            raise errors.Unreachable(f"cannot open database {path}: {exc}") from None
+        self._tx: Tx | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def _connect(cls, path: Path) -> Database:
+        engine = create_engine("sqlite://", creator=lambda: _sqlite_connect(path), poolclass=StaticPool)
+        event.listen(engine, "handle_error", _translate_errors)
+        return cls(path, engine)
+
+    @classmethod
+    def create(cls, path: Path) -> Database:
+        """A new database at the head revision."""
+        if path.exists():
+            raise errors.AlreadyExists(f"database {path} already exists")
+        db = cls._connect(path)
+        with db._migration() as conn:
+            from alembic import command
+
+            cfg = _config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        return db
+
+    @classmethod
+    def open(cls, path: Path) -> Database:
+        """The database at ``path``, which must be at this code's head revision."""
+        db = cls._connect_existing(path)
+        state, rev = db.revision()
+        if state is Revision.CURRENT:
+            return db
+        db.close()
+        cls._refuse(path, state, rev)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _connect_existing(cls, path: Path) -> Database:
+        if not path.exists():
+            raise errors.NotFound(f"no KM database at {path} (run 'hsmkm init')")
+        return cls._connect(path)
+
+    @staticmethod
+    def _refuse(path: Path, state: Revision, rev: str | None) -> None:
+        if state is Revision.OLDER:
+            raise store_errors.SchemaOutdated(
+                f"the KM database {path} is at schema revision {rev}, older than {head_revision()}: "
+                "run 'hsmkm db upgrade'"
+            )
+        if state is Revision.NEWER:
+            raise store_errors.SchemaTooNew(
+                f"the KM database {path} is at schema revision {rev}, which this hsmkm does not know "
+                f"(its newest is {head_revision()}): a newer hsmkm made it"
+            )
+        raise store_errors.DatabaseDamaged(f"{path}: not a KM database (no schema revision)")
+
+    @classmethod
+    def upgrade(cls, path: Path) -> tuple[str | None, str]:
+        """Bring the database at ``path`` to head (a release database is stamped first).
+        Returns the revisions before and after; a no-op at head."""
+        db = cls._connect_existing(path)
+        try:
+            with db._migration() as conn:
+                state, before = db._revision_of(conn)
+                if state is Revision.NEWER or state is Revision.EMPTY:
+                    cls._refuse(path, state, before)
+                if state is Revision.OLDER:
+                    from alembic import command
+                    from alembic.runtime.migration import MigrationContext
+
+                    cfg = _config()
+                    cfg.attributes["connection"] = conn
+                    if MigrationContext.configure(conn).get_current_revision() is None:
+                        assert before is not None
+                        command.stamp(cfg, before)
+                    command.upgrade(cfg, "head")
+            return before, head_revision()
+        finally:
+            db.close()
+
+    def revision(self) -> tuple[Revision, str | None]:
+        """Where this database stands, and its revision (a release's, for one made by the release)."""
+        with self._guard():
+            return self._revision_of(self._conn)
+
+    @staticmethod
+    def _revision_of(conn: Connection) -> tuple[Revision, str | None]:
+        tables = set(inspect(conn).get_table_names())
+        if "alembic_version" in tables:
+            rev = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            if rev == HEAD:
+                return Revision.CURRENT, rev
+            return (Revision.OLDER if rev in _known_revisions() else Revision.NEWER), rev
+        if "meta" not in tables:
+            return Revision.EMPTY, None
+        version = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar()
+        if version is None:
+            return Revision.EMPTY, None
+        if str(version) in _RELEASE_REVISIONS:
+            return Revision.OLDER, _RELEASE_REVISIONS[str(version)]
+        return Revision.NEWER, f"schema_version {version}"
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Driver errors escaping a body (a not-yet-converted caller's SQL) as hsmkm errors."""
+        try:
+            yield
+        except store_errors.DATABASE_ERRORS as exc:
+            translated = store_errors.translate(exc)
+            if translated is None:
+                raise
+            if isinstance(translated, store_errors.DatabaseDamaged):
+                raise store_errors.DatabaseDamaged(f"{self.path}: a damaged database ({exc})") from None
+            raise translated from None
+
+    @contextlib.contextmanager
+    def _migration(self) -> Iterator[Connection]:
+        with self._guard(), self._begin_immediate():
+            yield self._conn
+
+    @contextlib.contextmanager
+    def _begin_immediate(self) -> Iterator[None]:
+        # SQLite: the write lock is taken at BEGIN, so a transaction never fails to upgrade a
+        # read lock midway; SQLAlchemy's own transaction handling is off (AUTOCOMMIT) for this.
+        self._conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.exec_driver_sql("ROLLBACK")
+            raise
+        else:
+            self._conn.exec_driver_sql("COMMIT")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Tx]:
+        """A write transaction (BEGIN IMMEDIATE … COMMIT; rolled back on any exception).
+        Writers are serialised; write transactions do not nest."""
+        with self._lock:
+            if self._tx is not None:
+                raise RuntimeError("Database.write() does not nest")
+            with self._guard(), self._begin_immediate():
+                tx = Tx(self._conn, writable=True)
+                self._tx = tx
+                try:
+                    yield tx
+                finally:
+                    self._tx = None
+
+    def reader(self) -> Tx:
+        """A Tx for reads: the write transaction's inside one, else each statement on its own."""
+        return self._tx if self._tx is not None else Tx(self._conn, writable=False)
+
+    @contextlib.contextmanager
+    def read(self, snapshot: bool = False) -> Iterator[Tx]:
+        """Reads: inside a write transaction, that one's; else each statement on its own, or
+        with ``snapshot`` one deferred transaction (a consistent view, no write lock)."""
+        with self._lock:
+            if self._tx is not None:
+                yield self._tx
+                return
+            with self._guard():
+                if not snapshot:
+                    yield Tx(self._conn, writable=False)
+                    return
+                self._conn.exec_driver_sql("BEGIN")
+                try:
+                    yield Tx(self._conn, writable=False)
+                finally:
+                    self._conn.exec_driver_sql("COMMIT")
+
+    # --- temporary, for modules whose SQL is not in repositories yet ---------------------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The driver connection underneath (raw SQL of modules not yet converted, and tests
+        acting as a database writer); removed once no module needs it."""
+        raw = self._conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        return raw
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``write()`` on the driver connection, for modules not yet converted."""
+        with self.write() as tx:
+            yield tx.connection
+
+    def get_meta(self, key: str) -> str | None:
+        with self.read() as tx:
+            return tx.meta.get(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.read() as tx:
+            tx.meta.set(key, value)
+
+    def close(self) -> None:
+        self._conn.close()
+        self.engine.dispose()

@@ -1,0 +1,1 @@
+"""One repository per aggregate; each holds that aggregate's SQL."""

@@ -1,0 +1,115 @@
+"""Archive records (each encryption key, sealed) and the per-record officer shares made with them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, select
+
+from hsmkm.store.schema import archive, archive_shares
+
+
+@dataclass(frozen=True)
+class ArchiveRow:
+    id: int
+    user_id: int
+    cert_serial: str
+    algorithm: str
+    created_at: str
+    format_version: int
+    master_label: str
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    user_id: int
+    cert_serial: str
+    algorithm: str
+    created_at: str
+    format_version: int
+    master_label: str
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class NewShare:
+    epoch: int
+    officer: str
+    x: int
+    sealed: bytes
+
+
+_COLUMNS = (archive.c.id, archive.c.user_id, archive.c.cert_serial, archive.c.algorithm, archive.c.created_at,
+            archive.c.format_version, archive.c.master_label, archive.c.sealed)
+_ADD = archive.insert().returning(archive.c.id)
+_FOR_USER = select(*_COLUMNS).where(archive.c.user_id == bindparam("uid")).order_by(archive.c.id)
+_BY_ID = select(*_COLUMNS).where(archive.c.id == bindparam("rid"))
+_UNDER = (select(*_COLUMNS).where(archive.c.master_label == bindparam("label"))
+          .order_by(archive.c.id).limit(bindparam("n")))
+_RESEAL = (archive.update()
+           .where(archive.c.id == bindparam("rid"), archive.c.master_label == bindparam("old"))
+           .values(sealed=bindparam("new_sealed"), master_label=bindparam("new")))
+
+
+def _row(t: Any) -> ArchiveRow:  # a Row of _COLUMNS
+    return ArchiveRow(int(t[0]), int(t[1]), str(t[2]), str(t[3]), str(t[4]), int(t[5]), str(t[6]), bytes(t[7]))
+
+
+class ArchiveRepo:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def add(self, record: NewRecord, shares: Sequence[NewShare]) -> int:
+        """Insert a record and its shares; returns the record's id."""
+        rid = int(self._conn.execute(_ADD, {
+            "user_id": record.user_id, "cert_serial": record.cert_serial, "algorithm": record.algorithm,
+            "created_at": record.created_at, "format_version": record.format_version,
+            "master_label": record.master_label, "sealed": record.sealed,
+        }).scalar_one())
+        self.add_shares(rid, shares)
+        return rid
+
+    def add_shares(self, record_id: int, shares: Sequence[NewShare]) -> None:
+        if shares:
+            self._conn.execute(archive_shares.insert(), [
+                {"record_id": record_id, "epoch": s.epoch, "officer": s.officer, "x": s.x, "sealed": s.sealed}
+                for s in shares
+            ])
+
+    def for_user(self, user_id: int) -> list[ArchiveRow]:
+        return [_row(r) for r in self._conn.execute(_FOR_USER, {"uid": user_id})]
+
+    def by_id(self, record_id: int) -> ArchiveRow | None:
+        r = self._conn.execute(_BY_ID, {"rid": record_id}).first()
+        return None if r is None else _row(r)
+
+    def under_label(self, label: str, limit: int) -> list[ArchiveRow]:
+        """The first ``limit`` records sealed under the master key ``label``, by id."""
+        return [_row(r) for r in self._conn.execute(_UNDER, {"label": label, "n": limit})]
+
+    def reseal(self, updates: Sequence[tuple[int, str, str, bytes]]) -> None:
+        """(id, old label, new label, sealed): each record still under its old label takes the
+        new sealing (one batched statement)."""
+        if updates:
+            self._conn.execute(_RESEAL, [{"rid": rid, "old": old, "new": new, "new_sealed": sealed}
+                                         for rid, old, new, sealed in updates])
+
+    def count_shares(self) -> int:
+        return int(self._conn.execute(select(func.count()).select_from(archive_shares)).scalar_one())
+
+    def labels(self) -> list[str]:
+        return [str(r[0]) for r in self._conn.execute(select(archive.c.master_label).distinct())]
+
+    def count(self, user_id: int | None = None, format_version: int | None = None,
+              labels: Sequence[str] | None = None) -> int:
+        stmt = select(func.count()).select_from(archive)
+        if user_id is not None:
+            stmt = stmt.where(archive.c.user_id == user_id)
+        if format_version is not None:
+            stmt = stmt.where(archive.c.format_version == format_version)
+        if labels is not None:
+            stmt = stmt.where(archive.c.master_label.in_(labels))
+        return int(self._conn.execute(stmt).scalar_one())

@@ -1,0 +1,51 @@
+"""Enrollment responses kept (sealed under the code) for a client that asks again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, bindparam, func, select
+
+from hsmkm.store.schema import enroll_responses as kept
+from hsmkm.store.schema import enrollment_codes as codes
+
+
+@dataclass(frozen=True)
+class KeptResponse:
+    """The user's latest code (whatever its state) with the response kept for it."""
+
+    code_row: int
+    verifier: bytes
+    expires_at: str
+    used_at: str | None
+    salt: bytes
+    sealed: bytes
+
+
+_ADD = kept.insert()
+_PURGE = kept.delete().where(kept.c.kept_at < bindparam("before"))
+_latest_id = select(func.max(codes.c.id)).where(codes.c.user_id == bindparam("uid")).scalar_subquery()
+_FOR_LATEST = (
+    select(codes.c.id, codes.c.verifier, codes.c.expires_at, codes.c.used_at, kept.c.salt, kept.c.sealed)
+    .select_from(codes.join(kept, kept.c.code_row == codes.c.id))
+    .where(codes.c.user_id == bindparam("uid"), codes.c.id == _latest_id)
+)
+
+
+class EnrollResponseRepo:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def keep(self, code_row: int, kept_at: str, salt: bytes, sealed: bytes) -> None:
+        self._conn.execute(_ADD, {"code_row": code_row, "kept_at": kept_at, "salt": salt, "sealed": sealed})
+
+    def purge_before(self, before: str) -> None:
+        """Drop responses kept before ``before`` (an index range)."""
+        self._conn.execute(_PURGE, {"before": before})
+
+    def for_latest_code(self, user_id: int) -> KeptResponse | None:
+        row = self._conn.execute(_FOR_LATEST, {"uid": user_id}).first()
+        if row is None:
+            return None
+        return KeptResponse(int(row[0]), bytes(row[1]), str(row[2]), None if row[3] is None else str(row[3]),
+                            bytes(row[4]), bytes(row[5]))
