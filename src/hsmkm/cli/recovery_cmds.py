@@ -52,7 +52,8 @@ def recovery_request(cli_ctx: CliContext, email: str, reason: str) -> None:
     """
     km = open_km(cli_ctx)
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, reason, email=email)
-    quorum = custody.quorum(km.db.conn)
+    with km.db.read() as tx:
+        quorum = custody.quorum(tx)
     digest = req.digest  # of the content as opened; approvals sign the content itself
     cli_ctx.emit(
         {"id": req.id, "email": req.email, "records": req.records, "expires_at": req.expires_at,
@@ -99,10 +100,11 @@ def recovery_approve(
       hsmkm recovery approve 7 --officer ann --pin-source prompt --yes
     """
     km = open_km(cli_ctx)
-    registered = {o.name: o for o in custody.active_officers(km.db.conn)}
+    with km.db.read() as tx:
+        registered = {o.name: o for o in custody.active_officers(tx)}
     if officer not in registered:
         raise errors.PolicyViolation(f"{officer} is not a recovery officer")
-    status = recovery.load(km.db.conn, request_id).status
+    status = recovery.get(km, request_id).status
     if status is not recovery.RequestStatus.OPEN:
         raise errors.PolicyViolation(f"request {request_id} is {status.value}")
     content = recovery.content_for_officer(km, request_id)
@@ -114,7 +116,8 @@ def recovery_approve(
     session = _officer_token(cli_ctx, km, token_uri or registered[officer].uri, officer_pin_source, officer)
     count = recovery.approve(km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), content,
                              trust_officer_set)
-    quorum = custody.quorum(km.db.conn)
+    with km.db.read() as tx:
+        quorum = custody.quorum(tx)
     cli_ctx.emit(
         {"id": request_id, "officer": officer, "approvals": count, "quorum": quorum},
         f"{officer} approved request {request_id} ({count} of {quorum})",
@@ -122,7 +125,8 @@ def recovery_approve(
 
 
 def _fingerprints(km: KeyManager, content: request_content.Content) -> str:
-    ep = epochs.get(km.db.conn, int(content.data["epoch"]))
+    with km.db.read() as tx:
+        ep = epochs.get(tx, int(content.data["epoch"]))
     return "  officer set {} (quorum {}): {}".format(ep.number, ep.quorum, "; ".join(
         f"{o.name} SHA-256 {hashlib.sha256(custody.public_der(o.public_key)).hexdigest()[:32]}" for o in ep.officers))
 
@@ -152,7 +156,7 @@ def recovery_complete(
     if code_out is not None and not reenable:
         raise errors.BadInput("--code-out goes with --reenable")
     km = open_km(cli_ctx)
-    status = recovery.load(km.db.conn, request_id).status
+    status = recovery.get(km, request_id).status
     deliver = None
     if out_path is not None:
         sweep_temps(out_path.parent, out_path.name)  # a killed earlier run's temporary file
@@ -218,7 +222,7 @@ def _holds_this_export(km: KeyManager, request_id: int, path: Path, password: st
     except errors.HsmkmError:
         return False
     held = {serial_hex(e.certificate.serial_number) for e in store.encryption_entries()}
-    return held == recovery.record_serials(km.db, request_id)
+    return held == recovery.record_serials(km, request_id)
 
 
 def _looks_like_code(path: Path) -> bool:
@@ -236,8 +240,10 @@ def recovery_list(cli_ctx: CliContext) -> None:
     """Requests (recoveries and officer changes) with their approvals."""
     km = open_km(cli_ctx)
     rows: list[dict[str, Any]] = []
-    for r in recovery.list_requests(km.db.conn):
-        approvals = [a[0] for a in km.db.conn.execute("SELECT officer FROM approvals WHERE request_id = ?", (r.id,))]
+    with km.db.read() as tx:
+        requests = recovery.list_requests(tx)
+    for r in requests:
+        approvals = recovery.approvers(km, r.id)
         rows.append({"id": r.id, "kind": r.kind.value, "email": r.email, "status": r.status.value,
                      "approvals": approvals, "expires_at": r.expires_at, "params": r.params})
     cli_ctx.emit({"requests": rows}, "\n".join(
@@ -249,20 +255,22 @@ def _change(cli_ctx: CliContext, km: KeyManager, kind: recovery.RequestKind, req
             reason: str, params: dict[str, Any], what: str) -> None:
     if request_id is None:
         req = recovery.open_request(km, kind, reason, params=params)
-        quorum = custody.quorum(km.db.conn)
+        with km.db.read() as tx:
+            quorum = custody.quorum(tx)
         cli_ctx.emit(
             {"id": req.id, "kind": kind.value, "status": "open", "quorum": quorum, "params": params},
             f"change request {req.id} ({what}) opened: {quorum} officers approve it with "
             f"'hsmkm recovery approve {req.id} --officer NAME', then run this command again with --request {req.id}",
         )
         return
-    req_obj = recovery.load(km.db.conn, request_id)
+    req_obj = recovery.get(km, request_id)
     fixed = ("public_key", "token_serial", "token_label")
     if req_obj.kind is not kind or {k: req_obj.params.get(k) for k in params if k not in fixed} != {
         k: v for k, v in params.items() if k not in fixed
     }:
         raise errors.PolicyViolation(f"request {request_id} was approved for something else")
-    registered = {o.name: o.uri for o in custody.active_officers(km.db.conn)}
+    with km.db.read() as tx:
+        registered = {o.name: o.uri for o in custody.active_officers(tx)}
     if req_obj.kind is recovery.RequestKind.OFFICER_ADD:
         registered[str(req_obj.params["name"])] = str(req_obj.params["uri"])
 
@@ -289,8 +297,9 @@ def officer_group() -> None:
 def officer_list(cli_ctx: CliContext) -> None:
     """Officers and the quorum."""
     km = open_km(cli_ctx)
-    officers = custody.active_officers(km.db.conn)
-    quorum = custody.quorum(km.db.conn)
+    with km.db.read() as tx:
+        officers = custody.active_officers(tx)
+        quorum = custody.quorum(tx)
     cli_ctx.emit({"officers": [{"name": o.name, "token": o.uri} for o in officers], "quorum": quorum},
                  "\n".join(f"{o.name:<16} {o.uri}" for o in officers) + f"\nquorum: {quorum} of {len(officers)}")
 
@@ -313,19 +322,20 @@ def officer_add(cli_ctx: CliContext, name: str, token_uri: str, request_id: int 
     km = open_km(cli_ctx)
     params: dict[str, Any] = {"name": name, "uri": token_uri}
     if request_id is None:
-        if name in {o.name for o in custody.active_officers(km.db.conn)}:
-            raise errors.AlreadyExists(f"{name} is already an officer")
+        with km.db.read() as tx:
+            if name in {o.name for o in custody.active_officers(tx)}:
+                raise errors.AlreadyExists(f"{name} is already an officer")
+            others = custody.officer_token_serials(tx)
         session = _officer_token(cli_ctx, km, token_uri, None, name)
         rec = km.config.recovery_token
-        others = [str(r[0]) for r in km.db.conn.execute(
-            "SELECT t.token_serial FROM officer_tokens t JOIN officers o ON o.name = t.officer WHERE o.status = ?",
-            (custody.OfficerStatus.ACTIVE,))]
         check_officer_token(session.serial, session.label, session.has_object(OFFICER_KEY_LABEL), km.session.serial,
                             (rec.serial, rec.label) if rec is not None else None, others, name)
         key = session.generate_keypair(OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer",
                                        sign=True, decrypt=False, derive=True)
         pub = custody.public_der(key.public_key())
-        if any(custody.public_der(o.public_key) == pub for o in epochs.active(km.db.conn).officers):
+        with km.db.read() as tx:
+            current = epochs.active(tx).officers
+        if any(custody.public_der(o.public_key) == pub for o in current):
             raise errors.PolicyViolation(f"{name}'s key is already another officer's key")
         params.update(public_key=pub.hex(), token_serial=session.serial, token_label=session.label)
     _change(cli_ctx, km, recovery.RequestKind.OFFICER_ADD, request_id, f"add officer {name}", params, f"add {name}")
@@ -359,7 +369,8 @@ def recovery_policy(cli_ctx: CliContext, quorum: int, request_id: int | None) ->
       hsmkm recovery policy --quorum 3; …approvals…; hsmkm recovery policy --quorum 3 --request 11
     """
     km = open_km(cli_ctx)
-    n = len(custody.active_officers(km.db.conn))
+    with km.db.read() as tx:
+        n = len(custody.active_officers(tx))
     if quorum > n:
         raise errors.PolicyViolation(f"quorum {quorum} is more than the {n} officers")
     if quorum < 2:
@@ -423,7 +434,8 @@ def archive_migrate(cli_ctx: CliContext, request_id: int | None) -> None:
     km = open_km(cli_ctx)
     if request_id is None:
         req = recovery.open_request(km, recovery.RequestKind.MIGRATE, "migrate the archive to per-record shares")
-        quorum = custody.quorum(km.db.conn)
+        with km.db.read() as tx:
+            quorum = custody.quorum(tx)
         cli_ctx.emit(
             {"id": req.id, "kind": req.kind.value, "status": "open", "quorum": quorum, "records": pending_records(km)},
             f"migration request {req.id} opened for {pending_records(km)} record(s): {quorum} officers approve it with "

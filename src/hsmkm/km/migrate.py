@@ -38,10 +38,8 @@ class MigrationResult:
 
 
 def pending_records(km: KeyManager) -> int:
-    return int(km.db.conn.execute(
-        "SELECT COUNT(*) FROM archive WHERE format_version = ?", (archive.FORMAT_V1,)
-    ).fetchone()[0])
-
+    with km.db.read() as tx:
+        return tx.archive.count(format_version=archive.FORMAT_V1)
 
 
 def _open_recovery_token(
@@ -69,13 +67,13 @@ def migrate(
     batch: int = BATCH, after_batch: Callable[[int], None] = lambda done: None,
 ) -> MigrationResult:
     """Carry out an approved migration request (again, after a crash: it continues)."""
-    conn = km.db.conn
-    req = load(conn, request_id)
-    if req.kind is not RequestKind.MIGRATE:
-        raise errors.BadInput(f"request {req.id} is a {req.kind.value} request")
-    if km.config.recovery_token is None:
-        raise errors.PolicyViolation("this KM has no recovery token: its archive is already per-record")
-    content = request_content.build(conn, request_id, None)
+    with km.db.read() as tx:
+        req = load(tx, request_id)
+        if req.kind is not RequestKind.MIGRATE:
+            raise errors.BadInput(f"request {req.id} is a {req.kind.value} request")
+        if km.config.recovery_token is None:
+            raise errors.PolicyViolation("this KM has no recovery token: its archive is already per-record")
+        content = request_content.build(tx, request_id, None)
     approvals = verified_approvals(km, req, content)
     check_expiry(req, content, km.clock())  # whatever the status says
     me = claim(km, req)
@@ -88,13 +86,12 @@ def migrate(
             rec_session = _open_recovery_token(km, req, approvals, content)
             recovery_key = rec_session.private_key(label=RECOVERY_KEY_LABEL)
             while True:
-                rows = archive.records_by_id(km.db.reader(), [int(r[0]) for r in conn.execute(
-                    "SELECT id FROM archive WHERE format_version = ? ORDER BY id LIMIT ?", (archive.FORMAT_V1, batch)
-                )])
+                with km.db.read() as tx:
+                    rows = archive.records_by_id(tx, tx.archive.ids_in_format(archive.FORMAT_V1, batch))
+                    sharing = epochs.sharing(tx)
                 if not rows:
                     break
                 master = km.archive_key
-                sharing = epochs.sharing(conn)
                 updates = []
                 masters = {label: km.archive_key_by_label(label) for label in {r.master_label for r in rows}}
                 for rec in rows:
@@ -110,21 +107,19 @@ def migrate(
                     updates.append((rec.id, master.encrypt_gcm(inner, aad), sealed_shares))
                 with km.change(AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="batch",
                                first=rows[0].id, last=rows[-1].id, count=len(rows)) as ch:
-                    if tuple(e.number for e in epochs.sharing(ch.conn)) != tuple(e.number for e in sharing):
+                    if epochs.sharing_numbers(ch.tx) != tuple(e.number for e in sharing):
                         raise errors.PolicyViolation("the officers changed during the migration; run it again")
                     for rid, sealed, sealed_shares in updates:
-                        cur = ch.conn.execute(
-                            "UPDATE archive SET format_version = ?, master_label = ?, sealed = ? "
-                            "WHERE id = ? AND format_version = ?",
-                            (archive.FORMAT_VERSION, master.label, sealed, rid, archive.FORMAT_V1),
-                        )
-                        if cur.rowcount == 1:
-                            ch.conn.execute("DELETE FROM archive_shares WHERE record_id = ?", (rid,))
+                        # conditional on the record still being in the old format (a re-run skips it)
+                        if ch.tx.archive.reformat(rid, archive.FORMAT_V1, archive.FORMAT_VERSION, master.label, sealed):
+                            ch.tx.shares.drop_record(rid)
                             archive.store_shares(ch.tx, rid, sealed_shares)
                 done += len(rows)
                 progress(done, total)
                 after_batch(done)
-        if rec_session is None and km.db.get_meta("recovery_public_key") is not None:
+        with km.db.read() as tx:
+            recovery_public_key = tx.meta.get("recovery_public_key")
+        if rec_session is None and recovery_public_key is not None:
             # nothing left to migrate (a run that crashed after its last batch): finish with the key
             rec_session = _open_recovery_token(km, req, approvals, content)
         if rec_session is not None:
@@ -133,10 +128,10 @@ def migrate(
             rec_session.close()
         with km.change(AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="done", records=done,
                        recovery_key_destroyed=destroyed) as ch:
-            ch.conn.execute("DELETE FROM meta WHERE key = 'recovery_public_key'")
+            ch.tx.meta.delete("recovery_public_key")
             # the PIN shares are void now that the key they guarded is gone
-            ch.conn.execute("UPDATE officers SET share = ?", (b"",))
-            finish(ch.conn, req, me)
+            ch.tx.officers.void_pin_shares()
+            finish(ch.tx, req, me)
     except BaseException:
         release(km, req, me)
         raise

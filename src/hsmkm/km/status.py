@@ -15,7 +15,7 @@ from hsmkm.km.manager import KeyManager
 
 def km_status(km: KeyManager) -> dict[str, Any]:
     tx = km.db.reader()
-    conn = tx.connection  # the CRL table and officers: not in repositories yet
+    conn = tx.connection  # the CRL table: not in a repository yet
     keys = []
     for label, cls in (
         (CA_KEY_LABEL, ObjectClass.PRIVATE_KEY),
@@ -39,7 +39,7 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "age_seconds": int((now - this_update).total_seconds()),
             "stale": now > datetime.fromisoformat(crl[2]),
         }
-    officers = custody.active_officers(conn)
+    officers = custody.active_officers(tx)
     return {
         "home": str(km.home.root),
         "schema_revision": km.db.revision()[1],
@@ -71,5 +71,5 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "guarded": km.session.module.store is not None,
             "repairs": [r.describe() for r in km.repairs],
         },
-        "quorum": custody.quorum(conn),
+        "quorum": custody.quorum(tx),
     }

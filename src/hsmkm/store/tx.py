@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from hsmkm.store.repos.meta import MetaRepo
     from hsmkm.store.repos.settings import SettingsRepo
     from hsmkm.store.repos.users import UserRepo
+    from hsmkm.store.repos.epochs import EpochRepo
+    from hsmkm.store.repos.officers import OfficerRepo
+    from hsmkm.store.repos.recovery import RecoveryRepo
+    from hsmkm.store.repos.shares import ShareRepo
 
 
 class Tx:
@@ -82,6 +86,30 @@ class Tx:
         from hsmkm.store.repos.enroll_responses import EnrollResponseRepo
 
         return EnrollResponseRepo(self._conn)
+
+    @cached_property
+    def officers(self) -> OfficerRepo:
+        from hsmkm.store.repos.officers import OfficerRepo
+
+        return OfficerRepo(self._conn)
+
+    @cached_property
+    def epochs(self) -> EpochRepo:
+        from hsmkm.store.repos.epochs import EpochRepo
+
+        return EpochRepo(self._conn)
+
+    @cached_property
+    def shares(self) -> ShareRepo:
+        from hsmkm.store.repos.shares import ShareRepo
+
+        return ShareRepo(self._conn)
+
+    @cached_property
+    def recovery(self) -> RecoveryRepo:
+        from hsmkm.store.repos.recovery import RecoveryRepo
+
+        return RecoveryRepo(self._conn)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 
 from hsmkm import errors
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.recovery.requests import Request, RequestStatus
+from hsmkm.store.tx import Tx
 
 
 def _start_time(pid: int) -> str:
@@ -44,26 +44,18 @@ def claim(km: KeyManager, req: Request) -> str:
     """open -> completing, for this process only; a claim left by a dead process is taken over."""
     me = _me()
     with km.change(AuditAction.RECOVERY_COMPLETE, id=req.id, stage="claim") as ch:
-        row = ch.conn.execute(
-            "SELECT r.status, c.claimed_by FROM recovery_requests r LEFT JOIN request_claims c ON c.request_id = r.id "
-            "WHERE r.id = ?", (req.id,)
-        ).fetchone()
-        status, holder = RequestStatus(row[0]), row[1]
-        if status is RequestStatus.COMPLETING and holder is not None and _alive(str(holder)):
+        state = ch.tx.recovery.claim_state(req.id)
+        if state is None:
+            raise errors.NotFound(f"no request {req.id}")
+        status, holder = state
+        if status is RequestStatus.COMPLETING and holder is not None and _alive(holder):
             raise errors.PolicyViolation(f"request {req.id} is being completed by another process")
         if status not in (RequestStatus.OPEN, RequestStatus.COMPLETING):
             raise errors.PolicyViolation(f"request {req.id} is {status.value}")
-        cur = ch.conn.execute(
-            "UPDATE recovery_requests SET status = ? WHERE id = ? AND status = ?",
-            (RequestStatus.COMPLETING.value, req.id, status.value),
-        )
-        if cur.rowcount != 1:
+        # Conditional on the status just read: of two claimants, one moves it.
+        if not ch.tx.recovery.transition(req.id, status, RequestStatus.COMPLETING):
             raise errors.PolicyViolation(f"request {req.id} is being completed by another process")
-        ch.conn.execute(
-            "INSERT INTO request_claims(request_id, claimed_by) VALUES (?, ?) "
-            "ON CONFLICT(request_id) DO UPDATE SET claimed_by = excluded.claimed_by",
-            (req.id, me),
-        )
+        ch.tx.recovery.set_claim(req.id, me)
         ch.details["taken_over"] = holder if status is RequestStatus.COMPLETING else None
     return me
 
@@ -71,27 +63,16 @@ def claim(km: KeyManager, req: Request) -> str:
 def release(km: KeyManager, req: Request, me: str) -> None:
     """completing -> open after a failed completion of ours."""
     with km.change(AuditAction.RECOVERY_COMPLETE, id=req.id, stage="released") as ch:
-        conn = ch.conn
-        conn.execute(
-            "UPDATE recovery_requests SET status = ? WHERE id = ? AND status = ? AND "
-            "EXISTS (SELECT 1 FROM request_claims WHERE request_id = ? AND claimed_by = ?)",
-            (RequestStatus.OPEN.value, req.id, RequestStatus.COMPLETING.value, req.id, me),
-        )
-        conn.execute("DELETE FROM request_claims WHERE request_id = ? AND claimed_by = ?", (req.id, me))
+        ch.tx.recovery.transition_claimed(req.id, RequestStatus.COMPLETING, RequestStatus.OPEN, me)
+        ch.tx.recovery.drop_claim(req.id, me)
 
 
-def finish(conn: sqlite3.Connection, req: Request, me: str) -> None:
+def finish(tx: Tx, req: Request, me: str) -> None:
     """completing -> completed, only for the holder of the claim (inside the final transaction)."""
-    cur = conn.execute(
-        "UPDATE recovery_requests SET status = ? WHERE id = ? AND status = ? AND "
-        "EXISTS (SELECT 1 FROM request_claims WHERE request_id = ? AND claimed_by = ?)",
-        (RequestStatus.COMPLETED.value, req.id, RequestStatus.COMPLETING.value, req.id, me),
-    )
-    if cur.rowcount != 1:
+    if not tx.recovery.transition_claimed(req.id, RequestStatus.COMPLETING, RequestStatus.COMPLETED, me):
         raise errors.PolicyViolation(f"request {req.id} was taken over by another completion; nothing was committed")
-    conn.execute("DELETE FROM request_claims WHERE request_id = ?", (req.id,))
-    conn.execute("DELETE FROM reshares WHERE request_id = ?", (req.id,))
-
+    tx.recovery.drop_claim(req.id)
+    tx.recovery.drop_reshares(req.id)
 
 
 def no_pause() -> None:

@@ -3,7 +3,6 @@ the officers' shares (custody rule 4), then exported or held for re-enrollment, 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,14 +48,19 @@ def _record_keys(km: KeyManager, req: Request, content: Content, approvals: Sequ
 def _open_records(km: KeyManager, content: Content, record_keys: dict[int, bytes]) -> list[RecoveredKey]:
     out = []
     masters: dict[str, Any] = {}
-    for rec in archive.records_by_id(km.db.conn, [v.identity.record_id for v in content.records]):
+    with km.db.read() as tx:
+        records = archive.records_by_id(tx, [v.identity.record_id for v in content.records])
+        certs = {rec.id: tx.certs.der(rec.cert_serial) for rec in records}
+    for rec in records:
         master = masters.get(rec.master_label)
         if master is None:
             master = masters[rec.master_label] = km.archive_key_by_label(rec.master_label)
         inner = archive.open_outer(rec, master)
         key = archive.open_inner(rec, inner, record_keys[rec.id])
-        row = km.db.conn.execute("SELECT der FROM certificates WHERE serial = ?", (rec.cert_serial,)).fetchone()
-        out.append(RecoveredKey(rec.id, rec.cert_serial, key, bytes(row[0])))
+        der = certs[rec.id]
+        if der is None:
+            raise errors.Tampered(f"the certificate of archive record {rec.id} is missing")
+        out.append(RecoveredKey(rec.id, rec.cert_serial, key, der))
     return out
 
 
@@ -79,10 +83,11 @@ def complete_recovery(
     """With K approvals: open exactly the approved records, deliver them (``deliver`` writes the
     export file) or hold them for re-enrollment under a one-time code, which ``before_commit``
     may write to its destination before the commit. ``after_claim`` is a seam for tests."""
-    req = load(km.db.conn, request_id)
-    if req.kind is not RequestKind.RECOVERY:
-        raise errors.BadInput(f"request {req.id} is a {req.kind.value} request")
-    content = request_content.build(km.db.conn, request_id, None)
+    with km.db.read() as tx:
+        req = load(tx, request_id)
+        if req.kind is not RequestKind.RECOVERY:
+            raise errors.BadInput(f"request {req.id} is a {req.kind.value} request")
+        content = request_content.build(tx, request_id, None)
     approvals = verified_approvals(km, req, content)
     check_expiry(req, content, km.clock())  # whatever the status says: a claim can be forged
     me = claim(km, req)
@@ -96,13 +101,13 @@ def complete_recovery(
             if reenable:
                 assert req.user_id is not None
                 code, code_row = users.issue_code(
-                    ch.conn, req.user_id, users.CodePurpose.RECOVERY, km.clock(),
+                    ch.tx, req.user_id, users.CodePurpose.RECOVERY, km.clock(),
                     km.config.code_ttl_days, km.config.code_max_attempts, req.id,
                 )
-                hold_for_code(ch.conn, code_row, code, keys)
+                hold_for_code(ch.tx, code_row, code, keys)
                 if before_commit is not None:
                     before_commit(code)
-            finish(ch.conn, req, me)
+            finish(ch.tx, req, me)
             ch.details.update(mode="reenable" if reenable else "export")
     except BaseException:
         release(km, req, me)
@@ -111,8 +116,9 @@ def complete_recovery(
     return Completion(req.id, req.email, keys, code)
 
 
-def record_serials(conn: sqlite3.Connection, request_id: int) -> set[str]:
+def record_serials(km: KeyManager, request_id: int) -> set[str]:
     """The certificate serials of the records a recovery request names."""
-    req = load(conn, request_id)
-    return {r.cert_serial for r in archive.records_by_id(conn, req.records)}
+    with km.db.read() as tx:
+        req = load(tx, request_id)
+        return {r.cert_serial for r in archive.records_by_id(tx, req.records)}
 

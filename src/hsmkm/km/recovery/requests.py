@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import Any
 
 from pkcs11 import ObjectClass
@@ -21,26 +19,18 @@ from hsmkm.km import archive, custody, epochs, officer_side, request_content, us
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.request_content import Content
+from hsmkm.store.repos.recovery import NewRequest, RequestKind, RequestStatus
+from hsmkm.store.tx import Tx
+
+__all__ = [
+    "CHANGE_KINDS", "REQUEST_KEY_PREFIX", "Request", "RequestKind", "RequestStatus", "check_expiry", "check_open",
+    "content_for_officer", "destroy_request_key", "get", "list_requests", "load", "open_request", "request_key",
+    "retire_stale",
+]
 
 REQUEST_KEY_PREFIX = "hsmkm-request-"
 
-
-class RequestKind(str, Enum):
-    RECOVERY = "recovery"
-    OFFICER_ADD = "officer-add"
-    OFFICER_REMOVE = "officer-remove"
-    POLICY = "policy"
-    MIGRATE = "archive-migrate"
-
-
 CHANGE_KINDS = (RequestKind.OFFICER_ADD, RequestKind.OFFICER_REMOVE, RequestKind.POLICY)
-
-
-class RequestStatus(str, Enum):
-    OPEN = "open"
-    COMPLETING = "completing"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -62,35 +52,41 @@ class Request:
     digest: bytes
 
 
-def load(conn: sqlite3.Connection, request_id: int) -> Request:
-    r = conn.execute(
-        "SELECT r.id, r.user_id, u.email, r.kind, r.reason, r.requested_by, r.created_at, r.expires_at, r.status, "
-        "r.records, r.request_key_label, r.request_public_key, r.share_epoch, r.params, r.digest "
-        "FROM recovery_requests r LEFT JOIN users u ON u.id = r.user_id WHERE r.id = ?",
-        (request_id,),
-    ).fetchone()
+def load(tx: Tx, request_id: int) -> Request:
+    malformed = errors.Tampered(f"request {request_id} is malformed in the database")
+    try:
+        r = tx.recovery.get(request_id)
+    except ValueError:
+        raise malformed from None
     if r is None:
         raise errors.NotFound(f"no request {request_id}")
     try:
         return Request(
-            r[0], r[1], r[2], RequestKind(r[3]), r[4], r[5], r[6], r[7], RequestStatus(r[8]), json.loads(r[9]),
-            r[10], custody.load_public(bytes(r[11])), int(r[12]), json.loads(r[13]), bytes(r[14]),
+            r.id, r.user_id, r.email, r.kind, r.reason, r.requested_by, r.created_at, r.expires_at, r.status,
+            json.loads(r.records), r.key_label, custody.load_public(r.public_key), r.share_epoch,
+            json.loads(r.params), r.digest,
         )
     except (ValueError, TypeError):
-        raise errors.Tampered(f"request {request_id} is malformed in the database") from None
+        raise malformed from None
 
 
-def list_requests(conn: sqlite3.Connection) -> list[Request]:
-    return [load(conn, int(r[0])) for r in conn.execute("SELECT id FROM recovery_requests ORDER BY id")]
+def get(km: KeyManager, request_id: int) -> Request:
+    """The request as the database holds it now."""
+    with km.db.read() as tx:
+        return load(tx, request_id)
 
 
-def _has_v1_records(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM archive WHERE format_version = ? LIMIT 1", (archive.FORMAT_V1,)).fetchone() is not None
+def list_requests(tx: Tx) -> list[Request]:
+    return [load(tx, rid) for rid in tx.recovery.ids()]
 
 
-def _change_params(conn: sqlite3.Connection, kind: RequestKind, params: dict[str, Any]) -> tuple[int, list[tuple[str, PublicKey]]]:
+def _has_v1_records(tx: Tx) -> bool:
+    return tx.archive.count(format_version=archive.FORMAT_V1) > 0
+
+
+def _change_params(tx: Tx, kind: RequestKind, params: dict[str, Any]) -> tuple[int, list[tuple[str, PublicKey]]]:
     """The quorum and officer set a change asks for."""
-    current = epochs.active(conn)
+    current = epochs.active(tx)
     officers = [(o.name, o.public_key) for o in current.officers]
     quorum = current.quorum
     if kind is RequestKind.OFFICER_ADD:
@@ -132,16 +128,16 @@ def open_request(
     try:
         action = AuditAction.RECOVERY_REQUEST if kind is RequestKind.RECOVERY else AuditAction.POLICY_CHANGE
         with km.change(action, kind=kind.value, reason=reason, stage="request") as ch:
-            conn = ch.conn
+            tx = ch.tx
             user_id = None
             records: list[int] = []
-            retire_stale(conn, now)
-            active = epochs.active(conn)
+            retire_stale(tx, now)
+            active = epochs.active(tx)
             if kind is RequestKind.RECOVERY:
                 assert email is not None
-                user = users.find_user(conn, email)
+                user = users.find_user(tx, email)
                 user_id = user.id
-                found = archive.records_for_user(conn, user.id)
+                found = archive.records_for_user(tx, user.id)
                 if not found:
                     raise errors.NotFound(f"{user.email} has no archived keys")
                 if any(r.format_version != archive.FORMAT_VERSION for r in found):
@@ -151,36 +147,32 @@ def open_request(
                 records = [r.id for r in found]
                 email = user.email
             elif kind is RequestKind.MIGRATE:
-                if not _has_v1_records(conn) and km.db.get_meta("recovery_public_key") is None:
+                if not _has_v1_records(tx) and tx.meta.get("recovery_public_key") is None:
                     raise errors.PolicyViolation("the archive has nothing to migrate")
             else:
-                if _has_v1_records(conn):
+                if _has_v1_records(tx):
                     raise errors.PolicyViolation("migrate the archive first ('hsmkm archive migrate')")
             pub_der = custody.public_der(key.public_key())
-            cur = conn.execute(
-                "INSERT INTO recovery_requests(user_id, reason, requested_by, created_at, expires_at, status, records, "
-                "digest, request_key_label, request_public_key, share_epoch, kind, params) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (user_id, reason, km.actor, now.isoformat(), expires.isoformat(), RequestStatus.OPEN.value,
-                 json.dumps(records), b"", label, pub_der, active.number, kind.value, "{}"),
-            )
-            rid = int(cur.lastrowid or 0)
+            rid = tx.recovery.add(NewRequest(
+                user_id, kind, reason, km.actor, now.isoformat(), expires.isoformat(), json.dumps(records), label,
+                pub_der, active.number,
+            ))
             if kind in CHANGE_KINDS:
-                quorum, officers = _change_params(conn, kind, params)
-                pending = epochs.create(conn, quorum, officers, epochs.EpochStatus.PENDING, rid)
+                quorum, officers = _change_params(tx, kind, params)
+                pending = epochs.create(tx, quorum, officers, epochs.EpochStatus.PENDING, rid)
                 params.update(
                     epoch=pending.number, quorum=quorum,
                     officers=[[o.name, o.x, custody.public_der(o.public_key).hex()] for o in pending.officers],
                 )
-            conn.execute("UPDATE recovery_requests SET params = ? WHERE id = ?", (json.dumps(params, sort_keys=True), rid))
-            content = request_content.build(conn, rid, None)
+            tx.recovery.set_params(rid, json.dumps(params, sort_keys=True))
+            content = request_content.build(tx, rid, None)
             digest = officer_side.content_digest(content.canonical)
-            conn.execute("UPDATE recovery_requests SET digest = ? WHERE id = ?", (digest, rid))
+            tx.recovery.set_digest(rid, digest)
             ch.details.update(id=rid, email=email, records=records, digest=digest.hex(), expires=expires.isoformat())
     except BaseException:
         destroy_request_key(km.session, label)
         raise
-    return load(km.db.conn, rid)
+    return get(km, rid)
 
 
 def request_key(km: KeyManager, req: Request) -> PrivateKey:
@@ -201,7 +193,8 @@ def destroy_request_key(session: TokenSession, label: str) -> None:
 def content_for_officer(km: KeyManager, request_id: int) -> Content:
     """What an officer is shown before approving: rebuilt from the rows, each record's
     certificate checked against the CA certificate's signature."""
-    return request_content.build(km.db.conn, request_id, km.ca_cert)
+    with km.db.read() as tx:
+        return request_content.build(tx, request_id, km.ca_cert)
 
 
 def check_expiry(req: Request, content: Content, now: datetime) -> None:
@@ -216,13 +209,9 @@ def check_open(req: Request, content: Content, now: datetime) -> None:
     check_expiry(req, content, now)
 
 
-def retire_stale(conn: sqlite3.Connection, now: datetime) -> None:
+def retire_stale(tx: Tx, now: datetime) -> None:
     """Pending epochs of change requests that ended or expired stop receiving new records'
     shares (inside the caller's transaction)."""
-    for epoch_no, status, expires in conn.execute(
-        "SELECT e.epoch, r.status, r.expires_at FROM share_epochs e JOIN recovery_requests r ON r.id = e.request_id "
-        "WHERE e.status = ?",
-        (epochs.EpochStatus.PENDING.value,),
-    ).fetchall():
-        if status not in (RequestStatus.OPEN.value, RequestStatus.COMPLETING.value) or now > datetime.fromisoformat(expires):
-            epochs.retire(conn, int(epoch_no))
+    for epoch_no, status, expires in tx.epochs.pending_changes():
+        if status not in (RequestStatus.OPEN, RequestStatus.COMPLETING) or now > datetime.fromisoformat(expires):
+            epochs.retire(tx, epoch_no)
