@@ -254,3 +254,35 @@ def test_init_makes_a_database_at_head(km_home: Path) -> None:
     shutil.copy(km_home / "km.db", copy)
     assert _differences_from_schema_py(copy) == []
     copy.unlink()
+
+
+def test_a_drawn_serial_already_recorded_is_a_conflict_and_issuance_draws_again(
+    fresh_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The certificate insert's clash comes back as a store Conflict; issuance re-signs only
+    the certificate whose serial was taken, and the batch is recorded once."""
+    from conftest import trial_pin
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hsmkm.km.authority import IssueRequest, issue_certificates, serial_hex
+    from hsmkm.km.manager import KeyManager
+    from hsmkm.x509 import profiles
+    from hsmkm.x509.profiles import CertKind
+
+    hsmkm("init", "--ca-subject", "CN=Store KM CA,O=hsmkm tests", "--ca-key", "p256", home=fresh_home)
+    km = KeyManager.open(fresh_home, trial_pin(fresh_home, "km"))
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    [first] = issue_certificates(km, [IssueRequest(key, CertKind.SIGN, "a@example.com")])
+    real = profiles.random_serial
+    draws = iter([first.serial_number, real()])  # the second request draws the taken serial first
+    monkeypatch.setattr(profiles, "random_serial", lambda: next(draws, None) or real())
+    batch = issue_certificates(km, [IssueRequest(key, CertKind.SIGN, "b@example.com"),
+                                    IssueRequest(key, CertKind.SIGN, "c@example.com")])
+    serials = {serial_hex(c.serial_number) for c in batch}
+    assert serial_hex(first.serial_number) not in serials and len(serials) == 2
+    with km.db.read() as tx:
+        assert tx.certs.serials_taken(sorted(serials)) == serials
+        assert tx.certs.count_issued() == 3
+    issues = [e for e in km.audit().entries() if e.action == "cert.issue"]
+    assert [e.details["count"] for e in issues] == [1, 2]
+    km.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog, crl_number_of
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, TokenRef
 from hsmkm.store.database import Database
-from hsmkm.store.tx import Tx
+from hsmkm.store.tx import RawConnection, Tx
 
 
 def open_token(ref: TokenRef, pin: str, softhsm_config: str | None) -> TokenSession:
@@ -39,7 +38,7 @@ class Change:
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> RawConnection:
         """The driver connection, for modules whose SQL is not in repositories yet (temporary)."""
         return self.tx.connection
 

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from hsmkm.store.repos.shares import ShareRepo
 
 
+# The driver connection the temporary escape hatches hand out.
+RawConnection = sqlite3.Connection
+
+
 class Tx:
     """What a state change (``writable``) or a reader works through; never a connection."""
 

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Executable, Table, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
+
+# Built once per (dialect, table, key columns, columns): statement construction costs more
+# than its execution, and the audit append sets the head on every state change.
+_CACHE: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Executable] = {}
+
+
+def _statement(dialect: str, table: Table, keys: tuple[str, ...], columns: tuple[str, ...]) -> Executable:
+    key = (dialect, table.name, keys, columns)
+    stmt = _CACHE.get(key)
+    if stmt is None:
+        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        ins = make(table).values({c: bindparam(f"v_{c}") for c in columns})
+        stmt = ins.on_conflict_do_update(index_elements=list(keys),
+                                         set_={c: ins.excluded[c] for c in columns if c not in keys})
+        _CACHE[key] = stmt
+    return stmt
 
 
 def upsert(conn: Connection, table: Table, keys: tuple[str, ...], values: dict[str, Any]) -> None:
     """Insert ``values``, or on a clash of ``keys`` overwrite the other columns given."""
-    make = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = make(table).values(**values)
-    update = {c: stmt.excluded[c] for c in values if c not in keys}
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update))
+    stmt = _statement(conn.dialect.name, table, keys, tuple(values))
+    conn.execute(stmt, {f"v_{c}": v for c, v in values.items()})

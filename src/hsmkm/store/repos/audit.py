@@ -28,6 +28,7 @@ class AuditRow:
 
 _LAST = select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
 _HEAD = select(meta.c.value).where(meta.c.key == HEAD_KEY)
+_HEAD_LOCKED = _HEAD.with_for_update()
 _CRL_NUMBER = select(meta.c.value).where(meta.c.key == CRL_NUMBER_KEY)
 _HASH_AT = select(audit.c.hash).where(audit.c.seq == bindparam("seq"))
 _ALL = select(audit).order_by(audit.c.seq)
@@ -56,7 +57,7 @@ class AuditRepo:
     def head(self, lock: bool = False) -> str | None:
         """The stored head (``seq:hash:mac``). With ``lock`` the row is held to this
         transaction where the backend locks rows: the appender that holds it owns the next seq."""
-        stmt = _HEAD.with_for_update() if lock else _HEAD
+        stmt = _HEAD_LOCKED if lock else _HEAD
         value = self._conn.execute(stmt).scalar()
         return None if value is None else str(value)
 

@@ -8,6 +8,8 @@ from hsmkm.store.schema import meta
 from hsmkm.store.upsert import upsert
 
 _GET = select(meta.c.value).where(meta.c.key == bindparam("key"))
+_GET_LOCKED = _GET.with_for_update()
+_DELETE = meta.delete().where(meta.c.key == bindparam("key"))
 
 
 class MetaRepo:
@@ -20,11 +22,11 @@ class MetaRepo:
 
     def get_for_update(self, key: str) -> str | None:
         """The value, its row locked to this transaction where the backend locks rows."""
-        value = self._conn.execute(_GET.with_for_update(), {"key": key}).scalar()
+        value = self._conn.execute(_GET_LOCKED, {"key": key}).scalar()
         return None if value is None else str(value)
 
     def set(self, key: str, value: str) -> None:
         upsert(self._conn, meta, ("key",), {"key": key, "value": value})
 
     def delete(self, key: str) -> None:
-        self._conn.execute(meta.delete().where(meta.c.key == key))
+        self._conn.execute(_DELETE, {"key": key})
