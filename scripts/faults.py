@@ -254,7 +254,7 @@ def verify_rotate(case: Case, _p: subprocess.CompletedProcess[str]) -> str | Non
         "assert km.db.get_meta('archive_rotation') is None, 'rotation left unfinished'\n"
         "assert master_key_is_sound(km.session,label), 'current master key is not whole'\n"
         "rows=km.db.conn.execute('SELECT id FROM archive').fetchall()\n"
-        "for r in archive.records_by_id(km.db.conn,[x[0] for x in rows]):\n"
+        "for r in archive.records_by_id(km.db.reader(),[x[0] for x in rows]):\n"
         "    assert r.master_label==label, 'a record under an old key'\n"
         "    archive.open_outer(r, km.archive_key)\n",
         str(case.home))
