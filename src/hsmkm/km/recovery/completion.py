@@ -50,14 +50,14 @@ def _open_records(km: KeyManager, content: Content, record_keys: dict[int, bytes
     masters: dict[str, Any] = {}
     with km.db.read() as tx:
         records = archive.records_by_id(tx, [v.identity.record_id for v in content.records])
-        certs = {rec.id: tx.certs.der(rec.cert_serial) for rec in records}
+        certs = {rid: r.cert_der for rid, r in tx.recovery.content_records([rec.id for rec in records]).items()}
     for rec in records:
         master = masters.get(rec.master_label)
         if master is None:
             master = masters[rec.master_label] = km.archive_key_by_label(rec.master_label)
         inner = archive.open_outer(rec, master)
         key = archive.open_inner(rec, inner, record_keys[rec.id])
-        der = certs[rec.id]
+        der = certs.get(rec.id)
         if der is None:
             raise errors.Tampered(f"the certificate of archive record {rec.id} is missing")
         out.append(RecoveredKey(rec.id, rec.cert_serial, key, der))
