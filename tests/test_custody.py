@@ -79,7 +79,8 @@ def _opens(km: KeyManager, rec: archive.ArchiveRecord, record_key: bytes) -> boo
 def test_the_request_key_opens_alices_approved_shares_and_nothing_else(insider: dict[str, object]) -> None:
     km, req = insider["km"], insider["req"]
     assert isinstance(km, KeyManager) and isinstance(req, recovery.Request)
-    content = request_content.build(km.db.conn, req.id, None)
+    with km.db.read() as tx:
+        content = request_content.build(tx, req.id, None)
     request_key = km.session.private_key(label=req.key_label)
     got: dict[int, list[shamir.Share]] = {}
     for officer, blob in km.db.conn.execute("SELECT officer, sealed_share FROM approvals WHERE request_id = ?", (req.id,)):
@@ -167,7 +168,7 @@ def test_an_edited_expiry_does_not_revive_a_request(insider: dict[str, object]) 
         conn.execute("UPDATE recovery_requests SET expires_at = ? WHERE id = ?", (revived, req.id))
     with pytest.raises(errors.Tampered, match="is not what officer1 approved"):
         recovery.complete_recovery(later, req.id, None, reenable=False)
-    assert recovery.load(km.db.conn, req.id).status is recovery.RequestStatus.OPEN
+    assert recovery.get(km, req.id).status is recovery.RequestStatus.OPEN
 
 
 def test_share_rows_swapped_between_records_open_nothing(template: Path, insider: dict[str, object]) -> None:
@@ -202,7 +203,8 @@ def test_an_approval_replayed_on_another_request_does_not_count(insider: dict[st
     with pytest.raises(errors.Tampered, match="is not what officer1 approved"):
         recovery.complete_recovery(km, other.id, None, reenable=False)
     # nor do the blobs open under the other request's key and context
-    content = request_content.build(km.db.conn, other.id, None)
+    with km.db.read() as tx:
+        content = request_content.build(tx, other.id, None)
     blob = km.db.conn.execute("SELECT sealed_share FROM approvals WHERE request_id = ? AND officer = 'officer1'",
                               (req.id,)).fetchone()[0]
     with pytest.raises(errors.SignatureInvalid):
@@ -218,7 +220,8 @@ def test_forged_approvals_and_no_approvals_open_nothing(insider: dict[str, objec
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "forge", email="bob@example.com")
     with pytest.raises(errors.QuorumNotMet):
         recovery.complete_recovery(km, req.id, None, reenable=False)
-    content = request_content.build(km.db.conn, req.id, None)
+    with km.db.read() as tx:
+        content = request_content.build(tx, req.id, None)
     forger = ec.generate_private_key(ec.SECP256R1())
     with km.db.transaction() as conn:
         for name in ("officer1", "officer2"):
@@ -259,7 +262,7 @@ def test_an_officer_key_swapped_in_the_database_is_refused_by_the_officers(insid
     # 1. only in the new officer set (the request's parameters and the pending epoch)
     req = _officer_add_request(km, mine)
     with km.db.transaction() as conn:
-        params = recovery.load(conn, req.id).params
+        params = recovery.get(km, req.id).params
         params["officers"] = [[n, x, mine.hex() if n == "officer2" else p] for n, x, p in params["officers"]]
         conn.execute("UPDATE recovery_requests SET params = ? WHERE id = ?", (__import__("json").dumps(params), req.id))
         conn.execute("UPDATE epoch_officers SET public_key = ? WHERE epoch = ? AND officer = 'officer2'",

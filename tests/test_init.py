@@ -97,7 +97,8 @@ def test_init_makes_no_recovery_token_and_one_officer_key_per_officer_token(km_h
     db = Database.open(home.database)
     from hsmkm.km import epochs
 
-    epoch = epochs.active(db.conn)
+    with db.read() as tx:
+        epoch = epochs.active(tx)
     assert (epoch.number, epoch.quorum) == (1, 2)
     assert [(o.name, o.x) for o in epoch.officers] == [("officer1", 1), ("officer2", 2), ("officer3", 3)]
     assert db.get_meta("recovery_public_key") is None

@@ -159,7 +159,8 @@ def test_a_first_release_database_gains_the_new_tables_by_db_upgrade_once(v1_as_
         assert Database.upgrade(path)[1] == head_revision()
         db = Database.open(path)
         assert db.get_meta("schema_version") == "2"
-        active = epochs.active(db.conn)
+        with db.read() as tx:
+            active = epochs.active(tx)
         assert active.number == pin_epoch and active.quorum == 2
         assert [(o.name, o.x) for o in active.officers] == [("officer1", 1), ("officer2", 2), ("officer3", 3)]
         assert db.conn.execute("SELECT COUNT(*) FROM share_epochs").fetchone()[0] == 1

@@ -20,6 +20,7 @@ from hsmkm.keys.epf import EpfKeystore
 from hsmkm.km import recovery
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.publishers import publisher_for
+from hsmkm.store.database import Database
 
 PW = "correct-horse-battery"
 
@@ -150,7 +151,7 @@ def test_code_out_is_on_disk_before_the_commit(km_with_alice: dict[str, Path]) -
         recovery.complete_recovery(km, req.id, None, True, before_commit=write_then_crash)
     assert target.read_text() and seen["status"] == "completing"  # written while uncommitted
     # The commit did not happen: the request is open again and the written code is void.
-    assert recovery.load(km.db.conn, req.id).status is recovery.RequestStatus.OPEN
+    assert recovery.get(km, req.id).status is recovery.RequestStatus.OPEN
     assert km.db.conn.execute("SELECT COUNT(*) FROM recovered").fetchone()[0] == 0
     done = recovery.complete_recovery(km, req.id, None, True, before_commit=lambda code: seen.update(code=code))
     assert done.code == seen["code"] and len(done.keys) == 2
@@ -180,7 +181,8 @@ def test_an_export_or_code_out_cut_short_is_finished_by_the_same_command(km_with
     with pytest.raises(Crash):
         recovery.complete_recovery(km, req.id, write_then_crash, False)
     km.close()
-    assert out.exists() and recovery.load(sqlite3_conn(home), req.id).status is recovery.RequestStatus.OPEN
+    with Database.open(home / "km.db").read() as tx:  # a connection of its own: what was committed
+        assert out.exists() and recovery.load(tx, req.id).status is recovery.RequestStatus.OPEN
     argv = ("recovery", "complete", str(req.id), "--out", str(out), "--password-source", "env:P")
     wrong = hsmkm(*argv, env={"P": "another-pass"}, home=home, check=False)
     assert wrong.returncode == 2 and f"{out} exists" in wrong.stderr
@@ -228,7 +230,7 @@ def test_crash_during_complete_can_be_rerun(km_with_alice: dict[str, Path], monk
 
     with pytest.raises(Crash):
         recovery.complete_recovery(km, req.id, None, reenable=False, after_claim=crash)
-    assert recovery.load(km.db.conn, req.id).status is recovery.RequestStatus.OPEN
+    assert recovery.get(km, req.id).status is recovery.RequestStatus.OPEN
     # kill -9 after the claim: the row says completing, claimed by a process that is gone.
     dead = subprocess.Popen([os.sys.executable, "-c", "pass"])  # type: ignore[attr-defined]
     dead.wait()
@@ -249,7 +251,7 @@ def test_crash_during_complete_can_be_rerun(km_with_alice: dict[str, Path], monk
                      (f"{__import__('socket').gethostname()}:{dead.pid}:00", req.id))
     done = recovery.complete_recovery(km, req.id, None, reenable=False)
     assert len(done.keys) == 2
-    assert recovery.load(km.db.conn, req.id).status is recovery.RequestStatus.COMPLETED
+    assert recovery.get(km, req.id).status is recovery.RequestStatus.COMPLETED
 
 
 def test_tampered_archive_record_is_a_tamper_error(km_with_alice: dict[str, Path]) -> None:
@@ -445,7 +447,8 @@ def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alic
     home, root = km_with_alice["home"], km_with_alice["root"]
     km = KeyManager.open(home, trial_pin(home, "km"), publisher=publisher_for(home))
     change = recovery.open_request(km, recovery.RequestKind.POLICY, "quorum 3", params={"quorum": 3})
-    assert [e.number for e in epochs.sharing(km.db.conn)] == [1, 2]
+    with km.db.read() as tx:
+        assert [e.number for e in epochs.sharing(tx)] == [1, 2]
     approve(km, home, change.id, "officer1", "officer2")  # re-shares alice's two records
     _enroll(home, "bob@example.com", root / "bob.epf")  # after the approvals: only direct shares
     with sqlite3.connect(home / "km.db") as conn:
@@ -455,7 +458,8 @@ def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alic
     from custody_helpers import officer_key
 
     recovery.complete_change(km, change.id, lambda name: officer_key(km, home, name))
-    assert epochs.active(km.db.conn).quorum == 3
+    with km.db.read() as tx:
+        assert epochs.active(tx).quorum == 3
     with sqlite3.connect(home / "km.db") as conn:
         assert conn.execute("SELECT DISTINCT epoch FROM archive_shares").fetchall() == [(2,)]
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "bob", email="bob@example.com")
@@ -466,8 +470,9 @@ def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alic
     later = KeyManager.open(home, trial_pin(home, "km"),
                             clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1), publisher=publisher_for(home))
     recovery.open_request(later, recovery.RequestKind.RECOVERY, "later", email="bob@example.com")
-    assert [e.number for e in epochs.sharing(km.db.conn)] == [epochs.active(km.db.conn).number]
-    assert stale.params["epoch"] not in [e.number for e in epochs.sharing(km.db.conn)]
+    with km.db.read() as tx:
+        assert [e.number for e in epochs.sharing(tx)] == [epochs.active(tx).number]
+        assert stale.params["epoch"] not in [e.number for e in epochs.sharing(tx)]
 
 
 def test_a_change_opened_between_sealing_and_commit_still_gets_the_new_record(

@@ -30,7 +30,8 @@ def _fill(km: KeyManager, n: int, key: ec.EllipticCurvePrivateKey) -> None:
     """``n`` archive records of one user, each with its own certificate signed on the token."""
     user, _ = add_user(km, EMAIL, None)
     now = km.clock()
-    sharing = epochs.sharing(km.db.conn)
+    with km.db.read() as tx:
+        sharing = epochs.sharing(tx)
     done = 0
     while done < n:
         with km.db.write() as tx:

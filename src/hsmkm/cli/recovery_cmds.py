@@ -44,7 +44,8 @@ def recovery_request(cli_ctx: CliContext, email: str, reason: str) -> None:
     """
     km = open_km(cli_ctx)
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, reason, email=email)
-    quorum = custody.quorum(km.db.conn)
+    with km.db.read() as tx:
+        quorum = custody.quorum(tx)
     digest = req.digest  # of the content as opened; approvals sign the content itself
     cli_ctx.emit(
         {"id": req.id, "email": req.email, "records": req.records, "expires_at": req.expires_at,
@@ -96,7 +97,8 @@ def recovery_approve(
     session = _officer_token(cli_ctx, km, token_uri or view.officer_uri, officer_pin_source, officer)
     count = recovery.approve(km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), view.content,
                              trust_officer_set)
-    quorum = custody.quorum(km.db.conn)
+    with km.db.read() as tx:
+        quorum = custody.quorum(tx)
     cli_ctx.emit(
         {"id": request_id, "officer": officer, "approvals": count, "quorum": quorum},
         f"{officer} approved request {request_id} ({count} of {quorum})",
@@ -193,8 +195,10 @@ def recovery_list(cli_ctx: CliContext) -> None:
     """Requests (recoveries and officer changes) with their approvals."""
     km = open_km(cli_ctx)
     rows: list[dict[str, Any]] = []
-    for r in recovery.list_requests(km.db.conn):
-        approvals = [a[0] for a in km.db.conn.execute("SELECT officer FROM approvals WHERE request_id = ?", (r.id,))]
+    with km.db.read() as tx:
+        requests = recovery.list_requests(tx)
+    for r in requests:
+        approvals = recovery.approvers(km, r.id)
         rows.append({"id": r.id, "kind": r.kind.value, "email": r.email, "status": r.status.value,
                      "approvals": approvals, "expires_at": r.expires_at, "params": r.params})
     cli_ctx.emit({"requests": rows}, "\n".join(
@@ -206,7 +210,8 @@ def _change(cli_ctx: CliContext, km: KeyManager, kind: recovery.RequestKind, req
             reason: str, params: dict[str, Any], what: str) -> None:
     if request_id is None:
         req = recovery.open_request(km, kind, reason, params=params)
-        quorum = custody.quorum(km.db.conn)
+        with km.db.read() as tx:
+            quorum = custody.quorum(tx)
         cli_ctx.emit(
             {"id": req.id, "kind": kind.value, "status": "open", "quorum": quorum, "params": params},
             f"change request {req.id} ({what}) opened: {quorum} officers approve it with "
@@ -238,8 +243,9 @@ def officer_group() -> None:
 def officer_list(cli_ctx: CliContext) -> None:
     """Officers and the quorum."""
     km = open_km(cli_ctx)
-    officers = custody.active_officers(km.db.conn)
-    quorum = custody.quorum(km.db.conn)
+    with km.db.read() as tx:
+        officers = custody.active_officers(tx)
+        quorum = custody.quorum(tx)
     cli_ctx.emit({"officers": [{"name": o.name, "token": o.uri} for o in officers], "quorum": quorum},
                  "\n".join(f"{o.name:<16} {o.uri}" for o in officers) + f"\nquorum: {quorum} of {len(officers)}")
 
@@ -264,9 +270,8 @@ def officer_add(cli_ctx: CliContext, name: str, token_uri: str, request_id: int 
     if request_id is None:
         officer_change.check_new_officer(km, name)
         session = _officer_token(cli_ctx, km, token_uri, None, name)
-        others = [str(r[0]) for r in km.db.conn.execute(
-            "SELECT t.token_serial FROM officer_tokens t JOIN officers o ON o.name = t.officer WHERE o.status = ?",
-            (custody.OfficerStatus.ACTIVE,))]
+        with km.db.read() as tx:
+            others = custody.officer_token_serials(tx)
         params.update(officer_tokens.make_officer_key(km, name, session, others))
     _change(cli_ctx, km, recovery.RequestKind.OFFICER_ADD, request_id, f"add officer {name}", params, f"add {name}")
 
@@ -361,7 +366,8 @@ def archive_migrate(cli_ctx: CliContext, request_id: int | None) -> None:
     km = open_km(cli_ctx)
     if request_id is None:
         req = recovery.open_request(km, recovery.RequestKind.MIGRATE, "migrate the archive to per-record shares")
-        quorum = custody.quorum(km.db.conn)
+        with km.db.read() as tx:
+            quorum = custody.quorum(tx)
         cli_ctx.emit(
             {"id": req.id, "kind": req.kind.value, "status": "open", "quorum": quorum, "records": pending_records(km)},
             f"migration request {req.id} opened for {pending_records(km)} record(s): {quorum} officers approve it with "

@@ -27,10 +27,11 @@ def prepare_approval(
     km: KeyManager, request_id: int, officer: str, trust_officer_set: bool
 ) -> ApprovalView:
     """Refuse a non-officer or a request not open; else what the officer is shown and signs."""
-    registered = {o.name: o for o in custody.active_officers(km.db.conn)}
+    with km.db.read() as tx:
+        registered = {o.name: o for o in custody.active_officers(tx)}
     if officer not in registered:
         raise errors.PolicyViolation(f"{officer} is not a recovery officer")
-    status = recovery.load(km.db.conn, request_id).status
+    status = recovery.get(km, request_id).status
     if status is not recovery.RequestStatus.OPEN:
         raise errors.PolicyViolation(f"request {request_id} is {status.value}")
     content = recovery.content_for_officer(km, request_id)
@@ -42,7 +43,8 @@ def prepare_approval(
 
 
 def _fingerprints(km: KeyManager, content: request_content.Content) -> str:
-    ep = epochs.get(km.db.conn, int(content.data["epoch"]))
+    with km.db.read() as tx:
+        ep = epochs.get(tx, int(content.data["epoch"]))
     return "  officer set {} (quorum {}): {}".format(
         ep.number,
         ep.quorum,

@@ -339,16 +339,15 @@ def _create_database(
     db = Database.create(home.database)
     try:
         with db.write() as tx:
-            conn = tx.connection  # epochs, custody and officer tokens: not in repositories yet
             tx.meta.set("archive_key_label", ARCHIVE_KEY_PREFIX + "1")
-            first = epochs.create(conn, quorum, [(n, p) for n, _, p in officer_keys], epochs.EpochStatus.ACTIVE)
-            custody.store_split(conn, officer_keys, {n: b"" for n, _, _ in officer_keys}, first.number, quorum, now)
-            conn.executemany("INSERT INTO officer_tokens(officer, token_serial, token_label) VALUES (?, ?, ?)",
-                             officer_tokens)
+            first = epochs.create(tx, quorum, [(n, p) for n, _, p in officer_keys], epochs.EpochStatus.ACTIVE)
+            custody.store_split(tx, officer_keys, {n: b"" for n, _, _ in officer_keys}, first.number, quorum, now)
+            for officer, serial, label in officer_tokens:
+                tx.officers.set_token(officer, serial, label)
             if epochs.statement(first) != officers.statement:
                 raise errors.BadInput("the officer set stored is not the one attested")
             for name, sig in officers.attestations:
-                epochs.record_attestation(conn, first.number, name, sig)
+                epochs.record_attestation(tx, first.number, name, sig)
             if ca_cert is not None:
                 from hsmkm.km.authority import record_certificate
 

@@ -9,7 +9,6 @@ those PIN shares serve once more, in ``archive migrate``, and are voided after i
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,14 +18,16 @@ from cryptography.hazmat.primitives import serialization
 from hsmkm import errors
 from hsmkm.keys.base import PublicKey
 from hsmkm.km import shamir
+from hsmkm.store.repos.officers import OfficerStatus
+from hsmkm.store.tx import Tx
+
+__all__ = [
+    "Officer", "OfficerStatus", "active_officers", "combine_pin", "epoch", "load_public", "officer_token_serials",
+    "public_der", "quorum", "random_pin", "store_split",
+]
 
 PIN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
 PIN_LENGTH = 32  # ~186 bits
-
-
-class OfficerStatus:
-    ACTIVE = "active"
-    REMOVED = "removed"
 
 
 def random_pin(length: int = PIN_LENGTH) -> str:
@@ -52,7 +53,7 @@ def load_public(der: bytes) -> PublicKey:
 
 
 def store_split(
-    conn: sqlite3.Connection,
+    tx: Tx,
     officers: Sequence[tuple[str, str, PublicKey]],
     sealed: dict[str, bytes],
     epoch: int,
@@ -61,43 +62,30 @@ def store_split(
 ) -> None:
     """Register the officers (inside the caller's transaction); ``sealed`` is the first
     release's PIN shares, empty for a KM of today."""
-    conn.execute("UPDATE officers SET status = ? WHERE status = ?", (OfficerStatus.REMOVED, OfficerStatus.ACTIVE))
+    tx.officers.remove_active()
     for name, uri, pub in officers:
-        conn.execute(
-            "INSERT INTO officers(name, uri, public_key, share, share_epoch, status, added_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET uri = excluded.uri, "
-            "public_key = excluded.public_key, share = excluded.share, "
-            "share_epoch = excluded.share_epoch, status = excluded.status",
-            (name, uri, public_der(pub), sealed[name], epoch, OfficerStatus.ACTIVE, now.isoformat()),
-        )
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES ('share_epoch', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (str(epoch),),
-    )
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES ('quorum', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (str(quorum),),
-    )
+        tx.officers.register(name, uri, public_der(pub), sealed[name], epoch, now.isoformat())
+    tx.meta.set("share_epoch", str(epoch))
+    tx.meta.set("quorum", str(quorum))
 
 
-def active_officers(conn: sqlite3.Connection) -> list[Officer]:
-    return [
-        Officer(r[0], r[1], load_public(bytes(r[2])), int(r[4]), bytes(r[3]))
-        for r in conn.execute(
-            "SELECT name, uri, public_key, share, share_epoch FROM officers WHERE status = ? ORDER BY name",
-            (OfficerStatus.ACTIVE,),
-        )
-    ]
+def active_officers(tx: Tx) -> list[Officer]:
+    return [Officer(r.name, r.uri, load_public(r.public_key), r.share_epoch, r.share) for r in tx.officers.active()]
 
 
-def quorum(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'quorum'").fetchone()
-    return int(row[0]) if row else 0
+def officer_token_serials(tx: Tx) -> list[str]:
+    """The serials of the tokens the active officers' keys were made on (one person, one token)."""
+    return tx.officers.active_token_serials()
 
 
-def epoch(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'share_epoch'").fetchone()
-    return int(row[0]) if row else 0
+def quorum(tx: Tx) -> int:
+    value = tx.meta.get("quorum")
+    return int(value) if value is not None else 0
+
+
+def epoch(tx: Tx) -> int:
+    value = tx.meta.get("share_epoch")
+    return int(value) if value is not None else 0
 
 
 def combine_pin(shares: Sequence[bytes]) -> str:

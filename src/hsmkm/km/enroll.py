@@ -94,7 +94,9 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
 
     def seal(master: SecretKey, enc_serial: str) -> archive.SealedRecord:
         # split for the officer sets current at this moment (read again at commit)
-        return archive.seal_record(master, epochs.sharing(km.db.conn), user.id, enc_serial, enc_key)
+        with km.db.read() as tx:
+            sharing = epochs.sharing(tx)
+        return archive.seal_record(master, sharing, user.id, enc_serial, enc_key)
 
     for _ in range(_ISSUE_TRIES):
         sign_cert = sign_user_certificate(km, csr.public_key(), CertKind.SIGN, email, user.name,  # type: ignore[arg-type]
@@ -146,7 +148,6 @@ def _commit_enrollment(
     _before_commit(km)
     with km.change(AuditAction.ENROLL, email=user.email) as ch:
         tx = ch.tx
-        conn = tx.connection  # epochs, archive, recovery and the directory: not in repositories yet
         # Re-check inside the write transaction: another process may have used the code.
         again = users.check_code(km, tx, user, code)
         if isinstance(again, users.CodeRefused) or again.id != checked.id:
@@ -155,7 +156,7 @@ def _commit_enrollment(
         # the master key that is current now, which rotation never destroys while it is.
         current = km.archive_key
         # Likewise an officer change may have opened or ended: split for the epochs current now.
-        if current.label != sealed.master_label or epochs.sharing_numbers(conn) != sealed.epochs:
+        if current.label != sealed.master_label or epochs.sharing_numbers(tx) != sealed.epochs:
             sealed = reseal(current)
         users.burn_code(tx, checked.id, now)
         tx.certs.retire_current(user.id)
@@ -163,9 +164,9 @@ def _commit_enrollment(
         record_certificate(tx, enc_cert, CertKind.ENCRYPT, user.id, now)
         record_id = archive.store_record(tx, sealed, enc_alg, now)
         if checked.purpose is users.CodePurpose.RECOVERY:
-            from hsmkm.km.recovery import release_recovered
+            from hsmkm.km.recovery.held import release_recovered
 
-            history = release_recovered(conn, checked.id, code, code_key(code, response.salt))
+            history = release_recovered(tx, checked.id, code, code_key(code, response.salt))
         tx.users.set_status(user.id, UserStatus.ACTIVE)
         response = dataclasses.replace(response, history=history)
         purge_responses(tx, now)

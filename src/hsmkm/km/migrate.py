@@ -17,11 +17,14 @@ from dataclasses import dataclass
 
 from hsmkm import errors
 from hsmkm.keys.token import ObjectKind, Token
-from hsmkm.km import archive, custody, epochs, officer_side, recovery, request_content
+from hsmkm.km import archive, custody, epochs, officer_side, request_content
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.config import RECOVERY_KEY_LABEL
 from hsmkm.km.manager import KeyManager, open_token
 from hsmkm.km.officer_side import RecordIdentity
+from hsmkm.km.recovery.approvals import Approval, verified_approvals
+from hsmkm.km.recovery.claims import claim, finish, release
+from hsmkm.km.recovery.requests import Request, RequestKind, check_expiry, destroy_request_key, load, request_key
 
 BATCH = 200
 
@@ -34,21 +37,19 @@ class MigrationResult:
 
 
 def pending_records(km: KeyManager) -> int:
-    return int(km.db.conn.execute(
-        "SELECT COUNT(*) FROM archive WHERE format_version = ?", (archive.FORMAT_V1,)
-    ).fetchone()[0])
-
+    with km.db.read() as tx:
+        return tx.archive.count(format_version=archive.FORMAT_V1)
 
 
 def _open_recovery_token(
-    km: KeyManager, req: recovery.Request, approvals: list[recovery.Approval], content: request_content.Content
+    km: KeyManager, req: Request, approvals: list[Approval], content: request_content.Content
 ) -> Token:
     """The old recovery token, logged in with the PIN the approvals' shares rebuild."""
     ref = km.config.recovery_token
     if ref is None:
         raise errors.NotFound("the KM's configuration names no recovery token to migrate from")
-    request_key = recovery._request_key(km, req)
-    shares = [officer_side.open_pin_share(request_key, a.blob, req.id, a.officer, content.canonical)
+    key = request_key(km, req)
+    shares = [officer_side.open_pin_share(key, a.blob, req.id, a.officer, content.canonical)
               for a in approvals]
     pin = custody.combine_pin(shares)
     del shares
@@ -65,16 +66,16 @@ def migrate(
     batch: int = BATCH, after_batch: Callable[[int], None] = lambda done: None,
 ) -> MigrationResult:
     """Carry out an approved migration request (again, after a crash: it continues)."""
-    conn = km.db.conn
-    req = recovery.load(conn, request_id)
-    if req.kind is not recovery.RequestKind.MIGRATE:
-        raise errors.BadInput(f"request {req.id} is a {req.kind.value} request")
-    if km.config.recovery_token is None:
-        raise errors.PolicyViolation("this KM has no recovery token: its archive is already per-record")
-    content = request_content.build(conn, request_id, None)
-    approvals = recovery.verified_approvals(km, req, content)
-    recovery._check_expiry(req, content, km.clock())  # whatever the status says
-    me = recovery.claim(km, req)
+    with km.db.read() as tx:
+        req = load(tx, request_id)
+        if req.kind is not RequestKind.MIGRATE:
+            raise errors.BadInput(f"request {req.id} is a {req.kind.value} request")
+        if km.config.recovery_token is None:
+            raise errors.PolicyViolation("this KM has no recovery token: its archive is already per-record")
+        content = request_content.build(tx, request_id, None)
+    approvals = verified_approvals(km, req, content)
+    check_expiry(req, content, km.clock())  # whatever the status says
+    me = claim(km, req)
     try:
         total = pending_records(km)
         done = 0
@@ -84,13 +85,12 @@ def migrate(
             rec_session = _open_recovery_token(km, req, approvals, content)
             recovery_key = rec_session.private_key(label=RECOVERY_KEY_LABEL)
             while True:
-                rows = archive.records_by_id(km.db.reader(), [int(r[0]) for r in conn.execute(
-                    "SELECT id FROM archive WHERE format_version = ? ORDER BY id LIMIT ?", (archive.FORMAT_V1, batch)
-                )])
+                with km.db.read() as tx:
+                    rows = archive.records_by_id(tx, tx.archive.ids_in_format(archive.FORMAT_V1, batch))
+                    sharing = epochs.sharing(tx)
                 if not rows:
                     break
                 master = km.archive_key
-                sharing = epochs.sharing(conn)
                 updates = []
                 masters = {label: km.archive_key_by_label(label) for label in {r.master_label for r in rows}}
                 for rec in rows:
@@ -106,21 +106,19 @@ def migrate(
                     updates.append((rec.id, master.encrypt_gcm(inner, aad), sealed_shares))
                 with km.change(AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="batch",
                                first=rows[0].id, last=rows[-1].id, count=len(rows)) as ch:
-                    if tuple(e.number for e in epochs.sharing(ch.conn)) != tuple(e.number for e in sharing):
+                    if epochs.sharing_numbers(ch.tx) != tuple(e.number for e in sharing):
                         raise errors.PolicyViolation("the officers changed during the migration; run it again")
                     for rid, sealed, sealed_shares in updates:
-                        cur = ch.conn.execute(
-                            "UPDATE archive SET format_version = ?, master_label = ?, sealed = ? "
-                            "WHERE id = ? AND format_version = ?",
-                            (archive.FORMAT_VERSION, master.label, sealed, rid, archive.FORMAT_V1),
-                        )
-                        if cur.rowcount == 1:
-                            ch.conn.execute("DELETE FROM archive_shares WHERE record_id = ?", (rid,))
+                        # conditional on the record still being in the old format (a re-run skips it)
+                        if ch.tx.archive.reformat(rid, archive.FORMAT_V1, archive.FORMAT_VERSION, master.label, sealed):
+                            ch.tx.shares.drop_record(rid)
                             archive.store_shares(ch.tx, rid, sealed_shares)
                 done += len(rows)
                 progress(done, total)
                 after_batch(done)
-        if rec_session is None and km.db.get_meta("recovery_public_key") is not None:
+        with km.db.read() as tx:
+            recovery_public_key = tx.meta.get("recovery_public_key")
+        if rec_session is None and recovery_public_key is not None:
             # nothing left to migrate (a run that crashed after its last batch): finish with the key
             rec_session = _open_recovery_token(km, req, approvals, content)
         if rec_session is not None:
@@ -129,12 +127,12 @@ def migrate(
             rec_session.close()
         with km.change(AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="done", records=done,
                        recovery_key_destroyed=destroyed) as ch:
-            ch.conn.execute("DELETE FROM meta WHERE key = 'recovery_public_key'")
+            ch.tx.meta.delete("recovery_public_key")
             # the PIN shares are void now that the key they guarded is gone
-            ch.conn.execute("UPDATE officers SET share = ?", (b"",))
-            recovery._finish(ch.conn, req, me)
+            ch.tx.officers.void_pin_shares()
+            finish(ch.tx, req, me)
     except BaseException:
-        recovery.release(km, req, me)
+        release(km, req, me)
         raise
-    recovery._destroy_key(km.session, req.key_label)
+    destroy_request_key(km.session, req.key_label)
     return MigrationResult(req.id, done, destroyed)

@@ -17,26 +17,30 @@ def approved_change(
 ) -> dict[str, str]:
     """Refuse a request approved for something else; the token URI of each officer of the
     new set (the current officers, and the one being added)."""
-    req = recovery.load(km.db.conn, request_id)
+    req = recovery.get(km, request_id)
     if req.kind is not kind or {
         k: req.params.get(k) for k in params if k not in _FIXED
     } != {k: v for k, v in params.items() if k not in _FIXED}:
         raise errors.PolicyViolation(
             f"request {request_id} was approved for something else"
         )
-    registered = {o.name: o.uri for o in custody.active_officers(km.db.conn)}
+    with km.db.read() as tx:
+        registered = {o.name: o.uri for o in custody.active_officers(tx)}
     if req.kind is recovery.RequestKind.OFFICER_ADD:
         registered[str(req.params["name"])] = str(req.params["uri"])
     return registered
 
 
 def check_new_officer(km: KeyManager, name: str) -> None:
-    if name in {o.name for o in custody.active_officers(km.db.conn)}:
+    with km.db.read() as tx:
+        taken = {o.name for o in custody.active_officers(tx)}
+    if name in taken:
         raise errors.AlreadyExists(f"{name} is already an officer")
 
 
 def check_quorum(km: KeyManager, quorum: int) -> None:
     """A quorum of at most the officers there are."""
-    n = len(custody.active_officers(km.db.conn))
+    with km.db.read() as tx:
+        n = len(custody.active_officers(tx))
     if quorum > n:
         raise errors.PolicyViolation(f"quorum {quorum} is more than the {n} officers")

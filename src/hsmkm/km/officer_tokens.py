@@ -49,10 +49,9 @@ def make_officer_key(
         derive=True,
     )
     pub = custody.public_der(key.public_key())
-    if any(
-        custody.public_der(o.public_key) == pub
-        for o in epochs.active(km.db.conn).officers
-    ):
+    with km.db.read() as tx:
+        current = epochs.active(tx).officers
+    if any(custody.public_der(o.public_key) == pub for o in current):
         raise errors.PolicyViolation(f"{name}'s key is already another officer's key")
     return {
         "public_key": pub.hex(),

@@ -16,7 +16,7 @@ from hsmkm.km.manager import KeyManager
 
 
 def request_status(km: KeyManager, request_id: int) -> recovery.RequestStatus:
-    return recovery.load(km.db.conn, request_id).status
+    return recovery.get(km, request_id).status
 
 
 def export_writer(
@@ -44,4 +44,4 @@ def holds_this_export(
     except errors.HsmkmError:
         return False
     held = {serial_hex(e.certificate.serial_number) for e in store.encryption_entries()}
-    return held == recovery.record_serials(km.db, request_id)
+    return held == recovery.record_serials(km, request_id)

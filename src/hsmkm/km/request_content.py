@@ -10,7 +10,6 @@ read from a stored digest, so an edit of any of them after approval shows as a m
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +17,12 @@ from cryptography import x509
 
 from hsmkm import errors
 from hsmkm.km.officer_side import RecordIdentity
+from hsmkm.store.repos.recovery import ContentRecord, RequestKind
+from hsmkm.store.tx import Tx
 
 CONTENT_VERSION = 2
+
+CHANGE_KIND_VALUES = (RequestKind.OFFICER_ADD.value, RequestKind.OFFICER_REMOVE.value, RequestKind.POLICY.value)
 
 
 @dataclass(frozen=True)
@@ -56,20 +59,15 @@ def _cert_email(cert: x509.Certificate) -> list[str]:
         return []
 
 
-def _record_view(conn: sqlite3.Connection, record_id: int, user_id: int, email: str,
+def _record_view(row: ContentRecord | None, record_id: int, user_id: int, email: str,
                  ca_cert: x509.Certificate | None) -> RecordView:
-    row = conn.execute(
-        "SELECT a.user_id, a.cert_serial, c.der, c.user_id FROM archive a LEFT JOIN certificates c "
-        "ON c.serial = a.cert_serial WHERE a.id = ?",
-        (record_id,),
-    ).fetchone()
     if row is None:
         raise errors.NotFound(f"archive record {record_id} is missing")
-    rec_user, serial, der, cert_user = int(row[0]), str(row[1]), row[2], row[3]
+    rec_user, serial, der, cert_user = row.user_id, row.cert_serial, row.cert_der, row.cert_user_id
     if rec_user != user_id or cert_user != user_id or der is None:
         raise errors.Tampered(f"archive record {record_id} does not belong to {email}")
     try:
-        cert = x509.load_der_x509_certificate(bytes(der))
+        cert = x509.load_der_x509_certificate(der)
     except ValueError:
         raise errors.Tampered(f"the certificate of archive record {record_id} does not parse") from None
     if ca_cert is not None:
@@ -93,44 +91,44 @@ def _record_view(conn: sqlite3.Connection, record_id: int, user_id: int, email: 
     )
 
 
-def build(conn: sqlite3.Connection, request_id: int, ca_cert: x509.Certificate | None) -> Content:
+def build(tx: Tx, request_id: int, ca_cert: x509.Certificate | None) -> Content:
     """The content of request ``request_id`` from the rows, certificates checked against
     ``ca_cert`` (None: parsed but not checked, for completion, which checks signatures)."""
-    r = conn.execute(
-        "SELECT r.id, r.kind, r.user_id, u.email, r.reason, r.created_at, r.expires_at, r.request_public_key, "
-        "r.share_epoch, r.params, r.records FROM recovery_requests r LEFT JOIN users u ON u.id = r.user_id "
-        "WHERE r.id = ?",
-        (request_id,),
-    ).fetchone()
+    malformed = errors.Tampered(f"request {request_id} is malformed in the database")
+    try:
+        r = tx.recovery.get(request_id)
+    except ValueError:
+        raise malformed from None
     if r is None:
         raise errors.NotFound(f"no request {request_id}")
     try:
-        record_ids = [int(i) for i in json.loads(r[10])]
-        params = json.loads(r[9])
+        record_ids = [int(i) for i in json.loads(r.records)]
+        params = json.loads(r.params)
     except (ValueError, TypeError):
-        raise errors.Tampered(f"request {request_id} is malformed in the database") from None
+        raise malformed from None
     user = None
     views: list[RecordView] = []
-    if r[2] is not None:
-        if r[3] is None:
+    if r.user_id is not None:
+        if r.email is None:
             raise errors.Tampered(f"request {request_id} names a user who does not exist")
-        user = {"id": int(r[2]), "email": str(r[3])}
-        views = [_record_view(conn, rid, int(r[2]), str(r[3]), ca_cert) for rid in record_ids]
+        user = {"id": r.user_id, "email": r.email}
+        rows = tx.recovery.content_records(record_ids)
+        views = [_record_view(rows.get(rid), rid, r.user_id, r.email, ca_cert) for rid in record_ids]
     data = {
         "v": CONTENT_VERSION,
-        "id": int(r[0]),
-        "kind": str(r[1]),
+        "id": r.id,
+        "kind": r.kind.value,
         "user": user,
         "records": [
             {"record": v.identity.record_id, "issuer": v.issuer, "serial": v.serial,
              "not_before": v.not_before, "not_after": v.not_after}
             for v in views
         ],
-        "reason": str(r[4]),
-        "created": str(r[5]),
-        "expires": str(r[6]),
-        "request_key": bytes(r[7]).hex(),
-        "epoch": int(r[8]),
+        "reason": r.reason,
+        "created": r.created_at,
+        "expires": r.expires_at,
+        "request_key": r.public_key.hex(),
+        "epoch": r.share_epoch,
         "params": params,
     }
     return Content(data, tuple(views))
@@ -155,9 +153,9 @@ def describe(content: Content) -> str:
         for k in ("name", "uri"):
             if k in p:
                 lines.append(f"  {k}: {p[k]}")
-    if d["kind"] in ("officer-add", "officer-remove", "policy"):
+    if d["kind"] in CHANGE_KIND_VALUES:
         lines.append("  your token re-shares your share of every archive record to the new officer set")
-    elif d["kind"] == "archive-migrate":
+    elif d["kind"] == RequestKind.MIGRATE.value:
         lines.append("  your share of the recovery token's PIN opens it one last time to move every record to shares")
     lines.append(f"  reason:  {d['reason']}")
     lines.append(f"  created: {d['created']}; expires {d['expires']}")

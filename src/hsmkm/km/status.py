@@ -16,7 +16,6 @@ from hsmkm.keys.token import ObjectKind
 
 def km_status(km: KeyManager) -> dict[str, Any]:
     tx = km.db.reader()
-    conn = tx.connection  # officers: not in repositories yet
     keys = []
     for label, cls in (
         (CA_KEY_LABEL, ObjectKind.PRIVATE_KEY),
@@ -38,7 +37,7 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "age_seconds": int((now - this_update).total_seconds()),
             "stale": now > datetime.fromisoformat(crl.next_update),
         }
-    officers = custody.active_officers(conn)
+    officers = custody.active_officers(tx)
     return {
         "home": str(km.home.root),
         "schema_revision": km.db.revision()[1],
@@ -70,5 +69,5 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "guarded": km.session.module.store is not None,
             "repairs": [r.describe() for r in km.repairs],
         },
-        "quorum": custody.quorum(conn),
+        "quorum": custody.quorum(tx),
     }

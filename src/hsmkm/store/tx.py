@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from hsmkm.store.repos.outbox import OutboxRepo
     from hsmkm.store.repos.settings import SettingsRepo
     from hsmkm.store.repos.users import UserRepo
+    from hsmkm.store.repos.epochs import EpochRepo
+    from hsmkm.store.repos.officers import OfficerRepo
+    from hsmkm.store.repos.recovery import RecoveryRepo
+    from hsmkm.store.repos.shares import ShareRepo
 
 
 # The driver connection the temporary escape hatches hand out.
@@ -107,6 +111,30 @@ class Tx:
         from hsmkm.store.repos.outbox import OutboxRepo
 
         return OutboxRepo(self._conn)
+
+    @cached_property
+    def officers(self) -> OfficerRepo:
+        from hsmkm.store.repos.officers import OfficerRepo
+
+        return OfficerRepo(self._conn)
+
+    @cached_property
+    def epochs(self) -> EpochRepo:
+        from hsmkm.store.repos.epochs import EpochRepo
+
+        return EpochRepo(self._conn)
+
+    @cached_property
+    def shares(self) -> ShareRepo:
+        from hsmkm.store.repos.shares import ShareRepo
+
+        return ShareRepo(self._conn)
+
+    @cached_property
+    def recovery(self) -> RecoveryRepo:
+        from hsmkm.store.repos.recovery import RecoveryRepo
+
+        return RecoveryRepo(self._conn)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -49,6 +49,12 @@ _FOR_USER = select(*_COLUMNS).where(archive.c.user_id == bindparam("uid")).order
 _BY_ID = select(*_COLUMNS).where(archive.c.id == bindparam("rid"))
 _UNDER = (select(*_COLUMNS).where(archive.c.master_label == bindparam("label"))
           .order_by(archive.c.id).limit(bindparam("n")))
+_IDS_IN_FORMAT = (select(archive.c.id).where(archive.c.format_version == bindparam("v"))
+                  .order_by(archive.c.id).limit(bindparam("n")))
+_REFORMAT = (archive.update()
+             .where(archive.c.id == bindparam("rid"), archive.c.format_version == bindparam("old"))
+             .values(format_version=bindparam("new"), master_label=bindparam("label"), sealed=bindparam("s"))
+             .returning(archive.c.id))
 _RESEAL = (archive.update()
            .where(archive.c.id == bindparam("rid"), archive.c.master_label == bindparam("old"))
            .values(sealed=bindparam("new_sealed"), master_label=bindparam("new")))
@@ -96,6 +102,18 @@ class ArchiveRepo:
         if updates:
             self._conn.execute(_RESEAL, [{"rid": rid, "old": old, "new": new, "new_sealed": sealed}
                                          for rid, old, new, sealed in updates])
+
+    def ids_in_format(self, format_version: int, limit: int) -> list[int]:
+        """The first ``limit`` records in ``format_version``, by id."""
+        return [int(r[0]) for r in self._conn.execute(_IDS_IN_FORMAT, {"v": format_version, "n": limit})]
+
+    def reformat(self, record_id: int, old: int, new: int, master_label: str, sealed: bytes) -> bool:
+        """The record re-sealed into format ``new`` if it is in format ``old`` now (one
+        conditional UPDATE); whether it was."""
+        row = self._conn.execute(
+            _REFORMAT, {"rid": record_id, "old": old, "new": new, "label": master_label, "s": sealed}
+        ).first()
+        return row is not None
 
     def count_shares(self) -> int:
         return int(self._conn.execute(select(func.count()).select_from(archive_shares)).scalar_one())
