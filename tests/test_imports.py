@@ -17,7 +17,9 @@ PACKAGE = Path(hsmkm.__file__).resolve().parent
 # The top-level modules (hsmkm.der, hsmkm.clock, hsmkm.atomic, ...) are the foundation,
 # beside hsmkm.errors. serve/ is the server adapter (DESIGN.md's server/); bench is a tool
 # that drives the KM as the CLI does; est (the EST wire codecs, which both the server and
-# the enrollment client speak) sits with km and client.
+# the enrollment client speak) sits with km and client. The wire formats at the top level
+# (protocol: the enrollment messages; enroll_wire: their codec; smimecaps: the S/MIME
+# capabilities a profile announces) are message formats, beside cms and x509.
 LAYERS: dict[str, int] = {
     "cli": 4,
     "server": 4,
@@ -28,6 +30,9 @@ LAYERS: dict[str, int] = {
     "est": 3,
     "cms": 2,
     "x509": 2,
+    "protocol": 2,
+    "enroll_wire": 2,
+    "smimecaps": 2,
     "store": 1,
     "keys": 1,
 }
@@ -186,3 +191,20 @@ def test_the_reader_resolves_relative_absolute_and_submodule_imports(tmp_path: P
         graph.setdefault(e.importer, set()).add(e.imported)
     assert find_cycle(graph) == ["pkg.a.b", "pkg.c", "pkg.a.b"]
     assert find_cycle({"x": {"y"}, "y": set()}) is None
+
+
+def test_no_module_outside_the_store_reaches_a_database_connection() -> None:
+    """km/, cli/, client/ and the rest work through repositories and transactions: no raw
+    driver connection (``Database.conn``, ``Tx.connection``) and no SQL driver outside store/."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "store" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in {"conn", "connection", "execute", "executemany"}:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                found += [f"{path.relative_to(PACKAGE)}:{node.lineno} import {n}" for n in names
+                          if n.split(".")[0] in {"sqlite3", "sqlalchemy", "alembic"}]
+    assert found == []

@@ -20,7 +20,7 @@ from hsmkm.km.audit import AuditAction, AuditLog, crl_number_of
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, TokenRef
 from hsmkm.km.publisher import Publisher
 from hsmkm.store.database import Database
-from hsmkm.store.tx import RawConnection, Tx
+from hsmkm.store.tx import Tx
 
 
 def open_token(ref: TokenRef, pin: str, softhsm_config: str | None) -> Token:
@@ -36,11 +36,6 @@ class Change:
     action: AuditAction
     tx: Tx
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def conn(self) -> RawConnection:
-        """The driver connection, for modules whose SQL is not in repositories yet (temporary)."""
-        return self.tx.connection
 
 
 class KeyManager:

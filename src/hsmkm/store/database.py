@@ -252,19 +252,19 @@ class Database:
                 finally:
                     self._conn.exec_driver_sql("COMMIT")
 
-    # --- temporary, for modules whose SQL is not in repositories yet ---------------------------
+    # --- below the repositories: for tests acting as a database writer, and for tools ------------
+    # (km/ never uses these; a test checks that no module outside store/ reaches a connection)
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """The driver connection underneath (raw SQL of modules not yet converted, and tests
-        acting as a database writer); removed once no module needs it."""
+        """The driver connection underneath, for raw SQL as a database writer would write it."""
         raw = self._conn.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
         return raw
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``write()`` on the driver connection, for modules not yet converted."""
+        """``write()`` on the driver connection (raw SQL inside one write transaction)."""
         with self.write() as tx:
             yield tx.connection
 

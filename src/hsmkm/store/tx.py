@@ -149,12 +149,11 @@ class Tx:
         finally:
             self._conn.exec_driver_sql("COMMIT")
 
-    # --- temporary, for modules whose SQL is not in repositories yet ---------------------------
+    # --- below the repositories: for snapshot() and tests acting as a database writer -----------
 
     @property
     def connection(self) -> sqlite3.Connection:
-        """The driver connection of this transaction, for modules not yet converted to
-        repositories; removed once none is left."""
+        """The driver connection of this transaction (km/ never uses it)."""
         raw = self._conn.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
         return raw
