@@ -28,8 +28,13 @@ class Run:
         return document
 
 
-def hsmkm(*args: str, home: Path | None = None, env: dict[str, str] | None = None,
-          input: bytes | None = None, check: bool = True) -> Run:
+def hsmkm(
+    *args: str,
+    home: Path | None = None,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    check: bool = True,
+) -> Run:
     """Run the real CLI in a subprocess."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HSMKM_")}
     full_env.update(env or {})

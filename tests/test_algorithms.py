@@ -28,14 +28,20 @@ def test_digest_identifier_names_the_digest(digest: Digest) -> None:
     assert Digest.named(digest.value) is digest
     assert digest.size == hashlib.new(digest.value).digest_size
     assert digest.block_size == hashlib.new(digest.value).block_size
-    assert digest.micalg == {"sha1": "sha-1", "sha224": "sha-224", "sha256": "sha-256",
-                             "sha384": "sha-384", "sha512": "sha-512"}[digest.value]
+    assert (
+        digest.micalg
+        == {"sha1": "sha-1", "sha224": "sha-224", "sha256": "sha-256", "sha384": "sha-384", "sha512": "sha-512"}[
+            digest.value
+        ]
+    )
 
 
 @pytest.mark.parametrize("digest", list(Digest))
 def test_digest_info_prefix_is_the_der_digest_info(digest: Digest) -> None:
     value = hashlib.new(digest.value, b"x").digest()
-    info = algos.DigestInfo({"digest_algorithm": {"algorithm": digest.value, "parameters": core.Null()}, "digest": value})
+    info = algos.DigestInfo(
+        {"digest_algorithm": {"algorithm": digest.value, "parameters": core.Null()}, "digest": value}
+    )
     assert digest.digest_info_prefix + value == info.dump()
 
 
@@ -68,8 +74,10 @@ def test_each_key_signs_with_its_digest_and_verifies(alg: KeyAlgorithm) -> None:
 
 def test_p384_uses_sha384_and_the_rest_sha256() -> None:
     assert {a: a.digest for a in KeyAlgorithm} == {
-        KeyAlgorithm.RSA2048: Digest.SHA256, KeyAlgorithm.RSA3072: Digest.SHA256,
-        KeyAlgorithm.P256: Digest.SHA256, KeyAlgorithm.P384: Digest.SHA384,
+        KeyAlgorithm.RSA2048: Digest.SHA256,
+        KeyAlgorithm.RSA3072: Digest.SHA256,
+        KeyAlgorithm.P256: Digest.SHA256,
+        KeyAlgorithm.P384: Digest.SHA384,
     }
 
 

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,8 @@ def test_an_edited_entry_with_its_hash_recomputed_is_found(history: History) -> 
 
     with db(history.home) as conn:
         seq, at, actor, action, _details, prev = conn.execute(
-            "SELECT seq, at, actor, action, details, prev_hash FROM audit WHERE seq = 2").fetchone()
+            "SELECT seq, at, actor, action, details, prev_hash FROM audit WHERE seq = 2"
+        ).fetchone()
         forged = '{"email":"mallory@example.com","name":null}'
         digest = _entry_hash(bytes(prev), seq, at, actor, action, forged)
         conn.execute("UPDATE audit SET details = ?, hash = ? WHERE seq = 2", (forged, digest))
@@ -160,7 +162,8 @@ def test_the_chain_head_edited_is_found(history: History) -> None:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'", (f"5:{digest}:{mac}",))
     run, result = verify(history.home)
     assert run.returncode == 1 and result["findings"] == [
-        {"entry": 5, "problem": "the audit head has a bad MAC", "by": "head"}]
+        {"entry": 5, "problem": "the audit head has a bad MAC", "by": "head"}
+    ]
     with db(history.home) as conn:
         conn.execute("DELETE FROM meta WHERE key = 'audit_head'")
     run, result = verify(history.home)
@@ -262,9 +265,20 @@ def test_a_whole_database_rollback_is_found_and_no_crl_number_is_reused(history:
     aside = tmp_path / "km-copy.db"
     with db(home) as src, sqlite3.connect(aside) as dst:
         src.backup(dst)
-    hsmkm("enroll", "--km", str(home), "--email", "bob@example.com", "--code-source", "env:CODE",
-          "--keystore", str(tmp_path / "bob.epf"), "--password-source", "env:PW",
-          env={"CODE": history.codes["bob"], "PW": PW})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        "bob@example.com",
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(tmp_path / "bob.epf"),
+        "--password-source",
+        "env:PW",
+        env={"CODE": history.codes["bob"], "PW": PW},
+    )
     hsmkm("user", "revoke", "bob@example.com", "--reason", "keyCompromise", home=home)
     published = hsmkm("crl", "publish", "--json", home=home).json()
     assert published["number"] == 2
@@ -293,8 +307,11 @@ def test_a_whole_database_rollback_is_found_and_no_crl_number_is_reused(history:
     assert run.stderr.startswith("hsmkm: error: ") and "rolled back" in run.stderr
     assert (home / "pub/crl/full.crl").read_bytes() == crl_before
     assert parse_crl(crl_before).number == 2
-    for args in (["user", "revoke", "alice@example.com"], ["user", "add", "eve@example.com"],
-                 ["audit", "checkpoint", "-o", str(tmp_path / "refused.p7m")]):
+    for args in (
+        ["user", "revoke", "alice@example.com"],
+        ["user", "add", "eve@example.com"],
+        ["audit", "checkpoint", "-o", str(tmp_path / "refused.p7m")],
+    ):
         run = hsmkm(*args, home=home, check=False)
         assert run.returncode == 1 and "hsmkm: error: " in run.stderr, args
     assert not (tmp_path / "refused.p7m").exists()
@@ -356,8 +373,12 @@ def km_python(home: Path, code: str, *args: str) -> str:
         "from hsmkm.km.manager import KeyManager\nfrom hsmkm.km.publishers import publisher_for\nhome = Path(sys.argv[1])\n"
         "km = KeyManager.open(home, Home(home).trial_pin_file('km').read_text().strip(), publisher=publisher_for(home))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", prologue + code, str(home), *args], capture_output=True,
-                          env={**os.environ, **softhsm_env(home)}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", prologue + code, str(home), *args],
+        capture_output=True,
+        env={**os.environ, **softhsm_env(home)},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout.decode()
 
@@ -365,11 +386,14 @@ def km_python(home: Path, code: str, *args: str) -> str:
 def test_a_commit_whose_anchor_a_crash_prevented_is_no_finding(history: History) -> None:
     """The anchor is written after the commit: a crash between the two leaves the database
     one entry ahead of the anchor, which is allowed; the next change anchors again."""
-    km_python(history.home, (
-        "from hsmkm.km.audit import AuditAction, AuditLog\n"
-        "with km.db.write() as tx:\n"
-        "    AuditLog(tx, km.audit_key.hmac_sha256, km.clock).append('operator', AuditAction.USER_ADD, {'email': 'x'})\n"
-    ))
+    km_python(
+        history.home,
+        (
+            "from hsmkm.km.audit import AuditAction, AuditLog\n"
+            "with km.db.write() as tx:\n"
+            "    AuditLog(tx, km.audit_key.hmac_sha256, km.clock).append('operator', AuditAction.USER_ADD, {'email': 'x'})\n"
+        ),
+    )
     run, result = verify(history.home, history.checkpoint)
     assert run.returncode == 0 and result["entries"] == 7 and result["anchor"]["seq"] == 6
     hsmkm("user", "add", "dave@example.com", home=history.home)
@@ -381,8 +405,9 @@ def _anchor_slot_files(home: Path) -> tuple[Path, Path]:
     """(the slot written last, the other one): after init only the slots are rewritten among
     the KM token's objects (token.object aside), and init makes them last."""
     newest = max((home / "softhsm").rglob("*.object"), key=lambda p: p.stat().st_mtime_ns)
-    objects = sorted((p for p in newest.parent.glob("*.object") if p.name != "token.object"),
-                     key=lambda p: p.stat().st_mtime_ns)
+    objects = sorted(
+        (p for p in newest.parent.glob("*.object") if p.name != "token.object"), key=lambda p: p.stat().st_mtime_ns
+    )
     return objects[-1], objects[-2]
 
 
@@ -393,10 +418,27 @@ def test_a_kill_9_during_an_anchor_write_leaves_the_previous_anchor(history: His
     and the next change makes the lost slot again."""
     _, older = _anchor_slot_files(history.home)
     proc = subprocess.run(
-        ["strace", "-f", "-qq", "-o", os.devnull, "-P", str(older), "-e", "trace=write",
-         "-e", "inject=write:signal=KILL:when=1", str(Path(sys.executable).parent / "hsmkm"),
-         "--home", str(history.home), "user", "add", "dave@example.com"],
-        capture_output=True, timeout=300,
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            os.devnull,
+            "-P",
+            str(older),
+            "-e",
+            "trace=write",
+            "-e",
+            "inject=write:signal=KILL:when=1",
+            str(Path(sys.executable).parent / "hsmkm"),
+            "--home",
+            str(history.home),
+            "user",
+            "add",
+            "dave@example.com",
+        ],
+        capture_output=True,
+        timeout=300,
     )
     assert proc.returncode == -9 or proc.returncode == 137, proc.stderr
     assert older.stat().st_size == 0  # what the kill left
@@ -430,8 +472,18 @@ def test_the_newest_anchor_slot_lost_leaves_the_one_before(history: History) -> 
 @pytest.mark.slow
 def test_concurrent_changes_never_move_the_anchor_backwards(history: History) -> None:
     procs = [
-        subprocess.Popen([str(Path(sys.executable).parent / "hsmkm"), "--home", str(history.home), "user", "add",
-                          f"u{i}@example.com"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "hsmkm"),
+                "--home",
+                str(history.home),
+                "user",
+                "add",
+                f"u{i}@example.com",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         for i in range(8)
     ]
     for p in procs:
@@ -446,11 +498,22 @@ def test_verify_during_concurrent_changes_finds_nothing(history: History) -> Non
     """Readers see one snapshot, read after the anchor: commits and anchor writes going on
     meanwhile are never a finding."""
     exe = str(Path(sys.executable).parent / "hsmkm")
-    writers = [subprocess.Popen([exe, "--home", str(history.home), "user", "add", f"w{i}@example.com"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(6)]
-    readers = [subprocess.Popen([exe, "--home", str(history.home), "audit", "verify", "--checkpoint",
-                                 str(history.checkpoint)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-               for _ in range(6)]
+    writers = [
+        subprocess.Popen(
+            [exe, "--home", str(history.home), "user", "add", f"w{i}@example.com"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(6)
+    ]
+    readers = [
+        subprocess.Popen(
+            [exe, "--home", str(history.home), "audit", "verify", "--checkpoint", str(history.checkpoint)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(6)
+    ]
     for p in writers + readers:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
@@ -507,10 +570,13 @@ def test_openssl_verifies_a_checkpoint_with_the_ca_certificate_alone(history: Hi
     import json
 
     ca_pem = tmp_path / "ca.pem"
-    subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(history.home / "pub/ca.crt"),
-                    "-out", str(ca_pem)], check=True)
-    proc = subprocess.run(["openssl", "cms", "-verify", "-inform", "DER", "-in", str(history.checkpoint),
-                           "-CAfile", str(ca_pem)], capture_output=True)
+    subprocess.run(
+        ["openssl", "x509", "-inform", "DER", "-in", str(history.home / "pub/ca.crt"), "-out", str(ca_pem)], check=True
+    )
+    proc = subprocess.run(
+        ["openssl", "cms", "-verify", "-inform", "DER", "-in", str(history.checkpoint), "-CAfile", str(ca_pem)],
+        capture_output=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert b"Verification successful" in proc.stderr
     statement = json.loads(proc.stdout)
@@ -523,18 +589,22 @@ def test_openssl_verifies_a_checkpoint_with_the_ca_certificate_alone(history: Hi
     pem = tmp_path / "cp.pem"
     hsmkm("audit", "checkpoint", "-o", str(pem), "--pem", home=history.home)
     assert pem.read_text().startswith("-----BEGIN CMS-----")
-    proc = subprocess.run(["openssl", "cms", "-verify", "-inform", "PEM", "-in", str(pem), "-CAfile", str(ca_pem),
-                           "-out", os.devnull], capture_output=True)
+    proc = subprocess.run(
+        ["openssl", "cms", "-verify", "-inform", "PEM", "-in", str(pem), "-CAfile", str(ca_pem), "-out", os.devnull],
+        capture_output=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert verify(history.home, pem, history.checkpoint)[0].returncode == 0
 
 
 @pytest.mark.slow
-def test_a_tampered_or_foreign_checkpoint_is_refused_in_one_line(history: History, km_home: Path, tmp_path: Path) -> None:
+def test_a_tampered_or_foreign_checkpoint_is_refused_in_one_line(
+    history: History, km_home: Path, tmp_path: Path
+) -> None:
     data = history.checkpoint.read_bytes()
     at = data.index(b'"seq": 6')
     tampered = tmp_path / "tampered.p7m"
-    tampered.write_bytes(data[:at] + b'"seq": 5' + data[at + 8:])
+    tampered.write_bytes(data[:at] + b'"seq": 5' + data[at + 8 :])
     foreign = tmp_path / "foreign.p7m"
     hsmkm("audit", "checkpoint", "-o", str(foreign), home=km_home)
     garbage = tmp_path / "garbage.p7m"
@@ -574,7 +644,7 @@ def _software_log(n: int) -> tuple[Any, Any]:
     import hashlib
     import hmac as hmac_mod
     import tempfile
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from hsmkm.km.audit import AuditAction, AuditLog
     from hsmkm.store.database import Database
@@ -585,7 +655,7 @@ def _software_log(n: int) -> tuple[Any, Any]:
     def mac(data: bytes) -> bytes:
         return hmac_mod.new(key, data, hashlib.sha256).digest()
 
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     ticks = iter(range(10_000))
     log = AuditLog(db.reader(), mac, lambda: start + timedelta(seconds=next(ticks)))
     for i in range(n):
@@ -619,8 +689,9 @@ def test_any_writer_mutation_at_or_below_a_witness_is_found(n: int, data: st.Dat
     elif kind == "truncate":
         conn.execute("DELETE FROM audit WHERE seq >= ?", (target,))
     else:  # the writer recomputes the keyless hashes from the target on (no MAC key)
-        rows = conn.execute("SELECT seq, at, actor, action, details, prev_hash FROM audit WHERE seq >= ? ORDER BY seq",
-                            (target,)).fetchall()
+        rows = conn.execute(
+            "SELECT seq, at, actor, action, details, prev_hash FROM audit WHERE seq >= ? ORDER BY seq", (target,)
+        ).fetchall()
         prev = bytes(rows[0][5])
         for seq, at, actor, action, details, _ in rows:
             details = details + " " if seq == target else details
@@ -638,10 +709,15 @@ def test_any_writer_mutation_at_or_below_a_witness_is_found(n: int, data: st.Dat
 
 
 @settings(max_examples=100, deadline=None)
-@given(seq=st.integers(1, 2**63 - 1), digest=st.binary(min_size=32, max_size=32), crl=st.integers(0, 2**63 - 1),
-       flip=st.integers(0, 10_000))
-def test_anchor_labels_round_trip_and_any_changed_character_is_refused(seq: int, digest: bytes, crl: int,
-                                                                        flip: int) -> None:
+@given(
+    seq=st.integers(1, 2**63 - 1),
+    digest=st.binary(min_size=32, max_size=32),
+    crl=st.integers(0, 2**63 - 1),
+    flip=st.integers(0, 10_000),
+)
+def test_anchor_labels_round_trip_and_any_changed_character_is_refused(
+    seq: int, digest: bytes, crl: int, flip: int
+) -> None:
     import hashlib
     import hmac as hmac_mod
 
@@ -654,6 +730,6 @@ def test_anchor_labels_round_trip_and_any_changed_character_is_refused(seq: int,
     label = _encode(anchor, mac)
     assert _decode(label, mac) == anchor
     i = flip % len(label)
-    changed = label[:i] + ("0" if label[i] != "0" else "1") + label[i + 1:]
+    changed = label[:i] + ("0" if label[i] != "0" else "1") + label[i + 1 :]
     assert _decode(changed, mac) is None
     assert _decode(label.upper(), mac) is None and _decode(label.replace(" ", "  ", 1), mac) is None

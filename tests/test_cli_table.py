@@ -73,9 +73,7 @@ def test_every_command_of_the_contract_is_there_with_its_help(path: str) -> None
 
 
 def test_the_root_holds_exactly_the_table() -> None:
-    assert sorted(cli.commands.values(), key=lambda c: str(c.name)) == sorted(
-        COMMANDS, key=lambda c: str(c.name)
-    )
+    assert sorted(cli.commands.values(), key=lambda c: str(c.name)) == sorted(COMMANDS, key=lambda c: str(c.name))
 
 
 def test_command_modules_import_only_the_context_and_helpers() -> None:
@@ -85,13 +83,9 @@ def test_command_modules_import_only_the_context_and_helpers() -> None:
             names = (
                 [node.module or ""]
                 if isinstance(node, ast.ImportFrom)
-                else (
-                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
-                )
+                else ([a.name for a in node.names] if isinstance(node, ast.Import) else [])
             )
             for name in names:
                 if name.startswith("hsmkm.cli."):
                     leaf = name.split(".")[2]
-                    assert leaf not in modules | {"main", "commands"}, (
-                        f"{path.name} imports {name}"
-                    )
+                    assert leaf not in modules | {"main", "commands"}, f"{path.name} imports {name}"

@@ -74,9 +74,7 @@ def test_a_stale_cache_is_refreshed_from_the_source_and_a_lost_source_answers_of
 ) -> None:
     source, warnings = Served(), list[str]()
     clock = [NOW]
-    checker = RevocationChecker(
-        CrlCache(tmp_path / "c"), source, ca[1], warnings.append, lambda: clock[0]
-    )
+    checker = RevocationChecker(CrlCache(tmp_path / "c"), source, ca[1], warnings.append, lambda: clock[0])
     with pytest.raises(errors.Unreachable):  # empty cache, no source: nothing is known
         checker.status(5)
     source.crls = CrlSet(_crl(ca, [5], 1, NOW), None)
@@ -89,9 +87,7 @@ def test_a_stale_cache_is_refreshed_from_the_source_and_a_lost_source_answers_of
     clock[0] = NOW + timedelta(days=4)
     source.crls = None  # stale and offline: the cache answers, with a warning each time
     assert checker.status(6) is not None and checker.status(7) is None
-    assert len(warnings) == 2 and all(
-        "working offline: the KM is offline" in w for w in warnings
-    )
+    assert len(warnings) == 2 and all("working offline: the KM is offline" in w for w in warnings)
 
 
 def test_a_forged_crl_from_the_source_is_refused_and_the_cache_kept(
@@ -99,14 +95,10 @@ def test_a_forged_crl_from_the_source_is_refused_and_the_cache_kept(
 ) -> None:
     source = Served()
     source.crls = CrlSet(_crl(ca, [5], 1, NOW), None)
-    checker = RevocationChecker(
-        CrlCache(tmp_path / "c"), source, ca[1], lambda _w: None, fixed_clock(NOW)
-    )
+    checker = RevocationChecker(CrlCache(tmp_path / "c"), source, ca[1], lambda _w: None, fixed_clock(NOW))
     checker.refresh()
     other = ec.generate_private_key(ec.SECP256R1())
-    source.crls = CrlSet(
-        build_crl(ca[1], other, [], 9, NOW, NOW + timedelta(days=1)), None
-    )
+    source.crls = CrlSet(build_crl(ca[1], other, [], 9, NOW, NOW + timedelta(days=1)), None)
     with pytest.raises(errors.SignatureInvalid):
         checker.refresh()
     assert checker.status(5) is not None
@@ -129,19 +121,11 @@ def test_signing_is_refused_with_a_revoked_own_certificate(
     source = Served()
     source.crls = CrlSet(_crl(ca, [77], 1, NOW), None)
     warnings: list[str] = []
-    checker = RevocationChecker(
-        CrlCache(tmp_path / "c"), source, cert, warnings.append, fixed_clock(NOW)
-    )
+    checker = RevocationChecker(CrlCache(tmp_path / "c"), source, cert, warnings.append, fixed_clock(NOW))
     with pytest.raises(errors.CertificateRevoked, match="not signing"):
-        check_own_signing_certificate(
-            own, checker, None, warnings.append, fixed_clock(NOW)
-        )
-    check_own_signing_certificate(
-        own, None, None, warnings.append
-    )  # nothing known: a warning only
-    assert warnings == [
-        "revocation of your signing certificate not checked: the keystore holds no CA certificate"
-    ]
+        check_own_signing_certificate(own, checker, None, warnings.append, fixed_clock(NOW))
+    check_own_signing_certificate(own, None, None, warnings.append)  # nothing known: a warning only
+    assert warnings == ["revocation of your signing certificate not checked: the keystore holds no CA certificate"]
 
 
 def test_a_km_home_is_a_crl_source_and_a_directory(
@@ -156,24 +140,18 @@ def test_a_km_home_is_a_crl_source_and_a_directory(
         source.fetch_crls()
     (tmp_path / "km" / "pub" / "crl").mkdir(parents=True)
     (tmp_path / "km" / "pub" / "certs").mkdir()
-    (tmp_path / "km" / "pub" / "ca.crt").write_bytes(
-        ca[1].public_bytes(serialization.Encoding.DER)
-    )
+    (tmp_path / "km" / "pub" / "ca.crt").write_bytes(ca[1].public_bytes(serialization.Encoding.DER))
     full = _crl(ca, [1], 3, NOW)
     (tmp_path / "km" / "pub" / "crl" / "full.crl").write_bytes(full)
     assert home.ca_certificate() == ca[1]
     assert source.fetch_crls() == CrlSet(full, None)
-    with pytest.raises(
-        errors.NotFound, match="no encryption certificate for bob@example.com"
-    ):
+    with pytest.raises(errors.NotFound, match="no encryption certificate for bob@example.com"):
         directory.encryption_certificate("bob@example.com")
     (tmp_path / "km" / "pub" / "certs" / "bob@example.com.enc.crt").write_bytes(
         ca[1].public_bytes(serialization.Encoding.DER)
     )
     assert directory.encryption_certificate("bob@example.com") == ca[1]
-    (tmp_path / "km" / "pub" / "certs" / "eve@example.com.enc.crt").write_bytes(
-        b"\x30\x03\x02\x01"
-    )
+    (tmp_path / "km" / "pub" / "certs" / "eve@example.com.enc.crt").write_bytes(b"\x30\x03\x02\x01")
     with pytest.raises(errors.MalformedInput, match="damaged certificate"):
         directory.encryption_certificate("eve@example.com")
     with pytest.raises(errors.BadInput):

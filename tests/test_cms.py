@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -33,8 +33,9 @@ def key(name: str):  # type: ignore[no-untyped-def]
 
 BOB = KeyEntry(key("bob.encrypt.key"), cert("bob.encrypt.crt"), KeyRole.ENCRYPT)
 ALICE_SIGN = KeyEntry(key("alice.sign.key"), cert("alice.sign.crt"), KeyRole.SIGN)
-CTX = ValidationContext([cert("ca.rsa.crt")], datetime(2026, 11, 24, tzinfo=timezone.utc), None,
-                        [cert("alice.sign.crt"), cert("carlos.sign.crt")])
+CTX = ValidationContext(
+    [cert("ca.rsa.crt")], datetime(2026, 11, 24, tzinfo=UTC), None, [cert("alice.sign.crt"), cert("carlos.sign.crt")]
+)
 
 
 class Store:
@@ -53,7 +54,9 @@ class Store:
         return [cert("ca.rsa.crt")]
 
 
-def run(*argv: str, input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(
+    *argv: str, input: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(list(argv), input=input, capture_output=True, env={**os.environ, **(env or {})})
 
 
@@ -82,8 +85,14 @@ def test_rfc9788_encrypted_and_signed_message_opens() -> None:
     assert b"Content-Type: text/plain" in opened.entity
 
 
-@pytest.mark.parametrize("name", ["to-bob_gpgsm_rsa-pkcs1v15_aes128cbc.p7m", "to-bob_openssl_rsa-oaep-sha256_aes256cbc.p7m",
-                                  "to-bob_openssl_rsa-pkcs1v15_aes128gcm_authenveloped.p7m"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "to-bob_gpgsm_rsa-pkcs1v15_aes128cbc.p7m",
+        "to-bob_openssl_rsa-oaep-sha256_aes256cbc.p7m",
+        "to-bob_openssl_rsa-pkcs1v15_aes128gcm_authenveloped.p7m",
+    ],
+)
 def test_messages_from_openssl_and_gpgsm_decrypt(name: str) -> None:
     der = smime.parse((VEC / name).read_bytes()).der
     assert enveloped.decrypt(der, [BOB]).content == b"hello bob\r\n"
@@ -93,14 +102,19 @@ def test_gpgsm_and_openssl_signatures_verify() -> None:
     content = smime.canonical((VEC / "hello.txt").read_bytes())
     gpg = signed.verify(smime.parse((VEC / "from-alice_gpgsm_detached_sha512.p7s").read_bytes()).der, content, CTX)
     assert gpg.email == "alice@smime.example"
-    ossl = signed.verify(smime.parse((VEC / "from-alice_openssl-softhsm_opaque_sha256.p7m").read_bytes()).der, None, CTX)
+    ossl = signed.verify(
+        smime.parse((VEC / "from-alice_openssl-softhsm_opaque_sha256.p7m").read_bytes()).der, None, CTX
+    )
     assert ossl.email == "alice@smime.example"
 
 
 def test_unsupported_algorithms_say_so() -> None:
     dana = KeyEntry(key("dana.encrypt.key"), cert("dana.encrypt.crt"), KeyRole.ENCRYPT)  # X25519
-    for name, entries in (("authEnvelopedForBobChaCha20Poly1305.p7m", [BOB]),
-                          ("authEnvelopedForDanaX25519HKDF.p7m", [dana]), ("encryptedKekri.p7m", [BOB])):
+    for name, entries in (
+        ("authEnvelopedForBobChaCha20Poly1305.p7m", [BOB]),
+        ("authEnvelopedForDanaX25519HKDF.p7m", [dana]),
+        ("encryptedKekri.p7m", [BOB]),
+    ):
         with pytest.raises(errors.UnsupportedAlgorithm, match="unsupported algorithm"):
             enveloped.decrypt((VEC / name).read_bytes(), entries)
     ctx = ValidationContext([cert("ca.rsa.crt"), cert("ca.25519.crt")], CTX.now, None, [cert("carlos.sign.crt")])
@@ -120,16 +134,30 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("cipher,transport", [
-    (enveloped.ContentCipher.AES256_GCM, enveloped.KeyTransport.RSA_OAEP),
-    (enveloped.ContentCipher.AES256_CBC, enveloped.KeyTransport.RSA_OAEP),
-    (enveloped.ContentCipher.AES256_CBC, enveloped.KeyTransport.RSA_PKCS1V15),
-])
+@pytest.mark.parametrize(
+    "cipher,transport",
+    [
+        (enveloped.ContentCipher.AES256_GCM, enveloped.KeyTransport.RSA_OAEP),
+        (enveloped.ContentCipher.AES256_CBC, enveloped.KeyTransport.RSA_OAEP),
+        (enveloped.ContentCipher.AES256_CBC, enveloped.KeyTransport.RSA_PKCS1V15),
+    ],
+)
 def test_openssl_decrypts_what_hsmkm_encrypts(files: Path, cipher, transport) -> None:  # type: ignore[no-untyped-def]
-    msg = messaging.encrypt_message(b"Subject: hi\r\n\r\nfor bob\r\n", [cert("bob.encrypt.crt")], CTX, cipher, transport)
+    msg = messaging.encrypt_message(
+        b"Subject: hi\r\n\r\nfor bob\r\n", [cert("bob.encrypt.crt")], CTX, cipher, transport
+    )
     (files / "m.eml").write_bytes(msg)
-    out = run("openssl", "cms", "-decrypt", "-in", str(files / "m.eml"), "-inkey", str(files / "bob.encrypt.key"),
-              "-recip", str(files / "bob.encrypt.crt"))
+    out = run(
+        "openssl",
+        "cms",
+        "-decrypt",
+        "-in",
+        str(files / "m.eml"),
+        "-inkey",
+        str(files / "bob.encrypt.key"),
+        "-recip",
+        str(files / "bob.encrypt.crt"),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.endswith(b"\r\n\r\nfor bob\r\n")
 
@@ -143,33 +171,90 @@ def test_gpgsm_decrypts_cbc_pkcs1v15(files: Path) -> None:
     env = {"GNUPGHOME": str(home)}
     p12 = files / "bob-legacy.p12"
     # gpgsm 2.2 imports only the traditional PKCS#12 encryption.
-    assert run("openssl", "pkcs12", "-export", "-legacy", "-inkey", str(files / "bob.encrypt.key"),
-               "-in", str(files / "bob.encrypt.crt"), "-passout", "pass:bob", "-out", str(p12)).returncode == 0
+    assert (
+        run(
+            "openssl",
+            "pkcs12",
+            "-export",
+            "-legacy",
+            "-inkey",
+            str(files / "bob.encrypt.key"),
+            "-in",
+            str(files / "bob.encrypt.crt"),
+            "-passout",
+            "pass:bob",
+            "-out",
+            str(p12),
+        ).returncode
+        == 0
+    )
     # The agent is started and answering before gpgsm needs it: on a loaded machine, gpgsm's
     # own start of the agent can lose the loopback passphrase, and the import then fails with
     # "error parsing or decrypting the PKCS#12 file".
     assert run("gpgconf", "--launch", "gpg-agent", env=env).returncode == 0
     assert run("gpg-connect-agent", "--no-autostart", "/bye", env=env).returncode == 0
     try:
-        imp = run("gpgsm", "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--import", str(p12),
-                  input=b"bob\n", env=env)
+        imp = run(
+            "gpgsm",
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--import",
+            str(p12),
+            input=b"bob\n",
+            env=env,
+        )
         assert b"secret keys imported: 1" in imp.stderr, imp.stderr
-        der = enveloped.encrypt(b"hello gpgsm\r\n", [cert("bob.encrypt.crt")], enveloped.ContentCipher.AES256_CBC,
-                                enveloped.KeyTransport.RSA_PKCS1V15)
+        der = enveloped.encrypt(
+            b"hello gpgsm\r\n",
+            [cert("bob.encrypt.crt")],
+            enveloped.ContentCipher.AES256_CBC,
+            enveloped.KeyTransport.RSA_PKCS1V15,
+        )
         (files / "g.p7m").write_bytes(der)
-        out = run("gpgsm", "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--decrypt",
-                  str(files / "g.p7m"), input=b"bob\n", env=env)
+        out = run(
+            "gpgsm",
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--decrypt",
+            str(files / "g.p7m"),
+            input=b"bob\n",
+            env=env,
+        )
     finally:
         run("gpgconf", "--kill", "gpg-agent", env=env)
     assert out.returncode == 0 and out.stdout == b"hello gpgsm\r\n", out.stderr
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("opts", [["-aes-256-gcm"], ["-aes-256-cbc"],
-                                  ["-aes-256-cbc", "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256"]])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["-aes-256-gcm"],
+        ["-aes-256-cbc"],
+        ["-aes-256-cbc", "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256"],
+    ],
+)
 def test_hsmkm_decrypts_what_openssl_encrypts_to_several(files: Path, opts: list[str]) -> None:
-    out = run("openssl", "cms", "-encrypt", "-outform", "DER", *opts[:1], "-recip", str(files / "alice.sign.crt"),
-              "-recip", str(files / "bob.encrypt.crt"), *opts[1:], input=b"from openssl\n")
+    out = run(
+        "openssl",
+        "cms",
+        "-encrypt",
+        "-outform",
+        "DER",
+        *opts[:1],
+        "-recip",
+        str(files / "alice.sign.crt"),
+        "-recip",
+        str(files / "bob.encrypt.crt"),
+        *opts[1:],
+        input=b"from openssl\n",
+    )
     assert out.returncode == 0, out.stderr
     assert enveloped.decrypt(out.stdout, [BOB]).content == b"from openssl\r\n"
 
@@ -179,8 +264,17 @@ def test_hsmkm_decrypts_what_openssl_encrypts_to_several(files: Path, opts: list
 def test_openssl_verifies_what_hsmkm_signs(files: Path, detached: bool) -> None:
     msg = messaging.sign_message(b"Subject: signed\r\n\r\nsigned text\r\n", Store(ALICE_SIGN, []), detached)
     (files / "s.eml").write_bytes(msg)
-    out = run("openssl", "cms", "-verify", "-in", str(files / "s.eml"), "-CAfile", str(files / "ca.rsa.crt"),
-              "-purpose", "smimesign")
+    out = run(
+        "openssl",
+        "cms",
+        "-verify",
+        "-in",
+        str(files / "s.eml"),
+        "-CAfile",
+        str(files / "ca.rsa.crt"),
+        "-purpose",
+        "smimesign",
+    )
     assert out.returncode == 0, out.stderr
     assert b"signed text" in out.stdout
     assert messaging.verify_message(msg, CTX).email == "alice@smime.example"
@@ -189,8 +283,19 @@ def test_openssl_verifies_what_hsmkm_signs(files: Path, detached: bool) -> None:
 @pytest.mark.interop
 @pytest.mark.parametrize("flags", [[], ["-nodetach"]])
 def test_hsmkm_verifies_what_openssl_signs(files: Path, flags: list[str]) -> None:
-    out = run("openssl", "cms", "-sign", "-md", "sha256", "-signer", str(files / "alice.sign.crt"),
-              "-inkey", str(files / "alice.sign.key"), *flags, input=b"Content-Type: text/plain\r\n\r\nby openssl\r\n")
+    out = run(
+        "openssl",
+        "cms",
+        "-sign",
+        "-md",
+        "sha256",
+        "-signer",
+        str(files / "alice.sign.crt"),
+        "-inkey",
+        str(files / "alice.sign.key"),
+        *flags,
+        input=b"Content-Type: text/plain\r\n\r\nby openssl\r\n",
+    )
     assert out.returncode == 0, out.stderr
     result = messaging.verify_message(out.stdout, CTX)
     assert result.email == "alice@smime.example" and result.content.endswith(b"by openssl\r\n")
@@ -210,7 +315,9 @@ def test_tampered_ciphertext_tag_or_lock_box_is_refused() -> None:
     # The tag, the ciphertext, and bytes across the lock box: whatever a flip hits, it is
     # refused with an exit-1 or exit-2 error, never plaintext.
     for at in [len(der) - 3, len(der) - 40, *range(60, 600, 37)]:
-        with pytest.raises((errors.SignatureInvalid, errors.MalformedInput, errors.UnsupportedAlgorithm, errors.NotFound)):
+        with pytest.raises(
+            (errors.SignatureInvalid, errors.MalformedInput, errors.UnsupportedAlgorithm, errors.NotFound)
+        ):
             enveloped.decrypt(_flip(der, at), [BOB])
     with pytest.raises(errors.MalformedInput):
         enveloped.decrypt(der[:-30], [BOB])
@@ -225,7 +332,7 @@ def test_tampered_signature_attributes_or_content_is_refused() -> None:
     der = signed.sign(b"Content-Type: text/plain\r\n\r\noriginal\r\n", ALICE_SIGN, [], False, CTX.now)
     i = der.find(b"original")
     with pytest.raises(errors.SignatureInvalid):
-        signed.verify(der[:i] + b"0riginal" + der[i + 8:], None, CTX)
+        signed.verify(der[:i] + b"0riginal" + der[i + 8 :], None, CTX)
     with pytest.raises(errors.SignatureInvalid):
         signed.verify(_flip(der, len(der) - 5), None, CTX)  # the signature
     t = der.find(bytes.fromhex("06092a864886f70d010905"))  # signingTime attribute
@@ -236,31 +343,94 @@ def test_tampered_signature_attributes_or_content_is_refused() -> None:
         signed.verify(der, None, other)
 
 
-def test_cli_tampering_leaves_no_plaintext_and_exits_per_contract(tmp_path: Path, km_home: Path, module_path: str) -> None:
+def test_cli_tampering_leaves_no_plaintext_and_exits_per_contract(
+    tmp_path: Path, km_home: Path, module_path: str
+) -> None:
     """Through the CLI, with keys the KM issued: bad input exits 2, a bad tag or signature 1."""
     code = hsmkm("user", "add", "tess@example.com", "--json", home=km_home).json()["code"]
     epf = tmp_path / "tess.epf"
-    hsmkm("enroll", "--km", str(km_home), "--email", "tess@example.com", "--code-source", "env:CODE",
-          "--keystore", str(epf), "--password-source", "env:PW", env={"CODE": code, "PW": PW})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(km_home),
+        "--email",
+        "tess@example.com",
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(epf),
+        "--password-source",
+        "env:PW",
+        env={"CODE": code, "PW": PW},
+    )
     src = tmp_path / "in.eml"
     src.write_bytes(b"Subject: t\r\n\r\n" + b"line of text\r\n" * 200)
     enc = tmp_path / "enc.eml"
-    hsmkm("msg", "encrypt", "--km", str(km_home), "--to", "tess@example.com", "--sign-with", str(epf),
-          "--password-source", "env:PW", str(src), "-o", str(enc), env={"PW": PW})
+    hsmkm(
+        "msg",
+        "encrypt",
+        "--km",
+        str(km_home),
+        "--to",
+        "tess@example.com",
+        "--sign-with",
+        str(epf),
+        "--password-source",
+        "env:PW",
+        str(src),
+        "-o",
+        str(enc),
+        env={"PW": PW},
+    )
     out = tmp_path / "out.eml"
-    ok = hsmkm("msg", "decrypt", "--keystore", str(epf), "--password-source", "env:PW", "--km", str(km_home),
-               str(enc), "-o", str(out), "--json", env={"PW": PW})
+    ok = hsmkm(
+        "msg",
+        "decrypt",
+        "--keystore",
+        str(epf),
+        "--password-source",
+        "env:PW",
+        "--km",
+        str(km_home),
+        str(enc),
+        "-o",
+        str(out),
+        "--json",
+        env={"PW": PW},
+    )
     assert ok.json()["signed_by"] == "tess@example.com" and out.read_bytes().count(b"line of text") == 200
     out.unlink()
     body = smime.parse(enc.read_bytes()).der
     bad = tmp_path / "bad.p7m"
     bad.write_bytes(_flip(body, len(body) - 2))
-    r = hsmkm("msg", "decrypt", "--keystore", str(epf), "--password-source", "env:PW", str(bad), "-o", str(out),
-              env={"PW": PW}, check=False)
+    r = hsmkm(
+        "msg",
+        "decrypt",
+        "--keystore",
+        str(epf),
+        "--password-source",
+        "env:PW",
+        str(bad),
+        "-o",
+        str(out),
+        env={"PW": PW},
+        check=False,
+    )
     assert r.returncode == 1 and "altered" in r.stderr and r.stderr.count("\n") == 1 and not out.exists()
     bad.write_bytes(body[: len(body) // 2])
-    r = hsmkm("msg", "decrypt", "--keystore", str(epf), "--password-source", "env:PW", str(bad), "-o", str(out),
-              env={"PW": PW}, check=False)
+    r = hsmkm(
+        "msg",
+        "decrypt",
+        "--keystore",
+        str(epf),
+        "--password-source",
+        "env:PW",
+        str(bad),
+        "-o",
+        str(out),
+        env={"PW": PW},
+        check=False,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and not out.exists()
     bad.write_bytes(b"not a message at all")
     r = hsmkm("msg", "verify", "--km", str(km_home), str(bad), check=False)
@@ -278,13 +448,35 @@ def test_revoked_signer_fails_verify_and_recipient_is_refused(tmp_path: Path) ->
     for name in ("rita", "sam"):
         code = hsmkm("user", "add", f"{name}@example.com", "--json", home=home).json()["code"]
         epfs[name] = tmp_path / f"{name}.epf"
-        hsmkm("enroll", "--km", str(home), "--email", f"{name}@example.com", "--code-source", "env:CODE",
-              "--keystore", str(epfs[name]), "--password-source", "env:PW", env={"CODE": code, "PW": PW})
+        hsmkm(
+            "enroll",
+            "--km",
+            str(home),
+            "--email",
+            f"{name}@example.com",
+            "--code-source",
+            "env:CODE",
+            "--keystore",
+            str(epfs[name]),
+            "--password-source",
+            "env:PW",
+            env={"CODE": code, "PW": PW},
+        )
     src = tmp_path / "in.eml"
     src.write_bytes(b"Subject: before\r\n\r\nsigned before the revocation\r\n")
     sig = tmp_path / "signed.eml"
-    hsmkm("msg", "sign", "--keystore", str(epfs["rita"]), "--password-source", "env:PW", str(src), "-o", str(sig),
-          env={"PW": PW})
+    hsmkm(
+        "msg",
+        "sign",
+        "--keystore",
+        str(epfs["rita"]),
+        "--password-source",
+        "env:PW",
+        str(src),
+        "-o",
+        str(sig),
+        env={"PW": PW},
+    )
     cache = ["--cache", str(tmp_path / "cache")]
     assert hsmkm("msg", "verify", "--km", str(home), *cache, str(sig), "--json", home=home).json()["valid"]
     hsmkm("user", "revoke", "rita@example.com", "--reason", "keyCompromise", home=home)
@@ -296,13 +488,36 @@ def test_revoked_signer_fails_verify_and_recipient_is_refused(tmp_path: Path) ->
     ca = x509.load_der_x509_certificate((home / "pub/ca.crt").read_bytes())
     crl = x509.load_der_x509_crl((home / "pub/crl/full.crl").read_bytes())
     # openssl cms takes CRLs from the CAfile.
-    (tmp_path / "ca+crl.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM) + crl.public_bytes(serialization.Encoding.PEM))
-    o = run("openssl", "cms", "-verify", "-in", str(sig), "-CAfile", str(tmp_path / "ca+crl.pem"), "-crl_check",
-            "-purpose", "smimesign")
+    (tmp_path / "ca+crl.pem").write_bytes(
+        ca.public_bytes(serialization.Encoding.PEM) + crl.public_bytes(serialization.Encoding.PEM)
+    )
+    o = run(
+        "openssl",
+        "cms",
+        "-verify",
+        "-in",
+        str(sig),
+        "-CAfile",
+        str(tmp_path / "ca+crl.pem"),
+        "-crl_check",
+        "-purpose",
+        "smimesign",
+    )
     assert o.returncode != 0 and b"certificate revoked" in o.stderr
     # Rita is revoked: nobody encrypts to her; her certificate left the directory.
-    r = hsmkm("msg", "encrypt", "--km", str(home), *cache, "--to", "rita@example.com", str(src), "-o",
-              str(tmp_path / "x.eml"), check=False)
+    r = hsmkm(
+        "msg",
+        "encrypt",
+        "--km",
+        str(home),
+        *cache,
+        "--to",
+        "rita@example.com",
+        str(src),
+        "-o",
+        str(tmp_path / "x.eml"),
+        check=False,
+    )
     assert r.returncode == 2 and "rita@example.com" in r.stderr
     assert not (tmp_path / "x.eml").exists()
 
@@ -319,13 +534,31 @@ def test_token_slot_opens_openssl_oaep_sha256_and_ecdh(tmp_path: Path, module_pa
         user_token("uma", "user-pin-1", store=softhsm_conf(home))
         code = hsmkm("user", "add", "uma@example.com", "--json", home=home).json()["code"]
         uri = f"pkcs11:token=uma?module-path={module_path}&pin-source=env:UPIN"
-        hsmkm("enroll", "--km", str(home), "--email", "uma@example.com", "--code-source", "env:CODE",
-              "--keystore", uri, env={**env, "CODE": code})
+        hsmkm(
+            "enroll",
+            "--km",
+            str(home),
+            "--email",
+            "uma@example.com",
+            "--code-source",
+            "env:CODE",
+            "--keystore",
+            uri,
+            env={**env, "CODE": code},
+        )
         enc = x509.load_der_x509_certificate((home / "pub/certs/uma@example.com.enc.crt").read_bytes())
         (tmp_path / "uma.pem").write_bytes(enc.public_bytes(serialization.Encoding.PEM))
         opts = ["-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256"] if user_key == "rsa2048" else []
-        o = run("openssl", "cms", "-encrypt", "-aes-256-gcm", "-recip", str(tmp_path / "uma.pem"), *opts,
-                input=b"Subject: x\r\n\r\nto the token\r\n")
+        o = run(
+            "openssl",
+            "cms",
+            "-encrypt",
+            "-aes-256-gcm",
+            "-recip",
+            str(tmp_path / "uma.pem"),
+            *opts,
+            input=b"Subject: x\r\n\r\nto the token\r\n",
+        )
         assert o.returncode == 0, o.stderr
         (tmp_path / "in.eml").write_bytes(o.stdout)
         out = tmp_path / f"out-{user_key}.eml"

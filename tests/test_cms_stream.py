@@ -48,16 +48,29 @@ def test_64_mib_message_streams_in_bounded_memory(tmp_path: Path) -> None:
             fh.write(block)
     growth = {}
     for which in ("encrypt", "decrypt"):
-        out = subprocess.run([sys.executable, "-c", CHILD, str(VEC), str(tmp_path), which],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(VEC), str(tmp_path), which], capture_output=True, text=True, check=True
+        )
         growth[which] = int(out.stdout.strip())  # KiB above the interpreter's baseline
     assert growth["encrypt"] < 32 * 1024 and growth["decrypt"] < 32 * 1024, growth
     body = (tmp_path / "out.eml").read_bytes()
     # the Cryptographic Payload (RFC 9788): the protected header fields, then the body
     assert body.startswith(b'Subject: big\r\nContent-Type: text/plain; charset=utf-8; hp="cipher"\r\n')
     assert body.count(line.replace(b"\n", b"\r\n")) == 64 * 16384
-    proc = subprocess.run(["openssl", "cms", "-decrypt", "-in", str(tmp_path / "enc.eml"), "-inkey",
-                           str(VEC / "bob.encrypt.key"), "-out", str(tmp_path / "ossl.eml")], capture_output=True)
+    proc = subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-decrypt",
+            "-in",
+            str(tmp_path / "enc.eml"),
+            "-inkey",
+            str(VEC / "bob.encrypt.key"),
+            "-out",
+            str(tmp_path / "ossl.eml"),
+        ],
+        capture_output=True,
+    )
     assert proc.returncode == 0 and (tmp_path / "ossl.eml").read_bytes() == body
 
 
@@ -67,7 +80,7 @@ def _der(value: bytes, pieces: list[int], indefinite: bool) -> bytes:
         return ber.header(0x04, len(value)) + value
     parts, pos = [], 0
     for n in pieces:
-        parts.append(ber.header(0x04, len(value[pos:pos + n])) + value[pos:pos + n])
+        parts.append(ber.header(0x04, len(value[pos : pos + n])) + value[pos : pos + n])
         pos += n
     parts.append(ber.header(0x04, len(value[pos:])) + value[pos:])
     inner = b"".join(parts)
@@ -92,7 +105,7 @@ def test_base64_stream_round_trips(data: bytes, cuts: list[int]) -> None:
     w = Base64Writer(out)
     pos = 0
     for n in cuts:
-        w.write(data[pos:pos + n])
+        w.write(data[pos : pos + n])
         pos += n
     w.write(data[pos:])
     w.close()
@@ -103,13 +116,16 @@ def test_base64_stream_round_trips(data: bytes, cuts: list[int]) -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(text=st.lists(st.sampled_from([b"a", b"\n", b"\r", b"\r\n", b"xyz"]), max_size=60), cuts=st.lists(st.integers(1, 9), max_size=10))
+@given(
+    text=st.lists(st.sampled_from([b"a", b"\n", b"\r", b"\r\n", b"xyz"]), max_size=60),
+    cuts=st.lists(st.integers(1, 9), max_size=10),
+)
 def test_canonicalisation_is_independent_of_chunking(text: list[bytes], cuts: list[int]) -> None:
     data = b"".join(text)
     whole = Canonicalizer()(data)
     canon, pos, out = Canonicalizer(), 0, b""
     for n in cuts:
-        out += canon(data[pos:pos + n])
+        out += canon(data[pos : pos + n])
         pos += n
     out += canon(data[pos:])
     assert out == whole and b"\n" not in whole.replace(b"\r\n", b"")
@@ -123,23 +139,50 @@ def test_streamed_signatures_verify_with_openssl_and_hsmkm(tmp_path: Path, km_ho
     pw = {"PW": "stream-password-1"}
     code = hsmkm("user", "add", "sven@example.com", "--json", home=km_home).json()["code"]
     epf = tmp_path / "sven.epf"
-    hsmkm("enroll", "--km", str(km_home), "--email", "sven@example.com", "--code-source", "env:CODE",
-          "--keystore", str(epf), "--password-source", "env:PW", env={"CODE": code, **pw})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(km_home),
+        "--email",
+        "sven@example.com",
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(epf),
+        "--password-source",
+        "env:PW",
+        env={"CODE": code, **pw},
+    )
     src = tmp_path / "in.eml"
     src.write_bytes(b"Subject: long\nFrom: sven@example.com\n\n" + b"a line of text\n" * 300_000)
     ca = tmp_path / "ca.pem"
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    ca.write_bytes(x509.load_der_x509_certificate((km_home / "pub/ca.crt").read_bytes()).public_bytes(serialization.Encoding.PEM))
+    ca.write_bytes(
+        x509.load_der_x509_certificate((km_home / "pub/ca.crt").read_bytes()).public_bytes(serialization.Encoding.PEM)
+    )
     for detached in (False, True):
         out = tmp_path / f"signed-{detached}.eml"
-        hsmkm("msg", "sign", "--keystore", str(epf), "--password-source", "env:PW", *(["--detached"] if detached else []),
-              str(src), "-o", str(out), env=pw)
+        hsmkm(
+            "msg",
+            "sign",
+            "--keystore",
+            str(epf),
+            "--password-source",
+            "env:PW",
+            *(["--detached"] if detached else []),
+            str(src),
+            "-o",
+            str(out),
+            env=pw,
+        )
         head = out.read_bytes()[:400]
         assert b"Subject: long" in head and (b"multipart/signed" in head) == detached
-        ossl = subprocess.run(["openssl", "cms", "-verify", "-in", str(out), "-CAfile", str(ca), "-purpose", "smimesign"],
-                              capture_output=True)
+        ossl = subprocess.run(
+            ["openssl", "cms", "-verify", "-in", str(out), "-CAfile", str(ca), "-purpose", "smimesign"],
+            capture_output=True,
+        )
         assert ossl.returncode == 0, ossl.stderr
         content = tmp_path / f"content-{detached}.eml"
         ok = hsmkm("msg", "verify", "--km", str(km_home), str(out), "-o", str(content), "--json")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -26,13 +26,19 @@ from hsmkm.x509.crlparse import parse_crl
 
 MERSENNE = sys.hash_info.modulus
 REASONS = [r for r in RevocationReason if r is not RevocationReason.REMOVE_FROM_CRL]
-NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def _ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = profiles.build_ca_certificate(x509.Name.from_rfc4514_string("CN=Index Test CA"), key.public_key(), key,
-                                         profiles.random_serial(), NOW - timedelta(days=1), NOW + timedelta(days=30))
+    cert = profiles.build_ca_certificate(
+        x509.Name.from_rfc4514_string("CN=Index Test CA"),
+        key.public_key(),
+        key,
+        profiles.random_serial(),
+        NOW - timedelta(days=1),
+        NOW + timedelta(days=30),
+    )
     return key, cert
 
 
@@ -45,10 +51,14 @@ serials = st.one_of(
     st.integers(min_value=1, max_value=1000),
     st.sampled_from([1, (1 << 159) - 1, (1 << 160) - 1, 0, -1, -(1 << 100)]),
 )
-YEARS_1_TO_9999 = st.integers(int(datetime(1, 1, 1, tzinfo=timezone.utc).timestamp()),
-                              int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()))
-rows = st.lists(st.tuples(serials, YEARS_1_TO_9999, st.sampled_from([r.code for r in REASONS])),
-                max_size=60, unique_by=lambda r: r[0])
+YEARS_1_TO_9999 = st.integers(
+    int(datetime(1, 1, 1, tzinfo=UTC).timestamp()), int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+)
+rows = st.lists(
+    st.tuples(serials, YEARS_1_TO_9999, st.sampled_from([r.code for r in REASONS])),
+    max_size=60,
+    unique_by=lambda r: r[0],
+)
 
 
 @settings(max_examples=120, deadline=None)
@@ -64,7 +74,7 @@ def test_every_revoked_serial_is_found_and_no_other(rows, others, collide) -> No
     for serial, when, code in rows:
         info = index.check(serial)
         assert info is not None, serial
-        assert info.revoked_at == datetime.fromtimestamp(when, timezone.utc)
+        assert info.revoked_at == datetime.fromtimestamp(when, UTC)
         assert info.reason.code == code
     revoked = {r[0] for r in rows}
     for serial in others + [r[0] + 1 for r in rows] + [r[0] + MERSENNE for r in rows]:
@@ -79,8 +89,7 @@ def test_a_bucket_without_a_pilot_makes_the_table_roomier(monkeypatch: pytest.Mo
     rows = [(profiles.random_serial(), i, RevocationReason.SUPERSEDED.code) for i in range(40)]
     index = CrlIndex(build_index(rows))
     assert index.size > crlindex.HEADER.size + 64 + crlindex.SLOT_SIZE * 58  # grown past 40 / 0.7 slots
-    assert all(index.check(s) == (datetime.fromtimestamp(i, timezone.utc), RevocationReason.SUPERSEDED)
-               for s, i, _ in rows)
+    assert all(index.check(s) == (datetime.fromtimestamp(i, UTC), RevocationReason.SUPERSEDED) for s, i, _ in rows)
     assert index.check(rows[0][0] + 1) is None
 
 
@@ -133,7 +142,7 @@ def test_a_damaged_index_is_rebuilt_and_a_damaged_cache_says_so(tmp_path: Path, 
     if damage == "truncate":
         index_path.write_bytes(data[:-7])
     elif damage == "magic":
-        index_path.write_bytes(b"HKCRLIX1" + data[len(MAGIC):])
+        index_path.write_bytes(b"HKCRLIX1" + data[len(MAGIC) :])
     elif damage == "empty":
         index_path.write_bytes(b"")
     else:
@@ -153,9 +162,18 @@ def test_a_new_delta_leaves_the_index_in_place_and_overlays_it(tmp_path: Path) -
     full = build_crl(ca, key, base, 10, NOW, NOW + timedelta(days=1))
     new = profiles.random_serial()
     later = NOW + timedelta(hours=3)
-    delta = build_crl(ca, key, [RevokedEntry(base[0].serial, later, RevocationReason.REMOVE_FROM_CRL),
-                                RevokedEntry(new, later, RevocationReason.KEY_COMPROMISE)], 11, later,
-                      later + timedelta(hours=6), delta_of=10)
+    delta = build_crl(
+        ca,
+        key,
+        [
+            RevokedEntry(base[0].serial, later, RevocationReason.REMOVE_FROM_CRL),
+            RevokedEntry(new, later, RevocationReason.KEY_COMPROMISE),
+        ],
+        11,
+        later,
+        later + timedelta(hours=6),
+        delta_of=10,
+    )
     status = cache.update(full, delta, ca, later)
     assert index_path.stat().st_ino == inode  # the base's index was not rebuilt for a delta
     assert status.entries == 500 and status.delta_number == 11
@@ -163,8 +181,15 @@ def test_a_new_delta_leaves_the_index_in_place_and_overlays_it(tmp_path: Path) -
         assert reader.check(base[0].serial) is None  # released from hold by the delta
         assert reader.check(base[1].serial) == (NOW, RevocationReason.CERTIFICATE_HOLD)
         assert reader.check(new) == (later, RevocationReason.KEY_COMPROMISE)
-    delta2 = build_crl(ca, key, [RevokedEntry(new, later, RevocationReason.KEY_COMPROMISE)], 12, later,
-                       later + timedelta(hours=6), delta_of=10)
+    delta2 = build_crl(
+        ca,
+        key,
+        [RevokedEntry(new, later, RevocationReason.KEY_COMPROMISE)],
+        12,
+        later,
+        later + timedelta(hours=6),
+        delta_of=10,
+    )
     cache.update(full, delta2, ca, later)
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert names == [".update.lock", "delta-12.crl", "full-10.crl", "index-10.bin", "meta.json"]
@@ -178,18 +203,21 @@ any_times = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 1
 @settings(max_examples=300, deadline=None)
 @given(when=st.one_of(utc_times, any_times))
 def test_time_decoder_inverts_the_encoder(when: datetime) -> None:
-    when = when.replace(microsecond=0, tzinfo=timezone.utc)
+    when = when.replace(microsecond=0, tzinfo=UTC)
     encoded = der_time(when)
     assert encoded[0] == (UTC_TIME if 1950 <= when.year < 2050 else GENERALIZED_TIME)
     assert time_seconds(encoded[0], encoded[2:]) == int(when.timestamp())
 
 
 @settings(max_examples=300, deadline=None)
-@given(when=st.one_of(utc_times, any_times), offset_minutes=st.sampled_from([0, 0, 60, -330, 14 * 60]),
-       micro=st.integers(0, 999_999))
+@given(
+    when=st.one_of(utc_times, any_times),
+    offset_minutes=st.sampled_from([0, 0, 60, -330, 14 * 60]),
+    micro=st.integers(0, 999_999),
+)
 def test_der_time_of_the_stored_iso_text_matches_der_time(when: datetime, offset_minutes: int, micro: int) -> None:
     zone = timezone(timedelta(minutes=offset_minutes))
-    when = when.replace(microsecond=micro, tzinfo=timezone.utc)
+    when = when.replace(microsecond=micro, tzinfo=UTC)
     try:
         local = when.astimezone(zone)
     except OverflowError:
@@ -199,8 +227,10 @@ def test_der_time_of_the_stored_iso_text_matches_der_time(when: datetime, offset
 
 
 @settings(max_examples=300, deadline=None)
-@given(tag=st.sampled_from([UTC_TIME, GENERALIZED_TIME]), raw=st.one_of(
-    st.binary(max_size=16), st.text("0123456789Z+-. ", max_size=16).map(str.encode)))
+@given(
+    tag=st.sampled_from([UTC_TIME, GENERALIZED_TIME]),
+    raw=st.one_of(st.binary(max_size=16), st.text("0123456789Z+-. ", max_size=16).map(str.encode)),
+)
 def test_time_decoder_takes_only_rfc5280_forms(tag: int, raw: bytes) -> None:
     try:
         seconds = time_seconds(tag, raw)
@@ -208,19 +238,27 @@ def test_time_decoder_takes_only_rfc5280_forms(tag: int, raw: bytes) -> None:
         return
     assert raw.endswith(b"Z") and len(raw) == (13 if tag == UTC_TIME else 15)
     form = "%y%m%d%H%M%SZ" if tag == UTC_TIME else "%Y%m%d%H%M%SZ"
-    parsed = datetime.strptime(raw.decode(), form).replace(tzinfo=timezone.utc)
+    parsed = datetime.strptime(raw.decode(), form).replace(tzinfo=UTC)
     if tag == UTC_TIME and parsed.year >= 2050:  # strptime's pivot is 1969, RFC 5280's 1950
         parsed = parsed.replace(year=parsed.year - 100)
     assert seconds == int(parsed.timestamp())
 
 
-_SAMPLE = build_crl(CA[1], CA[0], [RevokedEntry(profiles.random_serial(), NOW - timedelta(days=i), r)
-                                   for i, r in enumerate(REASONS * 3)], 3, NOW, NOW + timedelta(days=1))
+_SAMPLE = build_crl(
+    CA[1],
+    CA[0],
+    [RevokedEntry(profiles.random_serial(), NOW - timedelta(days=i), r) for i, r in enumerate(REASONS * 3)],
+    3,
+    NOW,
+    NOW + timedelta(days=1),
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(edits=st.lists(st.tuples(st.integers(0, len(_SAMPLE) - 1), st.integers(0, 255)), min_size=1, max_size=4),
-       cut=st.integers(0, len(_SAMPLE)))
+@given(
+    edits=st.lists(st.tuples(st.integers(0, len(_SAMPLE) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+    cut=st.integers(0, len(_SAMPLE)),
+)
 def test_the_crl_parser_refuses_damage_with_malformed_input_only(edits, cut) -> None:  # type: ignore[no-untyped-def]
     data = bytearray(_SAMPLE)
     for at, value in edits:
@@ -253,7 +291,10 @@ def test_concurrent_updaters_leave_one_consistent_cache(tmp_path: Path) -> None:
     assert status.full_number == 3 and status.entries == 3000  # the newest won, whatever the order
     assert all(cache.check(e.serial) is not None for e in entries[::97])
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == [
-        "full-3.crl", "index-3.bin", "meta.json"]
+        "full-3.crl",
+        "index-3.bin",
+        "meta.json",
+    ]
 
 
 def _update_quietly(directory: Path, der: bytes, ca: x509.Certificate) -> None:
@@ -263,17 +304,27 @@ def _update_quietly(directory: Path, der: bytes, ca: x509.Certificate) -> None:
         pass
 
 
-EARLIER_LAYOUT = {"full_number": 4, "delta_number": None, "entries": 1, "index": "index-4-0.bin",
-                  "this_update": NOW.isoformat(), "next_update": NOW.isoformat()}
+EARLIER_LAYOUT = {
+    "full_number": 4,
+    "delta_number": None,
+    "entries": 1,
+    "index": "index-4-0.bin",
+    "this_update": NOW.isoformat(),
+    "next_update": NOW.isoformat(),
+}
 
 
-@pytest.mark.parametrize("meta", [
-    json.dumps(EARLIER_LAYOUT),
-    json.dumps({**EARLIER_LAYOUT, "full": "full-4.crl", "full_number": "four"}),
-    json.dumps({**EARLIER_LAYOUT, "full": "full-4.crl", "next_update": "tomorrow"}),
-    '{"full": ',
-    "[]",
-], ids=["earlier layout", "wrong type", "bad time", "truncated", "not an object"])
+@pytest.mark.parametrize(
+    "meta",
+    [
+        json.dumps(EARLIER_LAYOUT),
+        json.dumps({**EARLIER_LAYOUT, "full": "full-4.crl", "full_number": "four"}),
+        json.dumps({**EARLIER_LAYOUT, "full": "full-4.crl", "next_update": "tomorrow"}),
+        '{"full": ',
+        "[]",
+    ],
+    ids=["earlier layout", "wrong type", "bad time", "truncated", "not an object"],
+)
 def test_a_cache_it_cannot_read_counts_as_empty_and_the_next_update_replaces_it(tmp_path: Path, meta: str) -> None:
     key, ca = CA
     directory = tmp_path / "cache"

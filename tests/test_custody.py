@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,20 @@ PW = "insider-test-pw"
 
 def _enroll(home: Path, email: str, epf: Path) -> None:
     code = hsmkm("user", "add", email, "--json", home=home).json()["code"]
-    hsmkm("enroll", "--km", str(home), "--email", email, "--code-source", "env:CODE", "--keystore", str(epf),
-          "--password-source", "env:PW", env={"CODE": code, "PW": PW})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        email,
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(epf),
+        "--password-source",
+        "env:PW",
+        env={"CODE": code, "PW": PW},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +95,9 @@ def test_the_request_key_opens_alices_approved_shares_and_nothing_else(insider: 
         content = request_content.build(tx, req.id, None)
     request_key = km.session.private_key(label=req.key_label)
     got: dict[int, list[shamir.Share]] = {}
-    for officer, blob in km.db.conn.execute("SELECT officer, sealed_share FROM approvals WHERE request_id = ?", (req.id,)):
+    for officer, blob in km.db.conn.execute(
+        "SELECT officer, sealed_share FROM approvals WHERE request_id = ?", (req.id,)
+    ):
         for e in officer_side.open_approval(request_key, bytes(blob), req.id, officer, content.canonical):
             got.setdefault(e.record.record_id, []).append(e.share)
     alice, bob = _records(km, "alice@example.com"), _records(km, "bob@example.com")
@@ -110,16 +124,28 @@ def test_one_officer_alone_rebuilds_no_record_key(insider: dict[str, object]) ->
     key = officer_key(km, home, "officer1")
     for rec in _records(km, "bob@example.com") + _records(km, "alice@example.com"):
         x, sealed = km.db.conn.execute(
-            "SELECT x, sealed FROM archive_shares WHERE record_id = ? AND officer = 'officer1'", (rec.id,)).fetchone()
-        share = shamir.decode_share(sealing.unseal(key, bytes(sealed), officer_side.share_context(
-            archive.identity(rec), 1, "officer1", x)))
+            "SELECT x, sealed FROM archive_shares WHERE record_id = ? AND officer = 'officer1'", (rec.id,)
+        ).fetchone()
+        share = shamir.decode_share(
+            sealing.unseal(key, bytes(sealed), officer_side.share_context(archive.identity(rec), 1, "officer1", x))
+        )
         assert not _opens(km, rec, shamir.combine([share]))
 
 
 def _complete_cli(home: Path, rid: int, tmp: Path) -> tuple[int, str, bool]:
     out = tmp / f"out-{rid}.p12"
-    run = hsmkm("recovery", "complete", str(rid), "--out", str(out), "--password-source", "env:OUT",
-                home=home, env={"OUT": "export-pw-1"}, check=False)
+    run = hsmkm(
+        "recovery",
+        "complete",
+        str(rid),
+        "--out",
+        str(out),
+        "--password-source",
+        "env:OUT",
+        home=home,
+        env={"OUT": "export-pw-1"},
+        check=False,
+    )
     return run.returncode, run.stderr, out.exists()
 
 
@@ -134,10 +160,12 @@ def test_records_swapped_after_approval_are_refused(insider: dict[str, object], 
     alice_first = _records(km, "alice@example.com")[0]
     bob_rec = _records(km, "bob@example.com")[0]
     attacks = [
-        ("UPDATE recovery_requests SET records = ?, user_id = ? WHERE id = ?",
-         (f"{bob}", bob_rec.user_id, req.id)),
+        ("UPDATE recovery_requests SET records = ?, user_id = ? WHERE id = ?", (f"{bob}", bob_rec.user_id, req.id)),
         ("UPDATE recovery_requests SET records = ? WHERE id = ?", (f"{[alice_first.id] + bob}", req.id)),
-        ("UPDATE archive SET user_id = ?, cert_serial = ? WHERE id = ?", (bob_rec.user_id, bob_rec.cert_serial, alice_first.id)),
+        (
+            "UPDATE archive SET user_id = ?, cert_serial = ? WHERE id = ?",
+            (bob_rec.user_id, bob_rec.cert_serial, alice_first.id),
+        ),
         ("UPDATE recovery_requests SET reason = 'routine' WHERE id = ?", (req.id,)),
     ]
     db = home / "km.db"
@@ -159,8 +187,12 @@ def test_records_swapped_after_approval_are_refused(insider: dict[str, object], 
 def test_an_edited_expiry_does_not_revive_a_request(insider: dict[str, object]) -> None:
     km, req, home = insider["km"], insider["req"], insider["home"]
     assert isinstance(km, KeyManager) and isinstance(req, recovery.Request) and isinstance(home, Path)
-    later = KeyManager.open(home, trial_pin(home, "km"),
-                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1), publisher=publisher_for(home))
+    later = KeyManager.open(
+        home,
+        trial_pin(home, "km"),
+        clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1),
+        publisher=publisher_for(home),
+    )
     with pytest.raises(errors.PolicyViolation, match="expired"):
         recovery.complete_recovery(later, req.id, None, reenable=False)
     revived = (later.clock() + timedelta(days=30)).isoformat()
@@ -180,8 +212,11 @@ def test_share_rows_swapped_between_records_open_nothing(template: Path, insider
     alice_rec, bob_rec = _records(km, "alice@example.com")[0], _records(km, "bob@example.com")[0]
     with sqlite3.connect(home / "km.db") as conn:
         conn.execute("DELETE FROM archive_shares WHERE record_id = ?", (alice_rec.id,))
-        conn.execute("INSERT INTO archive_shares(record_id, epoch, officer, x, sealed) SELECT ?, epoch, officer, x, "
-                     "sealed FROM archive_shares WHERE record_id = ?", (alice_rec.id, bob_rec.id))
+        conn.execute(
+            "INSERT INTO archive_shares(record_id, epoch, officer, x, sealed) SELECT ?, epoch, officer, x, "
+            "sealed FROM archive_shares WHERE record_id = ?",
+            (alice_rec.id, bob_rec.id),
+        )
     before = km.db.conn.execute("SELECT COUNT(*) FROM approvals").fetchone()[0]
     with pytest.raises(errors.SignatureInvalid, match="does not open for that record"):
         approve(km, home, req.id, "officer1")
@@ -197,19 +232,23 @@ def test_an_approval_replayed_on_another_request_does_not_count(insider: dict[st
     assert isinstance(km, KeyManager) and isinstance(req, recovery.Request) and isinstance(home, Path)
     other = recovery.open_request(km, recovery.RequestKind.RECOVERY, "replay", email="alice@example.com")
     with km.db.transaction() as conn:
-        conn.execute("INSERT INTO approvals(request_id, officer, signature, sealed_share, approved_at) "
-                     "SELECT ?, officer, signature, sealed_share, approved_at FROM approvals WHERE request_id = ?",
-                     (other.id, req.id))
+        conn.execute(
+            "INSERT INTO approvals(request_id, officer, signature, sealed_share, approved_at) "
+            "SELECT ?, officer, signature, sealed_share, approved_at FROM approvals WHERE request_id = ?",
+            (other.id, req.id),
+        )
     with pytest.raises(errors.Tampered, match="is not what officer1 approved"):
         recovery.complete_recovery(km, other.id, None, reenable=False)
     # nor do the blobs open under the other request's key and context
     with km.db.read() as tx:
         content = request_content.build(tx, other.id, None)
-    blob = km.db.conn.execute("SELECT sealed_share FROM approvals WHERE request_id = ? AND officer = 'officer1'",
-                              (req.id,)).fetchone()[0]
+    blob = km.db.conn.execute(
+        "SELECT sealed_share FROM approvals WHERE request_id = ? AND officer = 'officer1'", (req.id,)
+    ).fetchone()[0]
     with pytest.raises(errors.SignatureInvalid):
-        officer_side.open_approval(km.session.private_key(label=other.key_label), bytes(blob), other.id, "officer1",
-                                   content.canonical)
+        officer_side.open_approval(
+            km.session.private_key(label=other.key_label), bytes(blob), other.id, "officer1", content.canonical
+        )
 
 
 def test_forged_approvals_and_no_approvals_open_nothing(insider: dict[str, object]) -> None:
@@ -225,9 +264,11 @@ def test_forged_approvals_and_no_approvals_open_nothing(insider: dict[str, objec
     forger = ec.generate_private_key(ec.SECP256R1())
     with km.db.transaction() as conn:
         for name in ("officer1", "officer2"):
-            conn.execute("INSERT INTO approvals(request_id, officer, signature, sealed_share, approved_at) VALUES "
-                         "(?, ?, ?, ?, '2026-01-01')",
-                         (req.id, name, officer_side.sign_content(forger, content.canonical), b"\x01"))
+            conn.execute(
+                "INSERT INTO approvals(request_id, officer, signature, sealed_share, approved_at) VALUES "
+                "(?, ?, ?, ?, '2026-01-01')",
+                (req.id, name, officer_side.sign_content(forger, content.canonical), b"\x01"),
+            )
     with pytest.raises(errors.Tampered, match="is not what officer1 approved"):
         recovery.complete_recovery(km, req.id, None, reenable=False)
 
@@ -265,8 +306,9 @@ def test_an_officer_key_swapped_in_the_database_is_refused_by_the_officers(insid
         params = recovery.get(km, req.id).params
         params["officers"] = [[n, x, mine.hex() if n == "officer2" else p] for n, x, p in params["officers"]]
         conn.execute("UPDATE recovery_requests SET params = ? WHERE id = ?", (__import__("json").dumps(params), req.id))
-        conn.execute("UPDATE epoch_officers SET public_key = ? WHERE epoch = ? AND officer = 'officer2'",
-                     (mine, params["epoch"]))
+        conn.execute(
+            "UPDATE epoch_officers SET public_key = ? WHERE epoch = ? AND officer = 'officer2'", (mine, params["epoch"])
+        )
     with pytest.raises(errors.Tampered, match="officer2's key in the new officer set is not their key now"):
         approve(km, home, req.id, "officer1")
     assert km.db.conn.execute("SELECT COUNT(*) FROM reshares").fetchone()[0] == 0
@@ -307,8 +349,12 @@ def test_a_completed_request_reopened_in_the_database_opens_nothing(insider: dic
     assert code == 2 and _one_line(stderr) and not written
     assert "key is gone from the KM token" in stderr
     # and a forged claim of a dead process does not get past the expiry either
-    later = KeyManager.open(home, trial_pin(home, "km"),
-                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1), publisher=publisher_for(home))
+    later = KeyManager.open(
+        home,
+        trial_pin(home, "km"),
+        clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1),
+        publisher=publisher_for(home),
+    )
     other = recovery.open_request(km, recovery.RequestKind.RECOVERY, "old", email="alice@example.com")
     approve(km, home, other.id, "officer1", "officer2")
     with km.db.transaction() as conn:
@@ -321,7 +367,7 @@ def test_a_completed_request_reopened_in_the_database_opens_nothing(insider: dic
 def test_a_certificate_not_signed_by_the_ca_is_refused_before_anything_is_signed(insider: dict[str, object]) -> None:
     """The operator puts a certificate of their own making (alice's address, the record's
     serial) under alice's record: the officer's side checks it against the CA's signature."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -331,16 +377,24 @@ def test_a_certificate_not_signed_by_the_ca_is_refused_before_anything_is_signed
     assert isinstance(km, KeyManager) and isinstance(home, Path)
     rec = _records(km, "alice@example.com")[0]
     fake_ca = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
-    fake = (x509.CertificateBuilder().subject_name(km.ca_cert.subject).issuer_name(km.ca_cert.subject)
-            .public_key(fake_ca.public_key()).serial_number(int(rec.cert_serial, 16))
-            .not_valid_before(now).not_valid_after(now)
-            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("alice@example.com")]), critical=False)
-            .sign(fake_ca, hashes.SHA256()))
+    now = datetime.now(UTC)
+    fake = (
+        x509.CertificateBuilder()
+        .subject_name(km.ca_cert.subject)
+        .issuer_name(km.ca_cert.subject)
+        .public_key(fake_ca.public_key())
+        .serial_number(int(rec.cert_serial, 16))
+        .not_valid_before(now)
+        .not_valid_after(now)
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("alice@example.com")]), critical=False)
+        .sign(fake_ca, hashes.SHA256())
+    )
     req = recovery.open_request(km, recovery.RequestKind.RECOVERY, "fake cert", email="alice@example.com")
     with km.db.transaction() as conn:
-        conn.execute("UPDATE certificates SET der = ? WHERE serial = ?",
-                     (fake.public_bytes(serialization.Encoding.DER), rec.cert_serial))
+        conn.execute(
+            "UPDATE certificates SET der = ? WHERE serial = ?",
+            (fake.public_bytes(serialization.Encoding.DER), rec.cert_serial),
+        )
     run = hsmkm("recovery", "approve", str(req.id), "--officer", "officer1", "--yes", home=home, check=False)
     assert run.returncode == 1 and _one_line(run.stderr) and "is not signed by the KM's CA" in run.stderr
     assert km.db.conn.execute("SELECT COUNT(*) FROM approvals WHERE request_id = ?", (req.id,)).fetchone()[0] == 0

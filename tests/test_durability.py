@@ -32,9 +32,22 @@ def add_user(home: Path, email: str) -> str:
 
 
 def enroll_epf(home: Path, email: str, code: str, path: Path, check: bool = True):  # type: ignore[no-untyped-def]
-    return hsmkm("enroll", "--km", str(home), "--email", email, "--code-source", "env:CODE",
-                 "--keystore", str(path), "--password-source", "env:PW", "--json",
-                 env={"CODE": code, "PW": PW}, check=check)
+    return hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        email,
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(path),
+        "--password-source",
+        "env:PW",
+        "--json",
+        env={"CODE": code, "PW": PW},
+        check=check,
+    )
 
 
 def km_token_dir(home: Path) -> Path:
@@ -46,8 +59,11 @@ def km_token_dir(home: Path) -> Path:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def audit_actions(home: Path) -> list[str]:
@@ -159,8 +175,12 @@ def test_commands_that_need_no_key_do_not_log_in(home: Path) -> None:
     # With the KM PIN file away: these never read the PIN, never load the module.
     pin = home / "secrets" / "km.pin"
     pin.rename(home.parent / "km.pin.away")
-    for args in (["user", "list"], ["user", "show", "rita@example.com"], ["directory", "show", "rita@example.com"],
-                 ["directory", "sync"]):
+    for args in (
+        ["user", "list"],
+        ["user", "show", "rita@example.com"],
+        ["directory", "show", "rita@example.com"],
+        ["directory", "sync"],
+    ):
         hsmkm(*args, home=home)
     (home.parent / "km.pin.away").rename(pin)
     assert token_object.read_bytes() == before
@@ -350,8 +370,18 @@ def test_directory_files_follow_the_database(home: Path, tmp_path: Path) -> None
     assert not enc.exists() and not sign.exists()
     note = tmp_path / "note.eml"
     note.write_bytes(b"Subject: hi\r\n\r\nhello\r\n")
-    run = hsmkm("msg", "encrypt", "--km", str(home), "--to", "kate@example.com", str(note), "-o",
-                str(tmp_path / "out.eml"), check=False)
+    run = hsmkm(
+        "msg",
+        "encrypt",
+        "--km",
+        str(home),
+        "--to",
+        "kate@example.com",
+        str(note),
+        "-o",
+        str(tmp_path / "out.eml"),
+        check=False,
+    )
     assert run.returncode == 2 and "no encryption certificate" in run.stderr
     again = hsmkm("user", "revoke", "kate@example.com", "--json", home=home)
     assert again.json()["serials"] == []
@@ -391,12 +421,16 @@ def test_a_failed_import_commit_leaves_a_void_codes_file(home: Path, tmp_path: P
         def then_fail(codes):  # type: ignore[no-untyped-def]
             before_commit(codes)
             raise OSError("disk gone")
+
         return real(km, rows, progress, then_fail)
 
     users.import_users = failing  # type: ignore[assignment]
     try:
-        result = CliRunner().invoke(cli, ["--home", str(home), "user", "import", str(csv), "--codes-out", str(out)],
-                                    env={"HSMKM_PIN_SOURCE": f"file:{home / 'secrets' / 'km.pin'}"})
+        result = CliRunner().invoke(
+            cli,
+            ["--home", str(home), "user", "import", str(csv), "--codes-out", str(out)],
+            env={"HSMKM_PIN_SOURCE": f"file:{home / 'secrets' / 'km.pin'}"},
+        )
     finally:
         users.import_users = real
     assert result.exit_code != 0
@@ -443,11 +477,22 @@ def test_a_copied_home_runs_on_its_own_files_and_the_original_is_untouched(home:
         code2 = add_user(copy, "pete@example.com")
         enroll_epf(copy, "pete@example.com", code2, tmp_path / "pete.epf")
         hsmkm("archive", "rotate", home=copy)
-        rid = hsmkm("recovery", "request", "olga@example.com", "--reason", "copy test", "--json", home=copy).json()["id"]
+        rid = hsmkm("recovery", "request", "olga@example.com", "--reason", "copy test", "--json", home=copy).json()[
+            "id"
+        ]
         hsmkm("recovery", "approve", str(rid), "--officer", "officer1", "--yes", home=copy)
         hsmkm("recovery", "approve", str(rid), "--officer", "officer2", "--yes", home=copy)
-        hsmkm("recovery", "complete", str(rid), "--out", str(tmp_path / "olga.p12"), "--password-source", "env:P",
-              env={"P": "p12-pass"}, home=copy)
+        hsmkm(
+            "recovery",
+            "complete",
+            str(rid),
+            "--out",
+            str(tmp_path / "olga.p12"),
+            "--password-source",
+            "env:P",
+            env={"P": "p12-pass"},
+            home=copy,
+        )
         assert (tmp_path / "olga.p12").stat().st_size > 0
         assert hsmkm("audit", "verify", "--json", home=copy).json()["ok"] is True
     finally:
@@ -466,7 +511,10 @@ def test_a_first_release_home_extracted_elsewhere_works_where_it_is(tmp_path: Pa
     hsmkm("db", "upgrade", home=home)
     st = hsmkm("status", "--json", home=home).json()
     assert st["counts"]["users"] == 3
-    assert f"directories.tokendir = {home.absolute() / 'softhsm' / 'tokens'}" in (home / "softhsm" / "softhsm2.conf").read_text()
+    assert (
+        f"directories.tokendir = {home.absolute() / 'softhsm' / 'tokens'}"
+        in (home / "softhsm" / "softhsm2.conf").read_text()
+    )
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
     code = add_user(home, "quinn@example.com")
     enroll_epf(home, "quinn@example.com", code, tmp_path / "quinn.epf")
@@ -480,8 +528,17 @@ def test_a_first_release_home_extracted_elsewhere_works_where_it_is(tmp_path: Pa
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "v1 copy", "--json", home=home).json()["id"]
     for officer in ("officer1", "officer3"):
         hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", "--trust-officer-set", home=home)
-    hsmkm("recovery", "complete", str(rid), "--out", str(tmp_path / "alice.p12"), "--password-source", "env:P",
-          env={"P": "p12-pass"}, home=home)
+    hsmkm(
+        "recovery",
+        "complete",
+        str(rid),
+        "--out",
+        str(tmp_path / "alice.p12"),
+        "--password-source",
+        "env:P",
+        env={"P": "p12-pass"},
+        home=home,
+    )
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
 
 
@@ -489,7 +546,6 @@ def test_a_token_enrollment_whose_answer_was_lost_is_answered_again(
     home: Path, module_path: str, user_token: MakeToken
 ) -> None:
     from conftest import softhsm_conf, softhsm_env
-
     from hsmkm.client.enroll import build_csr
     from hsmkm.keys.algorithms import KeyAlgorithm
     from hsmkm.keys.token_keystore import TokenKeystore
@@ -507,12 +563,24 @@ def test_a_token_enrollment_whose_answer_was_lost_is_answered_again(
     first = km_enroll.enroll(km, EnrollRequest("sam@example.com", code, build_csr(key, "sam@example.com")))
     km.close()
     # The retry through the CLI takes up the same key and gets the same certificates.
-    run = hsmkm("enroll", "--km", str(home), "--email", "sam@example.com", "--code-source", "env:CODE",
-                "--keystore", uri, "--json", env={"CODE": code, "SAM_PIN": "sam-pin-1234", **softhsm_env(home)})
+    run = hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        "sam@example.com",
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        uri,
+        "--json",
+        env={"CODE": code, "SAM_PIN": "sam-pin-1234", **softhsm_env(home)},
+    )
     from cryptography import x509
 
     assert run.json()["sign_serial"] == f"{x509.load_der_x509_certificate(first.sign_cert_der).serial_number:x}"
     with sqlite3.connect(home / "km.db") as conn:
-        n = conn.execute("SELECT COUNT(*) FROM certificates c JOIN users u ON u.id = c.user_id "
-                         "WHERE u.email = 'sam@example.com'").fetchone()[0]
+        n = conn.execute(
+            "SELECT COUNT(*) FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = 'sam@example.com'"
+        ).fetchone()[0]
     assert n == 2

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import all_bytes_under, hsmkm, make_token, pkcs11_tool_objects, softhsm_conf, softhsm_env, trial_pin
 
@@ -29,9 +30,23 @@ def add_user(home: Path, email: str, name: str | None = None) -> str:
 
 
 def enroll_epf(home: Path, email: str, code: str, path: Path, *extra: str, check: bool = True):  # type: ignore[no-untyped-def]
-    return hsmkm("enroll", "--km", str(home), "--email", email, "--code-source", "env:CODE",
-                 "--keystore", str(path), "--password-source", "env:PW", "--json", *extra,
-                 env={"CODE": code, "PW": PW}, check=check)
+    return hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        email,
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(path),
+        "--password-source",
+        "env:PW",
+        "--json",
+        *extra,
+        env={"CODE": code, "PW": PW},
+        check=check,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +60,18 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory, module_path: str) -> dict
     make_user_token(home, "bob", "bob-pin-1234")
     code = add_user(home, "bob@example.com", "Bob")
     uri = f"pkcs11:token=bob?module-path={module_path}&pin-source=env:BOB_PIN"
-    hsmkm("enroll", "--km", str(home), "--email", "bob@example.com", "--code-source", "env:CODE",
-          "--keystore", uri, env={"CODE": code, "BOB_PIN": "bob-pin-1234", **softhsm_env(home)})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        "bob@example.com",
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        uri,
+        env={"CODE": code, "BOB_PIN": "bob-pin-1234", **softhsm_env(home)},
+    )
     return {"home": home, "alice": alice, "root": root}
 
 
@@ -54,15 +79,20 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory, module_path: str) -> dict
 def test_openssl_pkcs12_opens_the_epf(enrolled: dict[str, Path]) -> None:
     proc = subprocess.run(
         ["openssl", "pkcs12", "-in", str(enrolled["alice"]), "-passin", "env:PW", "-nodes", "-info"],
-        capture_output=True, text=True, env={**os.environ, "PW": PW},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PW": PW},
     )
     assert proc.returncode == 0, proc.stderr
     assert "MAC: sha256" in proc.stderr and "Iteration 600000" in proc.stderr
     assert "PBES2, PBKDF2, AES-256-CBC" in proc.stderr
     assert proc.stdout.count("BEGIN PRIVATE KEY") == 2 and proc.stdout.count("BEGIN CERTIFICATE") == 3
     assert stat.S_IMODE(enrolled["alice"].stat().st_mode) == 0o600
-    wrong = subprocess.run(["openssl", "pkcs12", "-in", str(enrolled["alice"]), "-passin", "pass:nope", "-noout"],
-                           capture_output=True, text=True)
+    wrong = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(enrolled["alice"]), "-passin", "pass:nope", "-noout"],
+        capture_output=True,
+        text=True,
+    )
     assert wrong.returncode != 0
 
 
@@ -71,9 +101,21 @@ def test_pkcs11_tool_shows_bob_signing_key_non_extractable_and_certificates(
     enrolled: dict[str, Path], module_path: str
 ) -> None:
     proc = subprocess.run(
-        ["pkcs11-tool", "--module", module_path, "--token-label", "bob", "--login", "--pin", "bob-pin-1234",
-         "--list-objects"],
-        capture_output=True, text=True, env={**os.environ, **softhsm_env(enrolled["home"])}, check=True,
+        [
+            "pkcs11-tool",
+            "--module",
+            module_path,
+            "--token-label",
+            "bob",
+            "--login",
+            "--pin",
+            "bob-pin-1234",
+            "--list-objects",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **softhsm_env(enrolled["home"])},
+        check=True,
     )
     objects = pkcs11_tool_objects(proc.stdout)
     sign_key = [o for o in objects if o.startswith("Private Key") and "-sign-" in o]
@@ -92,7 +134,9 @@ def test_pkcs11_tool_shows_bob_signing_key_non_extractable_and_certificates(
 def test_user_certificates_lint_clean_and_verify(enrolled: dict[str, Path]) -> None:
     home = enrolled["home"]
     ca_pem = enrolled["root"] / "ca.pem"
-    ca_pem.write_bytes(x509.load_der_x509_certificate((home / "pub" / "ca.crt").read_bytes()).public_bytes(serialization.Encoding.PEM))
+    ca_pem.write_bytes(
+        x509.load_der_x509_certificate((home / "pub" / "ca.crt").read_bytes()).public_bytes(serialization.Encoding.PEM)
+    )
     lint = str(Path(sys.executable).parent / "lint_pkix_cert")
     for email in ("alice@example.com", "bob@example.com"):
         for kind in ("enc", "sign"):
@@ -102,8 +146,19 @@ def test_user_certificates_lint_clean_and_verify(enrolled: dict[str, Path]) -> N
             pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
             proc = subprocess.run([lint, "lint", "-s", "WARNING", str(pem)], capture_output=True, text=True)
             assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout
-            ver = subprocess.run(["openssl", "verify", "-purpose", "smimesign" if kind == "sign" else "smimeencrypt",
-                                  "-CAfile", str(ca_pem), str(pem)], capture_output=True, text=True)
+            ver = subprocess.run(
+                [
+                    "openssl",
+                    "verify",
+                    "-purpose",
+                    "smimesign" if kind == "sign" else "smimeencrypt",
+                    "-CAfile",
+                    str(ca_pem),
+                    str(pem),
+                ],
+                capture_output=True,
+                text=True,
+            )
             assert ver.returncode == 0 and ": OK" in ver.stdout, ver.stdout + ver.stderr
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             assert san.get_values_for_type(x509.RFC822Name) == [email]
@@ -130,12 +185,18 @@ def test_no_plaintext_private_key_in_the_km_home(enrolled: dict[str, Path]) -> N
     for entry in [ks.signing_entry(), *ks.encryption_entries()]:
         assert entry is not None
         key = entry.key
-        forms.append(key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-        forms.append(key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
+        forms.append(
+            key.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        forms.append(
+            key.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
+        )
         nums = key.private_numbers()
-        d = getattr(nums, "d", None) or getattr(nums, "private_value")
+        d = nums.d if isinstance(nums, rsa.RSAPrivateNumbers) else nums.private_value
         forms.append(d.to_bytes((d.bit_length() + 7) // 8, "big"))
     for path, data in all_bytes_under(enrolled["home"]):
         for form in forms:
@@ -164,7 +225,9 @@ def test_wrong_code_attempts_run_out(enrolled: dict[str, Path], tmp_path: Path) 
     home = enrolled["home"]
     code = add_user(home, "frank@example.com")
     for _ in range(5):
-        run = enroll_epf(home, "frank@example.com", "AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA", tmp_path / "f.epf", check=False)
+        run = enroll_epf(
+            home, "frank@example.com", "AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA-AAAA", tmp_path / "f.epf", check=False
+        )
         assert run.returncode == 2
     locked = enroll_epf(home, "frank@example.com", code, tmp_path / "f.epf", check=False)
     assert locked.returncode == 2 and "too many wrong attempts" in locked.stderr
@@ -176,8 +239,10 @@ def test_expired_code_is_refused(enrolled: dict[str, Path], tmp_path: Path) -> N
     home = enrolled["home"]
     code = add_user(home, "gina@example.com")
     with sqlite3.connect(home / "km.db") as conn:
-        conn.execute("UPDATE enrollment_codes SET expires_at = '2000-01-01T00:00:00+00:00' WHERE user_id = "
-                     "(SELECT id FROM users WHERE email = 'gina@example.com')")
+        conn.execute(
+            "UPDATE enrollment_codes SET expires_at = '2000-01-01T00:00:00+00:00' WHERE user_id = "
+            "(SELECT id FROM users WHERE email = 'gina@example.com')"
+        )
     run = enroll_epf(home, "gina@example.com", code, tmp_path / "g.epf", check=False)
     assert run.returncode == 2 and "expired" in run.stderr and not (tmp_path / "g.epf").exists()
 
@@ -187,7 +252,6 @@ def test_csr_for_another_address_or_bad_signature_is_refused(enrolled: dict[str,
 
     from hsmkm import errors
     from hsmkm.client.enroll import build_csr
-    from hsmkm.km.config import Home
     from hsmkm.km.enroll import enroll
     from hsmkm.km.manager import KeyManager
     from hsmkm.km.publishers import publisher_for
@@ -206,13 +270,24 @@ def test_csr_for_another_address_or_bad_signature_is_refused(enrolled: dict[str,
     with pytest.raises(errors.MalformedInput):
         enroll(km, EnrollRequest("hank@example.com", code, b"garbage"))
     # None of that burnt the code.
-    assert enroll(km, EnrollRequest("hank@example.com", code, build_csr(key, "hank@example.com"))).email == "hank@example.com"
+    assert (
+        enroll(km, EnrollRequest("hank@example.com", code, build_csr(key, "hank@example.com"))).email
+        == "hank@example.com"
+    )
     km.close()
 
 
 def test_wrong_epf_password_changes_nothing(enrolled: dict[str, Path]) -> None:
     before = enrolled["alice"].read_bytes()
-    run = hsmkm("keystore", "info", str(enrolled["alice"]), "--password-source", "env:PW", env={"PW": "wrong-password"}, check=False)
+    run = hsmkm(
+        "keystore",
+        "info",
+        str(enrolled["alice"]),
+        "--password-source",
+        "env:PW",
+        env={"PW": "wrong-password"},
+        check=False,
+    )
     assert run.returncode == 2 and "wrong password" in run.stderr
     assert enrolled["alice"].read_bytes() == before
 
@@ -255,7 +330,9 @@ def _enroll_many(home: str, prefix: str, n: int) -> list[str]:
     from hsmkm.km.users import add_user as km_add_user
 
     root = Path(home)
-    km = KeyManager.open(root, (root / "secrets" / "km.pin").read_text().strip(), actor=prefix, publisher=publisher_for(root))
+    km = KeyManager.open(
+        root, (root / "secrets" / "km.pin").read_text().strip(), actor=prefix, publisher=publisher_for(root)
+    )
     serials = []
     for i in range(n):
         email = f"{prefix}{i}@load.example"

@@ -37,9 +37,7 @@ def test_a_request_round_trips(request: EnrollRequest) -> None:
 
 @given(responses)
 def test_a_response_round_trips(response: EnrollResponse) -> None:
-    assert (
-        enroll_wire.decode_response(enroll_wire.encode_response(response)) == response
-    )
+    assert enroll_wire.decode_response(enroll_wire.encode_response(response)) == response
 
 
 @settings(max_examples=300)
@@ -51,9 +49,7 @@ def test_garbage_is_malformed_input(data: bytes) -> None:
 
 
 def _request_obj() -> dict[str, object]:
-    data = enroll_wire.encode_request(
-        EnrollRequest("alice@example.com", "ABCD-EFGH", b"\x30\x03\x02\x01\x00")
-    )
+    data = enroll_wire.encode_request(EnrollRequest("alice@example.com", "ABCD-EFGH", b"\x30\x03\x02\x01\x00"))
     return dict(json.loads(data))
 
 
@@ -101,9 +97,7 @@ def test_missing_fields_and_other_shapes_are_malformed_input() -> None:
 def test_only_the_canonical_form_is_accepted() -> None:
     good = enroll_wire.encode_request(EnrollRequest("a@example.com", "CODE", b"csr"))
     spaced = json.dumps(json.loads(good), sort_keys=True).encode()
-    unsorted = json.dumps(
-        dict(reversed(list(json.loads(good).items()))), separators=(",", ":")
-    ).encode()
+    unsorted = json.dumps(dict(reversed(list(json.loads(good).items()))), separators=(",", ":")).encode()
     for data in (spaced, unsorted, good + b"\n"):
         assert data != good
         with pytest.raises(errors.MalformedInput):

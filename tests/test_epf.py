@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 from dataclasses import asdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,16 +20,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hsmkm import errors
-from hsmkm.keys import epf, p12
+from hsmkm.certnames import CertKind
+from hsmkm.keys import p12
 from hsmkm.keys.algorithms import KeyAlgorithm, algorithm_of
 from hsmkm.keys.base import KeyRole, PrivateKey
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.x509 import profiles
-from hsmkm.certnames import CertKind
 
 PW = "correct horse battery"
 FAST = 1000  # iterations for speed; one test below uses the default
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 URLS = profiles.PublicationUrls("http://pki.example/hsmkm/")
 
 
@@ -39,20 +39,37 @@ class Pki:
     def __init__(self) -> None:
         self.ca_key = ec.generate_private_key(ec.SECP256R1())
         self.ca = profiles.build_ca_certificate(
-            x509.Name.from_rfc4514_string("CN=hsmkm CA,O=Example"), self.ca_key.public_key(), self.ca_key,
-            profiles.random_serial(), NOW - timedelta(days=1000), NOW + timedelta(days=3650),
+            x509.Name.from_rfc4514_string("CN=hsmkm CA,O=Example"),
+            self.ca_key.public_key(),
+            self.ca_key,
+            profiles.random_serial(),
+            NOW - timedelta(days=1000),
+            NOW + timedelta(days=3650),
         )
         self.sign_key = ec.generate_private_key(ec.SECP256R1())
         self.sign_cert = self.issue(CertKind.SIGN, self.sign_key, 0)
         self.enc: list[tuple[PrivateKey, x509.Certificate]] = []
-        for age, key in ((0, rsa.generate_private_key(65537, 2048)), (400, ec.generate_private_key(ec.SECP384R1())),
-                         (800, rsa.generate_private_key(65537, 2048))):
+        for age, key in (
+            (0, rsa.generate_private_key(65537, 2048)),
+            (400, ec.generate_private_key(ec.SECP384R1())),
+            (800, rsa.generate_private_key(65537, 2048)),
+        ):
             self.enc.append((key, self.issue(CertKind.ENCRYPT, key, age)))
 
     def issue(self, kind: CertKind, key: PrivateKey, age_days: int) -> x509.Certificate:
         start = NOW - timedelta(days=age_days)
-        return profiles.build_user_certificate(kind, "alice@example.com", "Alice", key.public_key(), self.ca,
-                                               self.ca_key, profiles.random_serial(), start, start + timedelta(days=365), URLS)
+        return profiles.build_user_certificate(
+            kind,
+            "alice@example.com",
+            "Alice",
+            key.public_key(),
+            self.ca,
+            self.ca_key,
+            profiles.random_serial(),
+            start,
+            start + timedelta(days=365),
+            URLS,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +93,9 @@ def _openssl(*args: str, password: str = PW) -> subprocess.CompletedProcess[str]
 
 
 def _pem_key(key: PrivateKey, path: Path) -> Path:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return path
 
 
@@ -88,7 +106,9 @@ def _pem_cert(cert: x509.Certificate, path: Path) -> Path:
 
 def _same_key(a: PrivateKey, b: PrivateKey) -> bool:
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    return a.public_key().public_bytes(serialization.Encoding.DER, pub) == b.public_key().public_bytes(serialization.Encoding.DER, pub)
+    return a.public_key().public_bytes(serialization.Encoding.DER, pub) == b.public_key().public_bytes(
+        serialization.Encoding.DER, pub
+    )
 
 
 # --- round trip and the Keystore interface -----------------------------------------------------
@@ -200,13 +220,38 @@ def test_openssl_reads_every_key_and_certificate(pki: Pki, tmp_path: Path) -> No
 @pytest.mark.interop
 def test_opens_what_openssl_exports(pki: Pki, tmp_path: Path) -> None:
     key, cert = pki.enc[0]
-    key_pem, cert_pem, ca_pem = _pem_key(key, tmp_path / "k.pem"), _pem_cert(cert, tmp_path / "c.pem"), _pem_cert(pki.ca, tmp_path / "ca.pem")
-    variants = {"default": [], "legacy": ["-legacy"], "sha1-mac": ["-macalg", "sha1"], "sha512-mac": ["-macalg", "sha512"],
-                "plain-certs": ["-certpbe", "NONE"], "low-iter": ["-iter", "1", "-maciter"]}
+    key_pem, cert_pem, ca_pem = (
+        _pem_key(key, tmp_path / "k.pem"),
+        _pem_cert(cert, tmp_path / "c.pem"),
+        _pem_cert(pki.ca, tmp_path / "ca.pem"),
+    )
+    variants = {
+        "default": [],
+        "legacy": ["-legacy"],
+        "sha1-mac": ["-macalg", "sha1"],
+        "sha512-mac": ["-macalg", "sha512"],
+        "plain-certs": ["-certpbe", "NONE"],
+        "low-iter": ["-iter", "1", "-maciter"],
+    }
     for name, extra in variants.items():
         out = tmp_path / f"{name}.p12"
-        made = _openssl("pkcs12", "-export", "-inkey", str(key_pem), "-in", str(cert_pem), "-certfile", str(ca_pem),
-                        "-name", "bob enc", "-passout", "env:P", "-out", str(out), *extra)
+        made = _openssl(
+            "pkcs12",
+            "-export",
+            "-inkey",
+            str(key_pem),
+            "-in",
+            str(cert_pem),
+            "-certfile",
+            str(ca_pem),
+            "-name",
+            "bob enc",
+            "-passout",
+            "env:P",
+            "-out",
+            str(out),
+            *extra,
+        )
         assert made.returncode == 0, made.stderr
         ks = EpfKeystore.open(out, PW)
         entries = ks.encryption_entries()
@@ -224,8 +269,13 @@ def test_opens_what_openssl_exports(pki: Pki, tmp_path: Path) -> None:
 
 def test_opens_what_cryptography_writes_and_keeps_unpaired_keys(pki: Pki, tmp_path: Path) -> None:
     key, cert = pki.enc[1]
-    enc = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(FAST)
-           .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(hashes.SHA256()).build(PW.encode()))
+    enc = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(FAST)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(PW.encode())
+    )
     path = tmp_path / "c.p12"
     path.write_bytes(pkcs12.serialize_key_and_certificates(b"alice enc", key, cert, [pki.ca], enc))
     ks = EpfKeystore.open(path, PW, iterations=FAST)
@@ -247,7 +297,11 @@ def test_cryptography_reads_what_we_write(pki: Pki, tmp_path: Path) -> None:
     _store(pki, path)
     loaded = pkcs12.load_pkcs12(path.read_bytes(), PW.encode())
     assert loaded.key is not None and loaded.cert is not None
-    assert {c.certificate for c in loaded.additional_certs} | {loaded.cert.certificate} == {pki.sign_cert, pki.ca, *(c for _, c in pki.enc)}
+    assert {c.certificate for c in loaded.additional_certs} | {loaded.cert.certificate} == {
+        pki.sign_cert,
+        pki.ca,
+        *(c for _, c in pki.enc),
+    }
 
 
 passwords = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=8, max_size=24)
@@ -258,8 +312,13 @@ passwords = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min
 def test_kdf_and_mac_agree_with_cryptography(pki: Pki, tmp_path: Path, password: str) -> None:
     """cryptography's own RFC 7292 KDF computes the MAC key; our loader must verify it, and vice versa."""
     key, cert = pki.enc[0]
-    enc = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(3)
-           .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(hashes.SHA256()).build(password.encode()))
+    enc = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(3)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(password.encode())
+    )
     path = tmp_path / "h.p12"
     path.write_bytes(pkcs12.serialize_key_and_certificates(b"x", key, cert, None, enc))
     assert [e.certificate for e in EpfKeystore.open(path, password).encryption_entries()] == [cert]
@@ -346,9 +405,17 @@ def test_a_valid_mac_over_damaged_contents_is_malformed(pki: Pki, tmp_path: Path
     for auth_safe in (b"\x30\x03\x02\x01\x01", b"\x30\x00" + b"junk", b"\x04\x02hi"):
         salt = b"s" * 8
         mac = hmac.new(p12._pkcs12_kdf(PW, salt, 1, 3, 32), auth_safe, "sha256").digest()
-        pfx = asn1_pkcs12.Pfx({"version": "v3", "auth_safe": {"content_type": "data", "content": auth_safe},
-                               "mac_data": {"mac": {"digest_algorithm": {"algorithm": "sha256"}, "digest": mac},
-                                            "mac_salt": salt, "iterations": 1}})
+        pfx = asn1_pkcs12.Pfx(
+            {
+                "version": "v3",
+                "auth_safe": {"content_type": "data", "content": auth_safe},
+                "mac_data": {
+                    "mac": {"digest_algorithm": {"algorithm": "sha256"}, "digest": mac},
+                    "mac_salt": salt,
+                    "iterations": 1,
+                },
+            }
+        )
         path.write_bytes(pfx.dump())
         with pytest.raises(errors.MalformedInput):
             EpfKeystore.open(path, PW)
@@ -401,7 +468,10 @@ def test_change_password(pki: Pki, tmp_path: Path) -> None:
         EpfKeystore.open(path, PW)
     again = EpfKeystore.open(path, "a brand new password")
     assert len(again.encryption_entries()) == 3
-    assert _openssl("pkcs12", "-in", str(path), "-passin", "env:P", "-noout", password="a brand new password").returncode == 0
+    assert (
+        _openssl("pkcs12", "-in", str(path), "-passin", "env:P", "-noout", password="a brand new password").returncode
+        == 0
+    )
 
 
 @pytest.mark.interop

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from est_helpers import ec_key, make_ca, openssl, pem, rsa_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from est_helpers import ec_key, make_ca, openssl, pem, rsa_key
 from hsmkm import errors
 from hsmkm.der import der_oid, seq, tlv
 from hsmkm.est import certsonly, csrattrs, media, transfer
@@ -49,7 +49,9 @@ def test_base64_encoder_writes_what_openssl_decodes() -> None:
     assert all(len(line) <= transfer.LINE for line in transfer.encode(data).split(b"\r\n"))
 
 
-@pytest.mark.parametrize("body", [b"", b"  \r\n", b"AAA*", b"-----", b"A", b"AAAAA", b"QQ==QQ==", "ÄÖ".encode(), b"\x00AAAA"])
+@pytest.mark.parametrize(
+    "body", [b"", b"  \r\n", b"AAA*", b"-----", b"A", b"AAAAA", b"QQ==QQ==", "ÄÖ".encode(), b"\x00AAAA"]
+)
 def test_base64_malformed(body: bytes) -> None:
     with pytest.raises(errors.MalformedInput):
         transfer.decode(body, 4096, "t")
@@ -87,8 +89,10 @@ def test_openssl_reads_our_certs_only_through_base64(tmp_path: Path) -> None:
     assert der.returncode == 0
     out = openssl("pkcs7", "-inform", "DER", "-print_certs", input=der.stdout)
     assert out.returncode == 0, out.stderr
-    printed = [x509.load_pem_x509_certificate(b"-----BEGIN CERTIFICATE-----" + block)
-               for block in out.stdout.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    printed = [
+        x509.load_pem_x509_certificate(b"-----BEGIN CERTIFICATE-----" + block)
+        for block in out.stdout.split(b"-----BEGIN CERTIFICATE-----")[1:]
+    ]
     assert printed == CAS[:2]
 
 
@@ -103,10 +107,23 @@ def test_we_read_openssls_certs_only(tmp_path: Path) -> None:
 def test_certs_only_refuses_signed_data_with_signers_or_content(tmp_path: Path) -> None:
     ca = make_ca(ec_key())
     (tmp_path / "c.pem").write_bytes(pem(ca.certificate))
-    (tmp_path / "k.pem").write_bytes(ca.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    signed = openssl("cms", "-sign", "-nodetach", "-signer", str(tmp_path / "c.pem"), "-inkey", str(tmp_path / "k.pem"),
-                     "-outform", "DER", input=b"hello")
+    (tmp_path / "k.pem").write_bytes(
+        ca.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    signed = openssl(
+        "cms",
+        "-sign",
+        "-nodetach",
+        "-signer",
+        str(tmp_path / "c.pem"),
+        "-inkey",
+        str(tmp_path / "k.pem"),
+        "-outform",
+        "DER",
+        input=b"hello",
+    )
     assert signed.returncode == 0, signed.stderr
     with pytest.raises(errors.MalformedInput, match="signers"):
         certsonly.decode(signed.stdout)
@@ -155,8 +172,16 @@ def test_openssl_parses_our_csrattrs() -> None:
     out = openssl("asn1parse", "-inform", "DER", input=csrattrs.encode([KeyAlgorithm.P256, KeyAlgorithm.RSA3072]))
     assert out.returncode == 0, out.stderr
     text = out.stdout.decode()
-    for name in ("ecdsa-with-SHA256", "id-ecPublicKey", "prime256v1", "rsaEncryption", "emailAddress",
-                 "Extension Request", "X509v3 Subject Alternative Name", "sha256WithRSAEncryption"):
+    for name in (
+        "ecdsa-with-SHA256",
+        "id-ecPublicKey",
+        "prime256v1",
+        "rsaEncryption",
+        "emailAddress",
+        "Extension Request",
+        "X509v3 Subject Alternative Name",
+        "sha256WithRSAEncryption",
+    ):
         assert name in text, name
     assert ":0C00" in text.replace(" ", "")  # INTEGER 3072
 
@@ -170,8 +195,18 @@ def test_csrattrs_garbage_is_malformed(der: bytes) -> None:
         pass
 
 
-@pytest.mark.parametrize("der", [b"", b"\x30\x03\x06\x01", b"\x30\x04\x30\x02\x06\x00", b"\x30\x05\x30\x03\x06\x01\x01",
-                                 b"\x30\x07\x30\x05\x06\x01\x01\x31\x00", b"\x31\x00", b"\x30\x02\x02\x01"])
+@pytest.mark.parametrize(
+    "der",
+    [
+        b"",
+        b"\x30\x03\x06\x01",
+        b"\x30\x04\x30\x02\x06\x00",
+        b"\x30\x05\x30\x03\x06\x01\x01",
+        b"\x30\x07\x30\x05\x06\x01\x01\x31\x00",
+        b"\x31\x00",
+        b"\x30\x02\x02\x01",
+    ],
+)
 def test_csrattrs_malformed(der: bytes) -> None:
     with pytest.raises(errors.MalformedInput):
         csrattrs.decode(der)
@@ -184,11 +219,28 @@ def test_content_type_parses_parameters() -> None:
     ct = media.parse_content_type('Application/PKCS7-MIME ; smime-type="certs-only"; x=1')
     assert ct.is_(media.MediaType.PKCS7_MIME) and ct.params == {"smime-type": "certs-only", "x": "1"}
     assert media.parse_content_type(ct.format()) == ct
-    assert media.parse_content_type(media.pkcs7(media.SmimeType.SERVER_GENERATED_KEY)).params["smime-type"] == "server-generated-key"
+    assert (
+        media.parse_content_type(media.pkcs7(media.SmimeType.SERVER_GENERATED_KEY)).params["smime-type"]
+        == "server-generated-key"
+    )
 
 
-@pytest.mark.parametrize("header", ["", "pkcs10", "application/", "application/pkcs10;", "a/b; x", "a/b; x=1; x=2",
-                                    'a/b; x="open', "a/b; x=1 y=2", "a/b\r\nX: y", "a/b; " + "x" * 600 + "=1", "ä/b"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "pkcs10",
+        "application/",
+        "application/pkcs10;",
+        "a/b; x",
+        "a/b; x=1; x=2",
+        'a/b; x="open',
+        "a/b; x=1 y=2",
+        "a/b\r\nX: y",
+        "a/b; " + "x" * 600 + "=1",
+        "ä/b",
+    ],
+)
 def test_content_type_malformed(header: str) -> None:
     with pytest.raises(errors.MalformedInput):
         media.parse_content_type(header)
@@ -212,15 +264,25 @@ _V1, _NO_DIGESTS, _NO_SIGNERS = b"\x02\x01\x01", tlv(0x31, b""), tlv(0x31, b"")
 _DATA = seq(der_oid("1.2.840.113549.1.7.1"))
 
 
-@pytest.mark.parametrize("der", [
-    _signed_data(_V1, _NO_DIGESTS, _DATA, _NO_SIGNERS),  # no certificates
-    _signed_data(_V1, _NO_DIGESTS, seq(der_oid("1.2.840.113549.1.7.1"), tlv(0xA0, tlv(0x04, b"x"))),
-                 tlv(0xA0, CAS[0].public_bytes(serialization.Encoding.DER)), _NO_SIGNERS),  # with content
-    _signed_data(_V1, _NO_DIGESTS, _DATA, tlv(0xA0, tlv(0xA1, b"\x30\x00")), _NO_SIGNERS),  # an attribute certificate
-    _signed_data(_V1, _NO_DIGESTS, _DATA, tlv(0xA0, b"\x30\x03\x02\x01\x00"), _NO_SIGNERS),  # not a certificate
-    seq(der_oid("1.2.840.113549.1.7.3"), tlv(0xA0, seq())),  # an EnvelopedData
-    certsonly.encode(CAS[:1]) + b"\x00",  # trailing octets
-])
+@pytest.mark.parametrize(
+    "der",
+    [
+        _signed_data(_V1, _NO_DIGESTS, _DATA, _NO_SIGNERS),  # no certificates
+        _signed_data(
+            _V1,
+            _NO_DIGESTS,
+            seq(der_oid("1.2.840.113549.1.7.1"), tlv(0xA0, tlv(0x04, b"x"))),
+            tlv(0xA0, CAS[0].public_bytes(serialization.Encoding.DER)),
+            _NO_SIGNERS,
+        ),  # with content
+        _signed_data(
+            _V1, _NO_DIGESTS, _DATA, tlv(0xA0, tlv(0xA1, b"\x30\x00")), _NO_SIGNERS
+        ),  # an attribute certificate
+        _signed_data(_V1, _NO_DIGESTS, _DATA, tlv(0xA0, b"\x30\x03\x02\x01\x00"), _NO_SIGNERS),  # not a certificate
+        seq(der_oid("1.2.840.113549.1.7.3"), tlv(0xA0, seq())),  # an EnvelopedData
+        certsonly.encode(CAS[:1]) + b"\x00",  # trailing octets
+    ],
+)
 def test_certs_only_malformed(der: bytes) -> None:
     with pytest.raises(errors.MalformedInput):
         certsonly.decode(der)

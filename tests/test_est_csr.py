@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from est_helpers import csr_with_attributes, ec_key, openssl, rsa_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from est_helpers import csr_with_attributes, ec_key, openssl, rsa_key
 from hsmkm import errors
 from hsmkm.der import der_oid, seq, tlv
 from hsmkm.est import csr as estcsr
@@ -38,9 +38,21 @@ def test_hsmkm_client_csr_carries_the_decrypt_key_identifier() -> None:
 @pytest.mark.parametrize("form", ["base64-lines", "base64-one-line", "pem"])
 def test_openssl_made_csr_is_read(form: str, tmp_path: Path) -> None:
     key = tmp_path / "k.pem"
-    key.write_bytes(KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    out = openssl("req", "-new", "-key", str(key), "-subj", "/emailAddress=alice@example.com",
-                  "-addext", "subjectAltName=email:alice@example.com", "-outform", "PEM" if form == "pem" else "DER")
+    key.write_bytes(
+        KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    out = openssl(
+        "req",
+        "-new",
+        "-key",
+        str(key),
+        "-subj",
+        "/emailAddress=alice@example.com",
+        "-addext",
+        "subjectAltName=email:alice@example.com",
+        "-outform",
+        "PEM" if form == "pem" else "DER",
+    )
     assert out.returncode == 0, out.stderr
     body = out.stdout
     if form != "pem":
@@ -56,11 +68,21 @@ def test_smime_capabilities_must_allow_aes256_wrap() -> None:
     def caps(*oids: str) -> bytes:
         return seq(*(seq(der_oid(o)) for o in oids))
 
-    ok = estcsr.parse(csr_with_attributes(KEY, [(OID_DECRYPT_KEY_ID, [OCTETS]),
-                                                (estcsr.OID_SMIME_CAPABILITIES, [caps("2.16.840.1.101.3.4.1.5", estcsr.OID_AES256_WRAP)])]))
+    ok = estcsr.parse(
+        csr_with_attributes(
+            KEY,
+            [
+                (OID_DECRYPT_KEY_ID, [OCTETS]),
+                (estcsr.OID_SMIME_CAPABILITIES, [caps("2.16.840.1.101.3.4.1.5", estcsr.OID_AES256_WRAP)]),
+            ],
+        )
+    )
     assert ok.key_wraps == ["2.16.840.1.101.3.4.1.5", estcsr.OID_AES256_WRAP] and estcsr.for_server_keygen(ok) == KEY_ID
-    aes128_only = estcsr.parse(csr_with_attributes(KEY, [(OID_DECRYPT_KEY_ID, [OCTETS]),
-                                                         (estcsr.OID_SMIME_CAPABILITIES, [caps("2.16.840.1.101.3.4.1.5")])]))
+    aes128_only = estcsr.parse(
+        csr_with_attributes(
+            KEY, [(OID_DECRYPT_KEY_ID, [OCTETS]), (estcsr.OID_SMIME_CAPABILITIES, [caps("2.16.840.1.101.3.4.1.5")])]
+        )
+    )
     with pytest.raises(errors.UnsupportedAlgorithm, match="AES-256 key wrap"):
         estcsr.for_server_keygen(aes128_only)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from est_helpers import ec_key, make_ca, openssl, pem, rsa_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from est_helpers import ec_key, make_ca, openssl, pem, rsa_key
 from hsmkm import errors
 from hsmkm.der import der_oid, seq, tlv
 from hsmkm.est import certsonly, keypart, multipart, transfer
@@ -36,7 +36,7 @@ def _same(a: PrivateKey, b: PrivateKey) -> bool:
 
 
 def test_kek_is_todays_code_key_salted_with_the_key_id() -> None:
-    assert KEK == code_key(CODE, KEY_ID) and len(KEK) == 32
+    assert code_key(CODE, KEY_ID) == KEK and len(KEK) == 32
     assert keypart.kek(CODE.lower().replace("-", ""), KEY_ID) == KEK  # the code as people type it
     assert keypart.kek(CODE, KEY_ID[::-1]) != KEK
 
@@ -47,23 +47,57 @@ def test_openssl_opens_the_key_part_with_the_kek(ca: KeyEntry, user: str, tmp_pa
     key = USER_KEYS[user]
     (tmp_path / "env.der").write_bytes(keypart.seal(key, ca, KEK, KEY_ID))
     (tmp_path / "ca.pem").write_bytes(pem(ca.certificate))
-    dec = openssl("cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "env.der"),
-                  "-secretkey", KEK.hex(), "-secretkeyid", KEY_ID.hex())
+    dec = openssl(
+        "cms",
+        "-decrypt",
+        "-inform",
+        "DER",
+        "-in",
+        str(tmp_path / "env.der"),
+        "-secretkey",
+        KEK.hex(),
+        "-secretkeyid",
+        KEY_ID.hex(),
+    )
     assert dec.returncode == 0, dec.stderr
     # the decrypted content is a SignedData (its type named by encryptedContentInfo); openssl's
     # verifier reads a ContentInfo, so it is given one around it
     (tmp_path / "signed.der").write_bytes(seq(der_oid(keypart.OID_SIGNED_DATA), tlv(0xA0, dec.stdout)))
-    ver = openssl("cms", "-verify", "-inform", "DER", "-in", str(tmp_path / "signed.der"), "-CAfile", str(tmp_path / "ca.pem"),
-                  "-purpose", "any", "-out", str(tmp_path / "package.der"))
+    ver = openssl(
+        "cms",
+        "-verify",
+        "-inform",
+        "DER",
+        "-in",
+        str(tmp_path / "signed.der"),
+        "-CAfile",
+        str(tmp_path / "ca.pem"),
+        "-purpose",
+        "any",
+        "-out",
+        str(tmp_path / "package.der"),
+    )
     assert ver.returncode == 0 and b"Verification successful" in ver.stderr, ver.stderr
     printed = openssl("cms", "-cmsout", "-print", "-inform", "DER", "-in", str(tmp_path / "signed.der")).stdout
-    assert re.search(rb"eContentType: .*\(?" + keypart.OID_KEY_PACKAGE.encode().replace(b".", rb"\.") + rb"\)?", printed)
+    assert re.search(
+        rb"eContentType: .*\(?" + keypart.OID_KEY_PACKAGE.encode().replace(b".", rb"\.") + rb"\)?", printed
+    )
     # the AsymmetricKeyPackage holds one OneAsymmetricKey: cut its SEQUENCE header with asn1parse
     top = openssl("asn1parse", "-inform", "DER", "-in", str(tmp_path / "package.der"))
     m = re.match(rb"\s*0:d=0\s+hl=(\d+)", top.stdout)
     assert m is not None and top.stdout.count(b"d=1 ") == 1, top.stdout
-    cut = openssl("asn1parse", "-inform", "DER", "-in", str(tmp_path / "package.der"), "-offset", m.group(1).decode(),
-                  "-noout", "-out", str(tmp_path / "key.der"))
+    cut = openssl(
+        "asn1parse",
+        "-inform",
+        "DER",
+        "-in",
+        str(tmp_path / "package.der"),
+        "-offset",
+        m.group(1).decode(),
+        "-noout",
+        "-out",
+        str(tmp_path / "key.der"),
+    )
     assert cut.returncode == 0, cut.stderr
     out = openssl("pkey", "-inform", "DER", "-in", str(tmp_path / "key.der"), "-outform", "DER")
     assert out.returncode == 0, out.stderr
@@ -73,8 +107,18 @@ def test_openssl_opens_the_key_part_with_the_kek(ca: KeyEntry, user: str, tmp_pa
 def test_openssl_refuses_a_wrong_kek(tmp_path: Path) -> None:
     (tmp_path / "env.der").write_bytes(SEALED)
     wrong = keypart.kek("ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4568", KEY_ID)
-    dec = openssl("cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "env.der"),
-                  "-secretkey", wrong.hex(), "-secretkeyid", KEY_ID.hex())
+    dec = openssl(
+        "cms",
+        "-decrypt",
+        "-inform",
+        "DER",
+        "-in",
+        str(tmp_path / "env.der"),
+        "-secretkey",
+        wrong.hex(),
+        "-secretkeyid",
+        KEY_ID.hex(),
+    )
     assert dec.returncode != 0 and dec.stdout == b""
 
 
@@ -83,13 +127,16 @@ def test_client_opens_what_the_km_sealed(user: str) -> None:
     key = USER_KEYS[user]
     opened = keypart.open_key(keypart.seal(key, RSA_CA, KEK, KEY_ID), KEK, KEY_ID, RSA_CA.certificate)
     assert _same(opened.private_key, key)
-    assert opened.pkcs8 == key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption())
+    assert opened.pkcs8 == key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def test_wrong_code_request_or_signer_is_refused() -> None:
     with pytest.raises(errors.SignatureInvalid, match="does not open with this code"):
-        keypart.open_key(SEALED, keypart.kek("ZZZZ-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567", KEY_ID), KEY_ID, EC_CA.certificate)
+        keypart.open_key(
+            SEALED, keypart.kek("ZZZZ-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567", KEY_ID), KEY_ID, EC_CA.certificate
+        )
     with pytest.raises(errors.MalformedInput, match="DecryptKeyIdentifier"):
         keypart.open_key(SEALED, KEK, KEY_ID[:-1], EC_CA.certificate)
     # another CA with the same name and serial cannot pass for the KM
@@ -152,12 +199,20 @@ def test_openssl_reads_the_parts_as_mime(tmp_path: Path) -> None:
     key_b64 = chunks[1].split(b"\r\n\r\n", 1)[1]
     certs_b64 = chunks[2].split(b"\r\n\r\n", 1)[1]
     assert openssl("base64", "-d", input=key_b64).stdout == SEALED
-    out = openssl("pkcs7", "-inform", "DER", "-print_certs", "-noout", input=openssl("base64", "-d", input=certs_b64).stdout)
+    out = openssl(
+        "pkcs7", "-inform", "DER", "-print_certs", "-noout", input=openssl("base64", "-d", input=certs_b64).stdout
+    )
     assert out.returncode == 0 and b"EST test CA" in out.stdout
 
 
-def _body(*parts: tuple[str, bytes], boundary: str = "b1", eol: bytes = b"\r\n", close: bool = True,
-          preamble: bytes = b"", epilogue: bytes = b"") -> bytes:
+def _body(
+    *parts: tuple[str, bytes],
+    boundary: str = "b1",
+    eol: bytes = b"\r\n",
+    close: bool = True,
+    preamble: bytes = b"",
+    epilogue: bytes = b"",
+) -> bytes:
     out = preamble
     for headers, content in parts:
         out += b"--" + boundary.encode() + eol + headers.encode().replace(b"\n", eol) + eol + eol + content
@@ -170,7 +225,9 @@ KEY_HDR = "Content-Type: application/pkcs7-mime; smime-type=server-generated-key
 CERT_HDR = "Content-Type: application/pkcs7-mime; smime-type=certs-only"
 
 
-@pytest.mark.parametrize("variant", ["lf", "cte-base64", "preamble-epilogue", "certs-first", "quoted-boundary", "one-line-base64"])
+@pytest.mark.parametrize(
+    "variant", ["lf", "cte-base64", "preamble-epilogue", "certs-first", "quoted-boundary", "one-line-base64"]
+)
 def test_multipart_tolerates_what_rfc_2046_allows(variant: str) -> None:
     key_b64, cert_b64 = transfer.encode(SEALED), transfer.encode(CERTS)
     parts = [(KEY_HDR, key_b64), (CERT_HDR, cert_b64)]
@@ -194,20 +251,35 @@ def test_multipart_tolerates_what_rfc_2046_allows(variant: str) -> None:
 
 
 BAD_MULTIPART: dict[str, tuple[str, bytes]] = {
-    "plain-pkcs8": ("multipart/mixed; boundary=b1", _body(("Content-Type: application/pkcs8", transfer.encode(b"\x30\x00")), (CERT_HDR, transfer.encode(CERTS)))),
-    "three-parts": ("multipart/mixed; boundary=b1", _body((KEY_HDR, b"AA=="), (CERT_HDR, b"AA=="), (CERT_HDR, b"AA=="))),
+    "plain-pkcs8": (
+        "multipart/mixed; boundary=b1",
+        _body(("Content-Type: application/pkcs8", transfer.encode(b"\x30\x00")), (CERT_HDR, transfer.encode(CERTS))),
+    ),
+    "three-parts": (
+        "multipart/mixed; boundary=b1",
+        _body((KEY_HDR, b"AA=="), (CERT_HDR, b"AA=="), (CERT_HDR, b"AA==")),
+    ),
     "one-part": ("multipart/mixed; boundary=b1", _body((KEY_HDR, transfer.encode(SEALED)))),
     "two-key-parts": ("multipart/mixed; boundary=b1", _body((KEY_HDR, b"AA=="), (KEY_HDR, b"AA=="))),
     "no-close": ("multipart/mixed; boundary=b1", _body((KEY_HDR, b"AA=="), (CERT_HDR, b"AA=="), close=False)),
     "no-boundary": ("multipart/mixed", ENCODED.body),
     "wrong-boundary": ("multipart/mixed; boundary=b2", _body((KEY_HDR, b"AA=="), (CERT_HDR, b"AA=="))),
-    "bad-boundary-chars": ("multipart/mixed; boundary=\"a b\u00e9\"", b""),
+    "bad-boundary-chars": ('multipart/mixed; boundary="a b\u00e9"', b""),
     "not-multipart": ("application/pkcs7-mime", ENCODED.body),
-    "cte-binary": ("multipart/mixed; boundary=b1", _body((KEY_HDR + "\nContent-Transfer-Encoding: binary", b"AA=="), (CERT_HDR, b"AA=="))),
+    "cte-binary": (
+        "multipart/mixed; boundary=b1",
+        _body((KEY_HDR + "\nContent-Transfer-Encoding: binary", b"AA=="), (CERT_HDR, b"AA==")),
+    ),
     "no-part-type": ("multipart/mixed; boundary=b1", _body(("X-Other: 1", b"AA=="), (CERT_HDR, b"AA=="))),
-    "smime-type-other": ("multipart/mixed; boundary=b1", _body(("Content-Type: application/pkcs7-mime; smime-type=enveloped-data", b"AA=="), (CERT_HDR, b"AA=="))),
+    "smime-type-other": (
+        "multipart/mixed; boundary=b1",
+        _body(("Content-Type: application/pkcs7-mime; smime-type=enveloped-data", b"AA=="), (CERT_HDR, b"AA==")),
+    ),
     "bad-header": ("multipart/mixed; boundary=b1", _body(("no colon here", b"AA=="), (CERT_HDR, b"AA=="))),
-    "repeated-header": ("multipart/mixed; boundary=b1", _body((KEY_HDR + "\n" + KEY_HDR, b"AA=="), (CERT_HDR, b"AA=="))),
+    "repeated-header": (
+        "multipart/mixed; boundary=b1",
+        _body((KEY_HDR + "\n" + KEY_HDR, b"AA=="), (CERT_HDR, b"AA==")),
+    ),
     "bad-base64": ("multipart/mixed; boundary=b1", _body((KEY_HDR, b"!!!!"), (CERT_HDR, b"AA=="))),
     "headers-only": ("multipart/mixed; boundary=b1", b"--b1\r\n" + KEY_HDR.encode() + b"\r\n--b1--\r\n"),
     "too-large": ("multipart/mixed; boundary=b1", b"A" * (multipart.MAX_RESPONSE + 1)),

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is installed by scripts/setup")
 def test_kill_minus_9_smoke_keeps_every_invariant() -> None:
-    proc = subprocess.run([str(ROOT / "scripts" / "faults"), "--smoke", "--json"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "faults"), "--smoke", "--json"], capture_output=True, text=True, timeout=300
+    )
     report = json.loads(proc.stdout)
     assert report["failures"] == [], report["failures"]
     total = next(r for r in report["table"] if r["command"] == "total")

@@ -11,9 +11,8 @@ import pytest
 HERE = Path(__file__).resolve().parent / "fuzzing"
 sys.path.insert(0, str(HERE))
 
-import targets  # noqa: E402
-
-from hsmkm import errors  # noqa: E402
+import targets
+from hsmkm import errors
 
 CASES = sorted((HERE / "regressions").iterdir())
 

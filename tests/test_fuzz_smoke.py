@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_fuzz_smoke_runs_every_target_without_a_crash(tmp_path: Path) -> None:
-    proc = subprocess.run([str(ROOT / "scripts" / "fuzz"), "--smoke", "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "fuzz"), "--smoke", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     results = {r["target"]: r for r in report["results"]}

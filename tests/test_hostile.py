@@ -26,9 +26,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from conftest import HSMKM, hsmkm
 import hostile_inputs as hi
-
+from conftest import HSMKM, hsmkm
 from hsmkm.cms import enveloped
 from hsmkm.keys.base import KeyEntry
 from hsmkm.keys.epf import EpfKeystore
@@ -55,10 +54,15 @@ def run_measured(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes |
     process alone."""
     out_path, err_path, usage_path = cwd / ".run.out", cwd / ".run.err", cwd / ".run.usage"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, str(MEASURED_CHILD), *argv],
-                                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=out, stderr=err, env={**env, "HSMKM_TEST_RUSAGE": str(usage_path)},
-                                cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(MEASURED_CHILD), *argv],
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env={**env, "HSMKM_TEST_RUSAGE": str(usage_path)},
+            cwd=cwd,
+            start_new_session=True,
+        )
         killed = threading.Event()
 
         def kill() -> None:
@@ -114,11 +118,15 @@ def tree_state(*roots: Path, tokens: bool = False) -> dict[str, tuple[str, int]]
     state: dict[str, tuple[str, int]] = {}
     for root in roots:
         for path in sorted(root.rglob("*")):
-            if path.name.endswith("-shm") or path.name.startswith(".run.") or (path.name == "token.object"
-                                                                              and not tokens):
+            if (
+                path.name.endswith("-shm")
+                or path.name.startswith(".run.")
+                or (path.name == "token.object" and not tokens)
+            ):
                 continue
-            if path.name.endswith(".db-wal") and (path.stat().st_size == 0 or
-                                                  _database_content(path.with_name(path.name[:-4])) is not None):
+            if path.name.endswith(".db-wal") and (
+                path.stat().st_size == 0 or _database_content(path.with_name(path.name[:-4])) is not None
+            ):
                 continue  # empty (SQLite makes it at any open, ours included), or part of the database's content
             if path.name.endswith(".db") and path.is_file() and (content := _database_content(path)) is not None:
                 state[str(path)] = (content, path.stat().st_mode)
@@ -150,24 +158,56 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     home, client = root / "home", root / "client"
     client.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HSMKM_")}
-    env.update({"PW": PW, "HOME": str(root), "XDG_CACHE_HOME": str(root / "cache"), "XDG_CONFIG_HOME": str(root / "config")})
+    env.update(
+        {"PW": PW, "HOME": str(root), "XDG_CACHE_HOME": str(root / "cache"), "XDG_CONFIG_HOME": str(root / "config")}
+    )
     hsmkm("init", "--ca-subject", "CN=Hostile KM CA,O=hsmkm tests", "--ca-key", "p256", home=home, env=env)
     code = hsmkm("--json", "user", "add", "alice@example.com", "--name", "Alice", home=home, env=env).json()["code"]
-    hsmkm("enroll", "--km", str(home), "--email", "alice@example.com", "--code-source", "env:CODE",
-          "--keystore", str(client / "alice.epf"), "--password-source", "env:PW", env={**env, "CODE": code})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        "alice@example.com",
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(client / "alice.epf"),
+        "--password-source",
+        "env:PW",
+        env={**env, "CODE": code},
+    )
     hsmkm("crl", "publish", home=home, env=env)
     hsmkm("crl", "fetch", "--km", str(home), env=env)
     (client / "note.eml").write_bytes(b"From: alice@example.com\r\nSubject: hi\r\n\r\nhello\r\n")
-    hsmkm("msg", "sign", "--keystore", str(client / "alice.epf"), "--password-source", "env:PW",
-          str(client / "note.eml"), "-o", str(client / "signed.eml"), env=env)
+    hsmkm(
+        "msg",
+        "sign",
+        "--keystore",
+        str(client / "alice.epf"),
+        "--password-source",
+        "env:PW",
+        str(client / "note.eml"),
+        "-o",
+        str(client / "signed.eml"),
+        env=env,
+    )
     ks = EpfKeystore.open(client / "alice.epf", PW)
     sign, enc = ks.signing_entry(), ks.encryption_entries()[0]
     assert sign is not None
     return World(root, home, client, env, sign, enc)
 
 
-def refused(world: World, argv: list[str], code: int, stdin: bytes | None = None, cwd: Path | None = None,
-            extra_env: dict[str, str] | None = None, watch: tuple[Path, ...] = (), tokens: bool = False) -> Measured:
+def refused(
+    world: World,
+    argv: list[str],
+    code: int,
+    stdin: bytes | None = None,
+    cwd: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    watch: tuple[Path, ...] = (),
+    tokens: bool = False,
+) -> Measured:
     """Run ``argv`` and check that it was refused as the contract says, changing nothing
     (``tokens``: not even SoftHSM2's token files, for what is refused before any login)."""
     roots = (world.home, world.client, world.root / "cache", *watch)
@@ -177,7 +217,9 @@ def refused(world: World, argv: list[str], code: int, stdin: bytes | None = None
     assert not got.killed, f"{what}: still running after {WALL_LIMIT_S} s (a hang)"
     assert got.returncode == code, f"{what}: exit {got.returncode}, not {code}:\n{got.stderr}"
     lines = got.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hsmkm: error: "), f"{what}: stderr is not one error line:\n{got.stderr}"
+    assert len(lines) == 1 and lines[0].startswith("hsmkm: error: "), (
+        f"{what}: stderr is not one error line:\n{got.stderr}"
+    )
     assert "internal error" not in got.stderr and "Traceback" not in got.stderr, f"{what}: {got.stderr}"
     assert got.cpu_s <= CPU_LIMIT_S, f"{what}: {got.cpu_s:.1f} s of CPU"
     assert got.rss_mib <= RSS_LIMIT_MIB, f"{what}: peak RSS {got.rss_mib:.0f} MiB"
@@ -191,16 +233,26 @@ def _record(what: str, got: Measured) -> None:
     path = os.environ.get("HOSTILE_STATS")
     if path:
         with open(path, "a") as fh:
-            fh.write(json.dumps({"what": what, "exit": got.returncode, "cpu_s": got.cpu_s, "rss_mib": got.rss_mib}) + "\n")
+            fh.write(
+                json.dumps({"what": what, "exit": got.returncode, "cpu_s": got.cpu_s, "rss_mib": got.rss_mib}) + "\n"
+            )
 
 
 # --- usage --------------------------------------------------------------------------------------
 
 USAGE_ERRORS = [
-    ["bogus"], ["user", "bogus"], ["user", "add"], ["user", "add", "a@example.com", "--nope"],
-    ["user", "revoke", "alice@example.com", "--reason"], ["msg", "encrypt", "--cipher", "rot13", "--km", "x"],
-    ["recovery", "approve", "not-a-number", "--officer", "officer1"], ["user", "add", "a@example.com", "extra"],
-    ["--nope"], ["msg", "verify"], ["user", "import", "/nonexistent/users.csv"], ["crl", "publish", "--next-update-hours", "x"],
+    ["bogus"],
+    ["user", "bogus"],
+    ["user", "add"],
+    ["user", "add", "a@example.com", "--nope"],
+    ["user", "revoke", "alice@example.com", "--reason"],
+    ["msg", "encrypt", "--cipher", "rot13", "--km", "x"],
+    ["recovery", "approve", "not-a-number", "--officer", "officer1"],
+    ["user", "add", "a@example.com", "extra"],
+    ["--nope"],
+    ["msg", "verify"],
+    ["user", "import", "/nonexistent/users.csv"],
+    ["crl", "publish", "--next-update-hours", "x"],
 ]
 
 
@@ -227,8 +279,12 @@ def test_traversing_address_writes_nothing_outside(world: World) -> None:
     evil = "../../../../PWNED/evil@example.com"
     for args in (["user", "add", evil], ["user", "show", evil], ["directory", "show", evil], ["user", "revoke", evil]):
         refused(world, world.cli(*args), 2, cwd=world.home / "pub" / "certs", watch=(world.root,), tokens=True)
-    refused(world, [HSMKM, "msg", "encrypt", "--km", str(world.home), "--to", evil, "note.eml", "-o", "x.eml"], 2,
-            watch=(world.root,))
+    refused(
+        world,
+        [HSMKM, "msg", "encrypt", "--km", str(world.home), "--to", evil, "note.eml", "-o", "x.eml"],
+        2,
+        watch=(world.root,),
+    )
     assert not list(world.root.rglob("PWNED")) and not list(Path("/").glob("PWNED"))
 
 
@@ -272,8 +328,10 @@ def test_output_escapes_what_a_database_writer_put_in_names(world: World, tmp_pa
     shutil.copytree(world.home, home, symlinks=True)
     evil_name = "\x1b]0;owned\x07\x1b[2J\u202eeman"
     with sqlite3.connect(home / "km.db") as conn:
-        conn.execute("INSERT INTO users(email, name, status, created_at) VALUES (?, ?, 'pending', '2026-01-01')",
-                     ("mallory@example.com", evil_name))
+        conn.execute(
+            "INSERT INTO users(email, name, status, created_at) VALUES (?, ?, 'pending', '2026-01-01')",
+            ("mallory@example.com", evil_name),
+        )
     for args in (["user", "list"], ["user", "show", "mallory@example.com"]):
         out = hsmkm(*args, home=home, env=world.env).stdout
         assert "mallory@example.com" in out
@@ -297,14 +355,39 @@ def _secret_files(root: Path) -> dict[str, str]:
     (d / "newline-only").write_bytes(b"\n")
     if not (d / "fifo").exists():
         os.mkfifo(d / "fifo")
-    return {"dev-zero": "file:/dev/zero", "dev-urandom": "file:/dev/urandom", "fifo": f"file:{d / 'fifo'}",
-            "directory": f"file:{d}", "missing": f"file:{d / 'missing'}", "binary": f"file:{d / 'binary'}",
-            "big": f"file:{d / 'big'}", "controls": f"file:{d / 'controls'}", "empty": f"file:{d / 'empty'}",
-            "newline-only": f"file:{d / 'newline-only'}", "literal": "hunter2", "env-unset": "env:NO_SUCH_VAR"}
+    return {
+        "dev-zero": "file:/dev/zero",
+        "dev-urandom": "file:/dev/urandom",
+        "fifo": f"file:{d / 'fifo'}",
+        "directory": f"file:{d}",
+        "missing": f"file:{d / 'missing'}",
+        "binary": f"file:{d / 'binary'}",
+        "big": f"file:{d / 'big'}",
+        "controls": f"file:{d / 'controls'}",
+        "empty": f"file:{d / 'empty'}",
+        "newline-only": f"file:{d / 'newline-only'}",
+        "literal": "hunter2",
+        "env-unset": "env:NO_SUCH_VAR",
+    }
 
 
-@pytest.mark.parametrize("case", ["dev-zero", "dev-urandom", "fifo", "directory", "missing", "binary", "big",
-                                  "controls", "empty", "newline-only", "literal", "env-unset"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "dev-zero",
+        "dev-urandom",
+        "fifo",
+        "directory",
+        "missing",
+        "binary",
+        "big",
+        "controls",
+        "empty",
+        "newline-only",
+        "literal",
+        "env-unset",
+    ],
+)
 def test_hostile_secret_sources_refused(world: World, case: str) -> None:
     source = _secret_files(world.root)[case]
     refused(world, [HSMKM, "keystore", "info", str(world.client / "alice.epf"), "--password-source", source], 2)
@@ -327,8 +410,12 @@ def _hostile_keystores(world: World) -> Iterator[tuple[str, Path]]:
         fh.truncate((16 << 20) + 1)
     yield "over-16MiB", big
     valid = (world.client / "alice.epf").read_bytes()
-    for name, data in [("empty", b""), ("garbage", os.urandom(3000)), ("truncated", valid[: len(valid) // 2]),
-                       ("trailing", valid + b"\x00")]:
+    for name, data in [
+        ("empty", b""),
+        ("garbage", os.urandom(3000)),
+        ("truncated", valid[: len(valid) // 2]),
+        ("trailing", valid + b"\x00"),
+    ]:
         (d / f"{name}.epf").write_bytes(data)
         yield name, d / f"{name}.epf"
     legacy = _legacy_p12(world)
@@ -343,8 +430,13 @@ def _legacy_p12(world: World) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.serialization import pkcs12
 
-    enc = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(2048)
-           .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC).hmac_hash(hashes.SHA1()).build(PW.encode()))
+    enc = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(2048)
+        .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+        .hmac_hash(hashes.SHA1())
+        .build(PW.encode())
+    )
     return pkcs12.serialize_key_and_certificates(b"alice", world.alice.key, world.alice.certificate, None, enc)
 
 
@@ -372,8 +464,11 @@ def test_devices_fifos_and_directories_refused_as_messages(world: World) -> None
         refused(world, [HSMKM, "msg", "verify", "--km", str(world.home), source], 2)
         refused(world, [HSMKM, "msg", "sign", *epf, source, "-o", "out.eml"], 2)
         refused(world, [HSMKM, "msg", "decrypt", *epf, source, "-o", "out.eml"], 2)
-        refused(world, [HSMKM, "msg", "encrypt", "--km", str(world.home), "--to", "alice@example.com", source,
-                        "-o", "out.eml"], 2)
+        refused(
+            world,
+            [HSMKM, "msg", "encrypt", "--km", str(world.home), "--to", "alice@example.com", source, "-o", "out.eml"],
+            2,
+        )
 
 
 def test_non_smime_input_refused_before_it_is_read_whole(world: World) -> None:
@@ -386,8 +481,12 @@ def test_non_smime_input_refused_before_it_is_read_whole(world: World) -> None:
         got = refused(world, [HSMKM, "msg", "verify", "--km", str(world.home), str(big)], 2)
         assert "not a signed S/MIME message" in got.stderr
         # and as a pipe: stdin is a message source too
-        refused(world, [HSMKM, "msg", "verify", "--km", str(world.home), "-"], 2,
-                stdin=b"Content-Type: text/html\r\n\r\n" + b"<p>" * 300_000)
+        refused(
+            world,
+            [HSMKM, "msg", "verify", "--km", str(world.home), "-"],
+            2,
+            stdin=b"Content-Type: text/html\r\n\r\n" + b"<p>" * 300_000,
+        )
     finally:
         big.unlink()
 
@@ -398,8 +497,12 @@ def test_output_that_names_a_directory_refused(world: World) -> None:
     epf = ["--keystore", str(world.client / "alice.epf"), "--password-source", "env:PW"]
     refused(world, [HSMKM, "msg", "sign", *epf, "note.eml", "-o", str(out)], 2, watch=(out,))
     refused(world, [HSMKM, "msg", "verify", "--km", str(world.home), "signed.eml", "-o", str(out)], 2, watch=(out,))
-    refused(world, [HSMKM, "msg", "encrypt", "--km", str(world.home), "--to", "alice@example.com", "note.eml",
-                    "-o", str(out)], 2, watch=(out,))
+    refused(
+        world,
+        [HSMKM, "msg", "encrypt", "--km", str(world.home), "--to", "alice@example.com", "note.eml", "-o", str(out)],
+        2,
+        watch=(out,),
+    )
     refused(world, [HSMKM, "msg", "decrypt", *epf, "signed.eml", "-o", str(out)], 2, watch=(out,))
     csv_path = world.client / "one.csv"
     csv_path.write_text("email,name\nnewbie@example.com,New\n")
@@ -432,7 +535,9 @@ def test_hostile_signed_messages_refused(world: World) -> None:
     try:
         for name, (data, code) in cases.items():
             path.write_bytes(data)
-            got = refused(world, [HSMKM, "msg", "verify", "--km", str(world.home), str(path), "-o", "content.txt"], code)
+            got = refused(
+                world, [HSMKM, "msg", "verify", "--km", str(world.home), str(path), "-o", "content.txt"], code
+            )
             assert not (world.client / "content.txt").exists(), name
     finally:
         path.unlink()
@@ -448,8 +553,18 @@ def test_hostile_enveloped_messages_refused(world: World) -> None:
     gcm = enveloped.encrypt(b"Content-Type: text/plain\r\n\r\nsecret\r\n", [cert], enveloped.ContentCipher.AES256_GCM)
     cbc = enveloped.encrypt(b"Content-Type: text/plain\r\n\r\nsecret\r\n", [cert], enveloped.ContentCipher.AES256_CBC)
     cases = hi.enveloped_attacks(gcm, cbc)
-    names = ["gcm-nonce-0", "gcm-nonce-1", "gcm-nonce-5000", "cbc-iv-0", "cbc-iv-8", f"gcm-icv-{1 << 40}",
-             "gcm-trailing", "cbc-as-unknown", "gcm-truncated", "gcm-params-null"]
+    names = [
+        "gcm-nonce-0",
+        "gcm-nonce-1",
+        "gcm-nonce-5000",
+        "cbc-iv-0",
+        "cbc-iv-8",
+        f"gcm-icv-{1 << 40}",
+        "gcm-trailing",
+        "cbc-as-unknown",
+        "gcm-truncated",
+        "gcm-params-null",
+    ]
     chosen = {k: cases[k] for k in names}
     path = world.client / "hostile.p7m"
     epf = ["--keystore", str(world.client / "alice.epf"), "--password-source", "env:PW"]
@@ -467,11 +582,13 @@ def test_certificates_cryptography_cannot_parse_refused(world: World) -> None:
     """An x400Address in a certificate's subjectAltName makes cryptography raise its own
     exception type at the first look at the extensions: refused as malformed wherever it comes."""
     bad = world.client / "x400.crt"
-    bad.write_bytes(hi.x400_certificate(world.alice_enc.certificate.public_bytes(serialization.Encoding.DER),
-                                        b"alice@example.com"))
+    bad.write_bytes(
+        hi.x400_certificate(world.alice_enc.certificate.public_bytes(serialization.Encoding.DER), b"alice@example.com")
+    )
     try:
-        refused(world, [HSMKM, "msg", "encrypt", "--km", str(world.home), "--cert", str(bad), "note.eml",
-                        "-o", "x.eml"], 2)
+        refused(
+            world, [HSMKM, "msg", "encrypt", "--km", str(world.home), "--cert", str(bad), "note.eml", "-o", "x.eml"], 2
+        )
     finally:
         bad.unlink()
 
@@ -486,12 +603,16 @@ def _damaged_homes(world: World, base: Path) -> Iterator[tuple[str, Path]]:
     config = (world.home / "km.json").read_bytes()
     db = (world.home / "km.db").read_bytes()
     damage: list[tuple[str, str, bytes]] = [
-        ("ca-truncated", "pub/ca.crt", ca[:100]), ("ca-garbage", "pub/ca.crt", os.urandom(500)),
-        ("ca-empty", "pub/ca.crt", b""), ("ca-flipped", "pub/ca.crt", ca[:30] + bytes([ca[30] ^ 0xFF]) + ca[31:]),
-        ("config-list", "km.json", b"[1, 2]"), ("config-binary", "km.json", b"\xff\xfe\x00"),
-        ("config-truncated", "km.json", config[:40]), ("config-wrong-types", "km.json",
-                                                       config.replace(b'"km_token": "', b'"km_token": 5, "x": "')),
-        ("db-truncated", "km.db", db[:5000]), ("db-garbage", "km.db", os.urandom(8192)),
+        ("ca-truncated", "pub/ca.crt", ca[:100]),
+        ("ca-garbage", "pub/ca.crt", os.urandom(500)),
+        ("ca-empty", "pub/ca.crt", b""),
+        ("ca-flipped", "pub/ca.crt", ca[:30] + bytes([ca[30] ^ 0xFF]) + ca[31:]),
+        ("config-list", "km.json", b"[1, 2]"),
+        ("config-binary", "km.json", b"\xff\xfe\x00"),
+        ("config-truncated", "km.json", config[:40]),
+        ("config-wrong-types", "km.json", config.replace(b'"km_token": "', b'"km_token": 5, "x": "')),
+        ("db-truncated", "km.db", db[:5000]),
+        ("db-garbage", "km.db", os.urandom(8192)),
         ("db-empty-sqlite", "km.db", b""),
     ]
     for name, rel, data in damage:
@@ -512,12 +633,17 @@ def test_damaged_home_refused(world: World, tmp_path: Path) -> None:
     homes = list(_damaged_homes(world, tmp_path))
     for name, home in homes:
         if name.startswith("ca-"):  # the commands that read the CA certificate
-            commands = [["--home", str(home), "status"], ["--home", str(home), "crl", "publish"],
-                        ["msg", "verify", "--km", str(home), str(world.client / "signed.eml")],
-                        ["crl", "fetch", "--km", str(home)]]
+            commands = [
+                ["--home", str(home), "status"],
+                ["--home", str(home), "crl", "publish"],
+                ["msg", "verify", "--km", str(home), str(world.client / "signed.eml")],
+                ["crl", "fetch", "--km", str(home)],
+            ]
         else:
-            commands = [["--home", str(home), *args] for args in (["status"], ["user", "list"],
-                                                                  ["user", "add", "new@example.com"])]
+            commands = [
+                ["--home", str(home), *args]
+                for args in (["status"], ["user", "list"], ["user", "add", "new@example.com"])
+            ]
         for argv in commands:
             refused(world, [HSMKM, *argv], 2, watch=(home,))
 

@@ -205,6 +205,9 @@ def test_no_module_outside_the_store_reaches_a_database_connection() -> None:
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}")
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                found += [f"{path.relative_to(PACKAGE)}:{node.lineno} import {n}" for n in names
-                          if n.split(".")[0] in {"sqlite3", "sqlalchemy", "alembic"}]
+                found += [
+                    f"{path.relative_to(PACKAGE)}:{node.lineno} import {n}"
+                    for n in names
+                    if n.split(".")[0] in {"sqlite3", "sqlalchemy", "alembic"}
+                ]
     assert found == []

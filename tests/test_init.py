@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from cryptography import x509
 from pkcs11 import ObjectClass
 
 from conftest import MakeToken, all_bytes_under, hsmkm, pkcs11_tool_objects, softhsm_env, trial_pin
-from hsmkm import errors, keys
+from hsmkm import keys
 from hsmkm.keys.pkcs11 import Pkcs11Module
 from hsmkm.km import custody
 from hsmkm.km.config import Home, KmConfig
@@ -34,7 +35,9 @@ def test_embedded_init_makes_ca_on_the_token(km_home: Path) -> None:
 def test_openssl_parses_the_ca_certificate(km_home: Path) -> None:
     out = subprocess.run(
         ["openssl", "x509", "-in", str(km_home / "pub" / "ca.crt"), "-inform", "DER", "-noout", "-text"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "CA:TRUE" in out and "Certificate Sign, CRL Sign" in out
 
@@ -56,15 +59,30 @@ def test_pkcs11_tool_shows_ca_and_archive_keys_sensitive_never_extractable(km_ho
     env = {**os.environ, **softhsm_env(km_home), "PIN": trial_pin(km_home, "km")}
     # pkcs11-tool takes the PIN only in argv; this throwaway test token's PIN is fine there.
     proc = subprocess.run(
-        ["pkcs11-tool", "--module", module_path, "--token-label", "hsmkm", "--login",
-         "--pin", env["PIN"], "--list-objects"],
-        capture_output=True, text=True, env=env,
+        [
+            "pkcs11-tool",
+            "--module",
+            module_path,
+            "--token-label",
+            "hsmkm",
+            "--login",
+            "--pin",
+            env["PIN"],
+            "--list-objects",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
     assert "hsmkm-ca" in text and "hsmkm-archive-1" in text
     for label in ("hsmkm-ca", "hsmkm-archive-1", "hsmkm-audit"):
-        block = next(b for b in pkcs11_tool_objects(text) if f'label:      {label}' in b and ("Private Key" in b or "Secret Key" in b))
+        block = next(
+            b
+            for b in pkcs11_tool_objects(text)
+            if f"label:      {label}" in b and ("Private Key" in b or "Secret Key" in b)
+        )
         assert "sensitive" in block, block
         assert "never extractable" in block, block
         assert "extractable" not in block.replace("never extractable", ""), block
@@ -107,7 +125,9 @@ def test_init_makes_no_recovery_token_and_one_officer_key_per_officer_token(km_h
     serials = set()
     for o in epoch.officers:
         ts = module.open_token(trial_pin(km_home, o.name), label=o.name)
-        assert custody.public_der(ts.private_key(label="hsmkm-officer").public_key()) == custody.public_der(o.public_key)
+        assert custody.public_der(ts.private_key(label="hsmkm-officer").public_key()) == custody.public_der(
+            o.public_key
+        )
         serials.add(ts.serial)
     assert len(serials) == 3
     db.close()
@@ -124,8 +144,18 @@ def test_init_refuses_an_existing_home(km_home: Path) -> None:
 
 
 def test_init_with_missing_module_is_exit_3_and_leaves_nothing(fresh_home: Path) -> None:
-    run = hsmkm("init", "--ca-subject", "CN=X", "--module", "/nonexistent/libpkcs11.so",
-                "--pin-source", "env:P", home=fresh_home, env={"P": "1234"}, check=False)
+    run = hsmkm(
+        "init",
+        "--ca-subject",
+        "CN=X",
+        "--module",
+        "/nonexistent/libpkcs11.so",
+        "--pin-source",
+        "env:P",
+        home=fresh_home,
+        env={"P": "1234"},
+        check=False,
+    )
     assert run.returncode == 3, run.stderr
     assert run.stderr.startswith("hsmkm: error: ") and "Traceback" not in run.stderr
     assert not fresh_home.exists()
@@ -136,29 +166,54 @@ def _external_store(user_token: MakeToken, labels: list[str], pin: str) -> dict[
     confs = {user_token(label, pin) for label in labels}
     assert len(confs) == 1  # one store holds them all
     env = {"SOFTHSM2_CONF": str(confs.pop())}
-    slots = subprocess.run(["softhsm2-util", "--show-slots"], env={**os.environ, **env},
-                           capture_output=True, text=True, check=True).stdout
+    slots = subprocess.run(
+        ["softhsm2-util", "--show-slots"], env={**os.environ, **env}, capture_output=True, text=True, check=True
+    ).stdout
     made = [line.split(":", 1)[1].strip() for line in slots.splitlines() if line.strip().startswith("Label:")]
     assert sorted(label for label in made if label) == sorted(labels)
     return env
 
 
-def test_init_on_external_tokens_wrong_pin_unknown_token(tmp_path: Path, module_path: str, user_token: MakeToken) -> None:
+def test_init_on_external_tokens_wrong_pin_unknown_token(
+    tmp_path: Path, module_path: str, user_token: MakeToken
+) -> None:
     env = _external_store(user_token, ["km", "rec", "ann", "bo", "cy"], "1234")
     env.update({"PIN": "1234", "BAD": "9999"})
     officers = []
     for name in ("ann", "bo", "cy"):
         officers += ["--officer", f"{name}=pkcs11:token={name}?module-path={module_path}&pin-source=env:PIN"]
-    base = ["init", "--ca-subject", "CN=External CA", "--ca-key", "p256", "--module", module_path,
-            "--token", "km", "--quorum", "2"]
+    base = [
+        "init",
+        "--ca-subject",
+        "CN=External CA",
+        "--ca-key",
+        "p256",
+        "--module",
+        module_path,
+        "--token",
+        "km",
+        "--quorum",
+        "2",
+    ]
     home = tmp_path / "ext"
 
     wrong = hsmkm(*base, "--pin-source", "env:BAD", *officers, home=home, env=env, check=False)
     assert wrong.returncode == 2 and "wrong PIN" in wrong.stderr and "Traceback" not in wrong.stderr
     assert not home.exists()
 
-    unknown = hsmkm(*base[:-4], "--token", "nope", "--quorum", "2", "--pin-source", "env:PIN", *officers,
-                    home=home, env=env, check=False)
+    unknown = hsmkm(
+        *base[:-4],
+        "--token",
+        "nope",
+        "--quorum",
+        "2",
+        "--pin-source",
+        "env:PIN",
+        *officers,
+        home=home,
+        env=env,
+        check=False,
+    )
     assert unknown.returncode == 3 and "no token" in unknown.stderr, unknown.stderr
     assert not home.exists()
 
@@ -167,12 +222,30 @@ def test_init_on_external_tokens_wrong_pin_unknown_token(tmp_path: Path, module_
     assert "1234" not in literal.stderr
 
     # One person, one officer: two officers on one token, or an officer on the KM token, are refused.
-    twice = hsmkm(*base, "--pin-source", "env:PIN", *officers[:4], "--officer",
-                  f"cy=pkcs11:token=bo?module-path={module_path}&pin-source=env:PIN", home=home, env=env, check=False)
+    twice = hsmkm(
+        *base,
+        "--pin-source",
+        "env:PIN",
+        *officers[:4],
+        "--officer",
+        f"cy=pkcs11:token=bo?module-path={module_path}&pin-source=env:PIN",
+        home=home,
+        env=env,
+        check=False,
+    )
     assert twice.returncode == 2 and "already holds another officer's key" in twice.stderr, twice.stderr
     assert twice.stderr.count("\n") == 1 and not home.exists()
-    on_km = hsmkm(*base, "--pin-source", "env:PIN", *officers[:4], "--officer",
-                  f"cy=pkcs11:token=km?module-path={module_path}&pin-source=env:PIN", home=home, env=env, check=False)
+    on_km = hsmkm(
+        *base,
+        "--pin-source",
+        "env:PIN",
+        *officers[:4],
+        "--officer",
+        f"cy=pkcs11:token=km?module-path={module_path}&pin-source=env:PIN",
+        home=home,
+        env=env,
+        check=False,
+    )
     assert on_km.returncode == 2 and "is the KM token" in on_km.stderr, on_km.stderr
     assert not home.exists()
 
@@ -213,18 +286,22 @@ def test_subordinate_ca_csr_then_import(tmp_path: Path) -> None:
     csr = x509.load_pem_x509_csr(Path(out["csr"]).read_bytes())
     assert csr.is_signature_valid
     # A parent CA (software, for the test) issues the subordinate certificate.
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     parent_key = ec.generate_private_key(ec.SECP256R1())
     parent = x509.Name.from_rfc4514_string("CN=Parent")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(csr.subject).issuer_name(parent)
-        .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + timedelta(days=30))
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(parent)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)

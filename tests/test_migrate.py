@@ -53,13 +53,24 @@ def _recover(home: Path, email: str, out: Path) -> set[int]:
     for officer in ("officer2", "officer3"):
         # officer2 did not approve the migration: its first approval pins the officer set
         hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", "--trust-officer-set", home=home)
-    hsmkm("recovery", "complete", str(rid), "--out", str(out), "--password-source", "env:OUT", home=home,
-          env={"OUT": "recovered-pw"})
+    hsmkm(
+        "recovery",
+        "complete",
+        str(rid),
+        "--out",
+        str(out),
+        "--password-source",
+        "env:OUT",
+        home=home,
+        env={"OUT": "recovered-pw"},
+    )
     return _encryption_keys(out, "recovered-pw")
 
 
 @pytest.mark.slow
-def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(v1: dict[str, Path], tmp_path: Path) -> None:
+def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(
+    v1: dict[str, Path], tmp_path: Path
+) -> None:
     home, users = v1["home"], v1["users"]
     counts = hsmkm("status", "--json", home=home).json()["counts"]
     assert counts["archived_keys"] == counts["archived_keys_to_migrate"] == 4
@@ -71,8 +82,20 @@ def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(v1
     assert change.returncode == 2 and "migrate the archive first" in change.stderr
     # A user enrolled now gets a per-record archive record at once.
     code = hsmkm("user", "add", "dave@example.com", "--json", home=home).json()["code"]
-    hsmkm("enroll", "--km", str(home), "--email", "dave@example.com", "--code-source", "env:CODE",
-          "--keystore", str(tmp_path / "dave.epf"), "--password-source", "env:PW", env={"CODE": code, "PW": "dave-pw-1"})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        "dave@example.com",
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(tmp_path / "dave.epf"),
+        "--password-source",
+        "env:PW",
+        env={"CODE": code, "PW": "dave-pw-1"},
+    )
 
     opened = hsmkm("archive", "migrate", "--json", home=home).json()
     rid = opened["id"]
@@ -110,11 +133,17 @@ def test_migrate_keeps_every_record_recoverable_and_destroys_the_recovery_key(v1
     km.close()
 
     # Every record comes back through two officers' shares, equal to the users' own keys.
-    assert _recover(home, "alice@example.com", tmp_path / "alice.p12") == _encryption_keys(users / "alice.epf", "fixture-alice")
+    assert _recover(home, "alice@example.com", tmp_path / "alice.p12") == _encryption_keys(
+        users / "alice.epf", "fixture-alice"
+    )
     assert len(_encryption_keys(users / "alice.epf", "fixture-alice")) == 2
     assert _recover(home, "bob@example.com", tmp_path / "bob.p12") == _encryption_keys(users / "bob.epf", "fixture-bob")
-    assert _recover(home, "carol@example.com", tmp_path / "carol.p12") == _encryption_keys(users / "carol.epf", "fixture-carol")
-    assert _recover(home, "dave@example.com", tmp_path / "dave.p12") == _encryption_keys(tmp_path / "dave.epf", "dave-pw-1")
+    assert _recover(home, "carol@example.com", tmp_path / "carol.p12") == _encryption_keys(
+        users / "carol.epf", "fixture-carol"
+    )
+    assert _recover(home, "dave@example.com", tmp_path / "dave.p12") == _encryption_keys(
+        tmp_path / "dave.epf", "dave-pw-1"
+    )
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
 
 
@@ -186,16 +215,37 @@ def test_a_recovery_tokens_so_pin_resets_its_user_pin_until_the_key_is_destroyed
     rec = keys.open_token(f"pkcs11:token=rec?module-path={module_path}", "nobody-knows-1", softhsm_config=str(conf))
     rec.generate_keypair(KeyAlgorithm.RSA2048, "hsmkm-recovery", b"r", sign=False, decrypt=True)
     rec.close()
-    probe = ("import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module; "
-             "ts = Pkcs11Module.load(find_softhsm_module()).open_token(sys.argv[1], label='rec'); "
-             "print(ts.has_object('hsmkm-recovery')); sys.argv[2:] and ts.destroy('hsmkm-recovery', "
-             "__import__('pkcs11').ObjectClass.PRIVATE_KEY)")
+    probe = (
+        "import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module; "
+        "ts = Pkcs11Module.load(find_softhsm_module()).open_token(sys.argv[1], label='rec'); "
+        "print(ts.has_object('hsmkm-recovery')); sys.argv[2:] and ts.destroy('hsmkm-recovery', "
+        "__import__('pkcs11').ObjectClass.PRIVATE_KEY)"
+    )
 
     def reset_and_probe(new_pin: str, *destroy: str) -> str:
-        subprocess.run(["pkcs11-tool", "--module", module_path, "--token-label", "rec", "--login",
-                        "--login-type", "so", "--so-pin", "so-nobody-knows-1", "--init-pin", "--new-pin", new_pin], env=env, check=True, capture_output=True)
-        return subprocess.run([sys.executable, "-c", probe, new_pin, *destroy], env=env, check=True,
-                              capture_output=True, text=True).stdout.strip()
+        subprocess.run(
+            [
+                "pkcs11-tool",
+                "--module",
+                module_path,
+                "--token-label",
+                "rec",
+                "--login",
+                "--login-type",
+                "so",
+                "--so-pin",
+                "so-nobody-knows-1",
+                "--init-pin",
+                "--new-pin",
+                new_pin,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        return subprocess.run(
+            [sys.executable, "-c", probe, new_pin, *destroy], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     assert reset_and_probe("so-chose-this-1", "destroy") == "True"  # the SO is in, with the key
     assert reset_and_probe("so-chose-this-2") == "False"  # once destroyed, a reset finds nothing

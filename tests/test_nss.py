@@ -32,18 +32,35 @@ class World:
     epf: dict[str, Path]
 
     def cert(self, user: str, kind: str) -> x509.Certificate:
-        return x509.load_der_x509_certificate((self.home / "pub" / "certs" / f"{user}@example.com.{kind}.crt").read_bytes())
+        return x509.load_der_x509_certificate(
+            (self.home / "pub" / "certs" / f"{user}@example.com.{kind}.crt").read_bytes()
+        )
 
 
-def run(*argv: str, input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(
+    *argv: str, input: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(list(argv), input=input, capture_output=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
-def enroll(home: Path, user: str, key: str, client: str, keystore: str, sign_key: str, env: dict[str, str] | None = None) -> None:
+def enroll(
+    home: Path, user: str, key: str, client: str, keystore: str, sign_key: str, env: dict[str, str] | None = None
+) -> None:
     email = f"{user}@example.com"
     code = hsmkm("--json", "user", "add", email, "--key", key, "--client", client, home=home).json()["code"]
-    args = ["enroll", "--km", str(home), "--email", email, "--code-source", "env:CODE", "--keystore", keystore,
-            "--sign-key", sign_key]
+    args = [
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        email,
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        keystore,
+        "--sign-key",
+        sign_key,
+    ]
     if not keystore.startswith("pkcs11:"):
         args += ["--password-source", "env:PW"]
     hsmkm(*args, env={"CODE": code, "PW": PW, **(env or {})})
@@ -53,12 +70,18 @@ def enroll(home: Path, user: str, key: str, client: str, keystore: str, sign_key
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("nss")
     home = root / "km"
-    hsmkm("init", "--ca-subject", "CN=NSS Interop CA,O=hsmkm tests", "--ca-key", "p256", "--user-key", "p256", home=home)
+    hsmkm(
+        "init", "--ca-subject", "CN=NSS Interop CA,O=hsmkm tests", "--ca-key", "p256", "--user-key", "p256", home=home
+    )
     epf: dict[str, Path] = {}
     # rita and nina read mail in Thunderbird (compat), mo in an openssl-based client (modern),
     # eve has P-256 keys and a compat client.
-    for user, key, client, sign in (("rita", "rsa2048", "compat", "rsa2048"), ("nina", "rsa2048", "compat", "rsa2048"),
-                                    ("mo", "rsa2048", "modern", "rsa2048"), ("eve", "p256", "compat", "p256")):
+    for user, key, client, sign in (
+        ("rita", "rsa2048", "compat", "rsa2048"),
+        ("nina", "rsa2048", "compat", "rsa2048"),
+        ("mo", "rsa2048", "modern", "rsa2048"),
+        ("eve", "p256", "compat", "p256"),
+    ):
         epf[user] = root / f"{user}.epf"
         enroll(home, user, key, client, str(epf[user]), sign)
     hsmkm("crl", "publish", home=home)
@@ -71,8 +94,21 @@ def nss_db(world: World, name: str, *import_users: str) -> Path:
     db = world.root / name
     db.mkdir()
     assert run("certutil", "-N", "--empty-password", "-d", f"sql:{db}").returncode == 0
-    assert run("certutil", "-A", "-n", "hsmkm-ca", "-t", "C,C,C", "-i", str(world.home / "pub" / "ca.crt"),
-               "-d", f"sql:{db}").returncode == 0
+    assert (
+        run(
+            "certutil",
+            "-A",
+            "-n",
+            "hsmkm-ca",
+            "-t",
+            "C,C,C",
+            "-i",
+            str(world.home / "pub" / "ca.crt"),
+            "-d",
+            f"sql:{db}",
+        ).returncode
+        == 0
+    )
     for user in import_users:
         res = run("pk12util", "-i", str(world.epf[user]), "-d", f"sql:{db}", "-w", str(world.root / "pw.txt"), "-K", "")
         assert res.returncode == 0, res.stderr
@@ -90,16 +126,25 @@ def nickname(db: Path, pattern: str) -> str:
 
 def mime_opaque(der: bytes, headers: str, kind: str = "signed-data") -> bytes:
     b64 = base64.encodebytes(der).replace(b"\n", b"\r\n")
-    return (headers.encode() + b"MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type="
-            + kind.encode() + b"; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64)
+    return (
+        headers.encode()
+        + b"MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type="
+        + kind.encode()
+        + b"; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + b64
+    )
 
 
 def mime_clear(content: bytes, sig: bytes, headers: str) -> bytes:
     b64 = base64.encodebytes(sig).replace(b"\n", b"\r\n")
-    return (headers.encode() + b'MIME-Version: 1.0\r\nContent-Type: multipart/signed; protocol="application/pkcs7-signature";'
-            b' micalg=sha-256; boundary="nss-b"\r\n\r\n--nss-b\r\n' + content + b"\r\n--nss-b\r\n"
-            b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-            + b64 + b"\r\n--nss-b--\r\n")
+    return (
+        headers.encode()
+        + b'MIME-Version: 1.0\r\nContent-Type: multipart/signed; protocol="application/pkcs7-signature";'
+        b' micalg=sha-256; boundary="nss-b"\r\n\r\n--nss-b\r\n' + content + b"\r\n--nss-b\r\n"
+        b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + b64
+        + b"\r\n--nss-b--\r\n"
+    )
 
 
 def signed_attribute_oids(der: bytes) -> str:
@@ -112,7 +157,10 @@ def key_of(world: World, user: str, cert: x509.Certificate, out: Path) -> Path:
     want = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     for block in re.findall(rb"-----BEGIN PRIVATE KEY-----.*?-----END PRIVATE KEY-----", pem, re.S):
         key = serialization.load_pem_private_key(block, None)
-        if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == want:
+        if (
+            key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            == want
+        ):
             out.write_bytes(block)
             return out
     raise AssertionError("no matching key in the keystore")
@@ -141,21 +189,48 @@ def test_nss_signed_messages_verify_in_hsmkm(world: World, flags: list[str]) -> 
     attrs = signed_attribute_oids(opaque.stdout)
     # what made 'msg verify' fail before: NSS's encryption key preference and Microsoft's
     assert "1.3.6.1.4.1.311.16.4" in attrs and "encrypKeyPref" in attrs
-    for name, message in (("opaque.eml", mime_opaque(opaque.stdout, NINA_HEADERS)),
-                          ("clear.eml", mime_clear(CONTENT, detached.stdout, NINA_HEADERS))):
+    for name, message in (
+        ("opaque.eml", mime_opaque(opaque.stdout, NINA_HEADERS)),
+        ("clear.eml", mime_clear(CONTENT, detached.stdout, NINA_HEADERS)),
+    ):
         path = world.root / f"{db.name}-{name}"
         path.write_bytes(message)
         out = path.with_suffix(".out")
-        res = hsmkm("--json", "msg", "verify", "--km", str(world.home), "--cache", str(world.root / "cache"), str(path),
-                    "-o", str(out))
+        res = hsmkm(
+            "--json",
+            "msg",
+            "verify",
+            "--km",
+            str(world.home),
+            "--cache",
+            str(world.root / "cache"),
+            str(path),
+            "-o",
+            str(out),
+        )
         assert res.json()["signer"] == "nina@example.com" and res.json()["header_mismatches"] == []
-        assert out.read_bytes().startswith(NINA_HEADERS.encode()) and out.read_bytes().endswith(CONTENT.split(b"\r\n\r\n", 1)[1])
+        assert out.read_bytes().startswith(NINA_HEADERS.encode()) and out.read_bytes().endswith(
+            CONTENT.split(b"\r\n\r\n", 1)[1]
+        )
 
 
 def test_nss_sign_then_encrypt_decrypts_in_hsmkm(world: World) -> None:
     db = nss_db(world, "nss-sign-enc", "nina")
-    assert run("certutil", "-A", "-n", "rita-enc", "-t", ",,", "-i", str(world.home / "pub" / "certs" / "rita@example.com.enc.crt"),
-               "-d", f"sql:{db}").returncode == 0
+    assert (
+        run(
+            "certutil",
+            "-A",
+            "-n",
+            "rita-enc",
+            "-t",
+            ",,",
+            "-i",
+            str(world.home / "pub" / "certs" / "rita@example.com.enc.crt"),
+            "-d",
+            f"sql:{db}",
+        ).returncode
+        == 0
+    )
     signed_der = run("cmsutil", "-S", "-N", nickname(db, r"nina.*sign"), "-d", f"sql:{db}", input=CONTENT).stdout
     inner = mime_opaque(signed_der, "")
     env = run("cmsutil", "-E", "-r", "rita-enc", "-d", f"sql:{db}", input=inner)
@@ -163,8 +238,21 @@ def test_nss_sign_then_encrypt_decrypts_in_hsmkm(world: World) -> None:
     path = world.root / "nss-sign-enc.eml"
     path.write_bytes(mime_opaque(env.stdout, NINA_HEADERS, "enveloped-data"))
     out = world.root / "nss-sign-enc.out"
-    res = hsmkm("--json", "msg", "decrypt", "--keystore", str(world.epf["rita"]), "--password-source", "env:PW",
-                "--km", str(world.home), str(path), "-o", str(out), env={"PW": PW})
+    res = hsmkm(
+        "--json",
+        "msg",
+        "decrypt",
+        "--keystore",
+        str(world.epf["rita"]),
+        "--password-source",
+        "env:PW",
+        "--km",
+        str(world.home),
+        str(path),
+        "-o",
+        str(out),
+        env={"PW": PW},
+    )
     assert res.json()["signed_by"] == "nina@example.com"
     assert out.read_bytes().endswith(CONTENT.split(b"\r\n\r\n", 1)[1])
 
@@ -175,9 +263,13 @@ def test_capabilities_a_correspondent_announced_are_used_for_the_next_message(wo
     cache = world.root / "cache-announce"
     plain = b"From: rita@example.com\r\nSubject: s\r\n\r\nhello\r\n"
     before = encrypt_to(world, "mo", plain, world.root / "to-mo-1.eml", "--cache", str(cache))
-    assert "id-smime-ct-authEnvelopedData" in signed_attribute_oids(before) or "authEnveloped" in signed_attribute_oids(before)
+    assert "id-smime-ct-authEnvelopedData" in signed_attribute_oids(before) or "authEnveloped" in signed_attribute_oids(
+        before
+    )
     db = nss_db(world, "nss-mo", "mo")
-    signed_der = run("cmsutil", "-S", "-N", nickname(db, r"mo.*sign"), "-d", f"sql:{db}", "-G", "-P", input=CONTENT).stdout
+    signed_der = run(
+        "cmsutil", "-S", "-N", nickname(db, r"mo.*sign"), "-d", f"sql:{db}", "-G", "-P", input=CONTENT
+    ).stdout
     path = world.root / "from-mo.eml"
     path.write_bytes(mime_opaque(signed_der, "From: mo@example.com\r\n"))
     hsmkm("msg", "verify", "--km", str(world.home), "--cache", str(cache), str(path))
@@ -207,31 +299,78 @@ def test_mail_to_a_compat_recipient_is_read_by_cmsutil_and_gpgsm(world: World) -
     (world.root / "nina-enc.crt").write_bytes(enc_cert.public_bytes(serialization.Encoding.PEM))
     key = key_of(world, "nina", enc_cert, world.root / "nina-enc.key")
     p12 = world.root / "nina-legacy.p12"
-    assert run("openssl", "pkcs12", "-export", "-legacy", "-inkey", str(key), "-in", str(world.root / "nina-enc.crt"),
-               "-passout", "pass:nina", "-out", str(p12)).returncode == 0
+    assert (
+        run(
+            "openssl",
+            "pkcs12",
+            "-export",
+            "-legacy",
+            "-inkey",
+            str(key),
+            "-in",
+            str(world.root / "nina-enc.crt"),
+            "-passout",
+            "pass:nina",
+            "-out",
+            str(p12),
+        ).returncode
+        == 0
+    )
     assert run("gpgconf", "--launch", "gpg-agent", env=genv).returncode == 0
     assert run("gpg-connect-agent", "--no-autostart", "/bye", env=genv).returncode == 0
     try:
-        imp = run("gpgsm", "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--import", str(p12),
-                  input=b"nina\n", env=genv)
+        imp = run(
+            "gpgsm",
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--import",
+            str(p12),
+            input=b"nina\n",
+            env=genv,
+        )
         assert b"secret keys imported: 1" in imp.stderr, imp.stderr
         (world.root / "to-nina.p7m").write_bytes(der)
-        out = run("gpgsm", "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--decrypt",
-                  str(world.root / "to-nina.p7m"), input=b"nina\n", env=genv)
+        out = run(
+            "gpgsm",
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase-fd",
+            "0",
+            "--decrypt",
+            str(world.root / "to-nina.p7m"),
+            input=b"nina\n",
+            env=genv,
+        )
     finally:
         run("gpgconf", "--kill", "gpg-agent", env=genv)
     assert out.returncode == 0 and out.stdout.endswith(b"hello nina\r\n"), out.stderr
 
 
 def test_mail_to_a_modern_recipient_is_read_by_openssl(world: World) -> None:
-    der = encrypt_to(world, "mo", b"From: rita@example.com\r\nSubject: GCM\r\n\r\nhello mo\r\n", world.root / "to-mo.eml")
+    der = encrypt_to(
+        world, "mo", b"From: rita@example.com\r\nSubject: GCM\r\n\r\nhello mo\r\n", world.root / "to-mo.eml"
+    )
     printed = signed_attribute_oids(der)
     assert "rsaesOaep" in printed and "aes-256-gcm" in printed.lower()
     enc_cert = world.cert("mo", "enc")
     (world.root / "mo-enc.crt").write_bytes(enc_cert.public_bytes(serialization.Encoding.PEM))
     key = key_of(world, "mo", enc_cert, world.root / "mo-enc.key")
-    out = run("openssl", "cms", "-decrypt", "-inform", "DER", "-inkey", str(key), "-recip", str(world.root / "mo-enc.crt"),
-              input=der)
+    out = run(
+        "openssl",
+        "cms",
+        "-decrypt",
+        "-inform",
+        "DER",
+        "-inkey",
+        str(key),
+        "-recip",
+        str(world.root / "mo-enc.crt"),
+        input=der,
+    )
     assert out.returncode == 0 and out.stdout.endswith(b"hello mo\r\n"), out.stderr
 
 
@@ -239,13 +378,26 @@ def test_clear_signed_lf_input_verifies_at_nss(world: World) -> None:
     src = world.root / "lf.eml"
     src.write_bytes("From: rita@example.com\nSubject: caf\u00e9\n\nGr\u00fc\u00dfe\nfrom LF input\n".encode())
     out = world.root / "lf-signed.eml"
-    hsmkm("msg", "sign", "--keystore", str(world.epf["rita"]), "--password-source", "env:PW", "--detached",
-          str(src), "-o", str(out), env={"PW": PW})
+    hsmkm(
+        "msg",
+        "sign",
+        "--keystore",
+        str(world.epf["rita"]),
+        "--password-source",
+        "env:PW",
+        "--detached",
+        str(src),
+        "-o",
+        str(out),
+        env={"PW": PW},
+    )
     parsed = smime.parse(out.read_bytes())
     assert parsed.detached_content is not None and parsed.detached_content.isascii()
     db = nss_db(world, "nss-lf")
     (world.root / "lf.content").write_bytes(parsed.detached_content)
-    res = run("cmsutil", "-D", "-d", f"sql:{db}", "-c", str(world.root / "lf.content"), "-n", "-h", "1", input=parsed.der)
+    res = run(
+        "cmsutil", "-D", "-d", f"sql:{db}", "-c", str(world.root / "lf.content"), "-n", "-h", "1", input=parsed.der
+    )
     assert res.returncode == 0 and b"GoodSignature" in res.stdout, res.stdout + res.stderr
 
 
@@ -254,10 +406,22 @@ def test_clear_signed_lf_input_verifies_at_nss(world: World) -> None:
 
 def _nss_reads_signed(world: World, db: Path, user: str) -> bytes:
     src = world.root / f"{user}-note.eml"
-    src.write_bytes(f"From: {user}@example.com\r\nTo: nina@example.com\r\nSubject: reply to me\r\n\r\nplease reply encrypted\r\n".encode())
+    src.write_bytes(
+        f"From: {user}@example.com\r\nTo: nina@example.com\r\nSubject: reply to me\r\n\r\nplease reply encrypted\r\n".encode()
+    )
     out = world.root / f"{user}-note-signed.eml"
-    hsmkm("msg", "sign", "--keystore", str(world.epf[user]), "--password-source", "env:PW", str(src), "-o", str(out),
-          env={"PW": PW})
+    hsmkm(
+        "msg",
+        "sign",
+        "--keystore",
+        str(world.epf[user]),
+        "--password-source",
+        "env:PW",
+        str(src),
+        "-o",
+        str(out),
+        env={"PW": PW},
+    )
     der = smime.parse(out.read_bytes()).der
     # -k keeps the message's certificates; -u 5 (certUsageEmailRecipient) keeps those good for
     # encryption, as a mail client does when it files a correspondent's certificates
@@ -270,8 +434,10 @@ def _nss_reads_signed(world: World, db: Path, user: str) -> bytes:
 
 def _nss_serials(db: Path, email: str) -> set[int]:
     pem = run("certutil", "-L", "-d", f"sql:{db}", "-n", email, "-a").stdout
-    return {x509.load_pem_x509_certificate(b).serial_number
-            for b in re.findall(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", pem, re.S)}
+    return {
+        x509.load_pem_x509_certificate(b).serial_number
+        for b in re.findall(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", pem, re.S)
+    }
 
 
 def test_nss_replies_encrypted_to_an_rsa_user_after_reading_their_signed_message(world: World) -> None:
@@ -279,13 +445,31 @@ def test_nss_replies_encrypted_to_an_rsa_user_after_reading_their_signed_message
     _nss_reads_signed(world, db, "rita")
     enc = world.cert("rita", "enc")
     assert enc.serial_number in _nss_serials(db, "rita@example.com")
-    reply = run("cmsutil", "-E", "-r", "rita@example.com", "-d", f"sql:{db}",
-                input=b"Content-Type: text/plain\r\n\r\nan encrypted reply from NSS\r\n")
+    reply = run(
+        "cmsutil",
+        "-E",
+        "-r",
+        "rita@example.com",
+        "-d",
+        f"sql:{db}",
+        input=b"Content-Type: text/plain\r\n\r\nan encrypted reply from NSS\r\n",
+    )
     assert reply.returncode == 0, reply.stderr
     path = world.root / "reply-rsa.p7m"
     path.write_bytes(reply.stdout)
-    res = hsmkm("--json", "msg", "decrypt", "--keystore", str(world.epf["rita"]), "--password-source", "env:PW",
-                str(path), "-o", str(world.root / "reply-rsa.out"), env={"PW": PW})
+    res = hsmkm(
+        "--json",
+        "msg",
+        "decrypt",
+        "--keystore",
+        str(world.epf["rita"]),
+        "--password-source",
+        "env:PW",
+        str(path),
+        "-o",
+        str(world.root / "reply-rsa.out"),
+        env={"PW": PW},
+    )
     assert res.json()["key_serial"] == f"{enc.serial_number:x}"
     assert (world.root / "reply-rsa.out").read_bytes().endswith(b"an encrypted reply from NSS\r\n")
 
@@ -297,16 +481,32 @@ def test_nss_387_limits_with_an_ec_user(world: World) -> None:
     _nss_reads_signed(world, db, "eve")
     enc = world.cert("eve", "enc")
     assert enc.serial_number in _nss_serials(db, "eve@example.com")
-    reply = run("cmsutil", "-E", "-r", "eve@example.com", "-d", f"sql:{db}", input=b"Content-Type: text/plain\r\n\r\nx\r\n")
+    reply = run(
+        "cmsutil", "-E", "-r", "eve@example.com", "-d", f"sql:{db}", input=b"Content-Type: text/plain\r\n\r\nx\r\n"
+    )
     assert reply.returncode != 0 and b"SEC_ERROR_INVALID_ALGORITHM" in reply.stderr, reply.stderr
-    der = encrypt_to(world, "eve", b"From: rita@example.com\r\nSubject: ECDH\r\n\r\nfor eve\r\n", world.root / "to-eve.eml")
-    assert "dhSinglePass-stdDH-sha256kdf-scheme" in signed_attribute_oids(der) and "aes-256-cbc" in signed_attribute_oids(der)
+    der = encrypt_to(
+        world, "eve", b"From: rita@example.com\r\nSubject: ECDH\r\n\r\nfor eve\r\n", world.root / "to-eve.eml"
+    )
+    assert "dhSinglePass-stdDH-sha256kdf-scheme" in signed_attribute_oids(
+        der
+    ) and "aes-256-cbc" in signed_attribute_oids(der)
     nss = run("cmsutil", "-D", "-d", f"sql:{db}", input=der)
     assert nss.returncode != 0, nss.stdout
     (world.root / "eve-enc.crt").write_bytes(enc.public_bytes(serialization.Encoding.PEM))
     key = key_of(world, "eve", enc, world.root / "eve-enc.key")
-    ossl = run("openssl", "cms", "-decrypt", "-inform", "DER", "-inkey", str(key), "-recip", str(world.root / "eve-enc.crt"),
-               input=der)
+    ossl = run(
+        "openssl",
+        "cms",
+        "-decrypt",
+        "-inform",
+        "DER",
+        "-inkey",
+        str(key),
+        "-recip",
+        str(world.root / "eve-enc.crt"),
+        input=der,
+    )
     assert ossl.returncode == 0 and ossl.stdout.endswith(b"for eve\r\n"), ossl.stderr
 
 
@@ -334,8 +534,12 @@ def test_nss_lists_the_token_certificates_and_decrypts_with_the_token(world: Wor
     uri = f"pkcs11:token={token}?module-path={module_path}&pin-source=env:TIA_PIN"
     enroll(world.home, "tia", "rsa2048", "compat", uri, "rsa2048", env={"TIA_PIN": pin, **env})
     db = nss_db(world, "nss-token")
-    assert run("modutil", "-add", "softhsm", "-libfile", module_path, "-dbdir", f"sql:{db}", "-force",
-               input=b"\n", env=env).returncode == 0
+    assert (
+        run(
+            "modutil", "-add", "softhsm", "-libfile", module_path, "-dbdir", f"sql:{db}", "-force", input=b"\n", env=env
+        ).returncode
+        == 0
+    )
     pinfile = world.root / "tia.pin"
     pinfile.write_text(pin)
 
@@ -345,9 +549,17 @@ def test_nss_lists_the_token_certificates_and_decrypts_with_the_token(world: Wor
 
     names = listed()
     enc = world.cert("tia", "enc")
-    assert f"{token}:tia-sign" in names and f"{token}:tia-enc-{enc.serial_number:x}" in names and f"{token}:hsmkm CA" in names
-    der = encrypt_to(world, "tia", b"From: rita@example.com\r\nSubject: to the card\r\n\r\nfor the smart card\r\n",
-                     world.root / "to-tia.eml")
+    assert (
+        f"{token}:tia-sign" in names
+        and f"{token}:tia-enc-{enc.serial_number:x}" in names
+        and f"{token}:hsmkm CA" in names
+    )
+    der = encrypt_to(
+        world,
+        "tia",
+        b"From: rita@example.com\r\nSubject: to the card\r\n\r\nfor the smart card\r\n",
+        world.root / "to-tia.eml",
+    )
     dec = run("cmsutil", "-D", "-d", f"sql:{db}", "-f", str(pinfile), input=der, env=env)
     assert dec.returncode == 0 and dec.stdout.endswith(b"for the smart card\r\n"), dec.stderr
     # A token enrolled by an earlier version: certificate objects without CKA_ISSUER and
@@ -363,8 +575,21 @@ def test_nss_lists_the_token_certificates_and_decrypts_with_the_token(world: Wor
     subprocess.run([sys.executable, "-c", _OLD_STYLE, token, pin], env={**os.environ, **env}, check=True)
     assert f"{token}:" not in listed()
     code = hsmkm("--json", "user", "reenable", "tia@example.com", home=world.home).json()["code"]
-    hsmkm("enroll", "--km", str(world.home), "--email", "tia@example.com", "--code-source", "env:CODE", "--keystore", uri,
-          "--sign-key", "rsa2048", "--update", env={"CODE": code, "TIA_PIN": pin, **env})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(world.home),
+        "--email",
+        "tia@example.com",
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        uri,
+        "--sign-key",
+        "rsa2048",
+        "--update",
+        env={"CODE": code, "TIA_PIN": pin, **env},
+    )
     assert f"{token}:tia-enc-{enc.serial_number:x}" in listed()
     dec = run("cmsutil", "-D", "-d", f"sql:{db}", "-f", str(pinfile), input=der, env=env)
     assert dec.returncode == 0 and dec.stdout.endswith(b"for the smart card\r\n"), dec.stderr
@@ -374,8 +599,10 @@ def test_nss_387_limits_with_oaep_gcm_and_delta_crls(world: World) -> None:
     """What NSS 3.87 refuses (the reason for the compat profile): RSA-OAEP, AES-GCM, delta CRLs."""
     db = nss_db(world, "nss-limits", "nina")
     plain = b"From: rita@example.com\r\nSubject: s\r\n\r\nhello\r\n"
-    for opts, error in ((("--cipher", "aes256-cbc", "--key-transport", "rsa-oaep"), b"SEC_ERROR_UNSUPPORTED_KEYALG"),
-                        (("--cipher", "aes256-gcm", "--key-transport", "rsa-pkcs1v15"), b"SEC_ERROR_UNRECOGNIZED_OID")):
+    for opts, error in (
+        (("--cipher", "aes256-cbc", "--key-transport", "rsa-oaep"), b"SEC_ERROR_UNSUPPORTED_KEYALG"),
+        (("--cipher", "aes256-gcm", "--key-transport", "rsa-pkcs1v15"), b"SEC_ERROR_UNRECOGNIZED_OID"),
+    ):
         der = encrypt_to(world, "nina", plain, world.root / "limit.eml", *opts)
         res = run("cmsutil", "-D", "-d", f"sql:{db}", input=der)
         assert res.returncode != 0 and error in res.stderr, res.stderr

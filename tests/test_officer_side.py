@@ -27,11 +27,18 @@ from hsmkm.km.officer_side import (
 
 
 def _epoch(number: int, quorum: int, names: list[str], keys: dict[str, ec.EllipticCurvePrivateKey]) -> Epoch:
-    return Epoch(number, quorum, EpochStatus.ACTIVE, None,
-                 tuple(EpochOfficer(n, i + 1, keys[n].public_key()) for i, n in enumerate(names)))
+    return Epoch(
+        number,
+        quorum,
+        EpochStatus.ACTIVE,
+        None,
+        tuple(EpochOfficer(n, i + 1, keys[n].public_key()) for i, n in enumerate(names)),
+    )
 
 
-def _own_share(key: ec.EllipticCurvePrivateKey, rec: RecordIdentity, epoch: int, name: str, x: int, sealed: bytes) -> shamir.Share:
+def _own_share(
+    key: ec.EllipticCurvePrivateKey, rec: RecordIdentity, epoch: int, name: str, x: int, sealed: bytes
+) -> shamir.Share:
     return shamir.decode_share(sealing.unseal(key, sealed, share_context(rec, epoch, name, x)))
 
 
@@ -63,7 +70,9 @@ def test_approvals_open_exactly_the_approved_records_and_redistribution_keeps_th
         for e in open_approval(request_key, blob, 7, name, content):
             got.setdefault(e.record.record_id, []).append(e.share)
     assert set(got) == {r.record_id for r in approved}
-    assert {rid: shamir.combine(s) for rid, s in got.items()} == {r.record_id: record_keys[r.record_id] for r in approved}
+    assert {rid: shamir.combine(s) for rid, s in got.items()} == {
+        r.record_id: record_keys[r.record_id] for r in approved
+    }
     if k > 1:
         assert all(shamir.combine(s[: k - 1]) != record_keys[rid] for rid, s in got.items())
 
@@ -90,16 +99,21 @@ def test_approvals_open_exactly_the_approved_records_and_redistribution_keeps_th
         received = [(s, epoch.officer(s).x, blobs[s][no.name]) for s in senders]
         sealed = combine_received(keys[no.name], no, 2, 9, b"change", received)
         assert {rec.record_id for rec, _ in sealed} == set(record_keys)
-        new_shares[no.name] = {rec.record_id: _own_share(keys[no.name], rec, 2, no.name, no.x, blob) for rec, blob in sealed}
+        new_shares[no.name] = {
+            rec.record_id: _own_share(keys[no.name], rec, 2, no.name, no.x, blob) for rec, blob in sealed
+        }
     chosen = data.draw(st.permutations(new_names))
     for r in records:
         assert shamir.combine([new_shares[nm][r.record_id] for nm in chosen[:k_new]]) == record_keys[r.record_id]
         if k_new > 1:
-            assert shamir.combine([new_shares[nm][r.record_id] for nm in chosen[: k_new - 1]]) != record_keys[r.record_id]
+            assert (
+                shamir.combine([new_shares[nm][r.record_id] for nm in chosen[: k_new - 1]]) != record_keys[r.record_id]
+            )
             if removed is not None:
                 o = epoch.officer(removed)
-                old = _own_share(keys[removed], r, 1, removed, o.x,
-                                 next(s.sealed for s in rows[r.record_id] if s.officer == removed))
+                old = _own_share(
+                    keys[removed], r, 1, removed, o.x, next(s.sealed for s in rows[r.record_id] if s.officer == removed)
+                )
                 others = [new_shares[nm][r.record_id] for nm in chosen if new_shares[nm][r.record_id].x != old.x]
                 assert shamir.combine(others[: k_new - 1] + [old]) != record_keys[r.record_id]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,14 +14,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from hsmkm import errors
+from hsmkm.certnames import CertKind
 from hsmkm.keys.base import PrivateKey
 from hsmkm.x509 import profiles
 from hsmkm.x509.names import parse_dn
-from hsmkm.certnames import CertKind
 from hsmkm.x509.profiles import PublicationUrls
 
 BIN = Path(sys.executable).parent
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 URLS = PublicationUrls("http://pki.example/hsmkm/")
 CA_NAME = parse_dn("CN=hsmkm CA,O=Example,C=DE")
 
@@ -72,7 +72,9 @@ def test_ca_certificate_profile(ca: tuple[PrivateKey, x509.Certificate], tmp_pat
     assert ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == ski.digest
     assert cert.issuer == cert.subject == CA_NAME
     assert cert.not_valid_before_utc <= NOW - profiles.BACKDATE + timedelta(seconds=1)
-    expected_hash = hashes.SHA384 if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size == 384 else hashes.SHA256
+    expected_hash = (
+        hashes.SHA384 if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size == 384 else hashes.SHA256
+    )
     assert isinstance(cert.signature_hash_algorithm, expected_hash)
     cert.verify_directly_issued_by(cert)
     path = _pem(tmp_path / "ca.pem", cert)
@@ -92,8 +94,16 @@ def test_user_certificates_lint_clean_and_verify(
     public_key = user_keys[user_alg].public_key()
     for kind in CertKind:
         cert = profiles.build_user_certificate(
-            kind, "alice@example.com", "Alice Example", public_key, ca_cert, ca_key,
-            profiles.random_serial(), NOW, NOW + timedelta(days=365), URLS,
+            kind,
+            "alice@example.com",
+            "Alice Example",
+            public_key,
+            ca_cert,
+            ca_key,
+            profiles.random_serial(),
+            NOW,
+            NOW + timedelta(days=365),
+            URLS,
         )
         cert.verify_directly_issued_by(ca_cert)
         path = _pem(tmp_path / f"{kind.value}.pem", cert)
@@ -113,8 +123,16 @@ def test_user_certificate_extensions(ca: tuple[PrivateKey, x509.Certificate], us
     for alg, key in user_keys.items():
         for kind in CertKind:
             cert = profiles.build_user_certificate(
-                kind, "bob@example.com", None, key.public_key(), ca_cert, ca_key,
-                profiles.random_serial(), NOW, NOW + timedelta(days=30), URLS,
+                kind,
+                "bob@example.com",
+                None,
+                key.public_key(),
+                ca_cert,
+                ca_key,
+                profiles.random_serial(),
+                NOW,
+                NOW + timedelta(days=30),
+                URLS,
             )
             ext = cert.extensions
             ku = ext.get_extension_for_class(x509.KeyUsage)
@@ -136,7 +154,9 @@ def test_user_certificate_extensions(ca: tuple[PrivateKey, x509.Certificate], us
             assert bc.critical and not bc.value.ca
             ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
             assert ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == ca_ski
-            assert ext.get_extension_for_class(x509.SubjectKeyIdentifier).value == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+            assert ext.get_extension_for_class(
+                x509.SubjectKeyIdentifier
+            ).value == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
             cdp = ext.get_extension_for_class(x509.CRLDistributionPoints).value
             assert [n.value for n in cdp[0].full_name or []] == ["http://pki.example/hsmkm/crl/full.crl"]
             fresh = ext.get_extension_for_class(x509.FreshestCRL).value
@@ -151,11 +171,21 @@ def test_user_certificate_extensions(ca: tuple[PrivateKey, x509.Certificate], us
             assert 0 < cert.serial_number < 2**159
 
 
-def test_validity_never_outlasts_the_issuer(ca: tuple[PrivateKey, x509.Certificate], user_keys: dict[str, PrivateKey]) -> None:
+def test_validity_never_outlasts_the_issuer(
+    ca: tuple[PrivateKey, x509.Certificate], user_keys: dict[str, PrivateKey]
+) -> None:
     ca_key, ca_cert = ca
     cert = profiles.build_user_certificate(
-        CertKind.SIGN, "c@example.com", "C", user_keys["ec"].public_key(), ca_cert, ca_key,
-        profiles.random_serial(), NOW, NOW + timedelta(days=50 * 365), URLS,
+        CertKind.SIGN,
+        "c@example.com",
+        "C",
+        user_keys["ec"].public_key(),
+        ca_cert,
+        ca_key,
+        profiles.random_serial(),
+        NOW,
+        NOW + timedelta(days=50 * 365),
+        URLS,
     )
     assert cert.not_valid_after_utc == ca_cert.not_valid_after_utc
     assert cert.not_valid_before_utc == (NOW - profiles.BACKDATE).replace(microsecond=0)
@@ -164,13 +194,24 @@ def test_validity_never_outlasts_the_issuer(ca: tuple[PrivateKey, x509.Certifica
 def test_smime_br_mailbox_profile_with_policy_oid(tmp_path: Path) -> None:
     """With CN = the address and the CA/B mailbox-strict OID, the S/MIME BR linter is clean too."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = profiles.build_ca_certificate(CA_NAME, ca_key.public_key(), ca_key, profiles.random_serial(), NOW, NOW + timedelta(days=3650))
+    ca_cert = profiles.build_ca_certificate(
+        CA_NAME, ca_key.public_key(), ca_key, profiles.random_serial(), NOW, NOW + timedelta(days=3650)
+    )
     mailbox_strict = x509.ObjectIdentifier("2.23.140.1.5.1.3")
     for alg_key in (rsa.generate_private_key(65537, 2048), ec.generate_private_key(ec.SECP256R1())):
         for kind in CertKind:
             cert = profiles.build_user_certificate(
-                kind, "alice@example.com", None, alg_key.public_key(), ca_cert, ca_key, profiles.random_serial(),
-                NOW, NOW + timedelta(days=365), PublicationUrls("http://pki.example.com/hsmkm/"), policy_oid=mailbox_strict,
+                kind,
+                "alice@example.com",
+                None,
+                alg_key.public_key(),
+                ca_cert,
+                ca_key,
+                profiles.random_serial(),
+                NOW,
+                NOW + timedelta(days=365),
+                PublicationUrls("http://pki.example.com/hsmkm/"),
+                policy_oid=mailbox_strict,
             )
             policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies)
             assert not policies.critical and policies.value[0].policy_identifier == mailbox_strict
@@ -182,13 +223,26 @@ def test_smime_br_mailbox_profile_with_policy_oid(tmp_path: Path) -> None:
 @pytest.mark.interop
 def test_subordinate_ca(tmp_path: Path) -> None:
     root_key = rsa.generate_private_key(65537, 3072)
-    root = profiles.build_ca_certificate(parse_dn("CN=Root,O=Example"), root_key.public_key(), root_key, profiles.random_serial(), NOW, NOW + timedelta(days=3650), path_length=1)
+    root = profiles.build_ca_certificate(
+        parse_dn("CN=Root,O=Example"),
+        root_key.public_key(),
+        root_key,
+        profiles.random_serial(),
+        NOW,
+        NOW + timedelta(days=3650),
+        path_length=1,
+    )
     sub_key = ec.generate_private_key(ec.SECP384R1())
     csr = profiles.build_csr_for_subordinate(parse_dn("CN=hsmkm sub CA,O=Example"), sub_key)
     assert csr.is_signature_valid and isinstance(csr.signature_hash_algorithm, hashes.SHA384)
     assert csr.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     sub = profiles.build_ca_certificate(
-        csr.subject, csr.public_key(), root_key, profiles.random_serial(), NOW, NOW + timedelta(days=10 * 3650),  # type: ignore[arg-type]
+        csr.subject,
+        csr.public_key(),  # type: ignore[arg-type]
+        root_key,
+        profiles.random_serial(),
+        NOW,
+        NOW + timedelta(days=10 * 3650),
         issuer_cert=root,
     )
     sub.verify_directly_issued_by(root)
@@ -196,9 +250,21 @@ def test_subordinate_ca(tmp_path: Path) -> None:
     root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     assert sub.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == root_ski
     user_key = ec.generate_private_key(ec.SECP256R1())
-    user = profiles.build_user_certificate(CertKind.SIGN, "d@example.com", "D", user_key.public_key(), sub, sub_key,
-                                           profiles.random_serial(), NOW, NOW + timedelta(days=30), URLS)
-    root_pem, sub_pem, user_pem = (_pem(tmp_path / f"{n}.pem", c) for n, c in (("root", root), ("sub", sub), ("user", user)))
+    user = profiles.build_user_certificate(
+        CertKind.SIGN,
+        "d@example.com",
+        "D",
+        user_key.public_key(),
+        sub,
+        sub_key,
+        profiles.random_serial(),
+        NOW,
+        NOW + timedelta(days=30),
+        URLS,
+    )
+    root_pem, sub_pem, user_pem = (
+        _pem(tmp_path / f"{n}.pem", c) for n, c in (("root", root), ("sub", sub), ("user", user))
+    )
     for path in (root_pem, sub_pem, user_pem):
         assert _lint("lint_pkix_cert", path) == ""
     out = _openssl("verify", "-CAfile", str(root_pem), "-untrusted", str(sub_pem), str(user_pem))
@@ -216,7 +282,12 @@ def test_bad_requests_are_refused(ca: tuple[PrivateKey, x509.Certificate], user_
     ca_key, ca_cert = ca
     pub = user_keys["ec"].public_key()
 
-    def user(email: str = "e@example.com", name: str | None = None, start: datetime = NOW, end: datetime = NOW + timedelta(days=1)) -> None:
+    def user(
+        email: str = "e@example.com",
+        name: str | None = None,
+        start: datetime = NOW,
+        end: datetime = NOW + timedelta(days=1),
+    ) -> None:
         profiles.build_user_certificate(CertKind.SIGN, email, name, pub, ca_cert, ca_key, 1, start, end, URLS)
 
     for email in ("", "no-at-sign", "@example.com", "a@", "\u00e4@example.com", "a b@example.com"):
@@ -229,8 +300,12 @@ def test_bad_requests_are_refused(ca: tuple[PrivateKey, x509.Certificate], user_
     with pytest.raises(errors.BadInput):
         PublicationUrls("pki.example/hsmkm")
     long_email = "a" * 70 + "@example.com"
-    cert = profiles.build_user_certificate(CertKind.SIGN, long_email, None, pub, ca_cert, ca_key, 1, NOW, NOW + timedelta(days=1), URLS)
-    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.RFC822Name) == [long_email]
+    cert = profiles.build_user_certificate(
+        CertKind.SIGN, long_email, None, pub, ca_cert, ca_key, 1, NOW, NOW + timedelta(days=1), URLS
+    )
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.RFC822Name
+    ) == [long_email]
 
 
 def test_parse_dn() -> None:

@@ -10,16 +10,16 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from conftest import hsmkm, trial_pin
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from conftest import hsmkm, trial_pin
+from hsmkm.certnames import CertKind
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.km.publisher import CrlKind, Publisher
 from hsmkm.km.publishers import publisher_for
 from hsmkm.store.repos.artifacts import Artifact, ArtifactKind
 from hsmkm.x509.crlparse import parse_crl
-from hsmkm.certnames import CertKind
 
 
 class MemoryPublisher:
@@ -60,9 +60,14 @@ class MemoryPublisher:
         assert self.holding, "a user entry is written only under the publisher's lock"
         # What another process sees at this moment: committed or not yet.
         with sqlite3.connect(self.database) as conn:
-            statuses = sorted(str(r[0]) for r in conn.execute(
-                "SELECT c.status FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = ? "
-                "AND c.current = 1", (email,)))
+            statuses = sorted(
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT c.status FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = ? "
+                    "AND c.current = 1",
+                    (email,),
+                )
+            )
         self.events.append(("user" if certs else "withdraw", ",".join(statuses)))
         if certs:
             self.users[email] = dict(certs)
@@ -90,9 +95,14 @@ def _request(email: str, code: str):  # type: ignore[no-untyped-def]
 
 def _current(home: Path, email: str) -> dict[str, bytes]:
     with sqlite3.connect(home / "km.db") as conn:
-        return {str(k): bytes(d) for k, d in conn.execute(
-            "SELECT c.kind, c.der FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = ? "
-            "AND c.current = 1 AND c.status = 'valid'", (email,))}
+        return {
+            str(k): bytes(d)
+            for k, d in conn.execute(
+                "SELECT c.kind, c.der FROM certificates c JOIN users u ON u.id = c.user_id WHERE u.email = ? "
+                "AND c.current = 1 AND c.status = 'valid'",
+                (email,),
+            )
+        }
 
 
 @pytest.fixture
@@ -158,9 +168,15 @@ def test_a_ceremony_gives_its_ca_certificate_to_the_publisher(tmp_path: Path) ->
 
     root = tmp_path / "km"
     memory = MemoryPublisher(root / "km.db")
-    run_ceremony(InitRequest(root=root, ca_subject=x509.Name.from_rfc4514_string("CN=Memory CA"),
-                             ca_key_alg=KeyAlgorithm.P256, embedded_officers=2),
-                 memory)
+    run_ceremony(
+        InitRequest(
+            root=root,
+            ca_subject=x509.Name.from_rfc4514_string("CN=Memory CA"),
+            ca_key_alg=KeyAlgorithm.P256,
+            embedded_officers=2,
+        ),
+        memory,
+    )
     assert memory.ca is not None and ("prepare", "") in memory.events
     ca = x509.load_der_x509_certificate(memory.ca)
     assert ca.subject.rfc4514_string() == "CN=Memory CA"
@@ -234,8 +250,12 @@ def test_an_older_crl_never_replaces_a_newer_one_in_the_database(home: Path) -> 
     db = Database.open(home / "km.db")
     try:
         with db.write() as tx:
-            assert tx.artifacts.put(ArtifactKind.FULL_CRL, older, "2000-01-01T00:00:00+00:00",
-                                    parse_crl(older).number, None) is False
+            assert (
+                tx.artifacts.put(
+                    ArtifactKind.FULL_CRL, older, "2000-01-01T00:00:00+00:00", parse_crl(older).number, None
+                )
+                is False
+            )
     finally:
         db.close()
     assert _artifact(home, ArtifactKind.FULL_CRL) == current
@@ -252,8 +272,11 @@ def test_a_full_sync_rewrites_the_files_from_the_database(home: Path) -> None:
     assert {p: p.read_bytes() for p in before} == before
     hsmkm("directory", "sync", "--full", home=home)  # again: nothing changes
     assert {p: p.read_bytes() for p in before} == before
-    for kind, path in ((ArtifactKind.CA_CERTIFICATE, pub / "ca.crt"), (ArtifactKind.FULL_CRL, pub / "crl" / "full.crl"),
-                       (ArtifactKind.DELTA_CRL, pub / "crl" / "delta.crl")):
+    for kind, path in (
+        (ArtifactKind.CA_CERTIFICATE, pub / "ca.crt"),
+        (ArtifactKind.FULL_CRL, pub / "crl" / "full.crl"),
+        (ArtifactKind.DELTA_CRL, pub / "crl" / "delta.crl"),
+    ):
         art = _artifact(home, kind)
         assert art is not None and art.der == before[path]
 

@@ -30,8 +30,21 @@ def _enroll(home: Path, email: str, epf: Path, update: bool = False) -> None:
         code = hsmkm("user", "reenable", email, "--json", home=home).json()["code"]
     else:
         code = hsmkm("user", "add", email, "--json", home=home).json()["code"]
-    hsmkm("enroll", "--km", str(home), "--email", email, "--code-source", "env:CODE", "--keystore", str(epf),
-          "--password-source", "env:PW", *(["--update"] if update else []), env={"CODE": code, "PW": PW})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        email,
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(epf),
+        "--password-source",
+        "env:PW",
+        *(["--update"] if update else []),
+        env={"CODE": code, "PW": PW},
+    )
 
 
 @pytest.fixture
@@ -42,13 +55,34 @@ def km_with_alice(tmp_path: Path) -> dict[str, Path]:
     epf = tmp_path / "alice.epf"
     _enroll(home, "alice@example.com", epf)
     old_cert = tmp_path / "old-enc.pem"
-    old_cert.write_bytes(x509.load_der_x509_certificate((home / "pub/certs/alice@example.com.enc.crt").read_bytes())
-                         .public_bytes(serialization.Encoding.PEM))
+    old_cert.write_bytes(
+        x509.load_der_x509_certificate((home / "pub/certs/alice@example.com.enc.crt").read_bytes()).public_bytes(
+            serialization.Encoding.PEM
+        )
+    )
     msg = tmp_path / "before.txt"
     msg.write_text("sent before the loss\n")
-    subprocess.run(["openssl", "cms", "-encrypt", "-aes-256-gcm", "-in", str(msg), "-out", str(tmp_path / "old.p7m"),
-                    "-outform", "DER", "-recip", str(old_cert), "-keyopt", "rsa_padding_mode:oaep",
-                    "-keyopt", "rsa_oaep_md:sha256"], check=True)
+    subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-encrypt",
+            "-aes-256-gcm",
+            "-in",
+            str(msg),
+            "-out",
+            str(tmp_path / "old.p7m"),
+            "-outform",
+            "DER",
+            "-recip",
+            str(old_cert),
+            "-keyopt",
+            "rsa_padding_mode:oaep",
+            "-keyopt",
+            "rsa_oaep_md:sha256",
+        ],
+        check=True,
+    )
     _enroll(home, "alice@example.com", epf, update=True)
     return {"home": home, "epf": epf, "root": tmp_path}
 
@@ -60,8 +94,18 @@ def test_one_approval_is_not_enough_two_export_current_and_history(km_with_alice
     rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "lost laptop", "--json", home=home).json()["id"]
     hsmkm("recovery", "approve", str(rid), "--officer", "officer1", "--yes", home=home)
     out = root / "alice-recovered.p12"
-    short = hsmkm("recovery", "complete", str(rid), "--out", str(out), "--password-source", "env:OUT",
-                  home=home, env={"OUT": "export-pass"}, check=False)
+    short = hsmkm(
+        "recovery",
+        "complete",
+        str(rid),
+        "--out",
+        str(out),
+        "--password-source",
+        "env:OUT",
+        home=home,
+        env={"OUT": "export-pass"},
+        check=False,
+    )
     assert short.returncode == 1 and "1 of 2 approvals" in short.stderr and not out.exists()
     dup = hsmkm("recovery", "approve", str(rid), "--officer", "officer1", "--yes", home=home, check=False)
     assert dup.returncode == 2 and "already approved" in dup.stderr
@@ -73,8 +117,18 @@ def test_one_approval_is_not_enough_two_export_current_and_history(km_with_alice
     assert "user:    alice@example.com" in unasked.stderr and "signature checked against the KM CA" in unasked.stderr
     assert unasked.stderr.count("record ") == 2 and "reason:  lost laptop" in unasked.stderr
     hsmkm("recovery", "approve", str(rid), "--officer", "officer3", "--yes", home=home)
-    done = hsmkm("recovery", "complete", str(rid), "--out", str(out), "--password-source", "env:OUT", "--json",
-                 home=home, env={"OUT": "export-pass"}).json()
+    done = hsmkm(
+        "recovery",
+        "complete",
+        str(rid),
+        "--out",
+        str(out),
+        "--password-source",
+        "env:OUT",
+        "--json",
+        home=home,
+        env={"OUT": "export-pass"},
+    ).json()
     assert done["keys"] == 2
     store = EpfKeystore.open(out, "export-pass")
     entries = store.encryption_entries()
@@ -83,21 +137,34 @@ def test_one_approval_is_not_enough_two_export_current_and_history(km_with_alice
         assert e.key.public_key().public_numbers() == e.certificate.public_key().public_numbers()  # type: ignore[union-attr]
     # openssl, with the exported keys, opens the message sent to the old key before the loss.
     pem = root / "exported.pem"
-    subprocess.run(["openssl", "pkcs12", "-in", str(out), "-passin", "pass:export-pass", "-nodes", "-out", str(pem)],
-                   check=True)
+    subprocess.run(
+        ["openssl", "pkcs12", "-in", str(out), "-passin", "pass:export-pass", "-nodes", "-out", str(pem)], check=True
+    )
     keys = [b for b in pem.read_text().split("-----END PRIVATE KEY-----") if "BEGIN PRIVATE KEY" in b]
     opened = []
     for i, block in enumerate(keys):
         kf = root / f"k{i}.pem"
-        kf.write_text(block[block.index("-----BEGIN PRIVATE KEY-----"):] + "-----END PRIVATE KEY-----\n")
-        proc = subprocess.run(["openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(root / "old.p7m"),
-                               "-inkey", str(kf)], capture_output=True)
+        kf.write_text(block[block.index("-----BEGIN PRIVATE KEY-----") :] + "-----END PRIVATE KEY-----\n")
+        proc = subprocess.run(
+            ["openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(root / "old.p7m"), "-inkey", str(kf)],
+            capture_output=True,
+        )
         if proc.returncode == 0:
             opened.append(proc.stdout)
     assert opened == [b"sent before the loss\r\n"]  # openssl cms -encrypt canonicalises to CRLF
     # The quorum bought exactly one recovery: the same request, and the same approvals, are spent.
-    again = hsmkm("recovery", "complete", str(rid), "--out", str(root / "again.p12"), "--password-source", "env:OUT",
-                  home=home, env={"OUT": "export-pass"}, check=False)
+    again = hsmkm(
+        "recovery",
+        "complete",
+        str(rid),
+        "--out",
+        str(root / "again.p12"),
+        "--password-source",
+        "env:OUT",
+        home=home,
+        env={"OUT": "export-pass"},
+        check=False,
+    )
     assert again.returncode == 2 and "completed" in again.stderr
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
 
@@ -105,19 +172,36 @@ def test_one_approval_is_not_enough_two_export_current_and_history(km_with_alice
 @pytest.mark.slow
 def test_reenable_gives_the_user_their_archived_keys(km_with_alice: dict[str, Path]) -> None:
     home, root = km_with_alice["home"], km_with_alice["root"]
-    rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "forgot password", "--json", home=home).json()["id"]
+    rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "forgot password", "--json", home=home).json()[
+        "id"
+    ]
     for officer in ("officer2", "officer3"):
         hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home)
     code_file = root / "alice.code"
-    done = hsmkm("recovery", "complete", str(rid), "--reenable", "--code-out", str(code_file), "--json", home=home).json()
+    done = hsmkm(
+        "recovery", "complete", str(rid), "--reenable", "--code-out", str(code_file), "--json", home=home
+    ).json()
     assert "code" not in done and done["code_out"] == str(code_file)
     assert code_file.stat().st_mode & 0o777 == 0o600
     code = code_file.read_text().strip()
     with sqlite3.connect(home / "km.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM recovered").fetchone()[0] == 2
     new = root / "alice-new.epf"
-    out = hsmkm("enroll", "--km", str(home), "--email", "alice@example.com", "--code-source", "env:CODE",
-                "--keystore", str(new), "--password-source", "env:PW", "--json", env={"CODE": code, "PW": PW}).json()
+    out = hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        "alice@example.com",
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(new),
+        "--password-source",
+        "env:PW",
+        "--json",
+        env={"CODE": code, "PW": PW},
+    ).json()
     assert out["history_keys"] == 2
     store = EpfKeystore.open(new, PW)
     assert len(store.encryption_entries()) == 3  # the new key and the two recovered ones
@@ -143,8 +227,11 @@ def test_code_out_is_on_disk_before_the_commit(km_with_alice: dict[str, Path]) -
         from hsmkm.atomic import write_atomic
 
         write_atomic(target, code.encode(), mode=0o600)
-        seen["status"] = sqlite3.connect(home / "km.db").execute(
-            "SELECT status FROM recovery_requests WHERE id = ?", (req.id,)).fetchone()[0]
+        seen["status"] = (
+            sqlite3.connect(home / "km.db")
+            .execute("SELECT status FROM recovery_requests WHERE id = ?", (req.id,))
+            .fetchone()[0]
+        )
         raise Crash()
 
     with pytest.raises(Crash):
@@ -199,14 +286,16 @@ def test_an_export_or_code_out_cut_short_is_finished_by_the_same_command(km_with
     km.close()
     code_file = root / "alice.code"
     code_file.write_text("not a code\n")
-    refused = hsmkm("recovery", "complete", str(req2.id), "--reenable", "--code-out", str(code_file),
-                    home=home, check=False)
+    refused = hsmkm(
+        "recovery", "complete", str(req2.id), "--reenable", "--code-out", str(code_file), home=home, check=False
+    )
     assert refused.returncode == 2 and code_file.read_text() == "not a code\n"
     code_file.unlink()
     hsmkm("recovery", "complete", str(req2.id), "--reenable", "--code-out", str(code_file), home=home)
     code = code_file.read_text()
-    rerun = hsmkm("recovery", "complete", str(req2.id), "--reenable", "--code-out", str(code_file), "--json",
-                  home=home).json()
+    rerun = hsmkm(
+        "recovery", "complete", str(req2.id), "--reenable", "--code-out", str(code_file), "--json", home=home
+    ).json()
     assert rerun["already"] is True and code_file.read_text() == code
 
 
@@ -236,8 +325,11 @@ def test_crash_during_complete_can_be_rerun(km_with_alice: dict[str, Path], monk
     dead.wait()
     with km.db.transaction() as conn:
         conn.execute("UPDATE recovery_requests SET status = 'completing' WHERE id = ?", (req.id,))
-        conn.execute("INSERT INTO request_claims(request_id, claimed_by) VALUES (?, ?)",
-                     (req.id, f"{__import__('socket').gethostname()}:{dead.pid}:00"))
+        conn.execute(
+            "INSERT INTO request_claims(request_id, claimed_by) VALUES (?, ?)",
+            (req.id, f"{__import__('socket').gethostname()}:{dead.pid}:00"),
+        )
+
     # A completion whose claim another run took over meanwhile commits nothing.
     def taken_over() -> None:
         with sqlite3.connect(home / "km.db") as conn:
@@ -247,8 +339,10 @@ def test_crash_during_complete_can_be_rerun(km_with_alice: dict[str, Path], monk
         recovery.complete_recovery(km, req.id, None, reenable=True, after_claim=taken_over)
     assert km.db.conn.execute("SELECT COUNT(*) FROM recovered").fetchone()[0] == 0
     with km.db.transaction() as conn:
-        conn.execute("UPDATE request_claims SET claimed_by = ? WHERE request_id = ?",
-                     (f"{__import__('socket').gethostname()}:{dead.pid}:00", req.id))
+        conn.execute(
+            "UPDATE request_claims SET claimed_by = ? WHERE request_id = ?",
+            (f"{__import__('socket').gethostname()}:{dead.pid}:00", req.id),
+        )
     done = recovery.complete_recovery(km, req.id, None, reenable=False)
     assert len(done.keys) == 2
     assert recovery.get(km, req.id).status is recovery.RequestStatus.COMPLETED
@@ -264,8 +358,18 @@ def test_tampered_archive_record_is_a_tamper_error(km_with_alice: dict[str, Path
         sealed[40] ^= 1
         conn.execute("UPDATE archive SET sealed = ? WHERE id = (SELECT MIN(id) FROM archive)", (bytes(sealed),))
     out = root / "t.p12"
-    run = hsmkm("recovery", "complete", str(rid), "--out", str(out), "--password-source", "env:OUT",
-                home=home, env={"OUT": "pw-123456"}, check=False)
+    run = hsmkm(
+        "recovery",
+        "complete",
+        str(rid),
+        "--out",
+        str(out),
+        "--password-source",
+        "env:OUT",
+        home=home,
+        env={"OUT": "pw-123456"},
+        check=False,
+    )
     assert run.returncode == 1, run.stderr
     assert run.stderr.startswith("hsmkm: error: ") and run.stderr.count("\n") == 1
     assert "was altered" in run.stderr and "GeneralError" not in run.stderr and not out.exists()
@@ -299,7 +403,11 @@ def test_officer_changes_need_a_quorum_and_reshare(km_with_alice: dict[str, Path
     hsmkm("officer", "remove", "officer3", "--request", str(rid), home=home, env=env)
     with sqlite3.connect(home / "km.db") as conn:
         # the removed officer's shares went with the old epoch
-        assert {r[0] for r in conn.execute("SELECT DISTINCT officer FROM archive_shares")} == {"dana", "officer1", "officer2"}
+        assert {r[0] for r in conn.execute("SELECT DISTINCT officer FROM archive_shares")} == {
+            "dana",
+            "officer1",
+            "officer2",
+        }
     rid = hsmkm("recovery", "policy", "--quorum", "3", "--json", home=home).json()["id"]
     for officer in ("dana", "officer2"):
         hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home, env=env)
@@ -318,7 +426,9 @@ def test_officer_changes_need_a_quorum_and_reshare(km_with_alice: dict[str, Path
     assert too_big.returncode == 2
 
 
-def test_archive_rotate_keeps_every_record_recoverable(km_with_alice: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_archive_rotate_keeps_every_record_recoverable(
+    km_with_alice: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hsmkm.km import rotation
 
     home = km_with_alice["home"]
@@ -346,10 +456,15 @@ def test_archive_rotate_keeps_every_record_recoverable(km_with_alice: dict[str, 
             new_id = conn.execute(
                 "INSERT INTO archive(user_id, cert_serial, algorithm, created_at, format_version, master_label, "
                 "sealed) SELECT user_id, cert_serial, algorithm, created_at, format_version, master_label, sealed "
-                "FROM archive WHERE id = ?", (rec.id,)).lastrowid
+                "FROM archive WHERE id = ?",
+                (rec.id,),
+            ).lastrowid
             # shares are bound to the record's user and serial, so a copy's shares are the same
-            conn.execute("INSERT INTO archive_shares(record_id, epoch, officer, x, sealed) "
-                         "SELECT ?, epoch, officer, x, sealed FROM archive_shares WHERE record_id = ?", (new_id, rec.id))
+            conn.execute(
+                "INSERT INTO archive_shares(record_id, epoch, officer, x, sealed) "
+                "SELECT ?, epoch, officer, x, sealed FROM archive_shares WHERE record_id = ?",
+                (new_id, rec.id),
+            )
     monkeypatch.setattr(km, "change", crash_on_second_batch)
     with pytest.raises(Crash):
         rotation.rotate_archive_key(km, batch=10)
@@ -401,8 +516,10 @@ def test_concurrent_completions_of_one_request_complete_once(km_with_alice: dict
     first.join(120)
     assert results.get(timeout=60) == (rid, "completed", 2)
     with sqlite3.connect(home / "km.db") as conn:
-        done = conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'recovery.complete' AND details LIKE ?",
-                            (f'%"id":{rid}%"mode"%',)).fetchone()[0]
+        done = conn.execute(
+            "SELECT COUNT(*) FROM audit WHERE action = 'recovery.complete' AND details LIKE ?",
+            (f'%"id":{rid}%"mode"%',),
+        ).fetchone()[0]
         assert done == 1
         assert conn.execute("SELECT status FROM recovery_requests WHERE id = ?", (rid,)).fetchone()[0] == "completed"
     late = hsmkm("recovery", "complete", str(rid), "--reenable", home=home, check=False)
@@ -422,8 +539,10 @@ def test_two_different_requests_complete_side_by_side(km_with_alice: dict[str, P
     results = ctx.Queue()
     claimed = [ctx.Event(), ctx.Event()]
     go = ctx.Event()
-    procs = [ctx.Process(target=complete_in_child, args=(str(home), rid, claimed[i], go, results))
-             for i, rid in enumerate(ids)]
+    procs = [
+        ctx.Process(target=complete_in_child, args=(str(home), rid, claimed[i], go, results))
+        for i, rid in enumerate(ids)
+    ]
     for p in procs:
         p.start()
     assert claimed[0].wait(120) and claimed[1].wait(120)  # both in flight at once
@@ -432,7 +551,10 @@ def test_two_different_requests_complete_side_by_side(km_with_alice: dict[str, P
     go.set()
     for p in procs:
         p.join(120)
-    assert sorted([results.get(timeout=60), results.get(timeout=60)]) == [(ids[0], "completed", 2), (ids[1], "completed", 2)]
+    assert sorted([results.get(timeout=60), results.get(timeout=60)]) == [
+        (ids[0], "completed", 2),
+        (ids[1], "completed", 2),
+    ]
     assert hsmkm("audit", "verify", "--json", home=home).json()["ok"] is True
 
 
@@ -453,8 +575,9 @@ def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alic
     _enroll(home, "bob@example.com", root / "bob.epf")  # after the approvals: only direct shares
     with sqlite3.connect(home / "km.db") as conn:
         bob_record = conn.execute("SELECT MAX(id) FROM archive").fetchone()[0]
-        assert conn.execute("SELECT epoch, COUNT(*) FROM archive_shares WHERE record_id = ? GROUP BY epoch",
-                            (bob_record,)).fetchall() == [(1, 3), (2, 3)]
+        assert conn.execute(
+            "SELECT epoch, COUNT(*) FROM archive_shares WHERE record_id = ? GROUP BY epoch", (bob_record,)
+        ).fetchall() == [(1, 3), (2, 3)]
     from custody_helpers import officer_key
 
     recovery.complete_change(km, change.id, lambda name: officer_key(km, home, name))
@@ -467,8 +590,12 @@ def test_records_enrolled_during_a_change_are_split_for_both_epochs(km_with_alic
     assert len(recovery.complete_recovery(km, req.id, None, reenable=False).keys) == 1
     # A change left to expire: the next request retires its pending epoch.
     stale = recovery.open_request(km, recovery.RequestKind.POLICY, "quorum 2", params={"quorum": 2})
-    later = KeyManager.open(home, trial_pin(home, "km"),
-                            clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1), publisher=publisher_for(home))
+    later = KeyManager.open(
+        home,
+        trial_pin(home, "km"),
+        clock=lambda: km.clock() + timedelta(hours=km.config.recovery_request_hours + 1),
+        publisher=publisher_for(home),
+    )
     recovery.open_request(later, recovery.RequestKind.RECOVERY, "later", email="bob@example.com")
     with km.db.read() as tx:
         assert [e.number for e in epochs.sharing(tx)] == [epochs.active(tx).number]
@@ -503,8 +630,9 @@ def test_a_change_opened_between_sealing_and_commit_still_gets_the_new_record(
     key = ec.generate_private_key(ec.SECP256R1())
     enroll.enroll(km, EnrollRequest("carol@example.com", code, build_csr(key, "carol@example.com")))
     record = km.db.conn.execute("SELECT MAX(id) FROM archive").fetchone()[0]
-    assert km.db.conn.execute("SELECT epoch, COUNT(*) FROM archive_shares WHERE record_id = ? GROUP BY epoch",
-                              (record,)).fetchall() == [(1, 3), (2, 3)]
+    assert km.db.conn.execute(
+        "SELECT epoch, COUNT(*) FROM archive_shares WHERE record_id = ? GROUP BY epoch", (record,)
+    ).fetchall() == [(1, 3), (2, 3)]
     monkeypatch.setattr(archive, "seal_record", real)
     approve(km, home, opened[0], "officer1", "officer3")
     from custody_helpers import officer_key

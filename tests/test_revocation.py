@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,8 +28,20 @@ LINT_CRL = str(Path(sys.executable).parent / "lint_crl")
 
 def _enroll(home: Path, email: str, epf: Path) -> None:
     code = hsmkm("user", "add", email, "--json", home=home).json()["code"]
-    hsmkm("enroll", "--km", str(home), "--email", email, "--code-source", "env:CODE", "--keystore", str(epf),
-          "--password-source", "env:PW", env={"CODE": code, "PW": PW})
+    hsmkm(
+        "enroll",
+        "--km",
+        str(home),
+        "--email",
+        email,
+        "--code-source",
+        "env:CODE",
+        "--keystore",
+        str(epf),
+        "--password-source",
+        "env:PW",
+        env={"CODE": code, "PW": PW},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +61,20 @@ def revoked_km(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         crl = x509.load_der_x509_crl((home / "pub" / "crl" / f"{kind}.crl").read_bytes())
         (root / f"{kind}.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     for name in ("alice", "bob", "carol"):
-        cert = x509.load_der_x509_certificate((home / "pub" / "certs" / f"{name}@example.com.sign.crt").read_bytes()) \
-            if (home / "pub" / "certs" / f"{name}@example.com.sign.crt").exists() else None
+        cert = (
+            x509.load_der_x509_certificate((home / "pub" / "certs" / f"{name}@example.com.sign.crt").read_bytes())
+            if (home / "pub" / "certs" / f"{name}@example.com.sign.crt").exists()
+            else None
+        )
         if cert is None:
             der = hsmkm("user", "show", f"{name}@example.com", "--json", home=home).json()
             serial = next(c["serial"] for c in der["certificates"] if c["kind"] == "sign")
             import sqlite3
 
             with sqlite3.connect(home / "km.db") as conn:
-                cert = x509.load_der_x509_certificate(conn.execute("SELECT der FROM certificates WHERE serial = ?",
-                                                                   (serial,)).fetchone()[0])
+                cert = x509.load_der_x509_certificate(
+                    conn.execute("SELECT der FROM certificates WHERE serial = ?", (serial,)).fetchone()[0]
+                )
         (root / f"{name}.sign.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return {"home": home, "root": root}
 
@@ -67,8 +83,21 @@ def revoked_km(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.interop
 def test_openssl_verifies_the_crl_signatures(revoked_km: dict[str, Path]) -> None:
     for kind in ("full", "delta"):
-        proc = subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(revoked_km["home"] / "pub/crl" / f"{kind}.crl"),
-                               "-CAfile", str(revoked_km["root"] / "ca.pem"), "-noout"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                "openssl",
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                str(revoked_km["home"] / "pub/crl" / f"{kind}.crl"),
+                "-CAfile",
+                str(revoked_km["root"] / "ca.pem"),
+                "-noout",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0 and "verify OK" in proc.stdout + proc.stderr
 
 
@@ -84,8 +113,21 @@ def test_openssl_verify_crl_check_rejects_the_revoked_and_accepts_the_others(rev
 
 def test_pkilint_reports_nothing_on_full_and_delta(revoked_km: dict[str, Path]) -> None:
     for kind in ("full", "delta"):
-        proc = subprocess.run([LINT_CRL, "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING",
-                               str(revoked_km["home"] / "pub/crl" / f"{kind}.crl")], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                LINT_CRL,
+                "lint",
+                "-t",
+                "CRL",
+                "-p",
+                "PKIX",
+                "-s",
+                "WARNING",
+                str(revoked_km["home"] / "pub/crl" / f"{kind}.crl"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout
 
 
@@ -106,7 +148,9 @@ def test_full_and_delta_contents_as_cryptography_reads_them(revoked_km: dict[str
     assert freshest[0].full_name[0].value.endswith("/crl/delta.crl")
 
 
-def test_crl_check_names_the_revocation_and_the_cache_merges_the_delta(revoked_km: dict[str, Path], tmp_path: Path) -> None:
+def test_crl_check_names_the_revocation_and_the_cache_merges_the_delta(
+    revoked_km: dict[str, Path], tmp_path: Path
+) -> None:
     home, root = revoked_km["home"], revoked_km["root"]
     cache = tmp_path / "cache"
     hsmkm("crl", "fetch", "--km", str(home), "--cache", str(cache))
@@ -120,15 +164,21 @@ def test_crl_check_names_the_revocation_and_the_cache_merges_the_delta(revoked_k
 
 def _ca(kind: str = "rsa"):  # type: ignore[no-untyped-def]
     key = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
-    cert = profiles.build_ca_certificate(x509.Name.from_rfc4514_string(f"CN=Test {kind} CA"), key.public_key(), key,
-                                         profiles.random_serial(), now, now + timedelta(days=30))
+    now = datetime.now(UTC)
+    cert = profiles.build_ca_certificate(
+        x509.Name.from_rfc4514_string(f"CN=Test {kind} CA"),
+        key.public_key(),
+        key,
+        profiles.random_serial(),
+        now,
+        now + timedelta(days=30),
+    )
     return key, cert
 
 
 def test_cache_refuses_bad_crls_and_keeps_answering(tmp_path: Path) -> None:
     key, ca = _ca()
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     revoked = [RevokedEntry(profiles.random_serial(), now, RevocationReason.KEY_COMPROMISE) for _ in range(50)]
     good = build_crl(ca, key, revoked, 5, now, now + timedelta(days=1))
     cache = CrlCache(tmp_path / "cache")
@@ -160,12 +210,20 @@ def test_cache_refuses_bad_crls_and_keeps_answering(tmp_path: Path) -> None:
 
 def test_delta_remove_from_crl_and_base_mismatch(tmp_path: Path) -> None:
     key, ca = _ca("ec")
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     a, b = profiles.random_serial(), profiles.random_serial()
-    full = build_crl(ca, key, [RevokedEntry(a, now, RevocationReason.CERTIFICATE_HOLD)], 10, now, now + timedelta(days=1))
-    delta = build_crl(ca, key, [RevokedEntry(a, now, RevocationReason.REMOVE_FROM_CRL),
-                                RevokedEntry(b, now, RevocationReason.SUPERSEDED)], 11, now, now + timedelta(hours=6),
-                      delta_of=10)
+    full = build_crl(
+        ca, key, [RevokedEntry(a, now, RevocationReason.CERTIFICATE_HOLD)], 10, now, now + timedelta(days=1)
+    )
+    delta = build_crl(
+        ca,
+        key,
+        [RevokedEntry(a, now, RevocationReason.REMOVE_FROM_CRL), RevokedEntry(b, now, RevocationReason.SUPERSEDED)],
+        11,
+        now,
+        now + timedelta(hours=6),
+        delta_of=10,
+    )
     cache = CrlCache(tmp_path / "c")
     cache.update(full, delta, ca, now)
     assert cache.check(a) is None
@@ -176,16 +234,24 @@ def test_delta_remove_from_crl_and_base_mismatch(tmp_path: Path) -> None:
 
 serials = st.integers(min_value=1, max_value=(1 << 159) - 1)
 times = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1)).map(
-    lambda d: d.replace(microsecond=0, tzinfo=timezone.utc))
+    lambda d: d.replace(microsecond=0, tzinfo=UTC)
+)
 
 
 @settings(max_examples=40, deadline=None)
-@given(entries=st.lists(st.tuples(serials, times, st.sampled_from(
-    [r for r in RevocationReason if r is not RevocationReason.REMOVE_FROM_CRL])), max_size=30, unique_by=lambda t: t[0]),
-    number=st.integers(1, 1 << 64))
+@given(
+    entries=st.lists(
+        st.tuples(
+            serials, times, st.sampled_from([r for r in RevocationReason if r is not RevocationReason.REMOVE_FROM_CRL])
+        ),
+        max_size=30,
+        unique_by=lambda t: t[0],
+    ),
+    number=st.integers(1, 1 << 64),
+)
 def test_crl_encoder_round_trips_against_cryptography(entries, number) -> None:  # type: ignore[no-untyped-def]
     key, ca = _EC_CA
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     revoked = [RevokedEntry(s, t, r) for s, t, r in entries]
     der = build_crl(ca, key, revoked, number, now, now + timedelta(days=1))
     theirs = x509.load_der_x509_crl(der)
@@ -202,7 +268,7 @@ _EC_CA = _ca("ec")
 
 def test_a_larger_crl_builds_and_indexes(tmp_path: Path) -> None:
     key, ca = _EC_CA
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     revoked = [RevokedEntry(profiles.random_serial(), now - timedelta(seconds=i % 1000)) for i in range(50_000)]
     der = build_crl(ca, key, revoked, 1, now, now + timedelta(days=1))
     assert len(x509.load_der_x509_crl(der)) == 50_000
@@ -216,8 +282,14 @@ def test_a_larger_crl_builds_and_indexes(tmp_path: Path) -> None:
 
 def test_crl_numbers_increase_under_concurrent_publishers(revoked_km: dict[str, Path]) -> None:
     home = revoked_km["home"]
-    procs = [subprocess.Popen([sys.executable, "-m", "hsmkm.cli", "--home", str(home), "--json", "crl", "publish"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hsmkm.cli", "--home", str(home), "--json", "crl", "publish"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
     numbers = []
     for p in procs:
         out, err = p.communicate(timeout=120)
@@ -253,8 +325,12 @@ def test_crl_fetch_refuses_bad_crls_in_one_line_keeps_the_cache_and_refreshes_wh
     meta = (cache / "meta.json").read_bytes()
     tampered = bytearray(good)
     tampered[-5] ^= 0x40  # inside the signature
-    for bad, why in ((bytes(tampered), "signature"), (good[:-9], "truncated"), (old, "older"),
-                     (b"garbage", "not a DER CertificateList")):
+    for bad, why in (
+        (bytes(tampered), "signature"),
+        (good[:-9], "truncated"),
+        (old, "older"),
+        (b"garbage", "not a DER CertificateList"),
+    ):
         served.write_bytes(bad)
         r = hsmkm("crl", "fetch", "--km", str(mirror), "--cache", str(cache), check=False)
         assert r.returncode in (1, 2), r.stderr
@@ -271,7 +347,8 @@ def test_crl_fetch_refuses_bad_crls_in_one_line_keeps_the_cache_and_refreshes_wh
     (mirror / "pub" / "crl" / "delta.crl").write_bytes(bytes(delta))
     r = hsmkm("crl", "fetch", "--km", str(mirror), "--cache", str(cache), check=False)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "hsmkm: error: delta CRL: its signature does not verify with the CA's key"]
+        "hsmkm: error: delta CRL: its signature does not verify with the CA's key"
+    ]
     assert (cache / "meta.json").read_bytes() == meta
     # A day later (the cache's nextUpdate moved into the past): online, a check refreshes the
     # cache by itself; offline, it answers from the stale cache with a warning.
@@ -279,14 +356,14 @@ def test_crl_fetch_refuses_bad_crls_in_one_line_keeps_the_cache_and_refreshes_wh
 
     def age_cache() -> None:
         stale = json.loads((cache / "meta.json").read_text())
-        stale["next_update"] = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+        stale["next_update"] = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
         (cache / "meta.json").write_text(json.dumps(stale))
 
     age_cache()
     online = hsmkm("crl", "check", "--km", str(mirror), "--cache", str(cache), str(cert), check=False)
     assert online.returncode == 1 and "stale" not in online.stderr
     refreshed = datetime.fromisoformat(json.loads((cache / "meta.json").read_text())["next_update"])
-    assert refreshed > datetime.now(timezone.utc)
+    assert refreshed > datetime.now(UTC)
     age_cache()
     served.unlink()
     offline = hsmkm("crl", "check", "--km", str(mirror), "--cache", str(cache), str(cert), check=False)

@@ -35,10 +35,18 @@ class Recorder:
 
 
 def _scope(headers: list[tuple[bytes, bytes]] | None = None, **extra: Any) -> Scope:
-    return {"type": "http", "method": "POST", "path": "/.well-known/est/simpleenroll", "headers": headers or [], **extra}
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/.well-known/est/simpleenroll",
+        "headers": headers or [],
+        **extra,
+    }
 
 
-def _run(scope: Scope, messages: list[Message], timeout: float = 5.0, hang: bool = False) -> tuple[Recorder, list[Message], int]:
+def _run(
+    scope: Scope, messages: list[Message], timeout: float = 5.0, hang: bool = False
+) -> tuple[Recorder, list[Message], int]:
     app = Recorder()
     sent: list[Message] = []
     queue = list(messages)
@@ -105,7 +113,9 @@ def test_a_body_that_does_not_match_its_content_length_is_400(declared: bytes) -
 
 
 def test_a_body_that_stops_coming_is_408() -> None:
-    app, sent, _ = _run(_scope(), [{"type": "http.request", "body": b"MII", "more_body": True}], timeout=0.05, hang=True)
+    app, sent, _ = _run(
+        _scope(), [{"type": "http.request", "body": b"MII", "more_body": True}], timeout=0.05, hang=True
+    )
     assert app.calls == [] and _status(sent) == 408
     assert sent[1]["body"] == b"request body not received in time\n"
 

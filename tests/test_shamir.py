@@ -51,9 +51,7 @@ def test_large_n_and_k() -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(secret=st.binary(min_size=1, max_size=12), data=st.data(), k=st.integers(2, 6), n_extra=st.integers(0, 3))
-def test_k_minus_1_shares_fit_every_candidate_secret(
-    secret: bytes, data: st.DataObject, k: int, n_extra: int
-) -> None:
+def test_k_minus_1_shares_fit_every_candidate_secret(secret: bytes, data: st.DataObject, k: int, n_extra: int) -> None:
     """Perfect secrecy: K-1 shares plus (0, any candidate) lie on a polynomial of degree < K."""
     candidate = data.draw(st.binary(min_size=len(secret), max_size=len(secret)))
     shares = shamir.split(secret, k, k + n_extra)
@@ -83,9 +81,7 @@ def test_one_share_of_two_is_uniform_for_every_secret(secret_byte: int) -> None:
             return self.value
 
     for x_index in (0, 1, 4):
-        seen = Counter(
-            shamir.split(bytes([secret_byte]), 2, 5, rng=Fixed(a))[x_index].y[0] for a in range(256)
-        )
+        seen = Counter(shamir.split(bytes([secret_byte]), 2, 5, rng=Fixed(a))[x_index].y[0] for a in range(256))
         assert set(seen) == set(range(256)) and set(seen.values()) == {1}
 
 
@@ -151,9 +147,7 @@ def test_field_arithmetic_is_the_aes_field() -> None:
 # --- redistribution: the quorum property over officer changes ----------------------------------
 
 
-def _redistribute(
-    shares: list[shamir.Share], senders: list[int], k_new: int, new_xs: list[int]
-) -> list[shamir.Share]:
+def _redistribute(shares: list[shamir.Share], senders: list[int], k_new: int, new_xs: list[int]) -> list[shamir.Share]:
     """The senders (indices into ``shares``) re-share to ``new_xs``; each new holder combines."""
     subs = {x: [] for x in new_xs}  # type: dict[int, list[tuple[int, bytes]]]
     for i in senders:
@@ -164,7 +158,9 @@ def _redistribute(
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), n=st.integers(1, 7), records=st.integers(1, 4))
-def test_any_k_open_exactly_the_approved_records_any_k_minus_1_nothing(data: st.DataObject, n: int, records: int) -> None:
+def test_any_k_open_exactly_the_approved_records_any_k_minus_1_nothing(
+    data: st.DataObject, n: int, records: int
+) -> None:
     """Per-record keys split K-of-N: K officers' shares of the approved records rebuild exactly
     those keys; K-1 shares rebuild none (32-byte keys: a wrong guess is never the key)."""
     k = data.draw(st.integers(1, n))

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import hsmkm
 from sqlalchemy import create_engine, inspect
 
+from conftest import hsmkm
 from hsmkm import errors
 from hsmkm.store import errors as store_errors
 from hsmkm.store.database import Database, Revision, head_revision
@@ -44,8 +44,10 @@ def _v2_database(path: Path, with_settings: bool) -> Path:
     with sqlite3.connect(path) as conn:
         conn.executescript((FIXTURES / "v2-schema.sql").read_text())
         if with_settings:  # made on demand by that code, once a user chose a setting
-            conn.execute("CREATE TABLE IF NOT EXISTS user_settings (user_id INTEGER PRIMARY KEY "
-                         "REFERENCES users(id), key_alg TEXT, client TEXT)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS user_settings (user_id INTEGER PRIMARY KEY "
+                "REFERENCES users(id), key_alg TEXT, client TEXT)"
+            )
     return path
 
 
@@ -59,10 +61,13 @@ def _schema(path: Path) -> dict[str, Any]:
             out[table] = {
                 "columns": [(c["name"], str(c["type"]), c["nullable"], c["default"]) for c in insp.get_columns(table)],
                 "pk": insp.get_pk_constraint(table)["constrained_columns"],
-                "fks": sorted((tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
-                              for f in insp.get_foreign_keys(table)),
-                "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
-                                  for i in insp.get_indexes(table)),
+                "fks": sorted(
+                    (tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                    for f in insp.get_foreign_keys(table)
+                ),
+                "indexes": sorted(
+                    (i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(table)
+                ),
                 "unique": sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(table)),
             }
         with engine.connect() as conn:
@@ -88,8 +93,11 @@ def _differences_from_schema_py(path: Path) -> list[Any]:
     try:
         with engine.connect() as conn:
             diffs = compare_metadata(MigrationContext.configure(conn), metadata)
-        return [d for d in diffs if not (d[0] == "remove_table" and d[1].name == "alembic_version")
-                and not _pk_declared_without_not_null(d)]
+        return [
+            d
+            for d in diffs
+            if not (d[0] == "remove_table" and d[1].name == "alembic_version") and not _pk_declared_without_not_null(d)
+        ]
     finally:
         engine.dispose()
 
@@ -126,8 +134,9 @@ def test_the_first_release_database_upgraded_has_the_fresh_schema(tmp_path: Path
 
 
 @pytest.mark.parametrize("with_settings", [False, True], ids=["no-user-settings", "user-settings"])
-def test_a_pre_store_v2_database_upgraded_has_the_fresh_schema(tmp_path: Path, fresh: Path,
-                                                               with_settings: bool) -> None:
+def test_a_pre_store_v2_database_upgraded_has_the_fresh_schema(
+    tmp_path: Path, fresh: Path, with_settings: bool
+) -> None:
     path = _v2_database(tmp_path / "v2.db", with_settings)
     assert _schema(path) != _schema(fresh)
     Database.upgrade(path)
@@ -138,8 +147,10 @@ def test_a_pre_store_v2_database_upgraded_has_the_fresh_schema(tmp_path: Path, f
 def test_the_upgrade_keeps_the_first_releases_data_and_makes_its_share_epoch(tmp_path: Path) -> None:
     path = _v1_home(tmp_path) / "km.db"
     with sqlite3.connect(path) as conn:
-        before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                  for t in ("users", "certificates", "audit", "archive", "crls", "recovery_requests", "approvals")}
+        before = {
+            t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+            for t in ("users", "certificates", "audit", "archive", "crls", "recovery_requests", "approvals")
+        }
         share_epoch = int(conn.execute("SELECT value FROM meta WHERE key = 'share_epoch'").fetchone()[0])
     Database.upgrade(path)
     with sqlite3.connect(path) as conn:
@@ -183,7 +194,10 @@ def test_a_clash_is_a_conflict_and_the_transaction_rolls_back(fresh: Path) -> No
     with db.write() as tx:
         first = tx.users.add(NewUser("a@example.com", None, UserStatus.PENDING, "2026-01-01T00:00:00+00:00"))
         assert tx.users.add_many([NewUser(f"u{i}@example.com", None, UserStatus.PENDING, "t") for i in range(3)]) == [
-            first + 1, first + 2, first + 3]
+            first + 1,
+            first + 2,
+            first + 3,
+        ]
     with pytest.raises(store_errors.Conflict) as raised, db.write() as tx:
         tx.users.add(NewUser("b@example.com", None, UserStatus.PENDING, "t"))
         tx.users.add(NewUser("a@example.com", None, UserStatus.PENDING, "t"))
@@ -261,14 +275,14 @@ def test_a_drawn_serial_already_recorded_is_a_conflict_and_issuance_draws_again(
 ) -> None:
     """The certificate insert's clash comes back as a store Conflict; issuance re-signs only
     the certificate whose serial was taken, and the batch is recorded once."""
-    from conftest import trial_pin
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from conftest import trial_pin
+    from hsmkm.certnames import CertKind
     from hsmkm.km.authority import IssueRequest, issue_certificates, serial_hex
     from hsmkm.km.manager import KeyManager
     from hsmkm.km.publishers import publisher_for
     from hsmkm.x509 import profiles
-    from hsmkm.certnames import CertKind
 
     hsmkm("init", "--ca-subject", "CN=Store KM CA,O=hsmkm tests", "--ca-key", "p256", home=fresh_home)
     km = KeyManager.open(fresh_home, trial_pin(fresh_home, "km"), publisher=publisher_for(fresh_home))
@@ -277,8 +291,9 @@ def test_a_drawn_serial_already_recorded_is_a_conflict_and_issuance_draws_again(
     real = profiles.random_serial
     draws = iter([first.serial_number, real()])  # the second request draws the taken serial first
     monkeypatch.setattr(profiles, "random_serial", lambda: next(draws, None) or real())
-    batch = issue_certificates(km, [IssueRequest(key, CertKind.SIGN, "b@example.com"),
-                                    IssueRequest(key, CertKind.SIGN, "c@example.com")])
+    batch = issue_certificates(
+        km, [IssueRequest(key, CertKind.SIGN, "b@example.com"), IssueRequest(key, CertKind.SIGN, "c@example.com")]
+    )
     serials = {serial_hex(c.serial_number) for c in batch}
     assert serial_hex(first.serial_number) not in serials and len(serials) == 2
     with km.db.read() as tx:

@@ -15,8 +15,20 @@ from hsmkm.store.tx import Tx
 
 
 def _request(tx: Tx) -> int:
-    return tx.recovery.add(NewRequest(None, RequestKind.POLICY, "test", "operator", "2026-01-01T00:00:00+00:00",
-                                      "2026-01-02T00:00:00+00:00", "[]", "hsmkm-request-00", b"\x30\x00", 1))
+    return tx.recovery.add(
+        NewRequest(
+            None,
+            RequestKind.POLICY,
+            "test",
+            "operator",
+            "2026-01-01T00:00:00+00:00",
+            "2026-01-02T00:00:00+00:00",
+            "[]",
+            "hsmkm-request-00",
+            b"\x30\x00",
+            1,
+        )
+    )
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from est_helpers import NOW, ec_key, make_ca, openssl, pem, rsa_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from est_helpers import NOW, ec_key, make_ca, openssl, pem, rsa_key
 from hsmkm import errors
 from hsmkm.keys.base import KeyEntry
 from hsmkm.x509 import tls_server
@@ -39,13 +39,16 @@ def ca(request: pytest.FixtureRequest) -> KeyEntry:
 
 def _server(ca: KeyEntry, names: list[str] = NAMES) -> tuple[x509.Certificate, object]:
     key = tls_server.new_key()
-    cert = tls_server.build_tls_server_certificate(names, key.public_key(), ca.certificate, ca.key, NOW,
-                                                   crl_url=CRL, ca_issuers_url=CA_URL)
+    cert = tls_server.build_tls_server_certificate(
+        names, key.public_key(), ca.certificate, ca.key, NOW, crl_url=CRL, ca_issuers_url=CA_URL
+    )
     return cert, key
 
 
 def _lint(tool: str, path: Path, *args: str) -> list[str]:
-    out = subprocess.run([str(BIN / tool), "lint", *args, "-s", "WARNING", str(path)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [str(BIN / tool), "lint", *args, "-s", "WARNING", str(path)], capture_output=True, text=True, check=False
+    )
     assert out.returncode >= 0 and out.stderr == "", out.stderr  # pkilint exits with a findings count
     return [line.split()[0] for line in out.stdout.splitlines() if line.startswith("    ")]
 
@@ -53,7 +56,10 @@ def _lint(tool: str, path: Path, *args: str) -> list[str]:
 def test_profile_extensions(ca: KeyEntry) -> None:
     cert, key = _server(ca)
     ext = cert.extensions
-    assert ext.get_extension_for_class(x509.BasicConstraints).critical and not ext.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert (
+        ext.get_extension_for_class(x509.BasicConstraints).critical
+        and not ext.get_extension_for_class(x509.BasicConstraints).value.ca
+    )
     ku = ext.get_extension_for_class(x509.KeyUsage)
     assert ku.critical and ku.value.digital_signature and not ku.value.key_encipherment and not ku.value.key_cert_sign
     assert list(ext.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
@@ -109,7 +115,12 @@ def test_openssl_verifies_it_for_sslserver_and_its_names(ca: KeyEntry, tmp_path:
     # it is no client or S/MIME certificate
     client = ["verify", "-purpose", "sslclient", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "srv.pem")]
     assert openssl(*client).returncode != 0
-    assert openssl("verify", "-purpose", "smimesign", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "srv.pem")).returncode != 0
+    assert (
+        openssl(
+            "verify", "-purpose", "smimesign", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "srv.pem")
+        ).returncode
+        != 0
+    )
 
 
 def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server_hostname: str) -> str:
@@ -139,8 +150,11 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server_ho
 def test_a_tls_client_trusting_the_km_ca_accepts_it(ca: KeyEntry, tmp_path: Path) -> None:
     cert, key = _server(ca)
     (tmp_path / "srv.pem").write_bytes(pem(cert))
-    (tmp_path / "srv.key").write_bytes(key.private_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "srv.key").write_bytes(
+        key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
     client_ctx = ssl.create_default_context(cadata=pem(ca.certificate).decode())
@@ -153,8 +167,20 @@ def test_a_tls_client_trusting_the_km_ca_accepts_it(ca: KeyEntry, tmp_path: Path
         _handshake(server_ctx, stranger, "km.example.com")
 
 
-@pytest.mark.parametrize("names", [[], ["localhost"], ["km_1.example.com"], ["-km.example.com"], ["km..example.com"],
-                                   ["1.2.3.999"], ["k\u00e9m.example.com"], ["a." * 130 + "com"], [f"h{i}.example.com" for i in range(17)]])
+@pytest.mark.parametrize(
+    "names",
+    [
+        [],
+        ["localhost"],
+        ["km_1.example.com"],
+        ["-km.example.com"],
+        ["km..example.com"],
+        ["1.2.3.999"],
+        ["k\u00e9m.example.com"],
+        ["a." * 130 + "com"],
+        [f"h{i}.example.com" for i in range(17)],
+    ],
+)
 def test_bad_names_are_refused(names: list[str], ca: KeyEntry) -> None:
     with pytest.raises(errors.BadInput):
         _server(ca, names)
@@ -167,7 +193,9 @@ def test_only_p256_and_short_validity(ca: KeyEntry) -> None:
         not_ec = cast(ec.EllipticCurvePublicKey, rsa_key().public_key())  # what an untyped caller could pass
         tls_server.build_tls_server_certificate(NAMES, not_ec, ca.certificate, ca.key, NOW)
     with pytest.raises(errors.BadInput, match="at most 30 days"):
-        tls_server.build_tls_server_certificate(NAMES, ec_key().public_key(), ca.certificate, ca.key, NOW, validity=timedelta(days=31))
+        tls_server.build_tls_server_certificate(
+            NAMES, ec_key().public_key(), ca.certificate, ca.key, NOW, validity=timedelta(days=31)
+        )
     # never past the issuer's end
     late = NOW + timedelta(days=364, hours=12)
     cert = tls_server.build_tls_server_certificate(NAMES, ec_key().public_key(), ca.certificate, ca.key, late)

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MakeToken, hsmkm, softhsm_conf, trial_pin
 
+from conftest import MakeToken, hsmkm, softhsm_conf, trial_pin
 from hsmkm import errors, keys
 from hsmkm.keys.token import ObjectKind
 from hsmkm.km.config import CONFIG_VERSION, Home, KmConfig, TokenRef
@@ -73,8 +73,10 @@ def test_a_token_uri_without_a_module_is_bad_input() -> None:
 
 
 def test_importing_cms_x509_and_km_loads_no_pkcs11_backend() -> None:
-    code = ("import sys, hsmkm.cms, hsmkm.x509, hsmkm.keys, hsmkm.km.manager, hsmkm.cli.main; "
-            "print(sorted(m for m in sys.modules if m == 'pkcs11' or m.startswith(('pkcs11.', 'hsmkm.keys.pkcs11'))))")
+    code = (
+        "import sys, hsmkm.cms, hsmkm.x509, hsmkm.keys, hsmkm.km.manager, hsmkm.cli.main; "
+        "print(sorted(m for m in sys.modules if m == 'pkcs11' or m.startswith(('pkcs11.', 'hsmkm.keys.pkcs11'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -84,8 +86,13 @@ def test_upper_layers_import_no_token_backend(layer: str) -> None:
     found = []
     for path in (SRC / layer).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 if name == "pkcs11" or name.startswith(("pkcs11.", "hsmkm.keys.pkcs11", "hsmkm.keys.softhsm")):
                     found.append(f"{path.relative_to(SRC)}: {name}")

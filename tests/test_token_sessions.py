@@ -12,12 +12,16 @@ from pathlib import Path
 from conftest import HSMKM, softhsm_env, trial_pin
 
 PW = "correct-horse-battery"
-_INIT_TOKEN = ("import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module, "
-               "init_token; init_token(Pkcs11Module.load(find_softhsm_module()), sys.argv[1], 'so-' + sys.argv[2], sys.argv[2])")
-_LABELS = ("import sys; from pkcs11 import Attribute; from hsmkm.keys.pkcs11 import Pkcs11Module; "
-           "from hsmkm.keys.softhsm import find_softhsm_module; "
-           "s = Pkcs11Module.load(find_softhsm_module()).open_token(sys.argv[2], label=sys.argv[1]); "
-           "print('\\n'.join(sorted(str(o[Attribute.LABEL]) for o in s.session.get_objects())))")
+_INIT_TOKEN = (
+    "import sys; from hsmkm.keys.pkcs11 import Pkcs11Module; from hsmkm.keys.softhsm import find_softhsm_module, "
+    "init_token; init_token(Pkcs11Module.load(find_softhsm_module()), sys.argv[1], 'so-' + sys.argv[2], sys.argv[2])"
+)
+_LABELS = (
+    "import sys; from pkcs11 import Attribute; from hsmkm.keys.pkcs11 import Pkcs11Module; "
+    "from hsmkm.keys.softhsm import find_softhsm_module; "
+    "s = Pkcs11Module.load(find_softhsm_module()).open_token(sys.argv[2], label=sys.argv[1]); "
+    "print('\\n'.join(sorted(str(o[Attribute.LABEL]) for o in s.session.get_objects())))"
+)
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -40,9 +44,13 @@ def test_enrolling_a_token_beside_a_km_home_given_by_a_relative_path(tmp_path: P
     _run([sys.executable, "-c", _INIT_TOKEN, "ulla", "ulla-pin-1234"], tmp_path, env)
     code = _run([HSMKM, "--home", "km", "--json", "user", "add", "ulla@example.com"], tmp_path, {}).stdout
     import json
+
     uri = f"pkcs11:token=ulla?module-path={module_path}&pin-source=env:ULLA_PIN"
-    _run([HSMKM, "enroll", "--km", "km", "--email", "ulla@example.com", "--code-source", "env:CODE", "--keystore", uri],
-         tmp_path, {"CODE": json.loads(code)["code"], "ULLA_PIN": "ulla-pin-1234", **env})
+    _run(
+        [HSMKM, "enroll", "--km", "km", "--email", "ulla@example.com", "--code-source", "env:CODE", "--keystore", uri],
+        tmp_path,
+        {"CODE": json.loads(code)["code"], "ULLA_PIN": "ulla-pin-1234", **env},
+    )
     user_objects = _labels(tmp_path, env, "ulla", "ulla-pin-1234")
     assert any(label.startswith("ulla-enc-") for label in user_objects) and "ulla-sign" in user_objects
     km_pin = trial_pin(tmp_path / "km", "km")

@@ -33,17 +33,27 @@ def test_rfc7512_examples() -> None:
     assert u.id == bytes.fromhex("69953e5cf4bdec91") and u.serial == "" and u.type is ObjectType.CERT
     assert Pkcs11Uri.parse("pkcs11:") == Pkcs11Uri()
     assert Pkcs11Uri.parse("pkcs11:slot-description=Sun%20Metaslot").slot_description == "Sun Metaslot"
-    u = Pkcs11Uri.parse("pkcs11:library-manufacturer=Snake%20Oil,%20Inc.;library-description=Soft%20Token;library-version=1.23")
+    u = Pkcs11Uri.parse(
+        "pkcs11:library-manufacturer=Snake%20Oil,%20Inc.;library-description=Soft%20Token;library-version=1.23"
+    )
     assert u.library_version == "1.23" and u.library_description == "Soft Token"
     u = Pkcs11Uri.parse("pkcs11:object=my-sign-key;type=private?module-name=mypkcs11")
     assert u.module_name == "mypkcs11"
-    u = Pkcs11Uri.parse("pkcs11:token=Software%20PKCS%2311%20softtoken;manufacturer=Snake%20Oil,%20Inc.?pin-source=file:/etc/token_pin")
+    u = Pkcs11Uri.parse(
+        "pkcs11:token=Software%20PKCS%2311%20softtoken;manufacturer=Snake%20Oil,%20Inc.?pin-source=file:/etc/token_pin"
+    )
     assert u.pin_source == "file:/etc/token_pin"
     u = Pkcs11Uri.parse("pkcs11:object=my-sign-key;type=private?module-path=/mnt/libmypkcs11.so.1")
     assert u.module_path == "/mnt/libmypkcs11.so.1"
-    u = Pkcs11Uri.parse("pkcs11:token=Name%20with%20a%20small%20A%20with%20acute:%20%C3%A1;object=my-certificate;type=cert")
+    u = Pkcs11Uri.parse(
+        "pkcs11:token=Name%20with%20a%20small%20A%20with%20acute:%20%C3%A1;object=my-certificate;type=cert"
+    )
     assert u.token == "Name with a small A with acute: \u00e1"
-    u = Pkcs11Uri.parse("pkcs11:token=my-token;object=my-certificate;type=cert;vendor-aaa=value-a?pin-source=file:/etc/token_pin&vendor-bbb=value-b".replace("vendor-", "x-"))
+    u = Pkcs11Uri.parse(
+        "pkcs11:token=my-token;object=my-certificate;type=cert;vendor-aaa=value-a?pin-source=file:/etc/token_pin&vendor-bbb=value-b".replace(
+            "vendor-", "x-"
+        )
+    )
     assert u.vendor == (("x-aaa", "value-a"),) and u.vendor_query == (("x-bbb", "value-b"),)
     assert Pkcs11Uri.parse("pkcs11:slot-manufacturer=Snake%20Oil,%20Inc.;slot-id=2").slot_id == "2"
     assert Pkcs11Uri.parse("PKCS11:token=a").token == "a"
@@ -99,8 +109,11 @@ def test_malformed_uris_are_refused(bad: str) -> None:
 
 
 def test_pin_value_is_refused_without_echoing_it() -> None:
-    for text in ("pkcs11:token=a?pin-value=123456", "pkcs11:token=a?pin-source=env:P&pin-value=123456",
-                 "pkcs11:token=a;pin-value=123456"):
+    for text in (
+        "pkcs11:token=a?pin-value=123456",
+        "pkcs11:token=a?pin-source=env:P&pin-value=123456",
+        "pkcs11:token=a;pin-value=123456",
+    ):
         with pytest.raises(errors.SecretSourceError) as exc:
             Pkcs11Uri.parse(text)
         assert "123456" not in str(exc.value) and "pin-source" in str(exc.value)
@@ -158,7 +171,9 @@ vendor_names = st.from_regex(r"x-[A-Za-z0-9_-]{1,8}", fullmatch=True)
     vendor=st.lists(st.tuples(vendor_names, text), max_size=3, unique_by=lambda t: t[0]),
     vendor_query=st.lists(st.tuples(vendor_names, text), max_size=3, unique_by=lambda t: t[0]),
 )
-def test_round_trip(fields: dict[str, object], vendor: list[tuple[str, str]], vendor_query: list[tuple[str, str]]) -> None:
+def test_round_trip(
+    fields: dict[str, object], vendor: list[tuple[str, str]], vendor_query: list[tuple[str, str]]
+) -> None:
     names = {n for n, _ in vendor}
     vendor_query = [(n, v) for n, v in vendor_query if n not in names]
     u = Pkcs11Uri(**fields, vendor=tuple(vendor), vendor_query=tuple(vendor_query))  # type: ignore[arg-type]

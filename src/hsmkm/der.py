@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from hsmkm import errors
 
@@ -69,7 +69,7 @@ def der_oid(dotted: str) -> bytes:
 
 def der_time(when: datetime) -> bytes:
     """UTCTime for 1950 through 2049, GeneralizedTime otherwise (RFC 5280 §4.1.2.5)."""
-    when = when.astimezone(timezone.utc)
+    when = when.astimezone(UTC)
     if 1950 <= when.year < 2050:
         return tlv(UTC_TIME, when.strftime("%y%m%d%H%M%SZ").encode())
     return tlv(GENERALIZED_TIME, f"{when.year:04d}{when.strftime('%m%d%H%M%S')}Z".encode())
@@ -89,8 +89,11 @@ def time_seconds(tag: int, raw: bytes, days: dict[bytes, int] | None = None) -> 
     """Seconds since 1970 of a DER UTCTime or GeneralizedTime in RFC 5280's forms
     (YYMMDDHHMMSSZ, YYYYMMDDHHMMSSZ); ``days`` memoises the date part across many calls."""
     size = len(raw)
-    if not ((size == 13 and tag == UTC_TIME) or (size == 15 and tag == GENERALIZED_TIME)) \
-            or raw[-1:] != b"Z" or not raw[:-1].isdigit():  # bytes.isdigit: ASCII digits only
+    if (
+        not ((size == 13 and tag == UTC_TIME) or (size == 15 and tag == GENERALIZED_TIME))
+        or raw[-1:] != b"Z"
+        or not raw[:-1].isdigit()
+    ):  # bytes.isdigit: ASCII digits only
         raise errors.MalformedInput(f"bad time {bytes(raw)!r}")
     cut = size - 7
     day_part = raw[:cut]

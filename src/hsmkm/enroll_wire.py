@@ -87,9 +87,7 @@ def decode_response(data: bytes) -> EnrollResponse:
     )
     history = obj["history"]
     if not isinstance(history, list) or len(history) > MAX_HISTORY:
-        raise errors.MalformedInput(
-            f"enrollment message: history is not a list of at most {MAX_HISTORY} keys"
-        )
+        raise errors.MalformedInput(f"enrollment message: history is not a list of at most {MAX_HISTORY} keys")
     response = EnrollResponse(
         email=_text(obj, "email"),
         sign_cert_der=_bytes(obj, "sign_cert", MAX_FIELD),
@@ -111,30 +109,20 @@ def _sealed_obj(item: SealedKey) -> dict[str, Any]:
 
 def _sealed(obj: object) -> SealedKey:
     if not isinstance(obj, dict) or set(obj) != {"cert", "sealed"}:
-        raise errors.MalformedInput(
-            "enrollment message: a sealed key is not {cert, sealed}"
-        )
+        raise errors.MalformedInput("enrollment message: a sealed key is not {cert, sealed}")
     return SealedKey(_bytes(obj, "cert", MAX_FIELD), _bytes(obj, "sealed", MAX_FIELD))
 
 
 def _dump(obj: dict[str, Any], limit: int) -> bytes:
-    data = json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    ).encode("ascii")
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     if len(data) > limit:
-        raise errors.BadInput(
-            f"enrollment message of {len(data)} bytes is over the limit of {limit}"
-        )
+        raise errors.BadInput(f"enrollment message of {len(data)} bytes is over the limit of {limit}")
     return data
 
 
-def _load(
-    data: bytes, limit: int, kind: MessageType, fields: set[str]
-) -> dict[str, Any]:
+def _load(data: bytes, limit: int, kind: MessageType, fields: set[str]) -> dict[str, Any]:
     if len(data) > limit:
-        raise errors.MalformedInput(
-            f"enrollment message of {len(data)} bytes is over the limit of {limit}"
-        )
+        raise errors.MalformedInput(f"enrollment message of {len(data)} bytes is over the limit of {limit}")
     try:
         obj = json.loads(data.decode("ascii"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -142,9 +130,7 @@ def _load(
     if not isinstance(obj, dict):
         raise errors.MalformedInput("enrollment message: not a JSON object")
     if obj.get("v") != VERSION or type(obj.get("v")) is not int:
-        raise errors.MalformedInput(
-            f"enrollment message: version {obj.get('v')!r} is not {VERSION}"
-        )
+        raise errors.MalformedInput(f"enrollment message: version {obj.get('v')!r} is not {VERSION}")
     if obj.get("type") != kind.value:
         raise errors.MalformedInput(f"enrollment message: not an {kind.value}")
     if set(obj) != fields | {"v", "type"}:
@@ -155,24 +141,18 @@ def _load(
 def _text(obj: dict[str, Any], name: str) -> str:
     value = obj[name]
     if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise errors.MalformedInput(
-            f"enrollment message: {name} is not a string of at most {MAX_TEXT} characters"
-        )
+        raise errors.MalformedInput(f"enrollment message: {name} is not a string of at most {MAX_TEXT} characters")
     return value
 
 
 def _bytes(obj: dict[str, Any], name: str, limit: int) -> bytes:
     value = obj[name]
     if not isinstance(value, str) or len(value) > 4 * ((limit + 2) // 3):
-        raise errors.MalformedInput(
-            f"enrollment message: {name} is not base64 of at most {limit} bytes"
-        )
+        raise errors.MalformedInput(f"enrollment message: {name} is not base64 of at most {limit} bytes")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise errors.MalformedInput(
-            f"enrollment message: {name} is not base64"
-        ) from None
+        raise errors.MalformedInput(f"enrollment message: {name} is not base64") from None
 
 
 def _b64(data: bytes) -> str:

@@ -152,13 +152,24 @@ class RandomSourceFailed(Unreachable):
 # What asn1crypto, cryptography's loaders and the csv module raise on malformed input; asn1crypto
 # parses lazily, so these can come from any access to a parsed value, not only from load().
 PARSE_ERRORS: tuple[type[Exception], ...] = (
-    ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError, csv.Error,
-    crypto_x509.InvalidVersion, crypto_x509.DuplicateExtension, crypto_x509.UnsupportedGeneralNameType,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    csv.Error,
+    crypto_x509.InvalidVersion,
+    crypto_x509.DuplicateExtension,
+    crypto_x509.UnsupportedGeneralNameType,
 )
 # cryptography's certificate parsing errors that are not ValueErrors (extensions parse lazily, at
 # the first look, wherever that is)
 CERTIFICATE_ERRORS: tuple[type[Exception], ...] = (
-    crypto_x509.InvalidVersion, crypto_x509.DuplicateExtension, crypto_x509.UnsupportedGeneralNameType,
+    crypto_x509.InvalidVersion,
+    crypto_x509.DuplicateExtension,
+    crypto_x509.UnsupportedGeneralNameType,
 )
 CERTIFICATE_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, *CERTIFICATE_ERRORS)
 

@@ -51,9 +51,7 @@ def normalize_code(code: str) -> str:
 
 def code_key(code: str, salt: bytes) -> bytes:
     """The AES key that protects a response's private keys in transit."""
-    return HKDF(hashes.SHA256(), 32, salt=salt, info=b"hsmkm-enroll-transport-v1").derive(
-        normalize_code(code).encode()
-    )
+    return HKDF(hashes.SHA256(), 32, salt=salt, info=b"hsmkm-enroll-transport-v1").derive(normalize_code(code).encode())
 
 
 def seal_key(transport_key: bytes, key: PrivateKey, cert_der: bytes) -> SealedKey:

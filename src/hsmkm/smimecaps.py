@@ -93,9 +93,13 @@ class Choice:
     notes: tuple[str, ...] = ()
 
 
-def choose(known: Sequence[Sequence[str] | None], default: ClientProfile = ClientProfile.MODERN,
-           cipher: Cipher | None = None, transport: Transport | None = None,
-           names: Sequence[str] | None = None) -> Choice:
+def choose(
+    known: Sequence[Sequence[str] | None],
+    default: ClientProfile = ClientProfile.MODERN,
+    cipher: Cipher | None = None,
+    transport: Transport | None = None,
+    names: Sequence[str] | None = None,
+) -> Choice:
     """RFC 8551 §2.7: the strongest content cipher every recipient reads and, per recipient,
     the strongest key transport it reads. ``known[i]`` is recipient i's capabilities, None when
     nothing is known (then the ``default`` profile is assumed). ``cipher``/``transport``
@@ -110,8 +114,10 @@ def choose(known: Sequence[Sequence[str] | None], default: ClientProfile = Clien
             for i, c in enumerate(caps):
                 if AES256_CBC not in c and AES256_GCM not in c:
                     who = names[i] if names else f"recipient {i + 1}"
-                    notes.append(f"{who} announces neither AES-256-GCM nor AES-256-CBC; sent AES-256-CBC, "
-                                 "which RFC 8551 agents read")
+                    notes.append(
+                        f"{who} announces neither AES-256-GCM nor AES-256-CBC; sent AES-256-CBC, "
+                        "which RFC 8551 agents read"
+                    )
     transports = tuple(
         transport if transport is not None else (Transport.RSA_OAEP if RSA_OAEP in c else Transport.RSA_PKCS1V15)
         for c in caps

@@ -40,9 +40,18 @@ def run_target(name: str, seconds: int, work: Path, nice: bool) -> TargetResult:
     crashes.mkdir(parents=True, exist_ok=True)
     log = work / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, str(HERE / "run.py"), name, str(corpus), f"-max_total_time={seconds}",
-            f"-timeout={TIMEOUT_S.get(name, 10)}", "-rss_limit_mb=1024", "-max_len=65536",
-            f"-artifact_prefix={crashes}/{name}-", "-print_final_stats=1"]
+    argv = [
+        sys.executable,
+        str(HERE / "run.py"),
+        name,
+        str(corpus),
+        f"-max_total_time={seconds}",
+        f"-timeout={TIMEOUT_S.get(name, 10)}",
+        "-rss_limit_mb=1024",
+        "-max_len=65536",
+        f"-artifact_prefix={crashes}/{name}-",
+        "-print_final_stats=1",
+    ]
     if nice:
         argv = ["nice", "-n", "19", *argv]
     started = time.monotonic()
@@ -53,8 +62,15 @@ def run_target(name: str, seconds: int, work: Path, nice: bool) -> TargetResult:
     runs = int(m[-1]) if m else 0
     crashed = proc.returncode != 0
     artifacts = sorted(str(p) for p in crashes.glob(f"{name}-*"))
-    return TargetResult(target=name, seconds=round(time.monotonic() - started), executions=runs, crashed=crashed,
-                        returncode=proc.returncode, artifacts=artifacts if crashed else [], log=str(log))
+    return TargetResult(
+        target=name,
+        seconds=round(time.monotonic() - started),
+        executions=runs,
+        crashed=crashed,
+        returncode=proc.returncode,
+        artifacts=artifacts if crashed else [],
+        log=str(log),
+    )
 
 
 def main() -> int:
@@ -75,8 +91,10 @@ def main() -> int:
     total = sum(r["executions"] for r in results)
     print(f"{'target':<10} {'seconds':>8} {'executions':>12}  result")
     for r in results:
-        print(f"{r['target']:<10} {r['seconds']:>8} {r['executions']:>12}  "
-              + ("CRASH " + " ".join(r["artifacts"]) + f" (see {r['log']})" if r["crashed"] else "ok"))
+        print(
+            f"{r['target']:<10} {r['seconds']:>8} {r['executions']:>12}  "
+            + ("CRASH " + " ".join(r["artifacts"]) + f" (see {r['log']})" if r["crashed"] else "ok")
+        )
     print(f"{'total':<10} {sum(r['seconds'] for r in results):>8} {total:>12}")
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "report.json").write_text(json.dumps({"results": results, "total_executions": total}, indent=1))

@@ -10,7 +10,6 @@ writes the input to the artifact prefix and exits non-zero.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import sys
 import time

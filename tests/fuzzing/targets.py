@@ -14,7 +14,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -25,15 +25,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hsmkm import addresses, errors
 from hsmkm.cms import ber, enveloped, signed, smime, stream
 from hsmkm.cms.validation import ValidationContext
+from hsmkm.keys.algorithms import algorithm_of
 from hsmkm.keys.base import KeyEntry, KeyRole
 from hsmkm.keys.epf import EpfKeystore
 from hsmkm.keys.uri import Pkcs11Uri, classify_keystore_ref
 from hsmkm.km import users
 from hsmkm.km.enroll import parse_csr
-from hsmkm.keys.algorithms import algorithm_of
 from hsmkm.x509 import crlparse as crlmod
 
-NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
 EPF_PASSWORD = "fuzz-password"
 EPF_ITERATIONS = 16  # seeds cheap to open; the fuzzer finds the large counts itself
 
@@ -54,8 +54,9 @@ class World:
         return ValidationContext([self.ca], NOW)
 
 
-def _cert(ca_key: object, ca: x509.Certificate | None, key: object, cn: str, ku: x509.KeyUsage,
-          email: str | None) -> x509.Certificate:
+def _cert(
+    ca_key: object, ca: x509.Certificate | None, key: object, cn: str, ku: x509.KeyUsage, email: str | None
+) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     b = (
         x509.CertificateBuilder()
@@ -90,7 +91,8 @@ def world() -> World:
         rk = rsa.generate_private_key(65537, 2048)
         ek = ec.generate_private_key(ec.SECP256R1())
         _WORLD = World(
-            ca_key, ca,
+            ca_key,
+            ca,
             KeyEntry(sk, _cert(ca_key, ca, sk, "alice", _ku(sign=True), "alice@example.com"), KeyRole.SIGN),
             KeyEntry(rk, _cert(ca_key, ca, rk, "bob", _ku(encipher=True), "bob@example.com"), KeyRole.ENCRYPT),
             KeyEntry(ek, _cert(ca_key, ca, ek, "carol", _ku(agree=True), "carol@example.com"), KeyRole.ENCRYPT),
@@ -298,7 +300,10 @@ def _pkcs12_seeds(w: World) -> list[bytes]:
     from cryptography.hazmat.primitives.serialization import pkcs12
 
     legacy = pkcs12.serialize_key_and_certificates(
-        b"seed", w.signer.key, w.signer.certificate, [w.ca],
+        b"seed",
+        w.signer.key,
+        w.signer.certificate,
+        [w.ca],
         serialization.BestAvailableEncryption(EPF_PASSWORD.encode()),
     )
     enc = (
@@ -316,8 +321,12 @@ def _csv_seed() -> bytes:
     buf = io.StringIO()
     wr = csv.writer(buf)
     wr.writerow(["email", "name"])
-    for row in (["alice@example.com", "Alice Liddell"], ["bob.smith+km@mail.example.org", ""],
-                ["jürgen@bücher.example", "Jürgen Müller"], ["carol@example.com", "Carol, \"the\" Admin"]):
+    for row in (
+        ["alice@example.com", "Alice Liddell"],
+        ["bob.smith+km@mail.example.org", ""],
+        ["jürgen@bücher.example", "Jürgen Müller"],
+        ["carol@example.com", 'Carol, "the" Admin'],
+    ):
         wr.writerow(row)
     return buf.getvalue().encode()
 
@@ -331,7 +340,8 @@ def seeds(target: str) -> list[bytes]:
         return _enveloped_seeds(w)
     if target == "ber":
         return [smime.parse(s).der if not s.startswith(b"\x30") else s for s in _signed_seeds(w)[:2]] + [
-            smime.parse(_enveloped_seeds(w)[-2]).der]
+            smime.parse(_enveloped_seeds(w)[-2]).der
+        ]
     if target == "smime":
         return _signed_seeds(w)[1:3] + _enveloped_seeds(w)[4:5] + [_MESSAGE]
     if target == "pkcs12":
@@ -344,11 +354,18 @@ def seeds(target: str) -> list[bytes]:
         return [
             b"pkcs11:token=alice;object=alice-sign;type=private?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:PIN",
             b"pkcs11:model=SoftHSM%20v2;manufacturer=SoftHSM%20project;serial=1234;id=%01%02?pin-value=",
-            b"pkcs11:slot-id=3;library-version=2.6", b"alice.epf", b"PKCS11:token=a%2Fb",
+            b"pkcs11:slot-id=3;library-version=2.6",
+            b"alice.epf",
+            b"PKCS11:token=a%2Fb",
         ]
     if target == "csv":
         return [_csv_seed()]
     if target == "address":
-        return [b"alice@example.com", "jürgen@bücher.example".encode(), b"a.b-c+d@sub-1.example.co.uk",
-                b"Alice Liddell", b"../../x@example.com"]
+        return [
+            b"alice@example.com",
+            "jürgen@bücher.example".encode(),
+            b"a.b-c+d@sub-1.example.co.uk",
+            b"Alice Liddell",
+            b"../../x@example.com",
+        ]
     raise KeyError(target)

@@ -14,10 +14,10 @@ from hsmkm.bench.fixtures import make_km, open_km
 from hsmkm.bench.rows import Row
 from hsmkm.client.enroll import build_csr
 from hsmkm.keys.algorithms import KeyAlgorithm
+from hsmkm.keys.pkcs11 import TokenSession
 from hsmkm.km.enroll import enroll
 from hsmkm.km.users import add_user, import_users
 from hsmkm.protocol import EnrollRequest
-from hsmkm.keys.pkcs11 import TokenSession
 
 
 def _enroll_rate(root: Path, n: int, prefix: str = "") -> float:
@@ -41,7 +41,7 @@ def _officers_rates(tmp: Path, n: int, rounds: int) -> tuple[float, float]:
     roots = {k: make_km(tmp / f"enroll-officers{k}", user_key=KeyAlgorithm.P256, officers=k) for k in (1, 5)}
     best = {1: 0.0, 5: 0.0}
     for r in range(rounds):
-        for k in ((1, 5) if r % 2 == 0 else (5, 1)):
+        for k in (1, 5) if r % 2 == 0 else (5, 1):
             best[k] = max(best[k], _enroll_rate(roots[k], n, prefix=f"r{r}-"))
     return best[1], best[5]
 
@@ -82,8 +82,14 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     return [
         Row("enroll", "p256_officers1_per_s", one, "enroll/s", "1 officer, p256 users, RSA-3072 CA"),
         Row("enroll", "p256_officers5_per_s", five, "enroll/s", "5 officers; target >= 100/s"),
-        Row("enroll", "officers5_ratio", five / one, "ratio",
-            f"5 officers {five:.1f}/s vs 1 officer {one:.1f}/s, same run; target >= 0.9", five / one),
+        Row(
+            "enroll",
+            "officers5_ratio",
+            five / one,
+            "ratio",
+            f"5 officers {five:.1f}/s vs 1 officer {one:.1f}/s, same run; target >= 0.9",
+            five / one,
+        ),
         Row("enroll", "p256_per_s", p256, "enroll/s", "target >= 100/s; RSA-3072 CA on SoftHSM2"),
         Row("enroll", "raw_rsa3072_keygen_per_s", raw, "keys/s", "python-pkcs11 C_GenerateKeyPair"),
         Row("enroll", "rsa3072_per_s", rsa, "enroll/s", ref),

@@ -13,11 +13,20 @@ from hsmkm.km.manager import KeyManager
 from hsmkm.km.publishers import publisher_for
 
 
-def make_km(root: Path, ca_key: KeyAlgorithm = KeyAlgorithm.RSA3072, user_key: KeyAlgorithm = KeyAlgorithm.P256,
-            officers: int = 3) -> Path:
+def make_km(
+    root: Path,
+    ca_key: KeyAlgorithm = KeyAlgorithm.RSA3072,
+    user_key: KeyAlgorithm = KeyAlgorithm.P256,
+    officers: int = 3,
+) -> Path:
     run_ceremony(
-        InitRequest(root=root, ca_subject=x509.Name.from_rfc4514_string("CN=Bench CA"), ca_key_alg=ca_key,
-                    user_key_alg=user_key, embedded_officers=officers),
+        InitRequest(
+            root=root,
+            ca_subject=x509.Name.from_rfc4514_string("CN=Bench CA"),
+            ca_key_alg=ca_key,
+            user_key_alg=user_key,
+            embedded_officers=officers,
+        ),
         publisher_for(root),
     )
     return root

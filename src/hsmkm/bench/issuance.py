@@ -14,9 +14,9 @@ from pkcs11 import Mechanism
 
 from hsmkm.bench.fixtures import make_km, open_km
 from hsmkm.bench.rows import Row, rate
-from hsmkm.km.authority import IssueRequest, issue_certificates
 from hsmkm.certnames import CertKind
 from hsmkm.keys.pkcs11 import TokenPrivateKey
+from hsmkm.km.authority import IssueRequest, issue_certificates
 
 _TBS = os.urandom(900)
 BATCH = 50  # about the size of a user certificate's TBS
@@ -70,7 +70,16 @@ def run(tmp: Path, quick: bool) -> list[Row]:
         Row("issuance", "raw_sign_per_s", raw, "ops/s", "python-pkcs11 C_Sign, CKM_SHA256_RSA_PKCS"),
         Row("issuance", "single_per_s", single, "certs/s", f"batches of {BATCH}; {ref}"),
         Row("issuance", "single_ratio", single / raw, "ratio", f"batches of {BATCH}; {ref}", single / raw),
-        Row("issuance", "unbatched_per_s", unbatched, "certs/s", f"one transaction per certificate; {ref}", unbatched / raw),
-        Row("issuance", "parallel_per_s", parallel, "certs/s", f"{workers} worker processes, batches of {BATCH}; {ref}"),
+        Row(
+            "issuance",
+            "unbatched_per_s",
+            unbatched,
+            "certs/s",
+            f"one transaction per certificate; {ref}",
+            unbatched / raw,
+        ),
+        Row(
+            "issuance", "parallel_per_s", parallel, "certs/s", f"{workers} worker processes, batches of {BATCH}; {ref}"
+        ),
         Row("issuance", "parallel_ratio", parallel / raw, "ratio", ref, parallel / raw),
     ]

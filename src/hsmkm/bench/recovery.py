@@ -8,20 +8,20 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from hsmkm import keys
 from hsmkm.bench.fixtures import make_km, open_km
 from hsmkm.bench.rows import Row
+from hsmkm.certnames import CertKind
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.base import PrivateKey
-from hsmkm import keys
 from hsmkm.keys.token import TokenModule
 from hsmkm.km import archive, custody, epochs, recovery
 from hsmkm.km.authority import record_certificate, serial_hex, sign_user_certificate
-from hsmkm.km.officer_policy import OFFICER_KEY_ALG
 from hsmkm.km.config import OFFICER_KEY_LABEL, Home
 from hsmkm.km.manager import KeyManager
+from hsmkm.km.officer_policy import OFFICER_KEY_ALG
 from hsmkm.km.rotation import rotate_archive_key
 from hsmkm.km.users import add_user
-from hsmkm.certnames import CertKind
 
 EMAIL = "archived@bench.example"
 
@@ -90,10 +90,14 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     home.trial_pin_file("officer4").write_text(pin)
     t = time.perf_counter()
     session = module.open_token(pin, label="officer4")
-    new_key = session.generate_keypair(OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer", sign=True,
-                                       decrypt=False, derive=True)
-    params = {"name": "officer4", "uri": "pkcs11:token=officer4",
-              "public_key": custody.public_der(new_key.public_key()).hex()}
+    new_key = session.generate_keypair(
+        OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer", sign=True, decrypt=False, derive=True
+    )
+    params = {
+        "name": "officer4",
+        "uri": "pkcs11:token=officer4",
+        "public_key": custody.public_der(new_key.public_key()).hex(),
+    }
     change = recovery.open_request(km, recovery.RequestKind.OFFICER_ADD, "bench", params=params)
     for name in ("officer1", "officer3"):
         shown = recovery.content_for_officer(km, change.id)
@@ -104,13 +108,33 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     assert shares == 4 * n, shares
     floor = 2 * n / ecdh_rate
     return [
-        Row("recovery", "officer_ecdh_per_s", ecdh_rate, "derive/s", "C_DeriveKey ECDH1 (null KDF) on an officer's token"),
-        Row("recovery", "rotate_per_s", result.records / rotate_s, "records/s",
-            f"{result.records} records re-sealed on the token in {rotate_s:.2f} s"),
-        Row("recovery", f"recover_{size}_s", recover_s, "s",
+        Row(
+            "recovery",
+            "officer_ecdh_per_s",
+            ecdh_rate,
+            "derive/s",
+            "C_DeriveKey ECDH1 (null KDF) on an officer's token",
+        ),
+        Row(
+            "recovery",
+            "rotate_per_s",
+            result.records / rotate_s,
+            "records/s",
+            f"{result.records} records re-sealed on the token in {rotate_s:.2f} s",
+        ),
+        Row(
+            "recovery",
+            f"recover_{size}_s",
+            recover_s,
+            "s",
             f"{n} records: request, 2 officers' approvals (one token ECDH per share: {floor:.1f} s of it), "
-            "completion; target <= 30 s"),
-        Row("recovery", f"officer_add_{size}_s", add_s, "s",
-            f"{n} records re-shared by 2 officers to 4, each combining its shares; target <= 120 s"),
+            "completion; target <= 30 s",
+        ),
+        Row(
+            "recovery",
+            f"officer_add_{size}_s",
+            add_s,
+            "s",
+            f"{n} records re-shared by 2 officers to 4, each combining its shares; target <= 120 s",
+        ),
     ]
-

@@ -42,8 +42,13 @@ def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | Non
 @click.option("--keystore", "ref", required=True, help="A new .epf path, or a pkcs11: URI of your token.")
 @click.option("--password-source", help="Source of the .epf password (env:NAME, file:PATH, prompt).")
 @click.option("--km-pin-source", help="Source of the KM token's PIN, when the KM's home does not name one.")
-@click.option("--sign-key", type=click.Choice([a.value for a in KeyAlgorithm]), default="p256", show_default=True,
-              help="Algorithm of the signing key made in your keystore.")
+@click.option(
+    "--sign-key",
+    type=click.Choice([a.value for a in KeyAlgorithm]),
+    default="p256",
+    show_default=True,
+    help="Algorithm of the signing key made in your keystore.",
+)
 @click.option("--update", is_flag=True, help="Add to an existing keystore, keeping its older keys.")
 @pass_cli
 def enroll(
@@ -121,7 +126,9 @@ def keystore_info(cli_ctx: CliContext, ref: str, password_source: str | None) ->
 @click.option("--password-source", help="Source of the current password.")
 @click.option("--new-password-source", help="Source of the new password.")
 @pass_cli
-def keystore_passwd(cli_ctx: CliContext, ref: str, password_source: str | None, new_password_source: str | None) -> None:
+def keystore_passwd(
+    cli_ctx: CliContext, ref: str, password_source: str | None, new_password_source: str | None
+) -> None:
     """Change the .epf password (the file is rewritten atomically).
 
     \b

@@ -91,8 +91,9 @@ class HsmkmGroup(click.Group):
             ):
                 if opts[0] not in taken:
                     cmd.params.append(
-                        click.Option(opts, is_flag=flag, expose_value=False, callback=_set_field(field_name),
-                                     help=help_text)
+                        click.Option(
+                            opts, is_flag=flag, expose_value=False, callback=_set_field(field_name), help=help_text
+                        )
                     )
         super().add_command(cmd, name)
 
@@ -144,8 +145,9 @@ def one_line(text: str) -> str:
 
 def km_home_option(help_text: str, required: bool = True) -> Callable[[Any], Any]:
     """``--km HOME``: where a client reaches the KM."""
-    return click.option("--km", "km_home", required=required, type=click.Path(file_okay=False, path_type=Path),
-                        help=help_text)
+    return click.option(
+        "--km", "km_home", required=required, type=click.Path(file_okay=False, path_type=Path), help=help_text
+    )
 
 
 def cache_option(help_text: str = "CRL cache directory.") -> Callable[[Any], Any]:

@@ -15,6 +15,7 @@ from hsmkm.cli.session import open_km
 from hsmkm.clock import system_clock
 from hsmkm.km.publication import CrlKind, publish_crl
 
+
 @group("crl")
 def crl_group() -> None:
     """Certificate revocation lists."""
@@ -35,9 +36,17 @@ def crl_publish(cli_ctx: CliContext, delta: bool, next_update_hours: int | None)
     km = open_km(cli_ctx)
     p = publish_crl(km, CrlKind.DELTA if delta else CrlKind.FULL, next_update_hours)
     cli_ctx.emit(
-        {"kind": p.kind.value, "number": p.number, "base": p.base, "entries": p.entries, "path": p.where,
-         "this_update": p.this_update.isoformat(), "next_update": p.next_update.isoformat(), "bytes": p.size,
-         "installed": p.installed},
+        {
+            "kind": p.kind.value,
+            "number": p.number,
+            "base": p.base,
+            "entries": p.entries,
+            "path": p.where,
+            "this_update": p.this_update.isoformat(),
+            "next_update": p.next_update.isoformat(),
+            "bytes": p.size,
+            "installed": p.installed,
+        },
         f"{p.kind.value} CRL #{p.number}{f' (base #{p.base})' if p.base else ''}: {p.entries} entries, "
         f"{p.size} bytes, next update {p.next_update.isoformat()} -> "
         + (p.where if p.installed else f"not installed: {p.where} already holds a CRL numbered at least that"),
@@ -45,8 +54,12 @@ def crl_publish(cli_ctx: CliContext, delta: bool, next_update_hours: int | None)
 
 
 @crl_group.command("fetch")
-@click.option("--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home (its pub/).")
-@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="Cache directory (default under ~/.cache/hsmkm).")
+@click.option(
+    "--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home (its pub/)."
+)
+@click.option(
+    "--cache", type=click.Path(file_okay=False, path_type=Path), help="Cache directory (default under ~/.cache/hsmkm)."
+)
 @pass_cli
 def crl_fetch(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> None:
     """Refresh the CRL cache: the full CRL, then the delta; each verified against the CA.
@@ -60,8 +73,13 @@ def crl_fetch(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> None:
     store = checker.cache
     st = store.status(system_clock())
     cli_ctx.emit(
-        {"full": st.full_number, "delta": st.delta_number, "entries": st.entries,
-         "next_update": st.next_update.isoformat() if st.next_update else None, "cache": str(store.dir)},
+        {
+            "full": st.full_number,
+            "delta": st.delta_number,
+            "entries": st.entries,
+            "next_update": st.next_update.isoformat() if st.next_update else None,
+            "cache": str(store.dir),
+        },
         f"CRL cache: full #{st.full_number}, delta #{st.delta_number or '-'}, {st.entries} revoked, "
         f"next update {st.next_update.isoformat() if st.next_update else '-'}",
     )
@@ -88,6 +106,13 @@ def crl_check(cli_ctx: CliContext, certificate: Path, km_home: Path, cache: Path
     if info is None:
         cli_ctx.emit({"serial": f"{cert.serial_number:x}", "revoked": False}, "not revoked")
         return
-    cli_ctx.emit({"serial": f"{cert.serial_number:x}", "revoked": True, "revoked_at": info.revoked_at.isoformat(),
-                  "reason": info.reason.value}, "")
+    cli_ctx.emit(
+        {
+            "serial": f"{cert.serial_number:x}",
+            "revoked": True,
+            "revoked_at": info.revoked_at.isoformat(),
+            "reason": info.reason.value,
+        },
+        "",
+    )
     raise errors.CertificateRevoked(f"revoked on {info.revoked_at.date()} ({info.reason.value})")

@@ -7,9 +7,7 @@ from hsmkm.keys import AnyKeystore, open_keystore
 from hsmkm.keys.uri import Pkcs11Uri, is_pkcs11_uri
 
 
-def keystore_secret(
-    cli_ctx: CliContext, ref: str, password_source: str | None, confirm: bool = False
-) -> str:
+def keystore_secret(cli_ctx: CliContext, ref: str, password_source: str | None, confirm: bool = False) -> str:
     """The PIN (token: the URI's pin-source, else --pin-source) or the .epf password."""
     if is_pkcs11_uri(ref):
         uri = Pkcs11Uri.parse(ref)
@@ -20,7 +18,5 @@ def keystore_secret(
     return cli_ctx.secret(password_source, f"password of {ref}", confirm=confirm)
 
 
-def open_user_keystore(
-    cli_ctx: CliContext, ref: str, password_source: str | None
-) -> AnyKeystore:
+def open_user_keystore(cli_ctx: CliContext, ref: str, password_source: str | None) -> AnyKeystore:
     return open_keystore(ref, keystore_secret(cli_ctx, ref, password_source))

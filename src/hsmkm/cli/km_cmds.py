@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from hsmkm import errors
 from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.cli.context import CliContext, group, pass_cli
@@ -33,19 +34,32 @@ def _officer_spec(cli_ctx: CliContext, text: str) -> OfficerSpec:
 
 @click.command()
 @click.option("--ca-subject", required=True, help='The CA\'s name, e.g. "CN=Example KM CA,O=Example,C=DE".')
-@click.option("--module", type=click.Path(dir_okay=False), help="PKCS#11 module of the KM's HSM (else the embedded SoftHSM2).")
+@click.option(
+    "--module", type=click.Path(dir_okay=False), help="PKCS#11 module of the KM's HSM (else the embedded SoftHSM2)."
+)
 @click.option("--token", "token_label", help="Label of the KM token in --module.")
 @click.option("--pin-source", "init_pin_source", help="Source of the KM token's PIN (env:NAME, file:PATH, prompt).")
 @click.option("--recovery-token", hidden=True, help="Deprecated and ignored: there is no recovery token any more.")
 @click.option("--recovery-pin-source", hidden=True, help="Deprecated and ignored, with --recovery-token.")
 @click.option("--ca-key", type=ALGS, default="rsa3072", show_default=True, help="CA key algorithm.")
 @click.option("--user-key", type=ALGS, default="p256", show_default=True, help="Algorithm of users' encryption keys.")
-@click.option("--cert-days", type=click.IntRange(1, 3650), default=365, show_default=True, help="User certificate validity.")
-@click.option("--ca-days", type=click.IntRange(1, 36500), default=3650, show_default=True, help="CA certificate validity.")
-@click.option("--officer", "officers", multiple=True, metavar="NAME=URI", help="A recovery officer and their token (repeatable).")
+@click.option(
+    "--cert-days", type=click.IntRange(1, 3650), default=365, show_default=True, help="User certificate validity."
+)
+@click.option(
+    "--ca-days", type=click.IntRange(1, 36500), default=3650, show_default=True, help="CA certificate validity."
+)
+@click.option(
+    "--officer", "officers", multiple=True, metavar="NAME=URI", help="A recovery officer and their token (repeatable)."
+)
 @click.option("--quorum", type=click.IntRange(1, 255), help="Approvals needed for a recovery (K of N).")
 @click.option("--csr", is_flag=True, help="Be a subordinate CA: write ca.csr instead of a self-signed certificate.")
-@click.option("--base-url", default="http://hsmkm.localhost/", show_default=True, help="Where HOME/pub/ is served (names in certificates).")
+@click.option(
+    "--base-url",
+    default="http://hsmkm.localhost/",
+    show_default=True,
+    help="Where HOME/pub/ is served (names in certificates).",
+)
 @pass_cli
 def init(
     cli_ctx: CliContext,
@@ -115,7 +129,11 @@ def init(
         "quorum": result.quorum,
     }
     lines = [f"KM initialised at {result.home}", f"  CA: {result.ca_subject} ({result.ca_key_alg})"]
-    lines.append(f"  CA certificate: {result.ca_cert_path}" if result.ca_cert_path else f"  CSR for the parent CA: {result.csr_path} (then 'hsmkm ca import')")
+    lines.append(
+        f"  CA certificate: {result.ca_cert_path}"
+        if result.ca_cert_path
+        else f"  CSR for the parent CA: {result.csr_path} (then 'hsmkm ca import')"
+    )
     lines.append(f"  recovery officers: {', '.join(result.officers)} (quorum {result.quorum})")
     cli_ctx.emit(out, "\n".join(lines))
 
@@ -154,7 +172,8 @@ def status(cli_ctx: CliContext) -> None:
         )
         crl = st["crl"]
         lines.append(
-            "CRL: none published" if crl is None
+            "CRL: none published"
+            if crl is None
             else f"CRL: #{crl['number']}, {crl['entries']} entries, {crl['age_seconds']} s old{' (stale)' if crl['stale'] else ''}"
         )
         lines.append(f"officers: {', '.join(st['officers'])} (quorum {st['quorum']})")
@@ -162,7 +181,9 @@ def status(cli_ctx: CliContext) -> None:
         if store["guarded"]:
             lines.append("token store: verified copy kept" + "".join(f"; {r}" for r in store["repairs"]))
         if c.get("archived_keys_to_migrate"):
-            lines.append(f"archive: {c['archived_keys_to_migrate']} record(s) of the first release: run 'hsmkm archive migrate'")
+            lines.append(
+                f"archive: {c['archived_keys_to_migrate']} record(s) of the first release: run 'hsmkm archive migrate'"
+            )
         return "\n".join(lines)
 
     cli_ctx.emit(st, human)
@@ -182,7 +203,10 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.option(
-    "--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(path_type=Path),
     help="A signed checkpoint kept outside the KM ('audit checkpoint'); the log must still hold its entry. Repeatable.",
 )
 @pass_cli
@@ -228,8 +252,14 @@ def audit_verify(cli_ctx: CliContext, checkpoints: tuple[Path, ...]) -> None:
 
 
 @audit.command("checkpoint")
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the checkpoint (CMS SignedData).")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the checkpoint (CMS SignedData).",
+)
 @click.option("--pem", is_flag=True, help="Write PEM (-----BEGIN CMS-----) instead of DER.")
 @pass_cli
 def audit_checkpoint(cli_ctx: CliContext, out: Path, pem: bool) -> None:
@@ -289,12 +319,17 @@ def audit_accept_rollback(cli_ctx: CliContext, yes: bool) -> None:
     if not yes:
         if not sys.stdin.isatty():
             raise errors.BadInput("accept-rollback needs --yes when not run on a terminal")
-        click.confirm("The changes after the restored backup are lost for good. Accept the rollback?",
-                      abort=True, err=True)
+        click.confirm(
+            "The changes after the restored backup are lost for good. Accept the rollback?", abort=True, err=True
+        )
     done = accept_rollback(km)
     cli_ctx.emit(
-        {"log_ended_at": done.log_ended_at, "anchored_entry": done.anchored, "entry": done.entry,
-         "crl_number": done.crl_number},
+        {
+            "log_ended_at": done.log_ended_at,
+            "anchored_entry": done.anchored,
+            "entry": done.entry,
+            "crl_number": done.crl_number,
+        },
         f"rollback accepted (entry {done.entry}): the log ended at entry {done.log_ended_at}, the token's anchor "
         f"named entry {done.anchored}; the next CRL is numbered above {done.crl_number}. "
         "Redo what the lost entries did (revocations first).",

@@ -16,17 +16,17 @@ from cryptography import x509
 from hsmkm import errors
 from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.bounded import MAX_SMALL_FILE, open_regular, read_regular
+from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.keystores import open_user_keystore
 from hsmkm.cli.revocation import default_cache_dir, km_source, revocation_checker
-from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.client import messaging
 from hsmkm.client.correspondents import Correspondents
-from hsmkm.keys.base import Keystore
 from hsmkm.client.crlcache import CrlCache
 from hsmkm.client.revocation import check_own_signing_certificate, validation_context
 from hsmkm.cms import enveloped, signed
 from hsmkm.cms.protect import Confidentiality
 from hsmkm.cms.validation import ValidationContext
+from hsmkm.keys.base import Keystore
 
 
 def _read(path: str) -> bytes:
@@ -87,14 +87,26 @@ def msg() -> None:
 @click.option("--keystore", "ref", required=True, help="Your keystore (.epf or pkcs11: URI).")
 @click.option("--password-source", help="Source of the .epf password.")
 @click.option("--detached", is_flag=True, help="multipart/signed (clear-signed) instead of opaque.")
-@click.option("--km", "km_home", type=click.Path(file_okay=False, path_type=Path),
-              help="The KM's home: refresh a stale CRL cache before checking your own certificate.")
+@click.option(
+    "--km",
+    "km_home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The KM's home: refresh a stale CRL cache before checking your own certificate.",
+)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
 @pass_cli
-def msg_sign(cli_ctx: CliContext, ref: str, password_source: str | None, detached: bool, km_home: Path | None,
-             cache: Path | None, infile: str, outfile: str) -> None:
+def msg_sign(
+    cli_ctx: CliContext,
+    ref: str,
+    password_source: str | None,
+    detached: bool,
+    km_home: Path | None,
+    cache: Path | None,
+    infile: str,
+    outfile: str,
+) -> None:
     """Sign a message (RFC 5322/MIME in, S/MIME out), its header fields protected (RFC 9788).
     Refused (exit 1) when the cached CRL lists your signing certificate as revoked.
 
@@ -138,7 +150,13 @@ def _report(result: signed.VerifyResult) -> dict[str, object]:
 
 
 @msg.command("verify")
-@click.option("--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home (trust and CRLs).")
+@click.option(
+    "--km",
+    "km_home",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The KM's home (trust and CRLs).",
+)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", help="Write the signed content here.")
@@ -169,34 +187,80 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
     for w in result.warnings:
         cli_ctx.warn(w)
     cli_ctx.emit(
-        {"valid": True, "signer": result.email, "signing_time": result.signing_time.isoformat() if result.signing_time else None,
-         "serial": f"{result.signer.serial_number:x}", "warnings": result.warnings, **_report(result)},
-        f"signature OK: signed by {result.email}" + (f" at {result.signing_time.isoformat()}" if result.signing_time else ""),
+        {
+            "valid": True,
+            "signer": result.email,
+            "signing_time": result.signing_time.isoformat() if result.signing_time else None,
+            "serial": f"{result.signer.serial_number:x}",
+            "warnings": result.warnings,
+            **_report(result),
+        },
+        f"signature OK: signed by {result.email}"
+        + (f" at {result.signing_time.isoformat()}" if result.signing_time else ""),
     )
 
 
 @msg.command("encrypt")
-@click.option("--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home (directory, CRLs).")
+@click.option(
+    "--km",
+    "km_home",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The KM's home (directory, CRLs).",
+)
 @click.option("--to", "to", multiple=True, help="A recipient's address (repeatable).")
-@click.option("--cert", "cert_files", multiple=True, type=click.Path(exists=True, dir_okay=False), help="A recipient's certificate file.")
+@click.option(
+    "--cert",
+    "cert_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A recipient's certificate file.",
+)
 @click.option("--from", "sender", help="Your address: a lock box for you too.")
 @click.option("--sign-with", "sign_with", help="Sign first with this keystore (and add a lock box for you).")
 @click.option("--password-source", help="Source of the --sign-with .epf password.")
-@click.option("--cipher", type=click.Choice([c.value for c in enveloped.ContentCipher]),
-              help="Override the content cipher (default: the strongest every recipient reads).")
-@click.option("--key-transport", type=click.Choice([t.value for t in enveloped.KeyTransport]),
-              help="Override the RSA key transport (default: per recipient, what each one reads).")
-@click.option("--hcp", type=click.Choice([c.value for c in Confidentiality]), default=Confidentiality.BASELINE.value,
-              show_default=True, help="Header confidentiality policy (RFC 9788): what the outer header fields show.")
-@click.option("--legacy-display", is_flag=True, help="Add a legacy display element (the hidden Subject shown in the body "
-              "by clients without header protection).")
+@click.option(
+    "--cipher",
+    type=click.Choice([c.value for c in enveloped.ContentCipher]),
+    help="Override the content cipher (default: the strongest every recipient reads).",
+)
+@click.option(
+    "--key-transport",
+    type=click.Choice([t.value for t in enveloped.KeyTransport]),
+    help="Override the RSA key transport (default: per recipient, what each one reads).",
+)
+@click.option(
+    "--hcp",
+    type=click.Choice([c.value for c in Confidentiality]),
+    default=Confidentiality.BASELINE.value,
+    show_default=True,
+    help="Header confidentiality policy (RFC 9788): what the outer header fields show.",
+)
+@click.option(
+    "--legacy-display",
+    is_flag=True,
+    help="Add a legacy display element (the hidden Subject shown in the body by clients without header protection).",
+)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
 @pass_cli
-def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_files: tuple[str, ...], sender: str | None,
-                sign_with: str | None, password_source: str | None, cipher: str | None, key_transport: str | None,
-                hcp: str, legacy_display: bool, cache: Path | None, infile: str, outfile: str) -> None:
+def msg_encrypt(
+    cli_ctx: CliContext,
+    km_home: Path,
+    to: tuple[str, ...],
+    cert_files: tuple[str, ...],
+    sender: str | None,
+    sign_with: str | None,
+    password_source: str | None,
+    cipher: str | None,
+    key_transport: str | None,
+    hcp: str,
+    legacy_display: bool,
+    cache: Path | None,
+    infile: str,
+    outfile: str,
+) -> None:
     """Encrypt to each recipient (one lock box each, and one for you when known), with the
     strongest algorithms each one reads (RFC 8551 §2.7: what they announced in a signed message,
     else their certificate's SMIMECapabilities), the header fields protected (RFC 9788).
@@ -214,7 +278,9 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
     for f in cert_files:
         data = read_regular(f, MAX_SMALL_FILE, "--cert")
         try:
-            cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+            cert = (
+                x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+            )
             cert.extensions  # parsed lazily: a bad extension must fail here
         except errors.CERTIFICATE_PARSE_ERRORS:
             raise errors.MalformedInput(f"{f}: not a certificate") from None
@@ -227,15 +293,19 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
     elif ks is not None and ks.encryption_entries():
         recipients.append(ks.encryption_entries()[0].certificate)
     ctx = _context(cli_ctx, km_home, cache)
-    choice = messaging.plan(recipients, _correspondents(cli_ctx, km_home, cache),
-                            enveloped.ContentCipher(cipher) if cipher else None,
-                            enveloped.KeyTransport(key_transport) if key_transport else None)
+    choice = messaging.plan(
+        recipients,
+        _correspondents(cli_ctx, km_home, cache),
+        enveloped.ContentCipher(cipher) if cipher else None,
+        enveloped.KeyTransport(key_transport) if key_transport else None,
+    )
     for note in choice.notes:
         cli_ctx.warn(note)
     policy = Confidentiality(hcp)
     if ks is not None:
-        out = messaging.encrypt_message(_read(infile), recipients, ctx, choice.cipher, choice.transports, ks,
-                                        policy, legacy_display)
+        out = messaging.encrypt_message(
+            _read(infile), recipients, ctx, choice.cipher, choice.transports, ks, policy, legacy_display
+        )
         _write(outfile, out)
         return
     with _input(infile) as src, _output(outfile) as dst:
@@ -245,13 +315,25 @@ def msg_encrypt(cli_ctx: CliContext, km_home: Path, to: tuple[str, ...], cert_fi
 @msg.command("decrypt")
 @click.option("--keystore", "ref", required=True, help="Your keystore (.epf or pkcs11: URI).")
 @click.option("--password-source", help="Source of the .epf password.")
-@click.option("--km", "km_home", type=click.Path(file_okay=False, path_type=Path), help="The KM's home (to verify a signed message).")
+@click.option(
+    "--km",
+    "km_home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The KM's home (to verify a signed message).",
+)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
 @pass_cli
-def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_home: Path | None, cache: Path | None,
-                infile: str, outfile: str) -> None:
+def msg_decrypt(
+    cli_ctx: CliContext,
+    ref: str,
+    password_source: str | None,
+    km_home: Path | None,
+    cache: Path | None,
+    infile: str,
+    outfile: str,
+) -> None:
     """Decrypt with whichever of your keys (current or older) the message names; verify a
     signed message inside (its signer must be the From) and warn if its signer is revoked.
     The output is the message as its sender wrote it, protected header fields restored.
@@ -280,8 +362,14 @@ def msg_decrypt(cli_ctx: CliContext, ref: str, password_source: str | None, km_h
     if cli_ctx.json or outfile != "-":
         signer = opened.signer.email if opened.signer else None
         restored = opened.restored
-        cli_ctx.emit({"decrypted": True, "key_serial": f"{opened.recipient_serial:x}", "signed_by": signer,
-                      "warnings": opened.warnings,
-                      "protected_headers": dict(restored.protected) if restored and restored.protected else None,
-                      "header_mismatches": restored.mismatches if restored else []},
-                     f"decrypted with key {opened.recipient_serial:x}" + (f"; signed by {signer}" if signer else ""))
+        cli_ctx.emit(
+            {
+                "decrypted": True,
+                "key_serial": f"{opened.recipient_serial:x}",
+                "signed_by": signer,
+                "warnings": opened.warnings,
+                "protected_headers": dict(restored.protected) if restored and restored.protected else None,
+                "header_mismatches": restored.mismatches if restored else [],
+            },
+            f"decrypted with key {opened.recipient_serial:x}" + (f"; signed by {signer}" if signer else ""),
+        )

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from hsmkm import errors, keys
+from hsmkm import errors
 from hsmkm.atomic import sweep_temps, write_atomic
 from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.session import open_km
@@ -48,8 +48,14 @@ def recovery_request(cli_ctx: CliContext, email: str, reason: str) -> None:
         quorum = custody.quorum(tx)
     digest = req.digest  # of the content as opened; approvals sign the content itself
     cli_ctx.emit(
-        {"id": req.id, "email": req.email, "records": req.records, "expires_at": req.expires_at,
-         "digest": digest.hex(), "quorum": quorum},
+        {
+            "id": req.id,
+            "email": req.email,
+            "records": req.records,
+            "expires_at": req.expires_at,
+            "digest": digest.hex(),
+            "quorum": quorum,
+        },
         f"recovery request {req.id} for {req.email}: {len(req.records)} archived key(s); "
         f"needs {quorum} officer approvals before {req.expires_at}",
     )
@@ -72,13 +78,21 @@ def _confirm(cli_ctx: CliContext, text: str, yes: bool) -> None:
 @click.option("--token", "token_uri", help="The officer's token (default: as registered).")
 @click.option("--pin-source", "officer_pin_source", help="Source of the officer token's PIN.")
 @click.option("--yes", is_flag=True, help="Approve what is shown without asking (for scripts).")
-@click.option("--trust-officer-set", is_flag=True,
-              help="First approval of an officer who has not attested the officer set (a migrated KM): trust the "
-                   "officers' key fingerprints shown.")
+@click.option(
+    "--trust-officer-set",
+    is_flag=True,
+    help="First approval of an officer who has not attested the officer set (a migrated KM): trust the "
+    "officers' key fingerprints shown.",
+)
 @pass_cli
 def recovery_approve(
-    cli_ctx: CliContext, request_id: int, officer: str, token_uri: str | None, officer_pin_source: str | None,
-    yes: bool, trust_officer_set: bool,
+    cli_ctx: CliContext,
+    request_id: int,
+    officer: str,
+    token_uri: str | None,
+    officer_pin_source: str | None,
+    yes: bool,
+    trust_officer_set: bool,
 ) -> None:
     """One officer's approval, signed and unsealed on the officer's own token.
 
@@ -95,8 +109,9 @@ def recovery_approve(
     view = prepare_approval(km, request_id, officer, trust_officer_set)
     _confirm(cli_ctx, view.shown, yes)
     session = _officer_token(cli_ctx, km, token_uri or view.officer_uri, officer_pin_source, officer)
-    count = recovery.approve(km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), view.content,
-                             trust_officer_set)
+    count = recovery.approve(
+        km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), view.content, trust_officer_set
+    )
     with km.db.read() as tx:
         quorum = custody.quorum(tx)
     cli_ctx.emit(
@@ -108,13 +123,23 @@ def recovery_approve(
 @recovery_group.command("complete")
 @click.argument("request_id", type=int)
 @click.option("--reenable", is_flag=True, help="Give the user a one-time code to re-enroll with their keys.")
-@click.option("--code-out", "code_out", type=click.Path(dir_okay=False, path_type=Path),
-              help="With --reenable: write the code to this file (0600, fsynced) before the commit, not to stdout.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the keys to this PKCS#12.")
+@click.option(
+    "--code-out",
+    "code_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --reenable: write the code to this file (0600, fsynced) before the commit, not to stdout.",
+)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the keys to this PKCS#12."
+)
 @click.option("--password-source", help="Source of the PKCS#12 password (with --out).")
 @pass_cli
 def recovery_complete(
-    cli_ctx: CliContext, request_id: int, reenable: bool, code_out: Path | None, out_path: Path | None,
+    cli_ctx: CliContext,
+    request_id: int,
+    reenable: bool,
+    code_out: Path | None,
+    out_path: Path | None,
     password_source: str | None,
 ) -> None:
     """With K approvals: rebuild exactly the approved records' keys from the officers' shares.
@@ -142,8 +167,10 @@ def recovery_complete(
             if not recovery_export.holds_this_export(km, request_id, out_path, password):
                 raise errors.AlreadyExists(f"{out_path} exists")
             if status is recovery.RequestStatus.COMPLETED:
-                cli_ctx.emit({"id": request_id, "out": str(out_path), "already": True},
-                             f"request {request_id} was already completed; its keys are in {out_path}")
+                cli_ctx.emit(
+                    {"id": request_id, "out": str(out_path), "already": True},
+                    f"request {request_id} was already completed; its keys are in {out_path}",
+                )
                 return
             out_path.unlink()
 
@@ -156,8 +183,10 @@ def recovery_complete(
         if not _looks_like_code(code_out):
             raise errors.AlreadyExists(f"{code_out} exists")
         if status is recovery.RequestStatus.COMPLETED:
-            cli_ctx.emit({"id": request_id, "code_out": str(code_out), "already": True},
-                         f"request {request_id} was already completed; the one-time code is in {code_out}")
+            cli_ctx.emit(
+                {"id": request_id, "code_out": str(code_out), "already": True},
+                f"request {request_id} was already completed; the one-time code is in {code_out}",
+            )
             return
     if code_out is not None:
         target = code_out
@@ -199,15 +228,36 @@ def recovery_list(cli_ctx: CliContext) -> None:
         requests = recovery.list_requests(tx)
     for r in requests:
         approvals = recovery.approvers(km, r.id)
-        rows.append({"id": r.id, "kind": r.kind.value, "email": r.email, "status": r.status.value,
-                     "approvals": approvals, "expires_at": r.expires_at, "params": r.params})
-    cli_ctx.emit({"requests": rows}, "\n".join(
-        f"{r['id']:>4} {r['kind']:<15} {r['status']:<10} {r['email'] or ''} approvals: {', '.join(r['approvals']) or '-'}"
-        for r in rows) or "no requests")
+        rows.append(
+            {
+                "id": r.id,
+                "kind": r.kind.value,
+                "email": r.email,
+                "status": r.status.value,
+                "approvals": approvals,
+                "expires_at": r.expires_at,
+                "params": r.params,
+            }
+        )
+    cli_ctx.emit(
+        {"requests": rows},
+        "\n".join(
+            f"{r['id']:>4} {r['kind']:<15} {r['status']:<10} {r['email'] or ''} approvals: {', '.join(r['approvals']) or '-'}"
+            for r in rows
+        )
+        or "no requests",
+    )
 
 
-def _change(cli_ctx: CliContext, km: KeyManager, kind: recovery.RequestKind, request_id: int | None,
-            reason: str, params: dict[str, Any], what: str) -> None:
+def _change(
+    cli_ctx: CliContext,
+    km: KeyManager,
+    kind: recovery.RequestKind,
+    request_id: int | None,
+    reason: str,
+    params: dict[str, Any],
+    what: str,
+) -> None:
     if request_id is None:
         req = recovery.open_request(km, kind, reason, params=params)
         with km.db.read() as tx:
@@ -228,9 +278,11 @@ def _change(cli_ctx: CliContext, km: KeyManager, kind: recovery.RequestKind, req
     result = recovery.complete_change(km, request_id, officer_key)
     if result["quorum"] < 2:
         cli_ctx.warn("a quorum of 1 lets a single officer recover keys")
-    cli_ctx.emit({"id": request_id, **result},
-                 f"{what}: officers now {', '.join(result['officers'])} (quorum {result['quorum']}); "
-                 "every archive record re-shared")
+    cli_ctx.emit(
+        {"id": request_id, **result},
+        f"{what}: officers now {', '.join(result['officers'])} (quorum {result['quorum']}); "
+        "every archive record re-shared",
+    )
 
 
 @group("officer")
@@ -246,8 +298,10 @@ def officer_list(cli_ctx: CliContext) -> None:
     with km.db.read() as tx:
         officers = custody.active_officers(tx)
         quorum = custody.quorum(tx)
-    cli_ctx.emit({"officers": [{"name": o.name, "token": o.uri} for o in officers], "quorum": quorum},
-                 "\n".join(f"{o.name:<16} {o.uri}" for o in officers) + f"\nquorum: {quorum} of {len(officers)}")
+    cli_ctx.emit(
+        {"officers": [{"name": o.name, "token": o.uri} for o in officers], "quorum": quorum},
+        "\n".join(f"{o.name:<16} {o.uri}" for o in officers) + f"\nquorum: {quorum} of {len(officers)}",
+    )
 
 
 @officer_group.command("add")
@@ -288,8 +342,15 @@ def officer_remove(cli_ctx: CliContext, name: str, request_id: int | None) -> No
       hsmkm officer remove officer3; …approvals…; hsmkm officer remove officer3 --request 10
     """
     km = open_km(cli_ctx)
-    _change(cli_ctx, km, recovery.RequestKind.OFFICER_REMOVE, request_id, f"remove officer {name}",
-            {"name": name}, f"remove {name}")
+    _change(
+        cli_ctx,
+        km,
+        recovery.RequestKind.OFFICER_REMOVE,
+        request_id,
+        f"remove officer {name}",
+        {"name": name},
+        f"remove {name}",
+    )
 
 
 @recovery_group.command("policy")
@@ -307,8 +368,9 @@ def recovery_policy(cli_ctx: CliContext, quorum: int, request_id: int | None) ->
     officer_change.check_quorum(km, quorum)
     if quorum < 2:
         cli_ctx.warn("a quorum of 1 lets a single officer recover keys")
-    _change(cli_ctx, km, recovery.RequestKind.POLICY, request_id, f"quorum {quorum}", {"quorum": quorum},
-            f"quorum {quorum}")
+    _change(
+        cli_ctx, km, recovery.RequestKind.POLICY, request_id, f"quorum {quorum}", {"quorum": quorum}, f"quorum {quorum}"
+    )
 
 
 @group("archive")

@@ -27,12 +27,8 @@ def km_source(km_home: Path) -> KmHome:
     return KmHome(km_home)
 
 
-def revocation_checker(
-    cli_ctx: CliContext, km_home: Path, cache: Path | None
-) -> RevocationChecker:
+def revocation_checker(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> RevocationChecker:
     """The CRL cache of the KM's CA, refreshed from the KM when stale."""
     source = km_source(km_home)
     ca = source.ca_certificate()
-    return RevocationChecker(
-        CrlCache(cache or default_cache_dir(ca)), source, ca, cli_ctx.warn
-    )
+    return RevocationChecker(CrlCache(cache or default_cache_dir(ca)), source, ca, cli_ctx.warn)

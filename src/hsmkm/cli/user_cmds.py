@@ -11,16 +11,16 @@ import click
 from cryptography.hazmat.primitives import serialization
 
 from hsmkm import addresses, errors
-from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.atomic import atomic_writer
+from hsmkm.bounded import MAX_SMALL_FILE, read_regular
+from hsmkm.certnames import CertKind
 from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.session import open_km, open_km_files
+from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.km import archive, directory, users
 from hsmkm.km.revocation import parse_reason, revoke_user
-from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.smimecaps import ClientProfile
 from hsmkm.x509.crl import RevocationReason
-from hsmkm.certnames import CertKind
 
 
 @group()
@@ -30,12 +30,18 @@ def user() -> None:
 
 REASONS = [r.value for r in RevocationReason if r is not RevocationReason.REMOVE_FROM_CRL]
 
-_KEY_OPTION = click.option("--key", "key_alg", type=click.Choice([a.value for a in KeyAlgorithm]),
-                           help="The user's encryption key algorithm (default: the KM's).")
+_KEY_OPTION = click.option(
+    "--key",
+    "key_alg",
+    type=click.Choice([a.value for a in KeyAlgorithm]),
+    help="The user's encryption key algorithm (default: the KM's).",
+)
 _CLIENT_OPTION = click.option(
-    "--client", type=click.Choice([c.value for c in ClientProfile]),
+    "--client",
+    type=click.Choice([c.value for c in ClientProfile]),
     help="What the user's mail clients decrypt: modern (AES-GCM, RSA-OAEP) or compat (AES-CBC, RSA PKCS#1 v1.5; "
-         "Thunderbird/NSS, Outlook, gpgsm). Written into the certificates as SMIMECapabilities.")
+    "Thunderbird/NSS, Outlook, gpgsm). Written into the certificates as SMIMECapabilities.",
+)
 
 
 def _settings(key_alg: str | None, client: str | None) -> users.UserSettings:
@@ -62,8 +68,14 @@ def user_add(cli_ctx: CliContext, email: str, name: str | None, key_alg: str | N
     km = open_km(cli_ctx)
     u, code = users.add_user(km, email, name, _settings(key_alg, client))
     cli_ctx.emit(
-        {"email": u.email, "name": u.name, "code": code, "expires_days": km.config.code_ttl_days,
-         "key": key_alg or km.config.user_key_alg.value, "client": client},
+        {
+            "email": u.email,
+            "name": u.name,
+            "code": code,
+            "expires_days": km.config.code_ttl_days,
+            "key": key_alg or km.config.user_key_alg.value,
+            "client": client,
+        },
         f"user {u.email} added\nenrollment code (give it to the user; shown once): {code}",
     )
 
@@ -71,7 +83,9 @@ def user_add(cli_ctx: CliContext, email: str, name: str | None, key_alg: str | N
 @user.command("import")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
-    "--codes-out", type=click.Path(dir_okay=False, path_type=Path), help="Where the codes go (mode 0600); default CSV.codes.csv."
+    "--codes-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the codes go (mode 0600); default CSV.codes.csv.",
 )
 @pass_cli
 def user_import(cli_ctx: CliContext, csv_file: Path, codes_out: Path | None) -> None:
@@ -93,8 +107,10 @@ def user_import(cli_ctx: CliContext, csv_file: Path, codes_out: Path | None) -> 
         state = _earlier_codes_file(km, out)
         if state is users.CodesFileState.COMMITTED:
             # This import ran to its commit before (and was interrupted after): done already.
-            cli_ctx.emit({"users": len(rows), "codes_file": str(out), "already": True},
-                         f"already imported: {len(rows)} users; codes in {out}")
+            cli_ctx.emit(
+                {"users": len(rows), "codes_file": str(out), "already": True},
+                f"already imported: {len(rows)} users; codes in {out}",
+            )
             return
         if state is not users.CodesFileState.VOID:
             raise errors.AlreadyExists(f"{out} exists; refusing to overwrite codes")
@@ -168,7 +184,9 @@ def user_list(cli_ctx: CliContext) -> None:
     with km.db.read() as tx:
         rows = users.list_users(tx)
     data = [{"email": u.email, "name": u.name, "status": u.status.value, "created_at": u.created_at} for u in rows]
-    cli_ctx.emit({"users": data}, "\n".join(f"{u.email:<40} {u.status.value:<8} {u.name or ''}" for u in rows) or "no users")
+    cli_ctx.emit(
+        {"users": data}, "\n".join(f"{u.email:<40} {u.status.value:<8} {u.name or ''}" for u in rows) or "no users"
+    )
 
 
 @user.command("show")
@@ -209,8 +227,10 @@ def user_show(cli_ctx: CliContext, email: str) -> None:
             for c in certs
         ],
     }
-    lines = [f"{u.email} ({u.name or 'no name'}): {u.status.value}, {archived} archived key(s), "
-             f"{data['key']} keys, client {data['client'] or 'not set'}"]
+    lines = [
+        f"{u.email} ({u.name or 'no name'}): {u.status.value}, {archived} archived key(s), "
+        f"{data['key']} keys, client {data['client'] or 'not set'}"
+    ]
     for c in certs:
         extra = f" revoked {c.revoked_at} ({c.reason})" if c.revoked_at else ""
         lines.append(f"  {c.kind:<8} {c.serial} {'current ' if c.current else 'history '}{c.status}{extra}")
@@ -253,7 +273,8 @@ def user_revoke(cli_ctx: CliContext, email: str, reason: str | None) -> None:
     cli_ctx.emit(
         {"email": done.email, "serials": done.serials, "reason": done.reason.value, "revoked_at": done.at},
         f"revoked {len(done.serials)} certificate(s) of {done.email} ({done.reason.value}); publish a CRL next"
-        if done.serials else f"{done.email} is already revoked",
+        if done.serials
+        else f"{done.email} is already revoked",
     )
 
 
@@ -285,9 +306,11 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
 
 
 @directory_group.command("sync")
-@click.option("--full", is_flag=True,
-              help="Rewrite every user's files, the CA certificate and the current CRLs from the database "
-                   "(and drop stale ones).")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Rewrite every user's files, the CA certificate and the current CRLs from the database (and drop stale ones).",
+)
 @pass_cli
 def directory_sync(cli_ctx: CliContext, full: bool) -> None:
     """Bring HOME/pub/ in line with the database: the queued changes, or everything.

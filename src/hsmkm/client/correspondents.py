@@ -56,12 +56,22 @@ class Correspondents:
         except (ValueError, KeyError, TypeError, errors.BadInput):
             return None  # a damaged entry counts as none; the next signed message replaces it
 
-    def remember(self, email: str, signer: x509.Certificate, signing_time: datetime | None,
-                 capabilities: list[str] | None, encryption_cert: x509.Certificate | None) -> bool:
+    def remember(
+        self,
+        email: str,
+        signer: x509.Certificate,
+        signing_time: datetime | None,
+        capabilities: list[str] | None,
+        encryption_cert: x509.Certificate | None,
+    ) -> bool:
         """Keep what a verified signature announced, unless an entry from a later signature is
         already kept. Returns whether it was kept."""
         old = self.get(email)
-        if old is not None and old.signing_time is not None and (signing_time is None or signing_time < old.signing_time):
+        if (
+            old is not None
+            and old.signing_time is not None
+            and (signing_time is None or signing_time < old.signing_time)
+        ):
             return False
         self.folder.mkdir(parents=True, exist_ok=True)
         data = {
@@ -69,7 +79,8 @@ class Correspondents:
             "signing_time": signing_time.isoformat() if signing_time else None,
             "capabilities": capabilities,
             "encryption_cert": base64.b64encode(encryption_cert.public_bytes(serialization.Encoding.DER)).decode()
-            if encryption_cert is not None else None,
+            if encryption_cert is not None
+            else None,
             "signer_fingerprint": _fingerprint(signer),
         }
         write_atomic(self._path(email), json.dumps(data, indent=1).encode(), 0o644, durable=False)

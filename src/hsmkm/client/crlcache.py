@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -43,8 +43,9 @@ def delta_overlay(delta: ParsedCrl) -> Overlay:
     """What a delta CRL changes: {serial: its revocation, or None when removeFromCRL}."""
     remove = RevocationReason.REMOVE_FROM_CRL.code
     return {
-        serial: None if code == remove else
-        RevocationInfo(datetime.fromtimestamp(when, timezone.utc), RevocationReason.from_code(code))
+        serial: None
+        if code == remove
+        else RevocationInfo(datetime.fromtimestamp(when, UTC), RevocationReason.from_code(code))
         for serial, when, code in delta.revocations()
     }
 
@@ -149,7 +150,9 @@ class CrlCache:
             self._index.close()
             self._index, self._overlay = None, {}
 
-    def _update(self, full_der: bytes, delta_der: bytes | None, ca_cert: x509.Certificate, now: datetime) -> CacheStatus:
+    def _update(
+        self, full_der: bytes, delta_der: bytes | None, ca_cert: x509.Certificate, now: datetime
+    ) -> CacheStatus:
         full = self._verified(full_der, ca_cert, "full CRL")
         if full.delta_of is not None:
             raise errors.ValidationFailed("the full CRL is a delta CRL")
@@ -164,7 +167,9 @@ class CrlCache:
                 )
             cached_delta = meta.get("delta_number")
             if (
-                delta is not None and cached_delta is not None and full_number == cached_full
+                delta is not None
+                and cached_delta is not None
+                and full_number == cached_full
                 and (delta.number or 0) < int(cached_delta)  # type: ignore[call-overload]
             ):
                 raise errors.ValidationFailed("the delta CRL is older than the cached one; keeping the cache")
@@ -188,7 +193,9 @@ class CrlCache:
             delta_name = f"delta-{delta.number}.crl"
             write_atomic(self.dir / delta_name, delta.der)
         source = delta if delta is not None else full
-        next_update = min(x for x in (full.next_update, source.next_update) if x is not None) if full.next_update else now
+        next_update = (
+            min(x for x in (full.next_update, source.next_update) if x is not None) if full.next_update else now
+        )
         new_meta: dict[str, object] = {
             "full": full_name,
             "full_number": full.number,
@@ -246,9 +253,12 @@ def _well_formed(meta: dict[str, object]) -> bool:
     except (KeyError, ValueError):
         return False
     return (
-        isinstance(meta.get("full"), str) and isinstance(meta.get("index"), str)
-        and isinstance(meta.get("full_number"), int) and isinstance(meta.get("entries"), int)
-        and isinstance(meta.get("delta"), (str, type(None))) and isinstance(meta.get("delta_number"), (int, type(None)))
+        isinstance(meta.get("full"), str)
+        and isinstance(meta.get("index"), str)
+        and isinstance(meta.get("full_number"), int)
+        and isinstance(meta.get("entries"), int)
+        and isinstance(meta.get("delta"), (str, type(None)))
+        and isinstance(meta.get("delta_number"), (int, type(None)))
     )
 
 

@@ -23,7 +23,7 @@ import os
 import struct
 import sys
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -179,11 +179,11 @@ class CrlIndex:
             buffer = self._buffer
             if buffer[at : at + 20] == serial.to_bytes(20, "big"):
                 when, code = _TAIL.unpack_from(buffer, at + 20)
-                return RevocationInfo(datetime.fromtimestamp(when, timezone.utc), _REASONS[code])
+                return RevocationInfo(datetime.fromtimestamp(when, UTC), _REASONS[code])
         if self._overflow:
             found = self._overflow.get(serial)
             if found is not None:
-                return RevocationInfo(datetime.fromtimestamp(found[0], timezone.utc), _REASONS[found[1]])
+                return RevocationInfo(datetime.fromtimestamp(found[0], UTC), _REASONS[found[1]])
         return None
 
     def close(self) -> None:

@@ -11,9 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from hsmkm.enroll_wire import decode_response, encode_request
 from hsmkm.keys.algorithms import KeyAlgorithm, digest_for_key
 from hsmkm.keys.base import PrivateKey
-from hsmkm.enroll_wire import decode_response, encode_request
 from hsmkm.protocol import EnrollRequest, open_key
 
 
@@ -70,8 +70,7 @@ def enroll(
         enc_cert = x509.load_der_x509_certificate(response.encryption.cert_der)
         enc_key = open_key(code, response, response.encryption)
         history = [
-            (open_key(code, response, item), x509.load_der_x509_certificate(item.cert_der))
-            for item in response.history
+            (open_key(code, response, item), x509.load_der_x509_certificate(item.cert_der)) for item in response.history
         ]
         ca_cert = x509.load_der_x509_certificate(response.ca_cert_der)
         target.commit((key, sign_cert), [(enc_key, enc_cert), *history], [ca_cert])

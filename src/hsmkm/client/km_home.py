@@ -24,13 +24,9 @@ class KmHome:
     def ca_certificate(self) -> x509.Certificate:
         path = self.pub / "ca.crt"
         try:
-            return load_ca_certificate(
-                read_regular(path, MAX_SMALL_FILE, "the KM's CA certificate"), str(path)
-            )
+            return load_ca_certificate(read_regular(path, MAX_SMALL_FILE, "the KM's CA certificate"), str(path))
         except errors.NotFound:
-            raise errors.NotFound(
-                f"no KM CA certificate under {self.root}/pub"
-            ) from None
+            raise errors.NotFound(f"no KM CA certificate under {self.root}/pub") from None
 
     def fetch_crls(self) -> CrlSet:
         folder = self.pub / "crl"
@@ -39,24 +35,16 @@ class KmHome:
         except errors.NotFound:
             raise errors.Unreachable(f"no CRL published under {folder}") from None
         delta_path = folder / "delta.crl"
-        delta = (
-            read_regular(delta_path, MAX_CRL, "delta CRL")
-            if delta_path.exists()
-            else None
-        )
+        delta = read_regular(delta_path, MAX_CRL, "delta CRL") if delta_path.exists() else None
         return CrlSet(full, delta)
 
     def encryption_certificate(self, email: str) -> x509.Certificate:
         path = cert_file(self.pub / CERTS_FOLDER, email, CertKind.ENCRYPT)
         try:
-            return x509.load_der_x509_certificate(
-                read_regular(path, MAX_SMALL_FILE, "directory")
-            )
+            return x509.load_der_x509_certificate(read_regular(path, MAX_SMALL_FILE, "directory"))
         except errors.NotFound:
             raise errors.NotFound(
                 f"no encryption certificate for {email} in the directory (revoked or not enrolled)"
             ) from None
         except ValueError:
-            raise errors.MalformedInput(
-                f"{path}: a damaged certificate in the directory"
-            ) from None
+            raise errors.MalformedInput(f"{path}: a damaged certificate in the directory") from None

@@ -71,9 +71,13 @@ def addresses_of(cert: x509.Certificate) -> list[str]:
     return found
 
 
-def plan(recipients: Sequence[x509.Certificate], correspondents: Correspondents | None,
-         cipher: enveloped.ContentCipher | None = None, transport: enveloped.KeyTransport | None = None,
-         default: smimecaps.ClientProfile = smimecaps.ClientProfile.MODERN) -> smimecaps.Choice:
+def plan(
+    recipients: Sequence[x509.Certificate],
+    correspondents: Correspondents | None,
+    cipher: enveloped.ContentCipher | None = None,
+    transport: enveloped.KeyTransport | None = None,
+    default: smimecaps.ClientProfile = smimecaps.ClientProfile.MODERN,
+) -> smimecaps.Choice:
     """The algorithms for these recipients: what each one announced in a signed message
     (cached), else what their certificate says, else the ``default`` profile."""
     known: list[list[str] | None] = []
@@ -110,7 +114,9 @@ def sign_message(message: bytes, keystore: Keystore, detached: bool, clock: Cloc
         payload = sevenbit.seven_bit(payload)
     der = signed.sign(payload, entry, extra, detached, clock(), enc_cert, caps)
     if detached:
-        return smime.multipart_signed(payload, der, digest_for_key(entry.key).micalg, sevenbit.seven_bit_fields(p.outer))
+        return smime.multipart_signed(
+            payload, der, digest_for_key(entry.key).micalg, sevenbit.seven_bit_fields(p.outer)
+        )
     return smime.pkcs7_mime(der, smime.SmimeType.SIGNED_DATA, p.outer)
 
 
@@ -146,8 +152,9 @@ def remember_sender(correspondents: Correspondents | None, result: signed.Verify
     """Keep what a verified signer announced, for the next message to them."""
     if correspondents is None or result.email is None:
         return
-    correspondents.remember(_norm(result.email), result.signer, result.signing_time, result.capabilities,
-                            result.encryption_certificate)
+    correspondents.remember(
+        _norm(result.email), result.signer, result.signing_time, result.capabilities, result.encryption_certificate
+    )
 
 
 def verify_message(message: bytes, ctx: ValidationContext) -> signed.VerifyResult:
@@ -185,12 +192,17 @@ def encrypt_message(
         payload = smime.pkcs7_mime(der, smime.SmimeType.SIGNED_DATA, []).removeprefix(b"MIME-Version: 1.0\r\n")
     unique, transports = _unique(recipients, transport)
     der = enveloped.encrypt(payload, unique, cipher, transports)
-    kind = smime.SmimeType.AUTH_ENVELOPED_DATA if cipher is enveloped.ContentCipher.AES256_GCM else smime.SmimeType.ENVELOPED_DATA
+    kind = (
+        smime.SmimeType.AUTH_ENVELOPED_DATA
+        if cipher is enveloped.ContentCipher.AES256_GCM
+        else smime.SmimeType.ENVELOPED_DATA
+    )
     return smime.pkcs7_mime(der, kind, p.outer)
 
 
-def _unique(certs: list[x509.Certificate], transport: enveloped.KeyTransport | Sequence[enveloped.KeyTransport]
-            ) -> tuple[list[x509.Certificate], list[enveloped.KeyTransport]]:
+def _unique(
+    certs: list[x509.Certificate], transport: enveloped.KeyTransport | Sequence[enveloped.KeyTransport]
+) -> tuple[list[x509.Certificate], list[enveloped.KeyTransport]]:
     each = [transport] * len(certs) if isinstance(transport, enveloped.KeyTransport) else list(transport)
     out: list[x509.Certificate] = []
     out_t: list[enveloped.KeyTransport] = []

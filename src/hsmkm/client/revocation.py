@@ -45,9 +45,7 @@ class RevocationChecker:
             except errors.HsmkmError as exc:
                 if st.full_number is None:
                     raise
-                self.warn(
-                    f"CRL cache is stale (next update was {st.next_update}); working offline: {exc}"
-                )
+                self.warn(f"CRL cache is stale (next update was {st.next_update}); working offline: {exc}")
         return self.cache.check(serial)
 
 
@@ -64,9 +62,7 @@ def check_own_signing_certificate(
     info: RevocationInfo | None
     if checker is not None:
         if cert.issuer != checker.ca.subject:
-            warn(
-                "your signing certificate is not from this KM's CA: its revocation is not checked"
-            )
+            warn("your signing certificate is not from this KM's CA: its revocation is not checked")
             return
         try:
             info = checker.status(cert.serial_number)
@@ -75,20 +71,14 @@ def check_own_signing_certificate(
             return
     else:
         if cached is None:
-            warn(
-                "revocation of your signing certificate not checked: the keystore holds no CA certificate"
-            )
+            warn("revocation of your signing certificate not checked: the keystore holds no CA certificate")
             return
         st = cached.status(clock())
         if st.full_number is None:
-            warn(
-                "revocation of your signing certificate not checked: no CRL cached (run 'hsmkm crl fetch')"
-            )
+            warn("revocation of your signing certificate not checked: no CRL cached (run 'hsmkm crl fetch')")
             return
         if st.stale:
-            warn(
-                f"CRL cache is stale (next update was {st.next_update}); your certificate checked against it"
-            )
+            warn(f"CRL cache is stale (next update was {st.next_update}); your certificate checked against it")
         try:
             info = cached.check(cert.serial_number)
         except errors.Unreachable as exc:

@@ -21,10 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 
-from hsmkm import errors
+from hsmkm import errors, smimecaps
 from hsmkm.certnames import label_of
 from hsmkm.der import der_int, der_oid, seq, tlv
-from hsmkm import smimecaps
 from hsmkm.keys.algorithms import (
     AES_CBC_OIDS,
     AES_GCM_OIDS,
@@ -39,7 +38,6 @@ from hsmkm.keys.algorithms import (
     digest_for_key,
 )
 from hsmkm.keys.base import KeyEntry
-
 
 ContentCipher = smimecaps.Cipher  # the names the CMS layer has always used
 KeyTransport = smimecaps.Transport
@@ -89,8 +87,6 @@ def _check_recipient(cert: x509.Certificate) -> None:
         raise errors.ValidationFailed(f"{label_of(cert)}: certificate not for key agreement")
 
 
-
-
 def _oaep(digest: Digest, mgf: Digest) -> padding.OAEP:
     return padding.OAEP(mgf=padding.MGF1(mgf.hash()), algorithm=digest.hash(), label=None)
 
@@ -135,8 +131,9 @@ def _kari(cert: x509.Certificate, pub: ec.EllipticCurvePublicKey, cek: bytes) ->
     return tlv(0xA1, b"\x02\x01\x03" + originator + alg + keys)
 
 
-def lock_boxes(recipients: list[x509.Certificate], cek: bytes,
-               transport: KeyTransport | Sequence[KeyTransport]) -> list[bytes]:
+def lock_boxes(
+    recipients: list[x509.Certificate], cek: bytes, transport: KeyTransport | Sequence[KeyTransport]
+) -> list[bytes]:
     """One RecipientInfo (DER) per recipient certificate; the key transport for all RSA
     recipients or one per recipient (RFC 8551 §2.7: what each one reads)."""
     out = []
@@ -253,7 +250,9 @@ def _open_kari(info: cms.KeyAgreeRecipientInfo, encrypted_key: bytes, entry: Key
     scheme = alg["algorithm"].dotted
     kdf_digest = ECDH_KDF_DIGESTS.get(scheme)
     if kdf_digest is None:
-        raise errors.UnsupportedAlgorithm(f"unsupported algorithm: key agreement {scheme} (X25519/HKDF is not supported)")
+        raise errors.UnsupportedAlgorithm(
+            f"unsupported algorithm: key agreement {scheme} (X25519/HKDF is not supported)"
+        )
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise errors.UnsupportedAlgorithm("unsupported algorithm: ECDH lock box for a key that is not NIST EC")
     wrap = algos.EncryptionAlgorithm.load(alg["parameters"].dump())

@@ -36,7 +36,7 @@ def split_fields(message: bytes) -> tuple[list[Field], bytes] | None:
     head = message[: m.start()]
     if not re.match(rb"^[!-9;-~]+:", head):
         return None
-    return fields_of(head), message[m.end():]
+    return fields_of(head), message[m.end() :]
 
 
 def fields_of(head: bytes) -> list[Field]:

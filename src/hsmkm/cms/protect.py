@@ -17,8 +17,18 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-from hsmkm.cms.mimefields import (CONTENT_OR_MIME, Field, decoded, get, make_field, param, split_fields, unfold,
-                                  with_param, without_param)
+from hsmkm.cms.mimefields import (
+    CONTENT_OR_MIME,
+    Field,
+    decoded,
+    get,
+    make_field,
+    param,
+    split_fields,
+    unfold,
+    with_param,
+    without_param,
+)
 from hsmkm.cms.smime import canonical
 
 
@@ -60,8 +70,12 @@ class Protected:
     suffix: bytes
 
 
-def protect_head(head_fields: list[Field] | None, mode: HpMode, policy: Confidentiality = Confidentiality.BASELINE,
-                 legacy_display: bool = False) -> Protected:
+def protect_head(
+    head_fields: list[Field] | None,
+    mode: HpMode,
+    policy: Confidentiality = Confidentiality.BASELINE,
+    legacy_display: bool = False,
+) -> Protected:
     """The outer fields and the payload around the body, from the message's header fields
     (None: a message without a header, which then has nothing to protect)."""
     if head_fields is None:
@@ -77,26 +91,42 @@ def protect_head(head_fields: list[Field] | None, mode: HpMode, policy: Confiden
     hidden = [f for f in user if mode is HpMode.CIPHER and _hcp(policy, f) != f]
     if legacy_display and hidden:
         boundary = "hp-" + os.urandom(9).hex()
-        root = [make_field("Content-Type", f'multipart/mixed; boundary="{boundary}"; hp="{mode.value}"'),
-                make_field("MIME-Version", "1.0"), *[f for f in user], *hp_outer]
-        display = "".join(f"{f.name}: {f.value}\r\n" for f in hidden if f.name.lower() in ("subject", "from", "to", "cc", "date"))
-        prefix = (b"".join(f.raw for f in root) + b"\r\n"
-                  + f"--{boundary}\r\n".encode()
-                  + b'Content-Type: text/plain; charset=utf-8; hp-legacy-display="1"\r\n'
-                  + b"Content-Transfer-Encoding: 8bit\r\n\r\n" + display.encode() + b"\r\n"
-                  + f"--{boundary}\r\n".encode()
-                  + b"".join(f.raw for f in content) + b"\r\n")
+        root = [
+            make_field("Content-Type", f'multipart/mixed; boundary="{boundary}"; hp="{mode.value}"'),
+            make_field("MIME-Version", "1.0"),
+            *[f for f in user],
+            *hp_outer,
+        ]
+        display = "".join(
+            f"{f.name}: {f.value}\r\n" for f in hidden if f.name.lower() in ("subject", "from", "to", "cc", "date")
+        )
+        prefix = (
+            b"".join(f.raw for f in root)
+            + b"\r\n"
+            + f"--{boundary}\r\n".encode()
+            + b'Content-Type: text/plain; charset=utf-8; hp-legacy-display="1"\r\n'
+            + b"Content-Transfer-Encoding: 8bit\r\n\r\n"
+            + display.encode()
+            + b"\r\n"
+            + f"--{boundary}\r\n".encode()
+            + b"".join(f.raw for f in content)
+            + b"\r\n"
+        )
         suffix = f"\r\n--{boundary}--\r\n".encode()
     else:
-        fields = [(with_param(f, f'hp="{mode.value}"') if f is ctype else f) for f in head_fields] if ctype in head_fields \
+        fields = (
+            [(with_param(f, f'hp="{mode.value}"') if f is ctype else f) for f in head_fields]
+            if ctype in head_fields
             else [*head_fields, with_param(ctype, f'hp="{mode.value}"')]
+        )
         prefix = b"".join(f.raw for f in [*fields, *hp_outer]) + b"\r\n"
         suffix = b""
     return Protected([(f.name, f.value) for f in outer_fields], prefix, suffix)
 
 
-def protect(message: bytes, mode: HpMode, policy: Confidentiality = Confidentiality.BASELINE,
-            legacy_display: bool = False) -> tuple[Protected, bytes]:
+def protect(
+    message: bytes, mode: HpMode, policy: Confidentiality = Confidentiality.BASELINE, legacy_display: bool = False
+) -> tuple[Protected, bytes]:
     """``protect_head`` of a whole message, and the Cryptographic Payload."""
     split = split_fields(message)
     if split is None:

@@ -57,7 +57,7 @@ def seven_bit(entity: bytes) -> bytes:
         name = "quoted-printable"
     else:
         text = base64.b64encode(body)
-        encoded = b"\r\n".join(text[i:i + 76] for i in range(0, len(text), 76)) + b"\r\n"
+        encoded = b"\r\n".join(text[i : i + 76] for i in range(0, len(text), 76)) + b"\r\n"
         name = "base64"
     new_cte = make_field(cte_field.name if cte_field else "Content-Transfer-Encoding", name)
     out = [new_cte if f is cte_field else f for f in fields]
@@ -91,7 +91,7 @@ def _seven_bit_multipart(body: bytes, boundary: str) -> bytes:
         if prev_end is None:
             out += body[: m.start()]  # the preamble
         else:
-            part = body[prev_end: m.start()]
+            part = body[prev_end : m.start()]
             out += seven_bit(part) if part else part
         out += m.group(0)
         pos = m.end()
@@ -99,7 +99,7 @@ def _seven_bit_multipart(body: bytes, boundary: str) -> bytes:
             out += body[pos:]
             return bytes(out)
         # the part starts after the CRLF that ends the delimiter line
-        if body[pos:pos + 2] == b"\r\n":
+        if body[pos : pos + 2] == b"\r\n":
             out += b"\r\n"
             pos += 2
         prev_end = pos

@@ -16,12 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsmkm import errors, smimecaps
 from hsmkm.certnames import email_of
-from hsmkm.der import der_int, der_oid, der_time, seq, tlv
 from hsmkm.cms.protect import Restored
 from hsmkm.cms.validation import ValidationContext, validate_signer
+from hsmkm.der import der_int, der_oid, der_time, seq, tlv
 from hsmkm.keys.algorithms import Digest, digest_for_key, signature_scheme
 from hsmkm.keys.base import KeyEntry
-
 
 
 @dataclass
@@ -54,8 +53,13 @@ def issuer_and_serial(cert: x509.Certificate) -> bytes:
     return seq(cert.issuer.public_bytes(), der_int(cert.serial_number))
 
 
-def signer_info(digest: bytes, signer: KeyEntry, signing_time: datetime,
-                encryption_cert: x509.Certificate | None = None, capabilities: bytes | None = None) -> cms.SignerInfo:
+def signer_info(
+    digest: bytes,
+    signer: KeyEntry,
+    signing_time: datetime,
+    encryption_cert: x509.Certificate | None = None,
+    capabilities: bytes | None = None,
+) -> cms.SignerInfo:
     """A SignerInfo over a content digest: the signed attributes (encoded here directly, as
     DER) signed with the key interface. ``capabilities`` is an SMIMECapabilities SEQUENCE
     (what the signer reads); ``encryption_cert`` is named as the one to encrypt replies to,
@@ -108,7 +112,10 @@ def sign(
     ``extra_certs`` should hold ``encryption_cert`` for a correspondent to reply with."""
     digest = digest_for_key(signer.key)
     si = signer_info(hashlib.new(digest.value, content).digest(), signer, signing_time, encryption_cert, capabilities)
-    certs = [asn1x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in [signer.certificate, *extra_certs]]
+    certs = [
+        asn1x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+        for c in [signer.certificate, *extra_certs]
+    ]
     body = cms.SignedData(
         {
             "version": "v1",
@@ -124,7 +131,9 @@ def sign(
 # signatureAlgorithm values accepted per key type, with the digest each one fixes (None: the
 # SignerInfo's digestAlgorithm, as for rsaEncryption, which RFC 5754 §3.2 allows).
 _RSA_SIGNATURES: dict[str, Digest | None] = {
-    "rsassa_pkcs1v15": None, "rsassa_pss": None, **{f"{d.value}_rsa": d for d in Digest},
+    "rsassa_pkcs1v15": None,
+    "rsassa_pss": None,
+    **{f"{d.value}_rsa": d for d in Digest},
 }
 _EC_SIGNATURES: dict[str, Digest | None] = {
     "ecdsa": None,  # id-ecPublicKey as a signature algorithm: some old signers write it
@@ -132,8 +141,7 @@ _EC_SIGNATURES: dict[str, Digest | None] = {
 }
 
 
-def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, digest: Digest,
-                params: object) -> None:
+def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, digest: Digest, params: object) -> None:
     """Check ``signature`` with the signer's key, refusing a signatureAlgorithm that does not
     fit that key or the SignerInfo's digest."""
     digest_name = digest.value
@@ -143,7 +151,9 @@ def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, dig
     elif isinstance(public, ec.EllipticCurvePublicKey):
         allowed = _EC_SIGNATURES
     else:
-        raise errors.UnsupportedAlgorithm("unsupported algorithm: signatures other than RSA and ECDSA (Ed25519 is not supported)")
+        raise errors.UnsupportedAlgorithm(
+            "unsupported algorithm: signatures other than RSA and ECDSA (Ed25519 is not supported)"
+        )
     if sig_alg not in allowed:
         raise errors.UnsupportedAlgorithm(f"unsupported algorithm: signature {sig_alg} with this signer's key")
     fixed = allowed[sig_alg]
@@ -155,9 +165,14 @@ def _verify_raw(public: object, signature: bytes, data: bytes, sig_alg: str, dig
                 p = params  # RSASSA-PSS-params
                 pss_hash = p["hash_algorithm"]["algorithm"].native  # type: ignore[index]
                 mgf = p["mask_gen_algorithm"]  # type: ignore[index]
-                if pss_hash != digest_name or mgf["algorithm"].native != "mgf1" or \
-                        mgf["parameters"]["algorithm"].native != digest_name:
-                    raise errors.UnsupportedAlgorithm("unsupported algorithm: RSASSA-PSS parameters that differ from the digest")
+                if (
+                    pss_hash != digest_name
+                    or mgf["algorithm"].native != "mgf1"
+                    or mgf["parameters"]["algorithm"].native != digest_name
+                ):
+                    raise errors.UnsupportedAlgorithm(
+                        "unsupported algorithm: RSASSA-PSS parameters that differ from the digest"
+                    )
                 salt = p["salt_length"].native  # type: ignore[index]
                 if not isinstance(salt, int) or not 0 <= salt <= 1024:
                     raise errors.MalformedInput("RSASSA-PSS: implausible salt length")
@@ -189,7 +204,9 @@ def _verify(
     encap = sd["encap_content_info"]
     econtent_type = encap["content_type"].dotted
     if econtent_type != OID_DATA:
-        raise errors.MalformedInput(f"the signed content is {econtent_type}, not data (id-data), which is all hsmkm verifies")
+        raise errors.MalformedInput(
+            f"the signed content is {econtent_type}, not data (id-data), which is all hsmkm verifies"
+        )
     content = encap["content"].native if encap["content"].native is not None else detached_content
     if content is None and content_digest is None:
         raise errors.MalformedInput("detached signature without its content")
@@ -204,7 +221,10 @@ def _verify(
     signer_cert = None
     for cert in certs + context.extra_certs:
         if sid.name == "issuer_and_serial_number":
-            if cert.serial_number == sid.chosen["serial_number"].native and cert.issuer.public_bytes() == sid.chosen["issuer"].dump():
+            if (
+                cert.serial_number == sid.chosen["serial_number"].native
+                and cert.issuer.public_bytes() == sid.chosen["issuer"].dump()
+            ):
                 signer_cert = cert
                 break
         else:
@@ -241,13 +261,16 @@ def _verify(
         signed_bytes = content
     if not isinstance(signature, bytes):
         raise errors.MalformedInput("the signature is not an OCTET STRING")
-    _verify_raw(signer_cert.public_key(), signature, signed_bytes, sig_alg, si_digest, si["signature_algorithm"]["parameters"])
+    _verify_raw(
+        signer_cert.public_key(), signature, signed_bytes, sig_alg, si_digest, si["signature_algorithm"]["parameters"]
+    )
     warnings = validate_signer(signer_cert, certs, context, signing_time)
     enc_cert = None
     if read.encryption_key is not None:
         enc_cert = next((c for c in certs if issuer_and_serial(c) == read.encryption_key), None)
-    return VerifyResult(signer_cert, email_of(signer_cert), signing_time, content or b"", warnings,
-                        read.capabilities, enc_cert)
+    return VerifyResult(
+        signer_cert, email_of(signer_cert), signing_time, content or b"", warnings, read.capabilities, enc_cert
+    )
 
 
 def _elements(data: bytes) -> list[bytes]:
@@ -264,7 +287,7 @@ def _elements(data: bytes) -> list[bytes]:
             n = first & 0x7F
             if n == 0 or n > 4 or pos + 2 + n > len(data):
                 raise errors.MalformedInput("signed attributes: a bad length")
-            length, head = int.from_bytes(data[pos + 2:pos + 2 + n], "big"), 2 + n
+            length, head = int.from_bytes(data[pos + 2 : pos + 2 + n], "big"), 2 + n
         end = pos + head + length
         if end > len(data):
             raise errors.MalformedInput("signed attributes: an element runs past its end")
@@ -275,11 +298,14 @@ def _elements(data: bytes) -> list[bytes]:
 
 def _value(element: bytes) -> bytes:
     n = element[1]
-    return element[2:] if n < 0x80 else element[2 + (n & 0x7F):]
+    return element[2:] if n < 0x80 else element[2 + (n & 0x7F) :]
 
 
-_SINGLE_VALUED = {"1.2.840.113549.1.9.3": "content_type", "1.2.840.113549.1.9.4": "message_digest",
-                  "1.2.840.113549.1.9.5": "signing_time"}
+_SINGLE_VALUED = {
+    "1.2.840.113549.1.9.3": "content_type",
+    "1.2.840.113549.1.9.4": "message_digest",
+    "1.2.840.113549.1.9.5": "signing_time",
+}
 
 
 @dataclass
@@ -347,6 +373,3 @@ def _as_set(attrs: cms.CMSAttributes) -> bytes:
     """The signed attributes as the SET OF that was signed (the [0] tag replaced)."""
     raw = attrs.dump()
     return b"\x31" + raw[1:]
-
-
-

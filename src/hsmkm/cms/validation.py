@@ -35,8 +35,6 @@ class ValidationContext:
     extra_certs: list[x509.Certificate] = field(default_factory=list)
 
 
-
-
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     if cert.issuer != issuer.subject:
         return False
@@ -47,7 +45,9 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return False
 
 
-def build_chain(cert: x509.Certificate, pool: list[x509.Certificate], anchors: list[x509.Certificate]) -> list[x509.Certificate]:
+def build_chain(
+    cert: x509.Certificate, pool: list[x509.Certificate], anchors: list[x509.Certificate]
+) -> list[x509.Certificate]:
     """cert, intermediates…, anchor; ValidationFailed if no path reaches an anchor."""
     chain = [cert]
     current = cert

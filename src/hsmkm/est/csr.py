@@ -26,7 +26,9 @@ MAX_KEY_ID = 64
 OID_ASYMM_DECRYPT_KEY_ID = "1.2.840.113549.1.9.16.2.54"  # RFC 7030 §4.4.1.2, not supported
 OID_SMIME_CAPABILITIES = "1.2.840.113549.1.9.15"
 OID_AES256_WRAP = "2.16.840.1.101.3.4.1.45"
-_PEM = re.compile(rb"-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----(.*?)-----END (?:NEW )?CERTIFICATE REQUEST-----", re.DOTALL)
+_PEM = re.compile(
+    rb"-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----(.*?)-----END (?:NEW )?CERTIFICATE REQUEST-----", re.DOTALL
+)
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,16 @@ def _attributes(der: bytes) -> tuple[bytes | None, list[str] | None]:
         if oid == OID_DECRYPT_KEY_ID:
             key_id = _single(values, core.OctetString, oid).native
             if not 1 <= len(key_id) <= MAX_KEY_ID:
-                raise errors.MalformedInput(f"the CSR: a DecryptKeyIdentifier of {len(key_id)} octets (1 to {MAX_KEY_ID})")
+                raise errors.MalformedInput(
+                    f"the CSR: a DecryptKeyIdentifier of {len(key_id)} octets (1 to {MAX_KEY_ID})"
+                )
         elif oid == OID_SMIME_CAPABILITIES:
             caps = _single(values, _Capabilities, oid)
             wraps = [c["capability_id"].dotted for c in caps]
         elif oid == OID_ASYMM_DECRYPT_KEY_ID:
-            raise errors.UnsupportedAlgorithm("the CSR asks for the key under an asymmetric key (only a key from the code)")
+            raise errors.UnsupportedAlgorithm(
+                "the CSR asks for the key under an asymmetric key (only a key from the code)"
+            )
     return key_id, wraps
 
 
@@ -115,7 +121,9 @@ def for_server_keygen(req: EstCsr) -> bytes:
     """The DecryptKeyIdentifier a serverkeygen CSR must carry (no plain key is ever sent), after
     checking its SMIMECapabilities, if any, allow AES-256 key wrap."""
     if req.decrypt_key_id is None:
-        raise errors.PolicyViolation("serverkeygen needs a DecryptKeyIdentifier attribute in the CSR (RFC 7030 §4.4.1.1)")
+        raise errors.PolicyViolation(
+            "serverkeygen needs a DecryptKeyIdentifier attribute in the CSR (RFC 7030 §4.4.1.1)"
+        )
     if req.key_wraps is not None and OID_AES256_WRAP not in req.key_wraps:
         raise errors.UnsupportedAlgorithm("the CSR's SMIMECapabilities do not allow AES-256 key wrap")
     return req.decrypt_key_id
@@ -132,5 +140,7 @@ def build(key: PrivateKey, email: str, decrypt_key_id: bytes | None = None) -> b
     if decrypt_key_id is not None:
         if not 1 <= len(decrypt_key_id) <= MAX_KEY_ID:
             raise errors.BadInput(f"a DecryptKeyIdentifier has 1 to {MAX_KEY_ID} octets")
-        builder = builder.add_attribute(x509.ObjectIdentifier(OID_DECRYPT_KEY_ID), decrypt_key_id, _tag=_ASN1Type.OctetString)
+        builder = builder.add_attribute(
+            x509.ObjectIdentifier(OID_DECRYPT_KEY_ID), decrypt_key_id, _tag=_ASN1Type.OctetString
+        )
     return builder.sign(key, digest_for_key(key).builder_hash()).public_bytes(serialization.Encoding.DER)

@@ -41,8 +41,10 @@ MAX_ITEMS = 64
 
 _CURVES = {KeyAlgorithm.P256: OID_SECP256R1, KeyAlgorithm.P384: OID_SECP384R1}
 _SIGNATURES = {
-    KeyAlgorithm.P256: OID_ECDSA_SHA256, KeyAlgorithm.P384: OID_ECDSA_SHA384,
-    KeyAlgorithm.RSA2048: OID_SHA256_RSA, KeyAlgorithm.RSA3072: OID_SHA256_RSA,
+    KeyAlgorithm.P256: OID_ECDSA_SHA256,
+    KeyAlgorithm.P384: OID_ECDSA_SHA384,
+    KeyAlgorithm.RSA2048: OID_SHA256_RSA,
+    KeyAlgorithm.RSA3072: OID_SHA256_RSA,
 }
 
 

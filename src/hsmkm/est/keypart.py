@@ -51,7 +51,9 @@ class OpenedKey:
 
 def seal(key: PrivateKey, signer: KeyEntry, kek_bytes: bytes, key_id: bytes) -> bytes:
     """DER ContentInfo (EnvelopedData) holding ``key`` for the holder of ``kek_bytes``."""
-    pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     inner = _signed_package(seq(pkcs8), signer)
     cek = os.urandom(32)
     iv = os.urandom(16)
@@ -85,10 +87,12 @@ def _strip(der: bytes) -> bytes:
 def _signed_package(package: bytes, signer: KeyEntry) -> bytes:
     """SignedData (RFC 5652 §5, version 3 for a content type other than data) over the package."""
     digest_name = digest_for_key(signer.key).value
-    attrs = sorted([
-        seq(der_oid(OID_CONTENT_TYPE), tlv(0x31, der_oid(OID_KEY_PACKAGE))),
-        seq(der_oid(OID_MESSAGE_DIGEST), tlv(0x31, tlv(0x04, hashlib.new(digest_name, package).digest()))),
-    ])
+    attrs = sorted(
+        [
+            seq(der_oid(OID_CONTENT_TYPE), tlv(0x31, der_oid(OID_KEY_PACKAGE))),
+            seq(der_oid(OID_MESSAGE_DIGEST), tlv(0x31, tlv(0x04, hashlib.new(digest_name, package).digest()))),
+        ]
+    )
     to_sign = tlv(0x31, b"".join(attrs))
     key = signer.key
     if isinstance(key, rsa.RSAPrivateKey):
@@ -185,9 +189,11 @@ def _verified_package(inner: bytes, signer_cert: x509.Certificate) -> bytes:
         raise errors.MalformedInput("the key part: not one signer")
     si = sd["signer_infos"][0]
     sid = si["sid"]
-    if (sid.name != "issuer_and_serial_number"
-            or sid.chosen["serial_number"].native != signer_cert.serial_number
-            or sid.chosen["issuer"].dump() != signer_cert.issuer.public_bytes()):
+    if (
+        sid.name != "issuer_and_serial_number"
+        or sid.chosen["serial_number"].native != signer_cert.serial_number
+        or sid.chosen["issuer"].dump() != signer_cert.issuer.public_bytes()
+    ):
         raise errors.SignatureInvalid("the key part is not signed by the KM")
     digest_name = si["digest_algorithm"]["algorithm"].native
     if digest_name not in _HASHES:

@@ -37,8 +37,13 @@ def encode(parts: ServerKeygenParts) -> Encoded:
     boundary = "est-" + secrets.token_hex(12)  # base64 lines never start with "--"
     crlf = b"\r\n"
     out = b""
-    for media, der in ((pkcs7(SmimeType.SERVER_GENERATED_KEY), parts.key_part), (pkcs7(SmimeType.CERTS_ONLY), parts.certs_part)):
-        out += b"--" + boundary.encode() + crlf + b"Content-Type: " + media.encode() + crlf + crlf + transfer.encode(der)
+    for media, der in (
+        (pkcs7(SmimeType.SERVER_GENERATED_KEY), parts.key_part),
+        (pkcs7(SmimeType.CERTS_ONLY), parts.certs_part),
+    ):
+        out += (
+            b"--" + boundary.encode() + crlf + b"Content-Type: " + media.encode() + crlf + crlf + transfer.encode(der)
+        )
     out += b"--" + boundary.encode() + b"--" + crlf
     return Encoded(ContentType(MediaType.MULTIPART_MIXED.value, {"boundary": boundary}).format(), out)
 

@@ -110,7 +110,9 @@ class EpfKeystore(EntriesByRole):
             raise errors.NotFound(f"no keystore at {path}") from None
         store = cls(path, password)
         file_iterations = store._load(data)
-        store.iterations = iterations if iterations is not None else max(file_iterations, OWASP_PBKDF2_SHA256_ITERATIONS)
+        store.iterations = (
+            iterations if iterations is not None else max(file_iterations, OWASP_PBKDF2_SHA256_ITERATIONS)
+        )
         return store
 
     def _load(self, data: bytes) -> int:
@@ -198,8 +200,6 @@ class EpfKeystore(EntriesByRole):
         mine = [i for i in self._items if i.key is not None and role_of(i.cert) is role]
         mine.sort(key=lambda i: (i.cert.not_valid_before_utc, i.order), reverse=True)
         return [KeyEntry(i.key, i.cert, role) for i in mine if i.key is not None]
-
-
 
     def ca_certificates(self) -> list[x509.Certificate]:
         """The CA certificates stored without a key."""

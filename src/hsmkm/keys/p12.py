@@ -37,8 +37,17 @@ _KDF_HASHES = {
 # The PBKDF2 PRFs read (HMAC with these digests of the algorithm table).
 _PBKDF2_PRFS = frozenset({Digest.SHA1, Digest.SHA256, Digest.SHA384, Digest.SHA512})
 _AES_KEY_SIZES = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32}
-_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError, RecursionError,
-                 crypto_exceptions.UnsupportedAlgorithm, *errors.CERTIFICATE_ERRORS)
+_PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    AttributeError,
+    RecursionError,
+    crypto_exceptions.UnsupportedAlgorithm,
+    *errors.CERTIFICATE_ERRORS,
+)
 # legacy PBE -> (key octets, cipher, block octets); RC4 has no IV
 _LEGACY_CIPHERS = {
     "pkcs12_sha1_tripledes_3key": (24, "3des", 8),
@@ -250,7 +259,9 @@ def _public_der(key: object) -> bytes:
 
 def _cert_public_der(cert: x509.Certificate) -> bytes | None:
     try:
-        return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     except _PARSE_ERRORS:
         return None
 
@@ -284,6 +295,7 @@ def read_auth_safe(auth_safe_der: bytes, password: str, what: str) -> tuple[Foun
         for bag in pkcs12.SafeContents.load(contents, strict=True):
             _read_bag(bag, found_keys, found_certs, cache, password)
     return found_keys, found_certs
+
 
 def _read_bag(
     bag: pkcs12.SafeBag,
@@ -361,8 +373,11 @@ def encode_pfx(
     )
     return bytes(pfx.dump())
 
+
 def _key_bag(pbes: _Pbes2, key: PrivateKey, name: str, local_id: bytes | None) -> pkcs12.SafeBag:
-    pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     alg, ct = pbes.encrypt(pkcs8)
     return pkcs12.SafeBag(
         {

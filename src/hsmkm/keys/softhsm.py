@@ -34,10 +34,7 @@ def find_softhsm_module() -> str:
 
 
 def _store_config_text(tokens: Path) -> str:
-    return (
-        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
-        "slots.removable = false\n"
-    )
+    return f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"
 
 
 def write_store_config(directory: Path) -> Path:
@@ -99,9 +96,8 @@ def init_token(module: TokenModule, label: str, so_pin: str, user_pin: str) -> N
         if rv != 0:
             raise errors.TokenError(f"C_InitToken for '{label}' failed (CKR 0x{rv:x})")
     token = module.find_token(label=label)
-    with module.lock, mapped_errors(f"token '{label}'"):
-        with token.open(rw=True, so_pin=so_pin) as session:
-            session.init_pin(user_pin)
+    with module.lock, mapped_errors(f"token '{label}'"), token.open(rw=True, so_pin=so_pin) as session:
+        session.init_pin(user_pin)
     module.changed()
 
 

@@ -78,8 +78,6 @@ class TokenKeystore(EntriesByRole):
         entries.sort(key=lambda e: e.certificate.not_valid_before_utc, reverse=True)
         return entries
 
-
-
     def ca_certificates(self) -> list[x509.Certificate]:
         return [c for c, _cid in self._pairs() if role_of(c) is KeyRole.CA]
 

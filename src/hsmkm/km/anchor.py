@@ -30,8 +30,8 @@ from pathlib import Path
 from hsmkm import errors
 from hsmkm.keys.token import DataObjectRef, Token
 from hsmkm.km.audit import FindingSource, Head, Witness, crl_number_of
-from hsmkm.store.tx import Tx
 from hsmkm.km.config import Home
+from hsmkm.store.tx import Tx
 
 APPLICATION = "hsmkm-audit-anchor"
 _PREFIX = "hsmkm-audit-anchor/1"

@@ -23,9 +23,7 @@ class ApprovalView:
     shown: str
 
 
-def prepare_approval(
-    km: KeyManager, request_id: int, officer: str, trust_officer_set: bool
-) -> ApprovalView:
+def prepare_approval(km: KeyManager, request_id: int, officer: str, trust_officer_set: bool) -> ApprovalView:
     """Refuse a non-officer or a request not open; else what the officer is shown and signs."""
     with km.db.read() as tx:
         registered = {o.name: o for o in custody.active_officers(tx)}
@@ -49,7 +47,6 @@ def _fingerprints(km: KeyManager, content: request_content.Content) -> str:
         ep.number,
         ep.quorum,
         "; ".join(
-            f"{o.name} SHA-256 {hashlib.sha256(custody.public_der(o.public_key)).hexdigest()[:32]}"
-            for o in ep.officers
+            f"{o.name} SHA-256 {hashlib.sha256(custody.public_der(o.public_key)).hexdigest()[:32]}" for o in ep.officers
         ),
     )

@@ -81,7 +81,9 @@ def split_and_seal_key(record_key: bytes, identity: RecordIdentity, epochs: list
         shares = shamir.split_at(record_key, ep.quorum, [o.x for o in ep.officers])
         for o, share in zip(ep.officers, shares):
             ctx = share_context(identity, ep.number, o.name, o.x)
-            out.append(SealedShare(ep.number, o.name, o.x, sealing.seal(o.public_key, shamir.encode_share(share), ctx, eph)))
+            out.append(
+                SealedShare(ep.number, o.name, o.x, sealing.seal(o.public_key, shamir.encode_share(share), ctx, eph))
+            )
     return tuple(out)
 
 
@@ -107,8 +109,9 @@ def seal_record(
     shares = split_and_seal_key(record_key, RecordIdentity(0, user_id, cert_serial), epochs)
     del record_key
     aad = record_aad(user_id, cert_serial, FORMAT_VERSION)
-    return SealedRecord(user_id, cert_serial, master.label, master.encrypt_gcm(inner, aad), shares,
-                        tuple(e.number for e in epochs))
+    return SealedRecord(
+        user_id, cert_serial, master.label, master.encrypt_gcm(inner, aad), shares, tuple(e.number for e in epochs)
+    )
 
 
 def store_shares(tx: Tx, record_id: int, shares: tuple[SealedShare, ...]) -> None:
@@ -118,15 +121,23 @@ def store_shares(tx: Tx, record_id: int, shares: tuple[SealedShare, ...]) -> Non
 def store_record(tx: Tx, record: SealedRecord, algorithm: str, now: datetime) -> int:
     """Insert a sealed record and its shares (inside the caller's transaction); returns its id."""
     return tx.archive.add(
-        NewRecord(record.user_id, record.cert_serial, algorithm, now.isoformat(), FORMAT_VERSION,
-                  record.master_label, record.sealed),
+        NewRecord(
+            record.user_id,
+            record.cert_serial,
+            algorithm,
+            now.isoformat(),
+            FORMAT_VERSION,
+            record.master_label,
+            record.sealed,
+        ),
         [NewShare(s.epoch, s.officer, s.x, s.sealed) for s in record.shares],
     )
 
 
 def _record(r: ArchiveRow) -> ArchiveRecord:
-    return ArchiveRecord(r.id, r.user_id, r.cert_serial, r.algorithm, r.created_at, r.format_version,
-                         r.master_label, r.sealed)
+    return ArchiveRecord(
+        r.id, r.user_id, r.cert_serial, r.algorithm, r.created_at, r.format_version, r.master_label, r.sealed
+    )
 
 
 def records_for_user(tx: Tx, user_id: int) -> list[ArchiveRecord]:
@@ -179,7 +190,9 @@ def open_inner(record: ArchiveRecord, inner: bytes, record_key: bytes) -> Privat
     """The private key of a format-2 record, with its record key (rebuilt from K shares)."""
     try:
         nonce, ct = inner[:12], inner[12:]
-        pkcs8 = AESGCM(record_key).decrypt(nonce, ct, record_aad(record.user_id, record.cert_serial, record.format_version))
+        pkcs8 = AESGCM(record_key).decrypt(
+            nonce, ct, record_aad(record.user_id, record.cert_serial, record.format_version)
+        )
     except (InvalidTag, ValueError):
         raise errors.Tampered(
             f"archive record {record.id} does not open with the key its shares rebuild (altered or moved)"

@@ -260,28 +260,34 @@ class AuditLog:
         db_crl = crl_number_of(self._tx)
         for w in witnesses:
             if w.seq > last:
-                findings.append(Finding(
-                    last + 1,
-                    f"the log ends at entry {last} but {w.name} names entry {w.seq}: "
-                    "entries were cut or the database was rolled back",
-                    w.source,
-                ))
+                findings.append(
+                    Finding(
+                        last + 1,
+                        f"the log ends at entry {last} but {w.name} names entry {w.seq}: "
+                        "entries were cut or the database was rolled back",
+                        w.source,
+                    )
+                )
             elif w.seq not in at_mark:
                 findings.append(Finding(w.seq, f"entry {w.seq}, named by {w.name}, is missing", w.source))
             elif not hmac.compare_digest(at_mark[w.seq], w.digest):
-                findings.append(Finding(
-                    w.seq,
-                    f"the log up to entry {w.seq} differs from {w.name}: "
-                    f"an entry at or before {w.seq} was changed, removed or reordered",
-                    w.source,
-                ))
+                findings.append(
+                    Finding(
+                        w.seq,
+                        f"the log up to entry {w.seq} differs from {w.name}: "
+                        f"an entry at or before {w.seq} was changed, removed or reordered",
+                        w.source,
+                    )
+                )
             if db_crl < w.crl_number:
-                findings.append(Finding(
-                    w.seq,
-                    f"the database's last CRL number is {db_crl} but {w.name} says {w.crl_number} "
-                    "was drawn: the database was rolled back",
-                    w.source,
-                ))
+                findings.append(
+                    Finding(
+                        w.seq,
+                        f"the database's last CRL number is {db_crl} but {w.name} says {w.crl_number} "
+                        "was drawn: the database was rolled back",
+                        w.source,
+                    )
+                )
         checked = (FindingSource.CHAIN, FindingSource.HEAD, *(w.source for w in witnesses))
         if not findings:
             return AuditReport(count, True, checked=checked)

@@ -24,7 +24,5 @@ def verify_audit(km: KeyManager, checkpoints: Iterable[bytes]) -> AuditCheck:
     verified against the anchor and the checkpoints."""
     cps = [read_checkpoint(data, km.ca_cert, km.clock()) for data in checkpoints]
     anchor = km.anchor.read()
-    witnesses = ([anchor.witness()] if anchor is not None else []) + [
-        cp.witness() for cp in cps
-    ]
+    witnesses = ([anchor.witness()] if anchor is not None else []) + [cp.witness() for cp in cps]
     return AuditCheck(km.audit().verify(witnesses), anchor, cps)

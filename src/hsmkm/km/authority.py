@@ -10,14 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from hsmkm import errors
+from hsmkm.certnames import CertKind
 from hsmkm.keys.base import PublicKey
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
-from hsmkm.x509 import profiles
-from hsmkm.certnames import CertKind
 from hsmkm.store.errors import Conflict
 from hsmkm.store.repos.certs import NewCert
 from hsmkm.store.tx import Tx
+from hsmkm.x509 import profiles
 
 _SERIAL_TRIES = 8
 

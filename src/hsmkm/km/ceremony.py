@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
 from hsmkm import errors, keys
 from hsmkm.atomic import write_atomic
 from hsmkm.clock import Clock, system_clock
@@ -29,7 +30,6 @@ from hsmkm.keys.token import ObjectKind, SecretKey, Token, TokenModule
 from hsmkm.km import custody, epochs, officer_side
 from hsmkm.km.anchor import TokenAnchor, anchor_lock
 from hsmkm.km.audit import AuditAction, AuditLog
-from hsmkm.km.publisher import Publisher
 from hsmkm.km.config import (
     ARCHIVE_KEY_PREFIX,
     AUDIT_KEY_LABEL,
@@ -41,6 +41,7 @@ from hsmkm.km.config import (
     TokenRef,
 )
 from hsmkm.km.officer_policy import OFFICER_KEY_ALG, check_officer_token
+from hsmkm.km.publisher import Publisher
 from hsmkm.secrets import write_secret_file
 from hsmkm.store.database import Database
 from hsmkm.store.repos.artifacts import ArtifactKind
@@ -205,10 +206,7 @@ def _embedded_plan(req: InitRequest, home: Home, warnings: list[str]) -> _Plan:
         softhsm.init_token(module, name, custody.random_pin(), pin)
         write_secret_file(home.trial_pin_file(name), pin)
         # The PIN file relative to the home, so a copied home uses its own.
-        uri = (
-            f"pkcs11:token={name}?module-path={module_path}"
-            f"&pin-source=file:secrets/{home.trial_pin_file(name).name}"
-        )
+        uri = f"pkcs11:token={name}?module-path={module_path}&pin-source=file:secrets/{home.trial_pin_file(name).name}"
         officer_specs.append(OfficerSpec(name, module_path, name, None, pin, uri))
     warnings.append(
         "embedded SoftHSM2 default: the KM and officer PINs are kept in the home for trials; "
@@ -292,8 +290,15 @@ def _make_officer_keys(plan: _Plan, km: Token, undo: _Undo) -> _Officers:
     for spec in plan.officers:
         omod = keys.load_module(spec.module)
         ots = omod.open_token(spec.pin, label=spec.label, serial=spec.serial)
-        check_officer_token(ots.serial, ots.label, ots.has_object(OFFICER_KEY_LABEL), km.serial, None,
-                            [t[1] for t in officer_tokens], spec.name)
+        check_officer_token(
+            ots.serial,
+            ots.label,
+            ots.has_object(OFFICER_KEY_LABEL),
+            km.serial,
+            None,
+            [t[1] for t in officer_tokens],
+            spec.name,
+        )
         okey = ots.generate_keypair(
             OFFICER_KEY_ALG, OFFICER_KEY_LABEL, b"hsmkm-officer", sign=True, decrypt=False, derive=True
         )
@@ -302,7 +307,8 @@ def _make_officer_keys(plan: _Plan, km: Token, undo: _Undo) -> _Officers:
         signing_keys.append(okey)
         officer_tokens.append((spec.name, ots.serial, ots.label))
     statement = officer_side.epoch_statement(
-        1, plan.quorum, [(n, x, custody.public_der(p)) for x, (n, _, p) in enumerate(officer_keys, start=1)])
+        1, plan.quorum, [(n, x, custody.public_der(p)) for x, (n, _, p) in enumerate(officer_keys, start=1)]
+    )
     attestations = [(n, officer_side.attest(k, statement)) for (n, _, _), k in zip(officer_keys, signing_keys)]
     return _Officers(officer_keys, officer_tokens, statement, attestations)
 
@@ -330,8 +336,15 @@ def _ca_certificate_or_csr(
 
 
 def _create_database(
-    req: InitRequest, home: Home, plan: _Plan, officers: _Officers, ca_cert: x509.Certificate | None,
-    audit_key: SecretKey, names: list[str], clock: Clock, now: datetime,
+    req: InitRequest,
+    home: Home,
+    plan: _Plan,
+    officers: _Officers,
+    ca_cert: x509.Certificate | None,
+    audit_key: SecretKey,
+    names: list[str],
+    clock: Clock,
+    now: datetime,
 ) -> AuditLog:
     """The database in one transaction: the first officer set and its attestations, the CA
     certificate, the INIT audit entry."""
@@ -352,8 +365,9 @@ def _create_database(
                 from hsmkm.km.authority import record_certificate
 
                 record_certificate(tx, ca_cert, CA_KIND, None, now)
-                tx.artifacts.put(ArtifactKind.CA_CERTIFICATE, ca_cert.public_bytes(serialization.Encoding.DER),
-                                 now.isoformat())
+                tx.artifacts.put(
+                    ArtifactKind.CA_CERTIFICATE, ca_cert.public_bytes(serialization.Encoding.DER), now.isoformat()
+                )
             log = AuditLog(tx, audit_key.hmac_sha256, clock)
             log.append(
                 "operator",

@@ -74,8 +74,12 @@ def make_checkpoint(km: KeyManager) -> tuple[Checkpoint, bytes]:
         raise errors.AuditChainBroken("the audit log is empty")
     now = km.clock()
     cp = Checkpoint(
-        head.seq, head.digest, crl_number, now.isoformat(timespec="seconds"),
-        km.ca_cert.subject.rfc4514_string(), _ca_sha256(km.ca_cert),
+        head.seq,
+        head.digest,
+        crl_number,
+        now.isoformat(timespec="seconds"),
+        km.ca_cert.subject.rfc4514_string(),
+        _ca_sha256(km.ca_cert),
     )
     statement = {
         "type": STATEMENT_TYPE,

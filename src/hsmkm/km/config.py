@@ -102,7 +102,7 @@ def resolve_source(root: Path, spec: str | None, embedded: bool) -> str | None:
     """
     if spec is None or not spec.startswith("file:"):
         return spec
-    path = spec[len("file:"):]
+    path = spec[len("file:") :]
     pure = PurePosixPath(path)
     if not pure.is_absolute():
         return f"file:{root.absolute() / path}"
@@ -115,7 +115,7 @@ def relative_source(root: Path, spec: str | None) -> str | None:
     """The inverse of ``resolve_source`` for saving: a ``file:`` inside the home made relative."""
     if spec is None or not spec.startswith("file:"):
         return spec
-    return "file:" + Home(root).relative(spec[len("file:"):])
+    return "file:" + Home(root).relative(spec[len("file:") :])
 
 
 @dataclass

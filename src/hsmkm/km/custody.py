@@ -22,8 +22,17 @@ from hsmkm.store.repos.officers import OfficerStatus
 from hsmkm.store.tx import Tx
 
 __all__ = [
-    "Officer", "OfficerStatus", "active_officers", "combine_pin", "epoch", "load_public", "officer_token_serials",
-    "public_der", "quorum", "random_pin", "store_split",
+    "Officer",
+    "OfficerStatus",
+    "active_officers",
+    "combine_pin",
+    "epoch",
+    "load_public",
+    "officer_token_serials",
+    "public_der",
+    "quorum",
+    "random_pin",
+    "store_split",
 ]
 
 PIN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from hsmkm import errors
+from hsmkm.certnames import CertKind
 from hsmkm.km import artifacts, users
 from hsmkm.km.publisher import Publisher
 from hsmkm.store.database import Database
 from hsmkm.store.tx import Tx
-from hsmkm.certnames import CertKind
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,9 @@ class CertRecord:
 
 def user_certificates(tx: Tx, user_id: int) -> list[CertRecord]:
     return [
-        CertRecord(r.serial, r.kind, r.status.value, r.current, r.not_before, r.not_after, r.revoked_at, r.reason,
-                   r.der)
+        CertRecord(
+            r.serial, r.kind, r.status.value, r.current, r.not_before, r.not_after, r.revoked_at, r.reason, r.der
+        )
         for r in tx.certs.of_user(user_id)
     ]
 

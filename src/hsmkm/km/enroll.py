@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hsmkm import errors
+from hsmkm.certnames import CertKind
 from hsmkm.keys.algorithms import algorithm_of
 from hsmkm.keys.token import SecretKey
 from hsmkm.km import archive, directory, epochs, users
@@ -24,7 +25,6 @@ from hsmkm.km.authority import SerialTaken, record_certificate, serial_hex, sign
 from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, normalize_code, seal_key
 from hsmkm.smimecaps import PROFILE_CAPABILITIES
-from hsmkm.certnames import CertKind
 from hsmkm.store.repos.users import UserStatus
 from hsmkm.store.tx import Tx
 
@@ -99,10 +99,17 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
         return archive.seal_record(master, sharing, user.id, enc_serial, enc_key)
 
     for _ in range(_ISSUE_TRIES):
-        sign_cert = sign_user_certificate(km, csr.public_key(), CertKind.SIGN, email, user.name,  # type: ignore[arg-type]
-                                          capabilities=caps)
-        enc_cert = sign_user_certificate(km, enc_key.public_key(), CertKind.ENCRYPT, email, user.name,
-                                         capabilities=caps)
+        sign_cert = sign_user_certificate(
+            km,
+            csr.public_key(),  # type: ignore[arg-type]
+            CertKind.SIGN,
+            email,
+            user.name,
+            capabilities=caps,
+        )
+        enc_cert = sign_user_certificate(
+            km, enc_key.public_key(), CertKind.ENCRYPT, email, user.name, capabilities=caps
+        )
         enc_serial = serial_hex(enc_cert.serial_number)
         sealed = seal(km.archive_key, enc_serial)
         salt = os.urandom(16)
@@ -115,8 +122,17 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
         )
         try:
             response = _commit_enrollment(
-                km, user, checked, req.code, sign_cert, enc_cert, sealed, sign_alg.value, response,
-                lambda master: seal(master, enc_serial), enc_alg.value,
+                km,
+                user,
+                checked,
+                req.code,
+                sign_cert,
+                enc_cert,
+                sealed,
+                sign_alg.value,
+                response,
+                lambda master: seal(master, enc_serial),
+                enc_alg.value,
             )
             break
         except SerialTaken:
@@ -209,10 +225,16 @@ def _encode_response(r: EnrollResponse) -> bytes:
     def sk(k: SealedKey) -> dict[str, str]:
         return {"cert": k.cert_der.hex(), "sealed": k.sealed.hex()}
 
-    return json.dumps({
-        "email": r.email, "sign": r.sign_cert_der.hex(), "enc": sk(r.encryption), "ca": r.ca_cert_der.hex(),
-        "salt": r.salt.hex(), "history": [sk(h) for h in r.history],
-    }).encode()
+    return json.dumps(
+        {
+            "email": r.email,
+            "sign": r.sign_cert_der.hex(),
+            "enc": sk(r.encryption),
+            "ca": r.ca_cert_der.hex(),
+            "salt": r.salt.hex(),
+            "history": [sk(h) for h in r.history],
+        }
+    ).encode()
 
 
 def _decode_response(data: bytes) -> EnrollResponse:
@@ -222,14 +244,16 @@ def _decode_response(data: bytes) -> EnrollResponse:
         return SealedKey(bytes.fromhex(k["cert"]), bytes.fromhex(k["sealed"]))
 
     return EnrollResponse(
-        email=d["email"], sign_cert_der=bytes.fromhex(d["sign"]), encryption=sk(d["enc"]),
-        ca_cert_der=bytes.fromhex(d["ca"]), salt=bytes.fromhex(d["salt"]), history=[sk(h) for h in d["history"]],
+        email=d["email"],
+        sign_cert_der=bytes.fromhex(d["sign"]),
+        encryption=sk(d["enc"]),
+        ca_cert_der=bytes.fromhex(d["ca"]),
+        salt=bytes.fromhex(d["salt"]),
+        history=[sk(h) for h in d["history"]],
     )
 
 
-def _store_response(
-    tx: Tx, code_row: int, code: str, response: EnrollResponse, now: datetime
-) -> None:
+def _store_response(tx: Tx, code_row: int, code: str, response: EnrollResponse, now: datetime) -> None:
     salt = os.urandom(16)
     nonce = os.urandom(12)
     aad = f"hsmkm-enroll-replay\x00{code_row}".encode()
@@ -249,8 +273,14 @@ def replayed_response(
     row = tx.enroll_responses.for_latest_code(user.id)
     if row is None:
         return None
-    cid, verifier, expires_at, used_at, salt, sealed = (row.code_row, row.verifier, row.expires_at, row.used_at,
-                                                        row.salt, row.sealed)
+    cid, verifier, expires_at, used_at, salt, sealed = (
+        row.code_row,
+        row.verifier,
+        row.expires_at,
+        row.used_at,
+        row.salt,
+        row.sealed,
+    )
     if used_at is None or used_at.startswith("superseded:"):
         return None
     now = km.clock()
@@ -260,7 +290,9 @@ def replayed_response(
         return None
     blob = bytes(sealed)
     try:
-        data = AESGCM(_replay_key(code, bytes(salt))).decrypt(blob[:12], blob[12:], f"hsmkm-enroll-replay\x00{cid}".encode())
+        data = AESGCM(_replay_key(code, bytes(salt))).decrypt(
+            blob[:12], blob[12:], f"hsmkm-enroll-replay\x00{cid}".encode()
+        )
     except (InvalidTag, ValueError):
         return None
     response = _decode_response(data)

@@ -14,8 +14,18 @@ from hsmkm.store.repos.epochs import EpochRow, EpochStatus
 from hsmkm.store.tx import Tx
 
 __all__ = [
-    "Epoch", "EpochOfficer", "EpochStatus", "activate", "active", "create", "get", "record_attestation", "retire",
-    "sharing", "sharing_numbers", "statement",
+    "Epoch",
+    "EpochOfficer",
+    "EpochStatus",
+    "activate",
+    "active",
+    "create",
+    "get",
+    "record_attestation",
+    "retire",
+    "sharing",
+    "sharing_numbers",
+    "statement",
 ]
 
 

@@ -11,7 +11,6 @@ from typing import Any
 from cryptography import x509
 
 from hsmkm import errors, keys
-from hsmkm.x509.anchor import load_ca_certificate
 from hsmkm.clock import Clock, system_clock
 from hsmkm.keys.base import PrivateKey
 from hsmkm.keys.token import Repair, SecretKey, Token
@@ -21,6 +20,7 @@ from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL, Home, KmConfig, Token
 from hsmkm.km.publisher import Publisher
 from hsmkm.store.database import Database
 from hsmkm.store.tx import Tx
+from hsmkm.x509.anchor import load_ca_certificate
 
 
 def open_token(ref: TokenRef, pin: str, softhsm_config: str | None) -> Token:
@@ -79,9 +79,10 @@ class KeyManager:
         km = cls(home, config, db, session, clock, actor, publisher)
         km.repairs = session.module.take_repairs()
         if km.repairs:
-            with km.change(AuditAction.TOKEN_REPAIR, repairs=[
-                {"token_dir": r.token_dir, "file": r.file, "kind": r.kind.value} for r in km.repairs
-            ]):
+            with km.change(
+                AuditAction.TOKEN_REPAIR,
+                repairs=[{"token_dir": r.token_dir, "file": r.file, "kind": r.kind.value} for r in km.repairs],
+            ):
                 pass
         return km
 
@@ -99,9 +100,7 @@ class KeyManager:
             try:
                 self._ca_cert = load_ca_certificate(self.home.ca_cert.read_bytes(), str(self.home.ca_cert))
             except FileNotFoundError:
-                raise errors.NotFound(
-                    "the KM has no CA certificate yet (import it with 'hsmkm ca import')"
-                ) from None
+                raise errors.NotFound("the KM has no CA certificate yet (import it with 'hsmkm ca import')") from None
         return self._ca_cert
 
     @property

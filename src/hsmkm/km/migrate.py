@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 from hsmkm import errors
 from hsmkm.keys.token import ObjectKind, Token
 from hsmkm.km import archive, custody, epochs, officer_side, request_content
@@ -49,8 +48,7 @@ def _open_recovery_token(
     if ref is None:
         raise errors.NotFound("the KM's configuration names no recovery token to migrate from")
     key = request_key(km, req)
-    shares = [officer_side.open_pin_share(key, a.blob, req.id, a.officer, content.canonical)
-              for a in approvals]
+    shares = [officer_side.open_pin_share(key, a.blob, req.id, a.officer, content.canonical) for a in approvals]
     pin = custody.combine_pin(shares)
     del shares
     try:
@@ -62,8 +60,11 @@ def _open_recovery_token(
 
 
 def migrate(
-    km: KeyManager, request_id: int, progress: Callable[[int, int], None] = lambda done, total: None,
-    batch: int = BATCH, after_batch: Callable[[int], None] = lambda done: None,
+    km: KeyManager,
+    request_id: int,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+    batch: int = BATCH,
+    after_batch: Callable[[int], None] = lambda done: None,
 ) -> MigrationResult:
     """Carry out an approved migration request (again, after a crash: it continues)."""
     with km.db.read() as tx:
@@ -100,12 +101,19 @@ def migrate(
                     inner = archive.seal_inner(record_key, pkcs8, rec.user_id, rec.cert_serial)
                     del pkcs8
                     sealed_shares = archive.split_and_seal_key(
-                        record_key, RecordIdentity(rec.id, rec.user_id, rec.cert_serial), sharing)
+                        record_key, RecordIdentity(rec.id, rec.user_id, rec.cert_serial), sharing
+                    )
                     del record_key
                     aad = archive.record_aad(rec.user_id, rec.cert_serial, archive.FORMAT_VERSION)
                     updates.append((rec.id, master.encrypt_gcm(inner, aad), sealed_shares))
-                with km.change(AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="batch",
-                               first=rows[0].id, last=rows[-1].id, count=len(rows)) as ch:
+                with km.change(
+                    AuditAction.ARCHIVE_MIGRATE,
+                    id=req.id,
+                    stage="batch",
+                    first=rows[0].id,
+                    last=rows[-1].id,
+                    count=len(rows),
+                ) as ch:
                     if epochs.sharing_numbers(ch.tx) != tuple(e.number for e in sharing):
                         raise errors.PolicyViolation("the officers changed during the migration; run it again")
                     for rid, sealed, sealed_shares in updates:
@@ -125,8 +133,9 @@ def migrate(
             destroyed = bool(rec_session.destroy(RECOVERY_KEY_LABEL, ObjectKind.PRIVATE_KEY))
             rec_session.destroy(RECOVERY_KEY_LABEL, ObjectKind.PUBLIC_KEY)
             rec_session.close()
-        with km.change(AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="done", records=done,
-                       recovery_key_destroyed=destroyed) as ch:
+        with km.change(
+            AuditAction.ARCHIVE_MIGRATE, id=req.id, stage="done", records=done, recovery_key_destroyed=destroyed
+        ) as ch:
             ch.tx.meta.delete("recovery_public_key")
             # the PIN shares are void now that the key they guarded is gone
             ch.tx.officers.void_pin_shares()

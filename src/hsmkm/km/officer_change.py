@@ -18,12 +18,10 @@ def approved_change(
     """Refuse a request approved for something else; the token URI of each officer of the
     new set (the current officers, and the one being added)."""
     req = recovery.get(km, request_id)
-    if req.kind is not kind or {
-        k: req.params.get(k) for k in params if k not in _FIXED
-    } != {k: v for k, v in params.items() if k not in _FIXED}:
-        raise errors.PolicyViolation(
-            f"request {request_id} was approved for something else"
-        )
+    if req.kind is not kind or {k: req.params.get(k) for k in params if k not in _FIXED} != {
+        k: v for k, v in params.items() if k not in _FIXED
+    }:
+        raise errors.PolicyViolation(f"request {request_id} was approved for something else")
     with km.db.read() as tx:
         registered = {o.name: o.uri for o in custody.active_officers(tx)}
     if req.kind is recovery.RequestKind.OFFICER_ADD:

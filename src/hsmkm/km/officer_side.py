@@ -46,9 +46,12 @@ def _approval_context(request_id: int, officer: str, content: bytes) -> bytes:
     return b"hsmkm-approval-v2\x00%d\x00%s\x00" % (request_id, officer.encode()) + content_digest(content)
 
 
-def _reshare_context(request_id: int, sender: str, sender_x: int, receiver: str, receiver_x: int,
-                     new_epoch: int, content: bytes) -> bytes:
-    head = f"hsmkm-reshare-v2\x00{request_id}\x00{sender}\x00{sender_x}\x00{receiver}\x00{receiver_x}\x00{new_epoch}\x00"
+def _reshare_context(
+    request_id: int, sender: str, sender_x: int, receiver: str, receiver_x: int, new_epoch: int, content: bytes
+) -> bytes:
+    head = (
+        f"hsmkm-reshare-v2\x00{request_id}\x00{sender}\x00{sender_x}\x00{receiver}\x00{receiver_x}\x00{new_epoch}\x00"
+    )
     return head.encode() + content_digest(content)
 
 
@@ -148,7 +151,9 @@ def approve_recovery(
     return signature, blob
 
 
-def open_approval(request_key: PrivateKey, blob: bytes, request_id: int, officer: str, content: bytes) -> list[ShareEntry]:
+def open_approval(
+    request_key: PrivateKey, blob: bytes, request_id: int, officer: str, content: bytes
+) -> list[ShareEntry]:
     """At completion, with the request's key: one officer's shares of the approved records."""
     return _decode(sealing.unseal(request_key, blob, _approval_context(request_id, officer, content)))
 
@@ -219,8 +224,14 @@ def combine_received(
         if len(subs) != len(received):
             continue  # not every sender covered it: the caller finds it missing
         share = shamir.combine_subshares(me.x, subs)
-        out.append((rec, sealing.seal(me.public_key, shamir.encode_share(share),
-                                      share_context(rec, new_epoch, me.name, me.x), eph)))
+        out.append(
+            (
+                rec,
+                sealing.seal(
+                    me.public_key, shamir.encode_share(share), share_context(rec, new_epoch, me.name, me.x), eph
+                ),
+            )
+        )
     return out
 
 
@@ -236,7 +247,12 @@ def _pin_share_context(officer: str, epoch: int) -> bytes:
 
 
 def approve_pin_share(
-    key: PrivateKey, officer: str, pin_epoch: int, sealed_pin_share: bytes, request_id: int, content: bytes,
+    key: PrivateKey,
+    officer: str,
+    pin_epoch: int,
+    sealed_pin_share: bytes,
+    request_id: int,
+    content: bytes,
     request_public: PublicKey,
 ) -> tuple[bytes, bytes]:
     """(signature over the content, this officer's share of the recovery PIN sealed to the request)."""
@@ -284,7 +300,9 @@ def _load_public(der: bytes) -> PublicKey:
 
 def _attested_by(rec: EpochRecord, name: str, der: bytes) -> bool:
     sig = rec.attestations.get(name)
-    return sig is not None and verify_content(_load_public(der), sig, epoch_statement(rec.number, rec.quorum, rec.officers))
+    return sig is not None and verify_content(
+        _load_public(der), sig, epoch_statement(rec.number, rec.quorum, rec.officers)
+    )
 
 
 def verify_officer_set(my_name: str, my_key: bytes, chain: Sequence[EpochRecord], active: int) -> None:
@@ -292,23 +310,35 @@ def verify_officer_set(my_name: str, my_key: bytes, chain: Sequence[EpochRecord]
     epoch before (continuing officers keeping their keys) and attested by all its members,
     from an epoch this officer attested itself. ``chain``: every epoch that was ever active."""
     by_number = {r.number: r for r in chain}
-    anchor = next((r for r in chain if (my_name, my_key) in {(n, d) for n, _, d in r.officers}
-                   and _attested_by(r, my_name, my_key)), None)
+    anchor = next(
+        (
+            r
+            for r in chain
+            if (my_name, my_key) in {(n, d) for n, _, d in r.officers} and _attested_by(r, my_name, my_key)
+        ),
+        None,
+    )
     if anchor is None:
         raise errors.Tampered(f"no officer set of this KM carries {my_name}'s own attestation; refused")
     current = anchor
     while current.number != active:
         nxt = next((r for r in chain if r.made_by is not None and r.made_by[0] == current.number), None)
         if nxt is None or nxt.made_by is None:
-            raise errors.Tampered(f"the officer set changed from epoch {current.number} without an approved change; refused")
+            raise errors.Tampered(
+                f"the officer set changed from epoch {current.number} without an approved change; refused"
+            )
         _, content, approvals = nxt.made_by
         params = json.loads(content).get("params", {})
-        if [[n, x, d.hex()] for n, x, d in nxt.officers] != params.get("officers") or params.get("quorum") != nxt.quorum:
+        if [[n, x, d.hex()] for n, x, d in nxt.officers] != params.get("officers") or params.get(
+            "quorum"
+        ) != nxt.quorum:
             raise errors.Tampered(f"officer set {nxt.number} is not the one its change request named; refused")
         keys = {n: d for n, _, d in current.officers}
         good = {n for n, sig in approvals if n in keys and verify_content(_load_public(keys[n]), sig, content)}
         if len(good) < current.quorum:
-            raise errors.Tampered(f"the change to officer set {nxt.number} lacks {current.quorum} valid approvals; refused")
+            raise errors.Tampered(
+                f"the change to officer set {nxt.number} lacks {current.quorum} valid approvals; refused"
+            )
         for n, _, d in nxt.officers:
             if n in keys and keys[n] != d:
                 raise errors.Tampered(f"{n}'s key changed in officer set {nxt.number}; refused")

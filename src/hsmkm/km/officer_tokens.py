@@ -25,9 +25,7 @@ def open_officer_token(km: KeyManager, uri_text: str, pin: str) -> Token:
     return keys.open_token(uri, pin, module_path=module, softhsm_config=config)
 
 
-def make_officer_key(
-    km: KeyManager, name: str, session: Token, other_serials: list[str]
-) -> dict[str, str]:
+def make_officer_key(km: KeyManager, name: str, session: Token, other_serials: list[str]) -> dict[str, str]:
     """A new officer's key pair on their own token (none of the KM's, no other officer's, not
     a key another officer already has); the parameters its change request records."""
     rec = km.config.recovery_token

@@ -23,7 +23,6 @@ from hsmkm.km.manager import KeyManager
 from hsmkm.km.publisher import CrlKind
 from hsmkm.store.repos.crls import CrlRow
 from hsmkm.x509.crl import RevocationReason, encode_rows, sign_crl
-from hsmkm.x509.crlparse import parse_crl
 
 __all__ = ["CrlKind", "Published", "publish_crl"]
 
@@ -71,8 +70,14 @@ def publish_crl(km: KeyManager, kind: CrlKind = CrlKind.FULL, next_update_hours:
         crls.record(CrlRow(number, kind, base, now.isoformat(), next_update.isoformat(), count, upto))
         # Signed inside the transaction: the number, the row and the bytes commit together.
         der = sign_crl(
-            ca, km.ca_key, b"".join(encode_rows(_rows(crls.revoked(after, upto)))), number, now, next_update,
-            delta_of=base, freshest_url=km.config.delta_crl_url if kind is CrlKind.FULL else None,
+            ca,
+            km.ca_key,
+            b"".join(encode_rows(_rows(crls.revoked(after, upto)))),
+            number,
+            now,
+            next_update,
+            delta_of=base,
+            freshest_url=km.config.delta_crl_url if kind is CrlKind.FULL else None,
         )
         stored = ch.tx.artifacts.put(ARTIFACT_OF[kind], der, now.isoformat(), number, next_update.isoformat())
         ch.details.update(number=number, base=base, entries=count, next_update=next_update.isoformat())

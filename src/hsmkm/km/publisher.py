@@ -11,8 +11,8 @@ from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from hsmkm.store.repos.crls import CrlKind
 from hsmkm.certnames import CertKind
+from hsmkm.store.repos.crls import CrlKind
 
 __all__ = ["CrlKind", "Publisher"]
 

@@ -19,9 +19,7 @@ def request_status(km: KeyManager, request_id: int) -> recovery.RequestStatus:
     return recovery.get(km, request_id).status
 
 
-def export_writer(
-    km: KeyManager, path: Path, password: str
-) -> Callable[[list[recovery.RecoveredKey]], None]:
+def export_writer(km: KeyManager, path: Path, password: str) -> Callable[[list[recovery.RecoveredKey]], None]:
     """What delivers the recovered keys: a PKCS#12 at ``path`` with each key, its certificate
     and the CA certificate."""
 
@@ -35,9 +33,7 @@ def export_writer(
     return deliver
 
 
-def holds_this_export(
-    km: KeyManager, request_id: int, path: Path, password: str
-) -> bool:
+def holds_this_export(km: KeyManager, request_id: int, path: Path, password: str) -> bool:
     """Whether ``path`` is the PKCS#12 this request's completion writes, under this password."""
     try:
         store = EpfKeystore.open(path, password)

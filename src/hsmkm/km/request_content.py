@@ -59,8 +59,9 @@ def _cert_email(cert: x509.Certificate) -> list[str]:
         return []
 
 
-def _record_view(row: ContentRecord | None, record_id: int, user_id: int, email: str,
-                 ca_cert: x509.Certificate | None) -> RecordView:
+def _record_view(
+    row: ContentRecord | None, record_id: int, user_id: int, email: str, ca_cert: x509.Certificate | None
+) -> RecordView:
     if row is None:
         raise errors.NotFound(f"archive record {record_id} is missing")
     rec_user, serial, der, cert_user = row.user_id, row.cert_serial, row.cert_der, row.cert_user_id
@@ -120,8 +121,13 @@ def build(tx: Tx, request_id: int, ca_cert: x509.Certificate | None) -> Content:
         "kind": r.kind.value,
         "user": user,
         "records": [
-            {"record": v.identity.record_id, "issuer": v.issuer, "serial": v.serial,
-             "not_before": v.not_before, "not_after": v.not_after}
+            {
+                "record": v.identity.record_id,
+                "issuer": v.issuer,
+                "serial": v.serial,
+                "not_before": v.not_before,
+                "not_after": v.not_after,
+            }
             for v in views
         ],
         "reason": r.reason,
@@ -141,15 +147,21 @@ def describe(content: Content) -> str:
     if d["user"] is not None:
         lines.append(f"  user:    {d['user']['email']}")
         for v in content.records:
-            lines.append(f"  record {v.identity.record_id}: certificate serial {v.serial}, issuer {v.issuer}, "
-                         f"valid {v.not_before} .. {v.not_after} (signature checked against the KM CA)")
+            lines.append(
+                f"  record {v.identity.record_id}: certificate serial {v.serial}, issuer {v.issuer}, "
+                f"valid {v.not_before} .. {v.not_after} (signature checked against the KM CA)"
+            )
     if d["params"]:
         p = d["params"]
         if "officers" in p:
             import hashlib
 
-            lines.append(f"  new officers (quorum {p.get('quorum')}): " + "; ".join(
-                f"{o[0]} key SHA-256 {hashlib.sha256(bytes.fromhex(o[2])).hexdigest()[:32]}" for o in p["officers"]))
+            lines.append(
+                f"  new officers (quorum {p.get('quorum')}): "
+                + "; ".join(
+                    f"{o[0]} key SHA-256 {hashlib.sha256(bytes.fromhex(o[2])).hexdigest()[:32]}" for o in p["officers"]
+                )
+            )
         for k in ("name", "uri"):
             if k in p:
                 lines.append(f"  {k}: {p[k]}")

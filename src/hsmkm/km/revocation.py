@@ -8,9 +8,9 @@ from hsmkm import errors
 from hsmkm.km import directory, users
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
-from hsmkm.x509.crl import RevocationReason
 from hsmkm.store.repos.counters import Counter
 from hsmkm.store.repos.users import UserStatus
+from hsmkm.x509.crl import RevocationReason
 
 
 @dataclass(frozen=True)

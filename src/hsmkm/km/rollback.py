@@ -44,13 +44,17 @@ def accept_rollback(km: KeyManager) -> AcceptedRollback:
         ended = head.seq if head is not None else 0
         crl_number = max(crl_number_of(tx), anchor.crl_number)
         tx.meta.set("crl_number", str(crl_number))
-        log.append(km.actor, AuditAction.AUDIT_ROLLBACK_ACCEPTED, {
-            "log_ended_at": ended,
-            "anchored_entry": anchor.seq,
-            "anchored_hash": anchor.digest.hex(),
-            "anchored_crl_number": anchor.crl_number,
-            "crl_number": crl_number,
-        })
+        log.append(
+            km.actor,
+            AuditAction.AUDIT_ROLLBACK_ACCEPTED,
+            {
+                "log_ended_at": ended,
+                "anchored_entry": anchor.seq,
+                "anchored_hash": anchor.digest.hex(),
+                "anchored_crl_number": anchor.crl_number,
+                "crl_number": crl_number,
+            },
+        )
     if log.appended is None:
         raise errors.AuditChainBroken("the acceptance was not recorded")
     km.anchor.replace(log.appended, crl_number)

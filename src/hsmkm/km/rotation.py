@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 from hsmkm import errors
 from hsmkm.keys.token import ObjectKind, Token
 from hsmkm.km import archive
@@ -82,8 +81,15 @@ def _migrate(km: KeyManager, old: str, new: str, batch: int, progress: Callable[
         for r in rows:
             aad = archive.record_aad(r.user_id, r.cert_serial, r.format_version)
             updates.append((r.id, old, new, new_key.encrypt_gcm(old_key.decrypt_gcm(r.sealed, aad), aad)))
-        with km.change(AuditAction.ARCHIVE_ROTATE, stage="batch", old=old, new=new,
-                       first=rows[0].id, last=rows[-1].id, count=len(rows)) as ch:
+        with km.change(
+            AuditAction.ARCHIVE_ROTATE,
+            stage="batch",
+            old=old,
+            new=new,
+            first=rows[0].id,
+            last=rows[-1].id,
+            count=len(rows),
+        ) as ch:
             # Only rows still under the old key: a concurrent writer may have moved one.
             ch.tx.archive.reseal(updates)
         done += len(rows)

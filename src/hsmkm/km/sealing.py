@@ -37,12 +37,12 @@ class Ephemeral:
 
 def new_ephemeral(curve: ec.EllipticCurve) -> Ephemeral:
     key = ec.generate_private_key(curve)
-    return Ephemeral(key, key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
+    return Ephemeral(
+        key, key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
 
 
-def seal(
-    public_key: PublicKey, plaintext: bytes, context: bytes, ephemeral: Ephemeral | None = None
-) -> bytes:
+def seal(public_key: PublicKey, plaintext: bytes, context: bytes, ephemeral: Ephemeral | None = None) -> bytes:
     """Encrypt ``plaintext`` to ``public_key``; ``context`` is bound in as associated data.
 
     One ``ephemeral`` EC key may serve several recipients of the same curve when each

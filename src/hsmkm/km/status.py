@@ -6,12 +6,11 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-
+from hsmkm.keys.token import ObjectKind
 from hsmkm.km import archive, custody
 from hsmkm.km.config import AUDIT_KEY_LABEL, CA_KEY_LABEL
 from hsmkm.km.manager import KeyManager
 from hsmkm.store.repos.crls import CrlKind
-from hsmkm.keys.token import ObjectKind
 
 
 def km_status(km: KeyManager) -> dict[str, Any]:

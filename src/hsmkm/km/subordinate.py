@@ -8,9 +8,9 @@ from cryptography.hazmat.primitives import serialization
 from hsmkm import errors
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import record_certificate
+from hsmkm.km.manager import KeyManager
 from hsmkm.store.repos.artifacts import ArtifactKind
 from hsmkm.store.repos.certs import CA_KIND
-from hsmkm.km.manager import KeyManager
 
 
 def import_ca_certificate(km: KeyManager, data: bytes) -> x509.Certificate:
@@ -36,7 +36,9 @@ def import_ca_certificate(km: KeyManager, data: bytes) -> x509.Certificate:
         bc = None
     if bc is None or not bc.ca:
         raise errors.PolicyViolation("the certificate is not a CA certificate (basicConstraints CA:true)")
-    with km.change(AuditAction.CA_IMPORT, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string()) as ch:
+    with km.change(
+        AuditAction.CA_IMPORT, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string()
+    ) as ch:
         der = cert.public_bytes(serialization.Encoding.DER)
         record_certificate(ch.tx, cert, CA_KIND, None, km.clock())
         ch.tx.artifacts.put(ArtifactKind.CA_CERTIFICATE, der, km.clock().isoformat())

@@ -82,12 +82,19 @@ def list_users(tx: Tx) -> list[User]:
     return tx.users.all()
 
 
-def _new_code(user_id: int, purpose: CodePurpose, now: datetime, ttl_days: int, max_attempts: int,
-              recovery_id: int | None = None) -> tuple[str, NewCode]:
+def _new_code(
+    user_id: int, purpose: CodePurpose, now: datetime, ttl_days: int, max_attempts: int, recovery_id: int | None = None
+) -> tuple[str, NewCode]:
     code = new_code()
     return code, NewCode(
-        user_id, secrets.token_hex(8), code_verifier(code), purpose, now.isoformat(),
-        (now + timedelta(days=ttl_days)).isoformat(), max_attempts, recovery_id,
+        user_id,
+        secrets.token_hex(8),
+        code_verifier(code),
+        purpose,
+        now.isoformat(),
+        (now + timedelta(days=ttl_days)).isoformat(),
+        max_attempts,
+        recovery_id,
     )
 
 
@@ -130,16 +137,16 @@ def settings_of(tx: Tx, user_id: int) -> UserSettings:
     if row is None:
         return UserSettings()
     try:
-        return UserSettings(KeyAlgorithm(row.key_alg) if row.key_alg else None,
-                            ClientProfile(row.client) if row.client else None)
+        return UserSettings(
+            KeyAlgorithm(row.key_alg) if row.key_alg else None, ClientProfile(row.client) if row.client else None
+        )
     except ValueError:
         raise errors.MalformedInput(
             f"user {user_id}: unknown settings {row.key_alg!r}, {row.client!r} in the database"
         ) from None
 
 
-def add_user(km: KeyManager, email: str, name: str | None,
-             settings: UserSettings = UserSettings()) -> tuple[User, str]:
+def add_user(km: KeyManager, email: str, name: str | None, settings: UserSettings = UserSettings()) -> tuple[User, str]:
     """Create a user and their one-time enrollment code."""
     email = normalize_email(email)
     name = addresses.check_name(name)
@@ -153,10 +160,9 @@ def add_user(km: KeyManager, email: str, name: str | None,
             ch.details["key"] = settings.key_alg.value
         if settings.client is not None:
             ch.details["client"] = settings.client.value
-        code, _ = issue_code(
-            ch.tx, uid, CodePurpose.ENROLL, now, km.config.code_ttl_days, km.config.code_max_attempts
-        )
+        code, _ = issue_code(ch.tx, uid, CodePurpose.ENROLL, now, km.config.code_ttl_days, km.config.code_max_attempts)
     return User(uid, email, name, UserStatus.PENDING, now.isoformat()), code
+
 
 def parse_user_csv(text: str) -> list[tuple[str, str | None]]:
     """Rows of ``email,name`` (a header row ``email,name`` is skipped); every row checked first."""
@@ -210,13 +216,16 @@ def import_users(
         # Batched by the hundred (one statement each for users, codes and audit entries); new
         # users have no earlier code to supersede.
         for at in range(0, len(rows), 100):
-            batch = rows[at:at + 100]
+            batch = rows[at : at + 100]
             ids = tx.users.add_many([NewUser(e, n, UserStatus.PENDING, now.isoformat()) for e, n in batch])
-            made = [_new_code(uid, CodePurpose.ENROLL, now, km.config.code_ttl_days, km.config.code_max_attempts)
-                    for uid in ids]
+            made = [
+                _new_code(uid, CodePurpose.ENROLL, now, km.config.code_ttl_days, km.config.code_max_attempts)
+                for uid in ids
+            ]
             tx.codes.add_many([row for _, row in made])
-            audit.append_many([(km.actor, AuditAction.USER_ADD, {"email": e, "name": n, "bulk": True})
-                               for e, n in batch])
+            audit.append_many(
+                [(km.actor, AuditAction.USER_ADD, {"email": e, "name": n, "bulk": True}) for e, n in batch]
+            )
             out += [(e, code) for (e, _), (code, _) in zip(batch, made)]
             if len(batch) == 100:
                 progress(100)
@@ -281,7 +290,9 @@ def check_code(km: KeyManager, tx: Tx, user: User, code: str) -> CodeRow | CodeR
     if not hmac.compare_digest(row.verifier, code_verifier(code)):
         tx.codes.count_attempt(row.id)
         left = row.max_attempts - row.attempts - 1
-        return CodeRefused(RefusalReason.WRONG, f"wrong enrollment code ({left} attempt{'s' if left != 1 else ''} left)")
+        return CodeRefused(
+            RefusalReason.WRONG, f"wrong enrollment code ({left} attempt{'s' if left != 1 else ''} left)"
+        )
     if now > datetime.fromisoformat(row.expires_at):
         return CodeRefused(RefusalReason.EXPIRED, "the enrollment code has expired")
     return CodeRow(row.id, user.id, row.purpose, row.recovery_id)

@@ -116,10 +116,15 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 async def _answer(send: Send, refused: _Refused) -> None:
     text = (refused.text + "\n").encode()
-    await send({
-        "type": "http.response.start",
-        "status": int(refused.status),
-        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(text)).encode()),
-                    (b"connection", b"close")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": int(refused.status),
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(text)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": text, "more_body": False})

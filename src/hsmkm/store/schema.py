@@ -18,13 +18,15 @@ from sqlalchemy import (
 metadata = MetaData()
 
 meta = Table(
-    "meta", metadata,
+    "meta",
+    metadata,
     Column("key", Text, primary_key=True),
     Column("value", Text, nullable=False),
 )
 
 audit = Table(
-    "audit", metadata,
+    "audit",
+    metadata,
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("at", Text, nullable=False),
     Column("actor", Text, nullable=False),
@@ -36,7 +38,8 @@ audit = Table(
 )
 
 users = Table(
-    "users", metadata,
+    "users",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("email", Text, nullable=False, unique=True),
     Column("name", Text),
@@ -45,7 +48,8 @@ users = Table(
 )
 
 enrollment_codes = Table(
-    "enrollment_codes", metadata,
+    "enrollment_codes",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
     Column("code_id", Text, nullable=False, unique=True),
@@ -60,7 +64,8 @@ enrollment_codes = Table(
 )
 
 certificates = Table(
-    "certificates", metadata,
+    "certificates",
+    metadata,
     Column("serial", Text, primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id")),
     Column("kind", Text, nullable=False),
@@ -76,12 +81,15 @@ certificates = Table(
 )
 Index("certificates_user", certificates.c.user_id, certificates.c.kind, certificates.c.current)
 Index(
-    "certificates_revoked", certificates.c.revoked_seq,
-    sqlite_where=certificates.c.revoked_seq.isnot(None), postgresql_where=certificates.c.revoked_seq.isnot(None),
+    "certificates_revoked",
+    certificates.c.revoked_seq,
+    sqlite_where=certificates.c.revoked_seq.isnot(None),
+    postgresql_where=certificates.c.revoked_seq.isnot(None),
 )
 
 archive = Table(
-    "archive", metadata,
+    "archive",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
     Column("cert_serial", Text, ForeignKey("certificates.serial"), nullable=False),
@@ -94,7 +102,8 @@ archive = Table(
 Index("archive_user", archive.c.user_id)
 
 officers = Table(
-    "officers", metadata,
+    "officers",
+    metadata,
     Column("name", Text, primary_key=True),
     Column("uri", Text, nullable=False),
     Column("public_key", LargeBinary, nullable=False),
@@ -105,7 +114,8 @@ officers = Table(
 )
 
 crls = Table(
-    "crls", metadata,
+    "crls",
+    metadata,
     Column("number", Integer, primary_key=True, autoincrement=False),
     Column("kind", Text, nullable=False),
     Column("base", Integer),
@@ -116,7 +126,8 @@ crls = Table(
 )
 
 recovery_requests = Table(
-    "recovery_requests", metadata,
+    "recovery_requests",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id")),
     Column("reason", Text, nullable=False),
@@ -134,7 +145,8 @@ recovery_requests = Table(
 )
 
 approvals = Table(
-    "approvals", metadata,
+    "approvals",
+    metadata,
     Column("request_id", Integer, ForeignKey("recovery_requests.id"), nullable=False),
     Column("officer", Text, ForeignKey("officers.name"), nullable=False),
     Column("signature", LargeBinary, nullable=False),
@@ -144,7 +156,8 @@ approvals = Table(
 )
 
 recovered = Table(
-    "recovered", metadata,
+    "recovered",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("code_row", Integer, ForeignKey("enrollment_codes.id"), nullable=False),
     Column("archive_id", Integer, ForeignKey("archive.id"), nullable=False),
@@ -154,7 +167,8 @@ recovered = Table(
 # --- schema version 2: per-record K-of-N shares ---------------------------------------------
 
 share_epochs = Table(
-    "share_epochs", metadata,
+    "share_epochs",
+    metadata,
     Column("epoch", Integer, primary_key=True, autoincrement=False),
     Column("quorum", Integer, nullable=False),
     Column("status", Text, nullable=False),
@@ -162,7 +176,8 @@ share_epochs = Table(
 )
 
 epoch_officers = Table(
-    "epoch_officers", metadata,
+    "epoch_officers",
+    metadata,
     Column("epoch", Integer, ForeignKey("share_epochs.epoch"), nullable=False),
     Column("officer", Text, nullable=False),
     Column("x", Integer, nullable=False),
@@ -171,7 +186,8 @@ epoch_officers = Table(
 )
 
 archive_shares = Table(
-    "archive_shares", metadata,
+    "archive_shares",
+    metadata,
     Column("record_id", Integer, ForeignKey("archive.id"), nullable=False),
     Column("epoch", Integer, nullable=False),
     Column("officer", Text, nullable=False),
@@ -182,7 +198,8 @@ archive_shares = Table(
 Index("archive_shares_officer", archive_shares.c.epoch, archive_shares.c.officer, archive_shares.c.record_id)
 
 reshares = Table(
-    "reshares", metadata,
+    "reshares",
+    metadata,
     Column("request_id", Integer, ForeignKey("recovery_requests.id"), nullable=False),
     Column("from_officer", Text, nullable=False),
     Column("to_officer", Text, nullable=False),
@@ -191,13 +208,15 @@ reshares = Table(
 )
 
 request_claims = Table(
-    "request_claims", metadata,
+    "request_claims",
+    metadata,
     Column("request_id", Integer, ForeignKey("recovery_requests.id"), primary_key=True, autoincrement=False),
     Column("claimed_by", Text, nullable=False),
 )
 
 epoch_attestations = Table(
-    "epoch_attestations", metadata,
+    "epoch_attestations",
+    metadata,
     Column("epoch", Integer, ForeignKey("share_epochs.epoch"), nullable=False),
     Column("officer", Text, nullable=False),
     Column("signature", LargeBinary, nullable=False),
@@ -205,7 +224,8 @@ epoch_attestations = Table(
 )
 
 officer_tokens = Table(
-    "officer_tokens", metadata,
+    "officer_tokens",
+    metadata,
     Column("officer", Text, primary_key=True),
     Column("token_serial", Text, nullable=False),
     Column("token_label", Text, nullable=False),
@@ -214,7 +234,8 @@ officer_tokens = Table(
 # --- tables the release code made when missing -----------------------------------------------
 
 enroll_responses = Table(
-    "enroll_responses", metadata,
+    "enroll_responses",
+    metadata,
     Column("code_row", Integer, ForeignKey("enrollment_codes.id"), primary_key=True, autoincrement=False),
     Column("kept_at", Text, nullable=False),
     Column("salt", LargeBinary, nullable=False),
@@ -223,13 +244,15 @@ enroll_responses = Table(
 Index("enroll_responses_kept_at", enroll_responses.c.kept_at)
 
 directory_outbox = Table(
-    "directory_outbox", metadata,
+    "directory_outbox",
+    metadata,
     Column("email", Text, primary_key=True),
     Column("queued_at", Text, nullable=False),
 )
 
 user_settings = Table(
-    "user_settings", metadata,
+    "user_settings",
+    metadata,
     Column("user_id", Integer, ForeignKey("users.id"), primary_key=True, autoincrement=False),
     Column("key_alg", Text),
     Column("client", Text),
@@ -238,7 +261,8 @@ user_settings = Table(
 # --- revision 0003: counters drawn with UPDATE … RETURNING ------------------------------------
 
 counters = Table(
-    "counters", metadata,
+    "counters",
+    metadata,
     Column("name", Text, primary_key=True),
     Column("value", Integer, nullable=False),
 )
@@ -246,7 +270,8 @@ counters = Table(
 # --- revision 0004: published artifacts kept in the database -----------------------------------
 
 published_artifacts = Table(
-    "published_artifacts", metadata,
+    "published_artifacts",
+    metadata,
     Column("kind", Text, primary_key=True),
     Column("der", LargeBinary, nullable=False),
     Column("sha256", Text, nullable=False),

@@ -19,14 +19,14 @@ if TYPE_CHECKING:
     from hsmkm.store.repos.counters import CounterRepo
     from hsmkm.store.repos.crls import CrlRepo
     from hsmkm.store.repos.enroll_responses import EnrollResponseRepo
-    from hsmkm.store.repos.meta import MetaRepo
-    from hsmkm.store.repos.outbox import OutboxRepo
-    from hsmkm.store.repos.settings import SettingsRepo
-    from hsmkm.store.repos.users import UserRepo
     from hsmkm.store.repos.epochs import EpochRepo
+    from hsmkm.store.repos.meta import MetaRepo
     from hsmkm.store.repos.officers import OfficerRepo
+    from hsmkm.store.repos.outbox import OutboxRepo
     from hsmkm.store.repos.recovery import RecoveryRepo
+    from hsmkm.store.repos.settings import SettingsRepo
     from hsmkm.store.repos.shares import ShareRepo
+    from hsmkm.store.repos.users import UserRepo
 
 
 # The driver connection the temporary escape hatches hand out.

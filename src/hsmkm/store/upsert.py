@@ -18,8 +18,9 @@ def _statement(dialect: str, table: Table, keys: tuple[str, ...], columns: tuple
     if stmt is None:
         make = postgresql.insert if dialect == "postgresql" else sqlite.insert
         ins = make(table).values({c: bindparam(f"v_{c}") for c in columns})
-        stmt = ins.on_conflict_do_update(index_elements=list(keys),
-                                         set_={c: ins.excluded[c] for c in columns if c not in keys})
+        stmt = ins.on_conflict_do_update(
+            index_elements=list(keys), set_={c: ins.excluded[c] for c in columns if c not in keys}
+        )
         _CACHE[key] = stmt
     return stmt
 

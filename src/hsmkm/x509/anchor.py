@@ -8,9 +8,10 @@ from cryptography import x509
 
 from hsmkm import errors
 
-
 _ERRORS: tuple[type[Exception], ...] = (
-    TypeError, *errors.CERTIFICATE_PARSE_ERRORS, crypto_exceptions.InvalidSignature,
+    TypeError,
+    *errors.CERTIFICATE_PARSE_ERRORS,
+    crypto_exceptions.InvalidSignature,
     crypto_exceptions.UnsupportedAlgorithm,
 )
 

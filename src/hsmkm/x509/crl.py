@@ -17,7 +17,8 @@ from enum import Enum
 from cryptography import x509
 
 from hsmkm import errors
-from hsmkm.der import der_int, der_length, der_oid, der_time, seq as _seq, tlv
+from hsmkm.der import der_int, der_length, der_oid, der_time, tlv
+from hsmkm.der import seq as _seq
 from hsmkm.keys.algorithms import signature_scheme
 from hsmkm.keys.base import PrivateKey
 
@@ -82,8 +83,7 @@ OID_FRESHEST = "2.5.29.46"
 
 # The crlEntryExtensions whose one extension is the reason, by reason.
 REASON_EXTENSIONS = {
-    reason: _seq(_seq(der_oid(OID_REASON), tlv(0x04, tlv(0x0A, bytes([code])))))
-    for reason, code in _CODES.items()
+    reason: _seq(_seq(der_oid(OID_REASON), tlv(0x04, tlv(0x0A, bytes([code]))))) for reason, code in _CODES.items()
 }
 # An entry's crlEntryExtensions by reason (none when unspecified, RFC 5280 §5.3.1).
 _ENTRY_EXTENSIONS = {r: b"" if r is RevocationReason.UNSPECIFIED else ext for r, ext in REASON_EXTENSIONS.items()}
@@ -126,8 +126,9 @@ def build_crl(
     freshest_url: str | None = None,
 ) -> bytes:
     """A signed v2 CRL (full, or delta when ``delta_of`` names the base CRL number)."""
-    return sign_crl(issuer, key, b"".join(encode_entries(entries)), number, this_update, next_update,
-                    delta_of, freshest_url)
+    return sign_crl(
+        issuer, key, b"".join(encode_entries(entries)), number, this_update, next_update, delta_of, freshest_url
+    )
 
 
 def sign_crl(

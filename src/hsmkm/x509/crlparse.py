@@ -97,7 +97,7 @@ class ParsedCrl:
                 raise errors.MalformedInput(f"CRL: {exc}") from None
             if e2 == end:
                 code = 0
-            elif end - e2 == reason_at + 1 and data[e2:end - 1] == only_reason:
+            elif end - e2 == reason_at + 1 and data[e2 : end - 1] == only_reason:
                 code = data[end - 1]
             else:
                 code = _entry_reason(data, e2, end)
@@ -179,8 +179,9 @@ def parse_crl(der: bytes) -> ParsedCrl:
             pos = e
     except (IndexError, UnicodeDecodeError):
         raise errors.MalformedInput("CRL: malformed") from None
-    return ParsedCrl(tbs, sig_alg, signature, issuer_der, this_update, next_update, number, delta_of,
-                     revoked_start, revoked_end, der)
+    return ParsedCrl(
+        tbs, sig_alg, signature, issuer_der, this_update, next_update, number, delta_of, revoked_start, revoked_end, der
+    )
 
 
 def _crl_extensions(data: bytes) -> tuple[int | None, int | None]:

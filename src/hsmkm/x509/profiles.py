@@ -18,8 +18,8 @@ Profile choices (all PKIX-lint clean, see tests/test_profiles.py):
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -189,7 +189,11 @@ def _user_base(
         .add_extension(x509.FreshestCRL(point(urls.delta_crl)), critical=False)
         .add_extension(
             x509.AuthorityInformationAccess(
-                [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls.ca_cert))]
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls.ca_cert)
+                    )
+                ]
             ),
             critical=False,
         )
@@ -244,7 +248,9 @@ def build_user_certificate(
     )
     if capabilities is not None:
         builder = builder.add_extension(
-            x509.UnrecognizedExtension(x509.ObjectIdentifier(smimecaps.OID_SMIME_CAPABILITIES), smimecaps.encode(capabilities)),
+            x509.UnrecognizedExtension(
+                x509.ObjectIdentifier(smimecaps.OID_SMIME_CAPABILITIES), smimecaps.encode(capabilities)
+            ),
             critical=False,
         )
     return builder.sign(ca_key, digest_for_key(ca_key).builder_hash())

@@ -89,9 +89,7 @@ def build_tls_server_certificate(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(min(now + validity, issuer_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(general), critical=not fits)
         .add_extension(_ski(public_key), critical=False)
@@ -101,6 +99,8 @@ def build_tls_server_certificate(
         point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)
         builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     if ca_issuers_url is not None:
-        access = x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url))
+        access = x509.AccessDescription(
+            AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url)
+        )
         builder = builder.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
     return builder.sign(ca_key, digest_for_key(ca_key).builder_hash())

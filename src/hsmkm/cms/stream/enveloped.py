@@ -78,9 +78,16 @@ def encrypt_stream(
     out.write(smime.pkcs7_mime_head(kind, outer))
     b64 = Base64Writer(out)
     b64.write(
-        ber.header(0x30, ber.INDEFINITE) + _oid(ctype) + ber.header(0xA0, ber.INDEFINITE)
-        + ber.header(0x30, ber.INDEFINITE) + version + infos
-        + ber.header(0x30, ber.INDEFINITE) + _oid(OID_DATA) + alg + ber.header(0xA0, ber.INDEFINITE)
+        ber.header(0x30, ber.INDEFINITE)
+        + _oid(ctype)
+        + ber.header(0xA0, ber.INDEFINITE)
+        + ber.header(0x30, ber.INDEFINITE)
+        + version
+        + infos
+        + ber.header(0x30, ber.INDEFINITE)
+        + _oid(OID_DATA)
+        + alg
+        + ber.header(0xA0, ber.INDEFINITE)
     )
 
     def emit(ct: bytes) -> None:
@@ -116,8 +123,14 @@ def _check_enveloped(oid: bytes) -> None:
         raise errors.MalformedInput(f"not an enveloped message (content type {ctype})")
 
 
-def decrypt_stream(src: BinaryIO, out_path: Path, candidates: list[KeyEntry], mode: int = 0o600,
-                   outer: list[tuple[str, str]] | None = None, head_filter: HeadFilter | None = None) -> KeyEntry:
+def decrypt_stream(
+    src: BinaryIO,
+    out_path: Path,
+    candidates: list[KeyEntry],
+    mode: int = 0o600,
+    outer: list[tuple[str, str]] | None = None,
+    head_filter: HeadFilter | None = None,
+) -> KeyEntry:
     """Decrypt into ``out_path`` (atomically, after the tag checks); returns the key used. The
     outer header fields go to ``outer``; ``head_filter`` rewrites the plaintext's beginning."""
     reader = ber.Reader(open_cms_stream(src, outer))

@@ -95,8 +95,12 @@ class Canonicalizer:
         return lead + chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def split_message(head: bytes, mode: protect.HpMode, policy: protect.Confidentiality = protect.Confidentiality.BASELINE,
-                   legacy_display: bool = False) -> tuple[list[tuple[str, str]], bytes, int, bytes]:
+def split_message(
+    head: bytes,
+    mode: protect.HpMode,
+    policy: protect.Confidentiality = protect.Confidentiality.BASELINE,
+    legacy_display: bool = False,
+) -> tuple[list[tuple[str, str]], bytes, int, bytes]:
     """Outer headers, the Cryptographic Payload up to the body, where the body starts in
     ``head``, and what follows the body."""
     m = re.search(rb"\r?\n\r?\n", head)

@@ -39,8 +39,14 @@ _OID_DATA = der_oid("1.2.840.113549.1.7.1")
 
 
 def sign_stream(
-    src: BinaryIO, out: BinaryIO, signer: KeyEntry, extra_certs: list[x509.Certificate], detached: bool, now: datetime,
-    encryption_cert: x509.Certificate | None = None, capabilities: bytes | None = None,
+    src: BinaryIO,
+    out: BinaryIO,
+    signer: KeyEntry,
+    extra_certs: list[x509.Certificate],
+    detached: bool,
+    now: datetime,
+    encryption_cert: x509.Certificate | None = None,
+    capabilities: bytes | None = None,
 ) -> None:
     """Sign a message of any size: hashed and written as it is read, the signature last; the
     header fields protected (RFC 9788, hp="clear"). ``encryption_cert`` (also to be among
@@ -71,9 +77,15 @@ def sign_stream(
     out.write(smime.pkcs7_mime_head(smime.SmimeType.SIGNED_DATA, outer))
     b64 = Base64Writer(out)
     b64.write(
-        ber.header(0x30, ber.INDEFINITE) + _OID_SIGNED_DATA + ber.header(0xA0, ber.INDEFINITE)
-        + ber.header(0x30, ber.INDEFINITE) + b"\x02\x01\x01" + tlv(0x31, digest.algorithm_identifier)
-        + ber.header(0x30, ber.INDEFINITE) + _OID_DATA + ber.header(0xA0, ber.INDEFINITE)
+        ber.header(0x30, ber.INDEFINITE)
+        + _OID_SIGNED_DATA
+        + ber.header(0xA0, ber.INDEFINITE)
+        + ber.header(0x30, ber.INDEFINITE)
+        + b"\x02\x01\x01"
+        + tlv(0x31, digest.algorithm_identifier)
+        + ber.header(0x30, ber.INDEFINITE)
+        + _OID_DATA
+        + ber.header(0xA0, ber.INDEFINITE)
         + ber.header(0x24, ber.INDEFINITE)
     )
     for piece in entity():
@@ -99,9 +111,14 @@ def _check_signed(oid: bytes) -> None:
         raise errors.MalformedInput("not a signed message")
 
 
-def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext, head_filter: HeadFilter | None = None,
-                  check: Callable[[signed.VerifyResult], None] | None = None,
-                  outer_out: list[tuple[str, str]] | None = None) -> signed.VerifyResult:
+def verify_stream(
+    src: BinaryIO,
+    out_path: Path | None,
+    ctx: ValidationContext,
+    head_filter: HeadFilter | None = None,
+    check: Callable[[signed.VerifyResult], None] | None = None,
+    outer_out: list[tuple[str, str]] | None = None,
+) -> signed.VerifyResult:
     """Verify an opaque signed message of any size, writing its content to ``out_path`` only once
     the signature and the signer check out. A clear-signed (multipart/signed) message, at most
     MAX_CLEAR_SIGNED octets, is read into memory; anything else is refused from its headers.
@@ -137,15 +154,18 @@ def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext, 
         outer = smime.outer_of(split[0])
         if outer_out is not None:
             outer_out += outer
-        cms_stream = Base64Reader(src, head[split[1]:])  # type: ignore[assignment]
+        cms_stream = Base64Reader(src, head[split[1] :])  # type: ignore[assignment]
     if out_path is not None and out_path.is_dir():
         raise errors.BadInput(f"{out_path} is a directory")
     reader = ber.Reader(cms_stream)
     with contextlib.ExitStack() as stack:
         # The content goes to a temporary file renamed into place when the block ends cleanly,
         # after the signature and ``check``; without an output it is only hashed.
-        raw_fh: BinaryIO = (stack.enter_context(atomic_writer(out_path, 0o600)) if out_path is not None
-                            else stack.enter_context(open(os.devnull, "wb")))
+        raw_fh: BinaryIO = (
+            stack.enter_context(atomic_writer(out_path, 0o600))
+            if out_path is not None
+            else stack.enter_context(open(os.devnull, "wb"))
+        )
         fh = HeadFiltered(raw_fh, head_filter)
         with errors.malformed("signed message"):
             frame = ber.open_content_info(reader, _check_signed, "a SignedData")
@@ -171,8 +191,9 @@ def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext, 
             inner = reader.header()
             if inner.tag not in (0x04, 0x24):
                 raise errors.MalformedInput("CMS: the content is not an OCTET STRING")
-            if nxt.length != ber.INDEFINITE and (inner.length == ber.INDEFINITE
-                                                 or reader.pos + inner.length > explicit_start + nxt.length):
+            if nxt.length != ber.INDEFINITE and (
+                inner.length == ber.INDEFINITE or reader.pos + inner.length > explicit_start + nxt.length
+            ):
                 raise errors.MalformedInput("CMS: the content runs past its [0]")
             for piece in reader.octet_pieces(inner):
                 for hh in hashers.values():
@@ -204,7 +225,7 @@ def verify_stream(src: BinaryIO, out_path: Path | None, ctx: ValidationContext, 
         digest = Digest.named(digest_name)
         if digest is None or digest not in hashers:
             raise errors.UnsupportedAlgorithm(f"unsupported algorithm: digest {digest_name}")
-        der = _signed_data_der(digest, None, certs, signer_infos[_header_len(signer_infos):])
+        der = _signed_data_der(digest, None, certs, signer_infos[_header_len(signer_infos) :])
         result = signed.verify(der, None, ctx, content_digest=hashers[digest].digest())
         result.outer_headers = outer
         if check is not None:

@@ -52,9 +52,7 @@ class TokenSecretKey:
             raise errors.MalformedInput("sealed record too short")
         with self._ts.lock, mapped_errors(f"{self._ts.what()}: AES-GCM decrypt"):
             return bytes(
-                self._obj.decrypt(
-                    blob[12:], mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(blob[:12], aad)
-                )
+                self._obj.decrypt(blob[12:], mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(blob[:12], aad))
             )
 
     def hmac_sha256(self, data: bytes) -> bytes:
@@ -187,15 +185,11 @@ class TokenECPrivateKey(_StaysOnToken, ec.EllipticCurvePrivateKey):
         with self._ts.lock, mapped_errors(f"{self._ts.what()}: ECDSA sign"):
             raw = bytes(self._obj.sign(digest, mechanism=Mechanism.ECDSA))
         half = len(raw) // 2
-        return utils.encode_dss_signature(
-            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-        )
+        return utils.encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
 
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
         """ECDH with the null KDF on the token; the shared secret comes back for the X9.63 KDF."""
-        point = peer_public_key.public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
+        point = peer_public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         size = (self.key_size + 7) // 8
         with self._ts.lock, mapped_errors(f"{self._ts.what()}: ECDH"):
             secret = self._obj.derive_key(

@@ -14,9 +14,7 @@ def digest_of(name: str, data: bytes) -> bytes:
     return hashlib.new(name, data).digest()
 
 
-def oaep_decode(
-    em: bytes, hash_alg: hashes.HashAlgorithm, mgf_alg: hashes.HashAlgorithm, label: bytes
-) -> bytes:
+def oaep_decode(em: bytes, hash_alg: hashes.HashAlgorithm, mgf_alg: hashes.HashAlgorithm, label: bytes) -> bytes:
     """EME-OAEP decoding (RFC 8017 §7.1.2 step 3), one error for every failure."""
     h_len = hash_alg.digest_size
     k = len(em)

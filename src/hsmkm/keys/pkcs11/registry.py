@@ -137,9 +137,7 @@ class Pkcs11Module:
                     with initializing_with(softhsm_config):
                         lib = pkcs11.lib(path)  # C_Initialize runs here
                 except (RuntimeError, OSError, p11e.PKCS11Error) as exc:
-                    raise errors.ModuleNotFound(
-                        f"cannot load PKCS#11 module {path}: {type(exc).__name__}"
-                    ) from None
+                    raise errors.ModuleNotFound(f"cannot load PKCS#11 module {path}: {type(exc).__name__}") from None
                 fresh = cls(path, lib, softhsm_config, guarded=explicit)
             fresh.repairs = repairs
             cls._loaded[key] = fresh
@@ -150,9 +148,7 @@ class Pkcs11Module:
         with self.lock, initializing_with(self.config):
             self.lib.reinitialize()
 
-    def find_token(
-        self, label: str | None = None, serial: str | None = None, slot_id: int | None = None
-    ) -> Any:
+    def find_token(self, label: str | None = None, serial: str | None = None, slot_id: int | None = None) -> Any:
         """The python-pkcs11 token matching label / serial / slot id (exactly one)."""
         with self.lock, mapped_errors(f"PKCS#11 module {self.path}"):
             found = []

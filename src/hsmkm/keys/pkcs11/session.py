@@ -50,9 +50,7 @@ _USAGE_ATTRS = {
 class TokenSession:
     """A logged-in session on one token; every call holds the module's lock."""
 
-    def __init__(
-        self, module: Pkcs11Module, label: str, serial: str, session: Any, pin_digest: bytes
-    ) -> None:
+    def __init__(self, module: Pkcs11Module, label: str, serial: str, session: Any, pin_digest: bytes) -> None:
         self.module = module
         self.label = label
         self.serial = serial
@@ -109,9 +107,7 @@ class TokenSession:
         with self.lock, mapped_errors(self.what()):
             kid = priv[Attribute.ID]
             key_type = priv.key_type
-        pub = self._one(ObjectClass.PUBLIC_KEY, None, kid) if kid else self._one(
-            ObjectClass.PUBLIC_KEY, label, None
-        )
+        pub = self._one(ObjectClass.PUBLIC_KEY, None, kid) if kid else self._one(ObjectClass.PUBLIC_KEY, label, None)
         public = self._public_from_object(pub)
         if key_type == KeyType.RSA:
             assert isinstance(public, rsa.RSAPublicKey)
@@ -143,6 +139,7 @@ class TokenSession:
         object_class = _object_class(kind)
         obj = self._one(object_class, label, None)
         with self.lock, mapped_errors(self.what()):
+
             def get(attr: Attribute) -> bool | None:
                 try:
                     return bool(obj[attr])
@@ -215,9 +212,7 @@ class TokenSession:
                     {Attribute.EC_PARAMS: asn1core.ObjectIdentifier(oid).dump()},
                     local=True,
                 )
-                params.generate_keypair(
-                    store=store, public_template=public_template, private_template=private_template
-                )
+                params.generate_keypair(store=store, public_template=public_template, private_template=private_template)
         if store:
             self.module.changed()
         return self.private_key(label=label)
@@ -296,12 +291,19 @@ class TokenSession:
                 der = bytes(obj[Attribute.VALUE])
                 issuer, serial = issuer_serial(der)
                 try:
-                    present = bytes(obj[Attribute.ISSUER] or b"") == issuer and bytes(obj[Attribute.SERIAL_NUMBER] or b"") == serial
+                    present = (
+                        bytes(obj[Attribute.ISSUER] or b"") == issuer
+                        and bytes(obj[Attribute.SERIAL_NUMBER] or b"") == serial
+                    )
                 except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive):
                     present = False
                 if present:
                     continue
-                label, key_id, subject = obj[Attribute.LABEL], bytes(obj[Attribute.ID] or b""), bytes(obj[Attribute.SUBJECT])
+                label, key_id, subject = (
+                    obj[Attribute.LABEL],
+                    bytes(obj[Attribute.ID] or b""),
+                    bytes(obj[Attribute.SUBJECT]),
+                )
                 # the new object first: a failure in between leaves two copies, never none
                 self.session.create_object(certificate_template(der, label, key_id, subject))
                 obj.destroy()

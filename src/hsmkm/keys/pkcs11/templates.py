@@ -114,4 +114,3 @@ def certificate_template(der: bytes, label: str, key_id: bytes, subject_der: byt
         Attribute.SERIAL_NUMBER: serial,
         Attribute.VALUE: der,
     }
-

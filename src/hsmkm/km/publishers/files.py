@@ -9,10 +9,10 @@ from pathlib import Path
 
 from hsmkm import errors
 from hsmkm.atomic import sweep_temps, write_atomic
+from hsmkm.certnames import CertKind, cert_files
 from hsmkm.km.config import Home
 from hsmkm.km.publisher import CrlKind
 from hsmkm.x509.crlparse import parse_crl
-from hsmkm.certnames import CertKind, cert_files
 
 
 class FilePublisher:

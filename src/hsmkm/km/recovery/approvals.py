@@ -43,18 +43,23 @@ def officer_set_chain(tx: Tx) -> list[officer_side.EpochRecord]:
     return out
 
 
-def _check_officer_set(tx: Tx, officer_name: str, officer_key: PrivateKey, active: epochs.Epoch,
-                       trust_officer_set: bool) -> bytes | None:
+def _check_officer_set(
+    tx: Tx, officer_name: str, officer_key: PrivateKey, active: epochs.Epoch, trust_officer_set: bool
+) -> bytes | None:
     """The officer's side checks the officer set it is about to work with (an attestation of
     its own, then approved changes only); returns a new attestation when the officer, having
     none yet, chose to trust the set shown to it."""
     chain = officer_set_chain(tx)
     my_der = custody.public_der(officer_key.public_key())
-    mine = [r for r in chain if officer_name in r.attestations and (officer_name, my_der) in
-            {(n, d) for n, _, d in r.officers}]
+    mine = [
+        r
+        for r in chain
+        if officer_name in r.attestations and (officer_name, my_der) in {(n, d) for n, _, d in r.officers}
+    ]
     if mine:
-        officer_side.verify_officer_set(officer_name, my_der, [r for r in chain if r.number >= mine[-1].number],
-                                        active.number)
+        officer_side.verify_officer_set(
+            officer_name, my_der, [r for r in chain if r.number >= mine[-1].number], active.number
+        )
         return None
     if not trust_officer_set:
         raise errors.PolicyViolation(
@@ -64,8 +69,14 @@ def _check_officer_set(tx: Tx, officer_name: str, officer_key: PrivateKey, activ
     return officer_side.attest(officer_key, epochs.statement(active))
 
 
-def approve(km: KeyManager, request_id: int, officer_name: str, officer_key: PrivateKey, shown: Content,
-            trust_officer_set: bool = False) -> int:
+def approve(
+    km: KeyManager,
+    request_id: int,
+    officer_name: str,
+    officer_key: PrivateKey,
+    shown: Content,
+    trust_officer_set: bool = False,
+) -> int:
     """One officer's approval of the content ``shown`` to them, made with their token key.
     Returns the approvals so far."""
     with km.db.read() as tx:
@@ -112,7 +123,9 @@ def approve(km: KeyManager, request_id: int, officer_name: str, officer_key: Pri
                 for rid, uid, serial, sealed in tx.shares.officer_records(epoch.number, officer_name)
             ]
             p = shown.data["params"]
-            new_officers = [NewOfficer(n, int(x), custody.load_public(bytes.fromhex(pub))) for n, x, pub in p["officers"]]
+            new_officers = [
+                NewOfficer(n, int(x), custody.load_public(bytes.fromhex(pub))) for n, x, pub in p["officers"]
+            ]
             current = {o.name: custody.public_der(o.public_key) for o in epoch.officers}
             for o in new_officers:
                 if o.name in current and current[o.name] != custody.public_der(o.public_key):
@@ -122,12 +135,21 @@ def approve(km: KeyManager, request_id: int, officer_name: str, officer_key: Pri
             signature = officer_side.sign_content(officer_key, text)
             blob = b""
             reshares = officer_side.reshare(
-                officer_key, officer_name, me.x, epoch.number, req.id, text, rows, int(p["epoch"]), new_officers,
+                officer_key,
+                officer_name,
+                me.x,
+                epoch.number,
+                req.id,
+                text,
+                rows,
+                int(p["epoch"]),
+                new_officers,
                 int(p["quorum"]),
             )
     now = km.clock()
-    with km.change(AuditAction.RECOVERY_APPROVE, id=req.id, officer=officer_name,
-                   digest=officer_side.content_digest(text).hex()) as ch:
+    with km.change(
+        AuditAction.RECOVERY_APPROVE, id=req.id, officer=officer_name, digest=officer_side.content_digest(text).hex()
+    ) as ch:
         try:
             ch.tx.recovery.add_approval(req.id, officer_name, signature, blob, now.isoformat())
         except Conflict:

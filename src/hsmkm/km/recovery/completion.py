@@ -101,8 +101,13 @@ def complete_recovery(
             if reenable:
                 assert req.user_id is not None
                 code, code_row = users.issue_code(
-                    ch.tx, req.user_id, users.CodePurpose.RECOVERY, km.clock(),
-                    km.config.code_ttl_days, km.config.code_max_attempts, req.id,
+                    ch.tx,
+                    req.user_id,
+                    users.CodePurpose.RECOVERY,
+                    km.clock(),
+                    km.config.code_ttl_days,
+                    km.config.code_max_attempts,
+                    req.id,
                 )
                 hold_for_code(ch.tx, code_row, code, keys)
                 if before_commit is not None:
@@ -121,4 +126,3 @@ def record_serials(km: KeyManager, request_id: int) -> set[str]:
     with km.db.read() as tx:
         req = load(tx, request_id)
         return {r.cert_serial for r in archive.records_by_id(tx, req.records)}
-

@@ -30,7 +30,10 @@ from hsmkm.store.tx import Tx
 
 
 def complete_change(
-    km: KeyManager, request_id: int, officer_key: Callable[[str], PrivateKey], after_claim: Callable[[], None] = no_pause
+    km: KeyManager,
+    request_id: int,
+    officer_key: Callable[[str], PrivateKey],
+    after_claim: Callable[[], None] = no_pause,
 ) -> dict[str, Any]:
     """Carry out an approved officer or quorum change: each officer of the new set combines
     the sub-shares the approving officers sent it (``officer_key(name)`` gives its token key,
@@ -85,8 +88,9 @@ def complete_change(
                 epochs.record_attestation(ch.tx, new.number, name, sig)
             _activate_officers(ch.tx, req, new, km.clock())
             finish(ch.tx, req, me)
-            ch.details.update(officers=[o.name for o in new.officers], quorum=new.quorum, new_epoch=new.number,
-                              records=len(covered))
+            ch.details.update(
+                officers=[o.name for o in new.officers], quorum=new.quorum, new_epoch=new.number, records=len(covered)
+            )
     except BaseException:
         release(km, req, me)
         raise

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-
-
 from hsmkm import errors
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.base import PrivateKey, PublicKey
@@ -23,8 +21,20 @@ from hsmkm.store.repos.recovery import NewRequest, RequestKind, RequestStatus
 from hsmkm.store.tx import Tx
 
 __all__ = [
-    "CHANGE_KINDS", "REQUEST_KEY_PREFIX", "Request", "RequestKind", "RequestStatus", "check_expiry", "check_open",
-    "content_for_officer", "destroy_request_key", "get", "list_requests", "load", "open_request", "request_key",
+    "CHANGE_KINDS",
+    "REQUEST_KEY_PREFIX",
+    "Request",
+    "RequestKind",
+    "RequestStatus",
+    "check_expiry",
+    "check_open",
+    "content_for_officer",
+    "destroy_request_key",
+    "get",
+    "list_requests",
+    "load",
+    "open_request",
+    "request_key",
     "retire_stale",
 ]
 
@@ -62,9 +72,21 @@ def load(tx: Tx, request_id: int) -> Request:
         raise errors.NotFound(f"no request {request_id}")
     try:
         return Request(
-            r.id, r.user_id, r.email, r.kind, r.reason, r.requested_by, r.created_at, r.expires_at, r.status,
-            json.loads(r.records), r.key_label, custody.load_public(r.public_key), r.share_epoch,
-            json.loads(r.params), r.digest,
+            r.id,
+            r.user_id,
+            r.email,
+            r.kind,
+            r.reason,
+            r.requested_by,
+            r.created_at,
+            r.expires_at,
+            r.status,
+            json.loads(r.records),
+            r.key_label,
+            custody.load_public(r.public_key),
+            r.share_epoch,
+            json.loads(r.params),
+            r.digest,
         )
     except (ValueError, TypeError):
         raise malformed from None
@@ -153,15 +175,26 @@ def open_request(
                 if _has_v1_records(tx):
                     raise errors.PolicyViolation("migrate the archive first ('hsmkm archive migrate')")
             pub_der = custody.public_der(key.public_key())
-            rid = tx.recovery.add(NewRequest(
-                user_id, kind, reason, km.actor, now.isoformat(), expires.isoformat(), json.dumps(records), label,
-                pub_der, active.number,
-            ))
+            rid = tx.recovery.add(
+                NewRequest(
+                    user_id,
+                    kind,
+                    reason,
+                    km.actor,
+                    now.isoformat(),
+                    expires.isoformat(),
+                    json.dumps(records),
+                    label,
+                    pub_der,
+                    active.number,
+                )
+            )
             if kind in CHANGE_KINDS:
                 quorum, officers = _change_params(tx, kind, params)
                 pending = epochs.create(tx, quorum, officers, epochs.EpochStatus.PENDING, rid)
                 params.update(
-                    epoch=pending.number, quorum=quorum,
+                    epoch=pending.number,
+                    quorum=quorum,
                     officers=[[o.name, o.x, custody.public_der(o.public_key).hex()] for o in pending.officers],
                 )
             tx.recovery.set_params(rid, json.dumps(params, sort_keys=True))

@@ -42,22 +42,36 @@ class NewShare:
     sealed: bytes
 
 
-_COLUMNS = (archive.c.id, archive.c.user_id, archive.c.cert_serial, archive.c.algorithm, archive.c.created_at,
-            archive.c.format_version, archive.c.master_label, archive.c.sealed)
+_COLUMNS = (
+    archive.c.id,
+    archive.c.user_id,
+    archive.c.cert_serial,
+    archive.c.algorithm,
+    archive.c.created_at,
+    archive.c.format_version,
+    archive.c.master_label,
+    archive.c.sealed,
+)
 _ADD = archive.insert().returning(archive.c.id)
 _FOR_USER = select(*_COLUMNS).where(archive.c.user_id == bindparam("uid")).order_by(archive.c.id)
 _BY_ID = select(*_COLUMNS).where(archive.c.id == bindparam("rid"))
-_UNDER = (select(*_COLUMNS).where(archive.c.master_label == bindparam("label"))
-          .order_by(archive.c.id).limit(bindparam("n")))
-_IDS_IN_FORMAT = (select(archive.c.id).where(archive.c.format_version == bindparam("v"))
-                  .order_by(archive.c.id).limit(bindparam("n")))
-_REFORMAT = (archive.update()
-             .where(archive.c.id == bindparam("rid"), archive.c.format_version == bindparam("old"))
-             .values(format_version=bindparam("new"), master_label=bindparam("label"), sealed=bindparam("s"))
-             .returning(archive.c.id))
-_RESEAL = (archive.update()
-           .where(archive.c.id == bindparam("rid"), archive.c.master_label == bindparam("old"))
-           .values(sealed=bindparam("new_sealed"), master_label=bindparam("new")))
+_UNDER = (
+    select(*_COLUMNS).where(archive.c.master_label == bindparam("label")).order_by(archive.c.id).limit(bindparam("n"))
+)
+_IDS_IN_FORMAT = (
+    select(archive.c.id).where(archive.c.format_version == bindparam("v")).order_by(archive.c.id).limit(bindparam("n"))
+)
+_REFORMAT = (
+    archive.update()
+    .where(archive.c.id == bindparam("rid"), archive.c.format_version == bindparam("old"))
+    .values(format_version=bindparam("new"), master_label=bindparam("label"), sealed=bindparam("s"))
+    .returning(archive.c.id)
+)
+_RESEAL = (
+    archive.update()
+    .where(archive.c.id == bindparam("rid"), archive.c.master_label == bindparam("old"))
+    .values(sealed=bindparam("new_sealed"), master_label=bindparam("new"))
+)
 
 
 def _row(t: Any) -> ArchiveRow:  # a Row of _COLUMNS
@@ -70,20 +84,32 @@ class ArchiveRepo:
 
     def add(self, record: NewRecord, shares: Sequence[NewShare]) -> int:
         """Insert a record and its shares; returns the record's id."""
-        rid = int(self._conn.execute(_ADD, {
-            "user_id": record.user_id, "cert_serial": record.cert_serial, "algorithm": record.algorithm,
-            "created_at": record.created_at, "format_version": record.format_version,
-            "master_label": record.master_label, "sealed": record.sealed,
-        }).scalar_one())
+        rid = int(
+            self._conn.execute(
+                _ADD,
+                {
+                    "user_id": record.user_id,
+                    "cert_serial": record.cert_serial,
+                    "algorithm": record.algorithm,
+                    "created_at": record.created_at,
+                    "format_version": record.format_version,
+                    "master_label": record.master_label,
+                    "sealed": record.sealed,
+                },
+            ).scalar_one()
+        )
         self.add_shares(rid, shares)
         return rid
 
     def add_shares(self, record_id: int, shares: Sequence[NewShare]) -> None:
         if shares:
-            self._conn.execute(archive_shares.insert(), [
-                {"record_id": record_id, "epoch": s.epoch, "officer": s.officer, "x": s.x, "sealed": s.sealed}
-                for s in shares
-            ])
+            self._conn.execute(
+                archive_shares.insert(),
+                [
+                    {"record_id": record_id, "epoch": s.epoch, "officer": s.officer, "x": s.x, "sealed": s.sealed}
+                    for s in shares
+                ],
+            )
 
     def for_user(self, user_id: int) -> list[ArchiveRow]:
         return [_row(r) for r in self._conn.execute(_FOR_USER, {"uid": user_id})]
@@ -100,8 +126,10 @@ class ArchiveRepo:
         """(id, old label, new label, sealed): each record still under its old label takes the
         new sealing (one batched statement)."""
         if updates:
-            self._conn.execute(_RESEAL, [{"rid": rid, "old": old, "new": new, "new_sealed": sealed}
-                                         for rid, old, new, sealed in updates])
+            self._conn.execute(
+                _RESEAL,
+                [{"rid": rid, "old": old, "new": new, "new_sealed": sealed} for rid, old, new, sealed in updates],
+            )
 
     def ids_in_format(self, format_version: int, limit: int) -> list[int]:
         """The first ``limit`` records in ``format_version``, by id."""
@@ -121,8 +149,9 @@ class ArchiveRepo:
     def labels(self) -> list[str]:
         return [str(r[0]) for r in self._conn.execute(select(archive.c.master_label).distinct())]
 
-    def count(self, user_id: int | None = None, format_version: int | None = None,
-              labels: Sequence[str] | None = None) -> int:
+    def count(
+        self, user_id: int | None = None, format_version: int | None = None, labels: Sequence[str] | None = None
+    ) -> int:
         stmt = select(func.count()).select_from(archive)
         if user_id is not None:
             stmt = stmt.where(archive.c.user_id == user_id)

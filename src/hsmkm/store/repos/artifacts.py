@@ -34,8 +34,14 @@ class Artifact:
         return f'"{self.sha256}"'
 
 
-_COLUMNS = (artifacts.c.kind, artifacts.c.der, artifacts.c.sha256, artifacts.c.modified_at, artifacts.c.number,
-            artifacts.c.next_update)
+_COLUMNS = (
+    artifacts.c.kind,
+    artifacts.c.der,
+    artifacts.c.sha256,
+    artifacts.c.modified_at,
+    artifacts.c.number,
+    artifacts.c.next_update,
+)
 _CURRENT = select(*_COLUMNS).where(artifacts.c.kind == bindparam("kind"))
 
 
@@ -43,17 +49,31 @@ class ArtifactRepo:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def put(self, kind: ArtifactKind, der: bytes, modified_at: str, number: int | None = None,
-            next_update: str | None = None) -> bool:
+    def put(
+        self,
+        kind: ArtifactKind,
+        der: bytes,
+        modified_at: str,
+        number: int | None = None,
+        next_update: str | None = None,
+    ) -> bool:
         """Make ``der`` the current artifact of its kind, unless one with a number at least
         ``number`` is there (an older CRL never replaces a newer one); False if so."""
-        values = {"kind": kind.value, "der": der, "sha256": hashlib.sha256(der).hexdigest(),
-                  "modified_at": modified_at, "number": number, "next_update": next_update}
+        values = {
+            "kind": kind.value,
+            "der": der,
+            "sha256": hashlib.sha256(der).hexdigest(),
+            "modified_at": modified_at,
+            "number": number,
+            "next_update": next_update,
+        }
         make = postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert
         stmt = make(artifacts).values(**values)
         newer = artifacts.c.number.is_(None) | (stmt.excluded.number > artifacts.c.number)
         stmt = stmt.on_conflict_do_update(
-            index_elements=["kind"], set_={c: stmt.excluded[c] for c in values if c != "kind"}, where=newer,
+            index_elements=["kind"],
+            set_={c: stmt.excluded[c] for c in values if c != "kind"},
+            where=newer,
         )
         return self._conn.execute(stmt).rowcount == 1
 
@@ -62,5 +82,11 @@ class ArtifactRepo:
         r = self._conn.execute(_CURRENT, {"kind": kind.value}).first()
         if r is None:
             return None
-        return Artifact(ArtifactKind(r[0]), bytes(r[1]), str(r[2]), str(r[3]),
-                        None if r[4] is None else int(r[4]), None if r[5] is None else str(r[5]))
+        return Artifact(
+            ArtifactKind(r[0]),
+            bytes(r[1]),
+            str(r[2]),
+            str(r[3]),
+            None if r[4] is None else int(r[4]),
+            None if r[5] is None else str(r[5]),
+        )

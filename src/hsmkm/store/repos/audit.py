@@ -36,8 +36,16 @@ _BY_ACTION = select(audit).where(audit.c.action == bindparam("action")).order_by
 
 
 def _values(r: AuditRow) -> dict[str, object]:
-    return {"seq": r.seq, "at": r.at, "actor": r.actor, "action": r.action, "details": r.details,
-            "prev_hash": r.prev_hash, "hash": r.hash, "mac": r.mac}
+    return {
+        "seq": r.seq,
+        "at": r.at,
+        "actor": r.actor,
+        "action": r.action,
+        "details": r.details,
+        "prev_hash": r.prev_hash,
+        "hash": r.hash,
+        "mac": r.mac,
+    }
 
 
 class AuditRepo:

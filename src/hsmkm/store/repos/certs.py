@@ -45,31 +45,44 @@ class RevokedCert:
 
 
 _ADD = certs.insert()
-_RETIRE = (
-    certs.update()
-    .where(certs.c.user_id == bindparam("uid"), certs.c.current == 1)
-    .values(current=0)
-)
+_RETIRE = certs.update().where(certs.c.user_id == bindparam("uid"), certs.c.current == 1).values(current=0)
 _VALID_CURRENT = select(certs.c.serial, certs.c.der).where(
     certs.c.user_id == bindparam("uid"), certs.c.current == 1, certs.c.status == CertStatus.VALID.value
 )
 _REVOKE = (
     certs.update()
     .where(certs.c.serial == bindparam("s"))
-    .values(status=CertStatus.REVOKED.value, revoked_at=bindparam("at"), reason=bindparam("why"),
-            revoked_seq=bindparam("seq"))
+    .values(
+        status=CertStatus.REVOKED.value,
+        revoked_at=bindparam("at"),
+        reason=bindparam("why"),
+        revoked_seq=bindparam("seq"),
+    )
 )
 _DER = select(certs.c.der).where(certs.c.serial == bindparam("s"))
 _OF_USER = (
-    select(certs.c.serial, certs.c.kind, certs.c.status, certs.c.current, certs.c.not_before, certs.c.not_after,
-           certs.c.revoked_at, certs.c.reason, certs.c.der)
+    select(
+        certs.c.serial,
+        certs.c.kind,
+        certs.c.status,
+        certs.c.current,
+        certs.c.not_before,
+        certs.c.not_after,
+        certs.c.revoked_at,
+        certs.c.reason,
+        certs.c.der,
+    )
     .where(certs.c.user_id == bindparam("uid"))
     .order_by(certs.c.issued_at, certs.c.serial)
 )
 _CURRENT_OF_KIND = (
     select(certs.c.der)
-    .where(certs.c.user_id == bindparam("uid"), certs.c.kind == bindparam("kind"), certs.c.current == 1,
-           certs.c.status == CertStatus.VALID.value)
+    .where(
+        certs.c.user_id == bindparam("uid"),
+        certs.c.kind == bindparam("kind"),
+        certs.c.current == 1,
+        certs.c.status == CertStatus.VALID.value,
+    )
     .order_by(certs.c.issued_at.desc())
     .limit(1)
 )
@@ -111,12 +124,26 @@ class CertRepo:
     def add_revoked(self, rows: Sequence[RevokedCert]) -> None:
         """Record certificates already revoked and no longer current (one batched statement)."""
         if rows:
-            self._conn.execute(_ADD, [
-                {"serial": r.serial, "user_id": None, "kind": r.kind, "der": r.der, "not_before": r.issued_at,
-                 "not_after": r.issued_at, "issued_at": r.issued_at, "status": CertStatus.REVOKED.value,
-                 "current": 0, "revoked_at": r.revoked_at, "reason": r.reason, "revoked_seq": r.revoked_seq}
-                for r in rows
-            ])
+            self._conn.execute(
+                _ADD,
+                [
+                    {
+                        "serial": r.serial,
+                        "user_id": None,
+                        "kind": r.kind,
+                        "der": r.der,
+                        "not_before": r.issued_at,
+                        "not_after": r.issued_at,
+                        "issued_at": r.issued_at,
+                        "status": CertStatus.REVOKED.value,
+                        "current": 0,
+                        "revoked_at": r.revoked_at,
+                        "reason": r.reason,
+                        "revoked_seq": r.revoked_seq,
+                    }
+                    for r in rows
+                ],
+            )
 
     def serials_taken(self, serials: Sequence[str]) -> set[str]:
         return {str(r[0]) for r in self._conn.execute(select(certs.c.serial).where(certs.c.serial.in_(serials)))}
@@ -163,5 +190,12 @@ class CertRepo:
 
 
 def _values(c: NewCert) -> dict[str, object]:
-    return {"serial": c.serial, "user_id": c.user_id, "kind": c.kind, "der": c.der, "not_before": c.not_before,
-            "not_after": c.not_after, "issued_at": c.issued_at}
+    return {
+        "serial": c.serial,
+        "user_id": c.user_id,
+        "kind": c.kind,
+        "der": c.der,
+        "not_before": c.not_before,
+        "not_after": c.not_after,
+        "issued_at": c.issued_at,
+    }

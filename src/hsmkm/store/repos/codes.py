@@ -45,14 +45,20 @@ class CodeRecord:
 
 
 _SUPERSEDE = (
-    codes.update()
-    .where(codes.c.user_id == bindparam("uid"), codes.c.used_at.is_(None))
-    .values(used_at=bindparam("at"))
+    codes.update().where(codes.c.user_id == bindparam("uid"), codes.c.used_at.is_(None)).values(used_at=bindparam("at"))
 )
 _ADD = codes.insert().returning(codes.c.id)
 _LATEST = (
-    select(codes.c.id, codes.c.verifier, codes.c.purpose, codes.c.expires_at, codes.c.attempts,
-           codes.c.max_attempts, codes.c.used_at, codes.c.recovery_id)
+    select(
+        codes.c.id,
+        codes.c.verifier,
+        codes.c.purpose,
+        codes.c.expires_at,
+        codes.c.attempts,
+        codes.c.max_attempts,
+        codes.c.used_at,
+        codes.c.recovery_id,
+    )
     .where(codes.c.user_id == bindparam("uid"))
     .order_by(codes.c.id.desc())
     .limit(1)
@@ -70,8 +76,13 @@ _FIRST_VERIFIER = (
 
 def _values(c: NewCode) -> dict[str, object]:
     return {
-        "user_id": c.user_id, "code_id": c.code_id, "verifier": c.verifier, "purpose": c.purpose.value,
-        "created_at": c.created_at, "expires_at": c.expires_at, "max_attempts": c.max_attempts,
+        "user_id": c.user_id,
+        "code_id": c.code_id,
+        "verifier": c.verifier,
+        "purpose": c.purpose.value,
+        "created_at": c.created_at,
+        "expires_at": c.expires_at,
+        "max_attempts": c.max_attempts,
         "recovery_id": c.recovery_id,
     }
 
@@ -96,8 +107,16 @@ class CodeRepo:
         row = self._conn.execute(_LATEST, {"uid": user_id}).first()
         if row is None:
             return None
-        return CodeRecord(int(row[0]), bytes(row[1]), CodePurpose(row[2]), str(row[3]), int(row[4]), int(row[5]),
-                          None if row[6] is None else str(row[6]), row[7])
+        return CodeRecord(
+            int(row[0]),
+            bytes(row[1]),
+            CodePurpose(row[2]),
+            str(row[3]),
+            int(row[4]),
+            int(row[5]),
+            None if row[6] is None else str(row[6]),
+            row[7],
+        )
 
     def count_attempt(self, code_row: int) -> None:
         self._conn.execute(_ATTEMPT, {"cid": code_row})

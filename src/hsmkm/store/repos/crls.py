@@ -16,9 +16,7 @@ from hsmkm.store.schema import crls
 # The number is kept in meta 'crl_number', where the audit anchors read it.
 CRL_NUMBER_KEY = "crl_number"
 _SEED = text("INSERT INTO meta(key, value) VALUES (:k, '0') ON CONFLICT(key) DO NOTHING")
-_DRAW = text(
-    "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = :k RETURNING value"
-)
+_DRAW = text("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = :k RETURNING value")
 # Rows are handed to the encoder as the driver reads them, never as one list.
 _STREAM_ROWS = 10_000
 
@@ -41,8 +39,15 @@ class CrlRow:
 
 _RECORD = crls.insert()
 _LAST = (
-    select(crls.c.number, crls.c.kind, crls.c.base, crls.c.this_update, crls.c.next_update, crls.c.entries,
-           crls.c.revoked_seq_upto)
+    select(
+        crls.c.number,
+        crls.c.kind,
+        crls.c.base,
+        crls.c.this_update,
+        crls.c.next_update,
+        crls.c.entries,
+        crls.c.revoked_seq_upto,
+    )
     .where(crls.c.kind == bindparam("kind"))
     .order_by(crls.c.number.desc())
     .limit(1)
@@ -64,17 +69,26 @@ class CrlRepo:
         return int(self._conn.execute(_DRAW, {"k": CRL_NUMBER_KEY}).scalar_one())
 
     def record(self, row: CrlRow) -> None:
-        self._conn.execute(_RECORD, {
-            "number": row.number, "kind": row.kind.value, "base": row.base, "this_update": row.this_update,
-            "next_update": row.next_update, "entries": row.entries, "revoked_seq_upto": row.revoked_seq_upto,
-        })
+        self._conn.execute(
+            _RECORD,
+            {
+                "number": row.number,
+                "kind": row.kind.value,
+                "base": row.base,
+                "this_update": row.this_update,
+                "next_update": row.next_update,
+                "entries": row.entries,
+                "revoked_seq_upto": row.revoked_seq_upto,
+            },
+        )
 
     def last(self, kind: CrlKind) -> CrlRow | None:
         r = self._conn.execute(_LAST, {"kind": kind.value}).first()
         if r is None:
             return None
-        return CrlRow(int(r[0]), CrlKind(r[1]), None if r[2] is None else int(r[2]), str(r[3]), str(r[4]),
-                      int(r[5]), int(r[6]))
+        return CrlRow(
+            int(r[0]), CrlKind(r[1]), None if r[2] is None else int(r[2]), str(r[3]), str(r[4]), int(r[5]), int(r[6])
+        )
 
     def revoked_upto(self) -> int:
         """The revocation order reached so far (0 before the first revocation)."""

@@ -47,5 +47,11 @@ class EnrollResponseRepo:
         row = self._conn.execute(_FOR_LATEST, {"uid": user_id}).first()
         if row is None:
             return None
-        return KeptResponse(int(row[0]), bytes(row[1]), str(row[2]), None if row[3] is None else str(row[3]),
-                            bytes(row[4]), bytes(row[5]))
+        return KeptResponse(
+            int(row[0]),
+            bytes(row[1]),
+            str(row[2]),
+            None if row[3] is None else str(row[3]),
+            bytes(row[4]),
+            bytes(row[5]),
+        )

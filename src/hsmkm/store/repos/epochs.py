@@ -53,7 +53,9 @@ class EpochHistory:
 _COLUMNS = (e.c.epoch, e.c.quorum, e.c.status, e.c.request_id)
 _GET = select(*_COLUMNS).where(e.c.epoch == bindparam("n"))
 _BY_STATUS = select(*_COLUMNS).where(e.c.status == bindparam("status"))
-_SHARING = select(*_COLUMNS).where(e.c.status.in_([EpochStatus.ACTIVE.value, EpochStatus.PENDING.value])).order_by(e.c.epoch)
+_SHARING = (
+    select(*_COLUMNS).where(e.c.status.in_([EpochStatus.ACTIVE.value, EpochStatus.PENDING.value])).order_by(e.c.epoch)
+)
 _SHARING_NUMBERS = (
     select(e.c.epoch).where(e.c.status.in_([EpochStatus.ACTIVE.value, EpochStatus.PENDING.value])).order_by(e.c.epoch)
 )
@@ -67,7 +69,8 @@ _ADD_OFFICER = epoch_officers.insert()
 _RETIRE_OTHERS = e.update().where(e.c.epoch != bindparam("n")).values(status=EpochStatus.RETIRED.value)
 _ACTIVATE = e.update().where(e.c.epoch == bindparam("n")).values(status=EpochStatus.ACTIVE.value)
 _RETIRE_PENDING = (
-    e.update().where(e.c.epoch == bindparam("n"), e.c.status == EpochStatus.PENDING.value)
+    e.update()
+    .where(e.c.epoch == bindparam("n"), e.c.status == EpochStatus.PENDING.value)
     .values(status=EpochStatus.RETIRED.value)
 )
 _ATTESTATIONS = select(epoch_attestations.c.officer, epoch_attestations.c.signature).where(
@@ -88,7 +91,9 @@ _PENDING_REQUESTS = select(e.c.request_id).where(e.c.status == EpochStatus.PENDI
 
 def _epoch(row: Any) -> EpochRow:
     return EpochRow(
-        int(row[0]), int(row[1]), EpochStatus(row[2]),
+        int(row[0]),
+        int(row[1]),
+        EpochStatus(row[2]),
         None if row[3] is None else int(row[3]),
     )
 
@@ -124,15 +129,17 @@ class EpochRepo:
         stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"value": counters.c.value + 1})
         return int(self._conn.execute(stmt.returning(counters.c.value)).scalar_one())
 
-    def create(self, quorum: int, status: EpochStatus, request_id: int | None,
-               officers: Sequence[tuple[str, int, bytes]]) -> int:
+    def create(
+        self, quorum: int, status: EpochStatus, request_id: int | None, officers: Sequence[tuple[str, int, bytes]]
+    ) -> int:
         """A new epoch with its members (name, index, public key DER); returns its number."""
         number = self._next_number()
         self._conn.execute(_ADD, {"epoch": number, "quorum": quorum, "status": status.value, "request_id": request_id})
         if officers:
-            self._conn.execute(_ADD_OFFICER, [
-                {"epoch": number, "officer": name, "x": x, "public_key": der} for name, x, der in officers
-            ])
+            self._conn.execute(
+                _ADD_OFFICER,
+                [{"epoch": number, "officer": name, "x": x, "public_key": der} for name, x, der in officers],
+            )
         return number
 
     def activate(self, number: int) -> None:
@@ -144,16 +151,22 @@ class EpochRepo:
         self._conn.execute(_RETIRE_PENDING, {"n": number})
 
     def attest(self, number: int, officer: str, signature: bytes) -> None:
-        upsert(self._conn, epoch_attestations, ("epoch", "officer"),
-               {"epoch": number, "officer": officer, "signature": signature})
+        upsert(
+            self._conn,
+            epoch_attestations,
+            ("epoch", "officer"),
+            {"epoch": number, "officer": officer, "signature": signature},
+        )
 
     def attestations(self, number: int) -> dict[str, bytes]:
         return {str(a[0]): bytes(a[1]) for a in self._conn.execute(_ATTESTATIONS, {"n": number})}
 
     def history(self) -> list[EpochHistory]:
         """Every epoch, in order, with the status of the request that made it."""
-        return [EpochHistory(_epoch(row), None if row[4] is None else request_status(row[4]))
-                for row in self._conn.execute(_HISTORY)]
+        return [
+            EpochHistory(_epoch(row), None if row[4] is None else request_status(row[4]))
+            for row in self._conn.execute(_HISTORY)
+        ]
 
     def pending_changes(self) -> list[tuple[int, RequestStatus | None, str]]:
         """Each pending epoch made by a request: its number, the request's status and expiry."""

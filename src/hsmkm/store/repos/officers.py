@@ -36,9 +36,7 @@ _ACTIVE = (
     .order_by(o.c.name)
 )
 _PIN_SHARE = select(o.c.share, o.c.share_epoch).where(o.c.name == bindparam("name"))
-_REMOVE_ACTIVE = (
-    o.update().where(o.c.status == OfficerStatus.ACTIVE.value).values(status=OfficerStatus.REMOVED.value)
-)
+_REMOVE_ACTIVE = o.update().where(o.c.status == OfficerStatus.ACTIVE.value).values(status=OfficerStatus.REMOVED.value)
 _VOID_PIN_SHARES = o.update().values(share=b"")
 _ACTIVE_TOKEN_SERIALS = (
     select(officer_tokens.c.token_serial)
@@ -71,28 +69,55 @@ class OfficerRepo:
 
     def register(self, name: str, uri: str, public_key: bytes, share: bytes, share_epoch: int, added_at: str) -> None:
         """The officer active with this token, key and share (its first registration's time kept)."""
-        upsert(self._conn, o, ("name",), {
-            "name": name, "uri": uri, "public_key": public_key, "share": share, "share_epoch": share_epoch,
-            "status": OfficerStatus.ACTIVE.value, "added_at": added_at,
-        })
+        upsert(
+            self._conn,
+            o,
+            ("name",),
+            {
+                "name": name,
+                "uri": uri,
+                "public_key": public_key,
+                "share": share,
+                "share_epoch": share_epoch,
+                "status": OfficerStatus.ACTIVE.value,
+                "added_at": added_at,
+            },
+        )
 
     def activate(self, name: str, uri: str | None, public_key: bytes, share_epoch: int, added_at: str) -> None:
         """The officer active in ``share_epoch`` with no PIN share; ``uri`` None keeps the token
         it had (a new officer without one is registered with an empty token)."""
         make = postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert
-        stmt = make(o).values(name=name, uri=uri or "", public_key=public_key, share=b"", share_epoch=share_epoch,
-                              status=OfficerStatus.ACTIVE.value, added_at=added_at)
-        self._conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={
-            "uri": func.coalesce(uri, o.c.uri), "public_key": stmt.excluded.public_key, "share": stmt.excluded.share,
-            "share_epoch": stmt.excluded.share_epoch, "status": stmt.excluded.status,
-        }))
+        stmt = make(o).values(
+            name=name,
+            uri=uri or "",
+            public_key=public_key,
+            share=b"",
+            share_epoch=share_epoch,
+            status=OfficerStatus.ACTIVE.value,
+            added_at=added_at,
+        )
+        self._conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["name"],
+                set_={
+                    "uri": func.coalesce(uri, o.c.uri),
+                    "public_key": stmt.excluded.public_key,
+                    "share": stmt.excluded.share,
+                    "share_epoch": stmt.excluded.share_epoch,
+                    "status": stmt.excluded.status,
+                },
+            )
+        )
 
     def void_pin_shares(self) -> None:
         """Every officer's PIN share emptied (the key they guarded is gone)."""
         self._conn.execute(_VOID_PIN_SHARES)
 
     def set_token(self, officer: str, serial: str, label: str) -> None:
-        upsert(self._conn, officer_tokens, ("officer",), {"officer": officer, "token_serial": serial, "token_label": label})
+        upsert(
+            self._conn, officer_tokens, ("officer",), {"officer": officer, "token_serial": serial, "token_label": label}
+        )
 
     def active_token_serials(self) -> list[str]:
         """The token serials the active officers' keys were made on."""

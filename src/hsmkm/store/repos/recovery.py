@@ -112,9 +112,23 @@ class HeldKey:
 
 
 _GET = (
-    select(r.c.id, r.c.user_id, users.c.email, r.c.kind, r.c.reason, r.c.requested_by, r.c.created_at,
-           r.c.expires_at, r.c.status, r.c.records, r.c.request_key_label, r.c.request_public_key,
-           r.c.share_epoch, r.c.params, r.c.digest)
+    select(
+        r.c.id,
+        r.c.user_id,
+        users.c.email,
+        r.c.kind,
+        r.c.reason,
+        r.c.requested_by,
+        r.c.created_at,
+        r.c.expires_at,
+        r.c.status,
+        r.c.records,
+        r.c.request_key_label,
+        r.c.request_public_key,
+        r.c.share_epoch,
+        r.c.params,
+        r.c.digest,
+    )
     .select_from(r.outerjoin(users, users.c.id == r.c.user_id))
     .where(r.c.id == bindparam("rid"))
 )
@@ -162,7 +176,8 @@ _SIGNATURES = (
 _APPROVAL_COUNT = select(func.count()).select_from(approvals).where(approvals.c.request_id == bindparam("rid"))
 _ADD_RESHARE = reshares.insert()
 _RESHARE = select(reshares.c.sealed).where(
-    reshares.c.request_id == bindparam("rid"), reshares.c.from_officer == bindparam("frm"),
+    reshares.c.request_id == bindparam("rid"),
+    reshares.c.from_officer == bindparam("frm"),
     reshares.c.to_officer == bindparam("to"),
 )
 _DROP_RESHARES = reshares.delete().where(reshares.c.request_id == bindparam("rid"))
@@ -170,8 +185,9 @@ _HOLD = recovered.insert()
 _HELD = (
     select(recovered.c.archive_id, recovered.c.sealed, archive.c.cert_serial, certificates.c.der)
     .select_from(
-        recovered.outerjoin(archive, archive.c.id == recovered.c.archive_id)
-        .outerjoin(certificates, certificates.c.serial == archive.c.cert_serial)
+        recovered.outerjoin(archive, archive.c.id == recovered.c.archive_id).outerjoin(
+            certificates, certificates.c.serial == archive.c.cert_serial
+        )
     )
     .where(recovered.c.code_row == bindparam("code_row"))
     .order_by(recovered.c.archive_id)
@@ -193,11 +209,17 @@ def _request(row: Any) -> RequestRow:
         None if row[1] is None else int(row[1]),
         None if row[2] is None else str(row[2]),
         RequestKind(row[3]),
-        str(row[4]), str(row[5]), str(row[6]), str(row[7]),
+        str(row[4]),
+        str(row[5]),
+        str(row[6]),
+        str(row[7]),
         RequestStatus(row[8]),
-        str(row[9]), str(row[10]), bytes(row[11]),
+        str(row[9]),
+        str(row[10]),
+        bytes(row[11]),
         int(row[12]),
-        str(row[13]), bytes(row[14]),
+        str(row[13]),
+        bytes(row[14]),
     )
 
 
@@ -217,13 +239,26 @@ class RecoveryRepo:
 
     def add(self, new: NewRequest) -> int:
         """An open request with empty params and digest; returns its id."""
-        return int(self._conn.execute(_ADD, {
-            "user_id": new.user_id, "reason": new.reason, "requested_by": new.requested_by,
-            "created_at": new.created_at, "expires_at": new.expires_at, "status": RequestStatus.OPEN.value,
-            "records": new.records, "digest": b"", "request_key_label": new.key_label,
-            "request_public_key": new.public_key, "share_epoch": new.share_epoch, "kind": new.kind.value,
-            "params": "{}",
-        }).scalar_one())
+        return int(
+            self._conn.execute(
+                _ADD,
+                {
+                    "user_id": new.user_id,
+                    "reason": new.reason,
+                    "requested_by": new.requested_by,
+                    "created_at": new.created_at,
+                    "expires_at": new.expires_at,
+                    "status": RequestStatus.OPEN.value,
+                    "records": new.records,
+                    "digest": b"",
+                    "request_key_label": new.key_label,
+                    "request_public_key": new.public_key,
+                    "share_epoch": new.share_epoch,
+                    "kind": new.kind.value,
+                    "params": "{}",
+                },
+            ).scalar_one()
+        )
 
     def set_params(self, request_id: int, params: str) -> None:
         self._conn.execute(_SET_PARAMS, {"rid": request_id, "p": params})
@@ -268,12 +303,23 @@ class RecoveryRepo:
 
     def add_approval(self, request_id: int, officer: str, signature: bytes, sealed_share: bytes, at: str) -> None:
         """One officer's approval; a second one by the same officer is a Conflict."""
-        self._conn.execute(_ADD_APPROVAL, {"request_id": request_id, "officer": officer, "signature": signature,
-                                           "sealed_share": sealed_share, "approved_at": at})
+        self._conn.execute(
+            _ADD_APPROVAL,
+            {
+                "request_id": request_id,
+                "officer": officer,
+                "signature": signature,
+                "sealed_share": sealed_share,
+                "approved_at": at,
+            },
+        )
 
     def approvals(self, request_id: int) -> list[ApprovalRow]:
         """In the order they were made."""
-        return [ApprovalRow(str(a[0]), bytes(a[1]), bytes(a[2])) for a in self._conn.execute(_APPROVALS, {"rid": request_id})]
+        return [
+            ApprovalRow(str(a[0]), bytes(a[1]), bytes(a[2]))
+            for a in self._conn.execute(_APPROVALS, {"rid": request_id})
+        ]
 
     def approvers(self, request_id: int) -> list[str]:
         return [str(a[0]) for a in self._conn.execute(_APPROVERS, {"rid": request_id})]
@@ -288,10 +334,13 @@ class RecoveryRepo:
 
     def add_reshares(self, request_id: int, from_officer: str, sealed: Mapping[str, bytes]) -> None:
         if sealed:
-            self._conn.execute(_ADD_RESHARE, [
-                {"request_id": request_id, "from_officer": from_officer, "to_officer": to, "sealed": s}
-                for to, s in sealed.items()
-            ])
+            self._conn.execute(
+                _ADD_RESHARE,
+                [
+                    {"request_id": request_id, "from_officer": from_officer, "to_officer": to, "sealed": s}
+                    for to, s in sealed.items()
+                ],
+            )
 
     def reshare(self, request_id: int, from_officer: str, to_officer: str) -> bytes | None:
         value = self._conn.execute(_RESHARE, {"rid": request_id, "frm": from_officer, "to": to_officer}).scalar()
@@ -309,7 +358,9 @@ class RecoveryRepo:
         for i in range(0, len(ids), _CHUNK):
             for row in self._conn.execute(_content_records(ids[i : i + _CHUNK])):
                 out[int(row[0])] = ContentRecord(
-                    int(row[1]), str(row[2]), None if row[3] is None else bytes(row[3]),
+                    int(row[1]),
+                    str(row[2]),
+                    None if row[3] is None else bytes(row[3]),
                     None if row[4] is None else int(row[4]),
                 )
         return out
@@ -329,4 +380,3 @@ class RecoveryRepo:
 
     def drop_held(self, code_row: int) -> None:
         self._conn.execute(_DROP_HELD, {"code_row": code_row})
-

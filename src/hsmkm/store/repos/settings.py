@@ -28,5 +28,6 @@ class SettingsRepo:
         return None if row is None else SettingsRow(row[0], row[1])
 
     def put(self, user_id: int, row: SettingsRow) -> None:
-        upsert(self._conn, user_settings, ("user_id",),
-               {"user_id": user_id, "key_alg": row.key_alg, "client": row.client})
+        upsert(
+            self._conn, user_settings, ("user_id",), {"user_id": user_id, "key_alg": row.key_alg, "client": row.client}
+        )

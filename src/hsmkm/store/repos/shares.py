@@ -63,9 +63,13 @@ class ShareRepo:
             return
         make = postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert
         stmt = make(s).on_conflict_do_nothing(index_elements=["record_id", "epoch", "officer"])
-        self._conn.execute(stmt, [
-            {"record_id": rid, "epoch": n, "officer": name, "x": x, "sealed": sealed} for rid, n, name, x, sealed in rows
-        ])
+        self._conn.execute(
+            stmt,
+            [
+                {"record_id": rid, "epoch": n, "officer": name, "x": x, "sealed": sealed}
+                for rid, n, name, x, sealed in rows
+            ],
+        )
 
     def drop_other_epochs(self, epoch: int) -> None:
         self._conn.execute(_DROP_OTHER_EPOCHS, {"n": epoch})
