@@ -9,6 +9,7 @@ deep inside each format.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import tempfile
@@ -251,7 +252,10 @@ def _enveloped_seeds(w: World) -> list[bytes]:
     rcpts = [w.rsa_recipient.certificate, w.ec_recipient.certificate]
     out = [enveloped.encrypt(b"hello", rcpts, c, t) for c in enveloped.ContentCipher for t in enveloped.KeyTransport]
     for c in enveloped.ContentCipher:
-        msg = _streamed(lambda i, o: stream.encrypt_stream(i, o, rcpts, c, enveloped.KeyTransport.RSA_OAEP))
+        enc = functools.partial(
+            stream.encrypt_stream, recipients=rcpts, cipher=c, transport=enveloped.KeyTransport.RSA_OAEP
+        )
+        msg = _streamed(enc)
         out += [msg, smime.parse(msg).der]
     return out
 

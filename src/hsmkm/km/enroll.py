@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import json
 import os
@@ -131,7 +132,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
                 sealed,
                 sign_alg.value,
                 response,
-                lambda master: seal(master, enc_serial),
+                functools.partial(seal, enc_serial=enc_serial),
                 enc_alg.value,
             )
             break
