@@ -124,7 +124,7 @@ def test_round_trip_orders_entries_by_certificate_age(pki: Pki, tmp_path: Path) 
     assert signing.certificate == pki.sign_cert and _same_key(signing.key, pki.sign_key)
     entries = ks.encryption_entries()
     assert [e.certificate for e in entries] == [c for _, c in pki.enc]
-    assert all(_same_key(e.key, k) and e.role is KeyRole.ENCRYPT for e, (k, _) in zip(entries, pki.enc))
+    assert all(_same_key(e.key, k) and e.role is KeyRole.ENCRYPT for e, (k, _) in zip(entries, pki.enc, strict=True))
     assert ks.ca_certificates() == [pki.ca]
     info = ks.info()
     assert info.signing and f"{pki.sign_cert.serial_number:x}" in info.signing

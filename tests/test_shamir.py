@@ -24,10 +24,10 @@ def _interpolate(points: list[tuple[int, int]]) -> list[int]:
         for j, (xj, _) in enumerate(points):
             if i == j:
                 continue
-            basis = [a ^ shamir._mul(b, xj) for a, b in zip([0] + basis, basis + [0])]
+            basis = [a ^ shamir._mul(b, xj) for a, b in zip([0, *basis], [*basis, 0], strict=True)]
             den = shamir._mul(den, xi ^ xj)
         scale = shamir._div(yi, den)
-        coeffs = [c ^ shamir._mul(scale, b) for c, b in zip(coeffs, basis)]
+        coeffs = [c ^ shamir._mul(scale, b) for c, b in zip(coeffs, basis, strict=True)]
     return coeffs
 
 
