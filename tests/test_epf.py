@@ -497,7 +497,7 @@ def test_key_algorithms() -> None:
         assert algorithm_of(key) is alg and algorithm_of(key.public_key()) is alg
         if alg.is_rsa:
             with pytest.raises(ValueError):
-                alg.curve
+                _ = alg.curve
         else:
             assert alg.curve_name == key.curve.name  # type: ignore[union-attr]
     with pytest.raises(errors.UnsupportedAlgorithm):

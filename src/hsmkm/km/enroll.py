@@ -203,7 +203,11 @@ def _commit_enrollment(
 
 
 # A test seam: called between sealing and the commit transaction, where a rotation can run.
-_before_commit: Callable[[KeyManager], None] = lambda km: None
+def _no_hook(km: KeyManager) -> None:
+    pass
+
+
+_before_commit: Callable[[KeyManager], None] = _no_hook
 
 
 # --- a lost response, asked for again -----------------------------------------------------------
