@@ -69,7 +69,7 @@ def test_every_revoked_serial_is_found_and_no_other(rows, others, collide) -> No
         # Same int hash as the first serial: the perfect hash cannot split them; the overflow must.
         twin = rows[0][0] + MERSENNE
         if all(r[0] != twin for r in rows):
-            rows = rows + [(twin, 7, RevocationReason.SUPERSEDED.code)]
+            rows = [*rows, (twin, 7, RevocationReason.SUPERSEDED.code)]
     index = CrlIndex(build_index(rows))
     assert index.count == len(rows)
     for serial, when, code in rows:
