@@ -536,9 +536,7 @@ def test_hostile_signed_messages_refused(world: World) -> None:
     try:
         for name, (data, code) in cases.items():
             path.write_bytes(data)
-            got = refused(
-                world, [HSMKM, "msg", "verify", "--km", str(world.home), str(path), "-o", "content.txt"], code
-            )
+            refused(world, [HSMKM, "msg", "verify", "--km", str(world.home), str(path), "-o", "content.txt"], code)
             assert not (world.client / "content.txt").exists(), name
     finally:
         path.unlink()
