@@ -348,7 +348,7 @@ def address_cases() -> tuple[list[str], list[str]]:
         "alice\x85@example.com",
         "alice@example.com\u2028",
     ]
-    bad += [f"al{chr(c)}ice@example.com" for c in list(range(0x00, 0x20)) + [0x7F] + list(range(0x80, 0xA0))]
+    bad += [f"al{chr(c)}ice@example.com" for c in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]]
     bad += [f"alice@exa{chr(c)}mple.com" for c in (0x00, 0x09, 0x0A, 0x1B, 0x7F, 0x2F, 0x5C, 0x5F, 0x21, 0x2B)]
     return good, bad
 

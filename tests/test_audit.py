@@ -118,7 +118,7 @@ def test_an_edited_entry_with_its_hash_recomputed_is_found(history: History) -> 
         digest = _entry_hash(bytes(prev), seq, at, actor, action, forged)
         conn.execute("UPDATE audit SET details = ?, hash = ? WHERE seq = 2", (forged, digest))
         conn.execute("UPDATE audit SET prev_hash = ? WHERE seq = 3", (digest,))
-    run, result = verify(history.home)
+    _run, result = verify(history.home)
     assert result["findings"][0] == {"entry": 2, "problem": "entry 2 has a bad MAC", "by": "chain"}
     assert_found(history.home, history.checkpoint, 2, {"chain"})
 
@@ -149,7 +149,7 @@ def test_a_truncated_tail_with_its_older_head_restored_is_found_by_the_anchor_al
     with db(history.home) as conn:
         conn.execute("DELETE FROM audit WHERE seq > 3")
         conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'", (history.head_after_3,))
-    run, result = verify(history.home)
+    _run, result = verify(history.home)
     assert found_by(result) == {"anchor"}
     assert result["findings"][0]["problem"].startswith("the log ends at entry 3 but the token's anchor names entry 6")
     assert_found(history.home, history.checkpoint, 4, set())
@@ -158,7 +158,7 @@ def test_a_truncated_tail_with_its_older_head_restored_is_found_by_the_anchor_al
 def test_the_chain_head_edited_is_found(history: History) -> None:
     with db(history.home) as conn:
         value = conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()[0]
-        seq, digest, mac = value.split(":")
+        _seq, digest, mac = value.split(":")
         conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'", (f"5:{digest}:{mac}",))
     run, result = verify(history.home)
     assert run.returncode == 1 and result["findings"] == [

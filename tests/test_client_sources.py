@@ -4,6 +4,7 @@ this machine is both a ``CrlSource`` and a ``CertDirectory``."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_a_km_home_is_a_crl_source_and_a_directory(
     (tmp_path / "km" / "pub" / "crl" / "full.crl").write_bytes(full)
     assert home.ca_certificate() == ca[1]
     assert source.fetch_crls() == CrlSet(full, None)
-    with pytest.raises(errors.NotFound, match="no encryption certificate for bob@example.com"):
+    with pytest.raises(errors.NotFound, match=re.escape("no encryption certificate for bob@example.com")):
         directory.encryption_certificate("bob@example.com")
     (tmp_path / "km" / "pub" / "certs" / "bob@example.com.enc.crt").write_bytes(
         ca[1].public_bytes(serialization.Encoding.DER)

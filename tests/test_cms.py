@@ -162,6 +162,14 @@ def test_openssl_decrypts_what_hsmkm_encrypts(files: Path, cipher, transport) ->
     assert out.stdout.endswith(b"\r\n\r\nfor bob\r\n")
 
 
+def test_a_key_transport_list_not_one_per_recipient_is_refused() -> None:
+    two = [enveloped.KeyTransport.RSA_OAEP, enveloped.KeyTransport.RSA_PKCS1V15]
+    with pytest.raises(errors.BadInput, match="one key transport per recipient"):
+        messaging.encrypt_message(
+            b"Subject: hi\r\n\r\nfor bob\r\n", [cert("bob.encrypt.crt")], CTX, enveloped.ContentCipher.AES256_GCM, two
+        )
+
+
 @pytest.mark.interop
 def test_gpgsm_decrypts_cbc_pkcs1v15(files: Path) -> None:
     home = files / "gnupg"

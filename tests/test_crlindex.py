@@ -4,6 +4,7 @@ parsers under random input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime, timedelta, timezone
@@ -68,7 +69,7 @@ def test_every_revoked_serial_is_found_and_no_other(rows, others, collide) -> No
         # Same int hash as the first serial: the perfect hash cannot split them; the overflow must.
         twin = rows[0][0] + MERSENNE
         if all(r[0] != twin for r in rows):
-            rows = rows + [(twin, 7, RevocationReason.SUPERSEDED.code)]
+            rows = [*rows, (twin, 7, RevocationReason.SUPERSEDED.code)]
     index = CrlIndex(build_index(rows))
     assert index.count == len(rows)
     for serial, when, code in rows:
@@ -298,10 +299,8 @@ def test_concurrent_updaters_leave_one_consistent_cache(tmp_path: Path) -> None:
 
 
 def _update_quietly(directory: Path, der: bytes, ca: x509.Certificate) -> None:
-    try:
+    with contextlib.suppress(errors.ValidationFailed):  # an older CRL than the one another process installed
         CrlCache(directory).update(der, None, ca, NOW)
-    except errors.ValidationFailed:  # an older CRL than the one another process installed
-        pass
 
 
 EARLIER_LAYOUT = {

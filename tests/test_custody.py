@@ -161,7 +161,7 @@ def test_records_swapped_after_approval_are_refused(insider: dict[str, object], 
     bob_rec = _records(km, "bob@example.com")[0]
     attacks = [
         ("UPDATE recovery_requests SET records = ?, user_id = ? WHERE id = ?", (f"{bob}", bob_rec.user_id, req.id)),
-        ("UPDATE recovery_requests SET records = ? WHERE id = ?", (f"{[alice_first.id] + bob}", req.id)),
+        ("UPDATE recovery_requests SET records = ? WHERE id = ?", (f"{[alice_first.id, *bob]}", req.id)),
         (
             "UPDATE archive SET user_id = ?, cert_serial = ? WHERE id = ?",
             (bob_rec.user_id, bob_rec.cert_serial, alice_first.id),

@@ -124,7 +124,7 @@ def test_round_trip_orders_entries_by_certificate_age(pki: Pki, tmp_path: Path) 
     assert signing.certificate == pki.sign_cert and _same_key(signing.key, pki.sign_key)
     entries = ks.encryption_entries()
     assert [e.certificate for e in entries] == [c for _, c in pki.enc]
-    assert all(_same_key(e.key, k) and e.role is KeyRole.ENCRYPT for e, (k, _) in zip(entries, pki.enc))
+    assert all(_same_key(e.key, k) and e.role is KeyRole.ENCRYPT for e, (k, _) in zip(entries, pki.enc, strict=True))
     assert ks.ca_certificates() == [pki.ca]
     info = ks.info()
     assert info.signing and f"{pki.sign_cert.serial_number:x}" in info.signing
@@ -497,7 +497,7 @@ def test_key_algorithms() -> None:
         assert algorithm_of(key) is alg and algorithm_of(key.public_key()) is alg
         if alg.is_rsa:
             with pytest.raises(ValueError):
-                alg.curve
+                _ = alg.curve
         else:
             assert alg.curve_name == key.curve.name  # type: ignore[union-attr]
     with pytest.raises(errors.UnsupportedAlgorithm):

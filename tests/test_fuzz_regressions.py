@@ -11,6 +11,8 @@ import pytest
 HERE = Path(__file__).resolve().parent / "fuzzing"
 sys.path.insert(0, str(HERE))
 
+import contextlib
+
 import targets
 from hsmkm import errors
 
@@ -20,10 +22,8 @@ CASES = sorted((HERE / "regressions").iterdir())
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.name)
 def test_crash_input_is_handled(path: Path) -> None:
     target = targets.TARGETS[path.name.split("-", 1)[0]]
-    try:
+    with contextlib.suppress(errors.HsmkmError):
         target(path.read_bytes())
-    except errors.HsmkmError:
-        pass
 
 
 def test_every_target_has_a_name_the_files_use() -> None:

@@ -643,7 +643,7 @@ def test_microsofts_encryption_key_attribute_alone_names_the_certificate() -> No
         _attr("1.2.840.113549.1.9.4", tlv(0x04, b"d" * 32)),
     ]
     read = signed.read_signed_attributes(
-        tlv(0x31, b"".join(base + [_attr(signed.OID_MS_ENC_KEY_PREF, signed.issuer_and_serial(enc))]))
+        tlv(0x31, b"".join([*base, _attr(signed.OID_MS_ENC_KEY_PREF, signed.issuer_and_serial(enc))]))
     )
     assert read.encryption_key == signed.issuer_and_serial(enc)
 

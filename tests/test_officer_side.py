@@ -115,7 +115,7 @@ def test_approvals_open_exactly_the_approved_records_and_redistribution_keeps_th
                     keys[removed], r, 1, removed, o.x, next(s.sealed for s in rows[r.record_id] if s.officer == removed)
                 )
                 others = [new_shares[nm][r.record_id] for nm in chosen if new_shares[nm][r.record_id].x != old.x]
-                assert shamir.combine(others[: k_new - 1] + [old]) != record_keys[r.record_id]
+                assert shamir.combine([*others[: k_new - 1], old]) != record_keys[r.record_id]
 
 
 def test_a_sub_share_blob_for_one_officer_does_not_open_for_another() -> None:

@@ -105,9 +105,9 @@ def test_openssl_verifies_the_crl_signatures(revoked_km: dict[str, Path]) -> Non
 def test_openssl_verify_crl_check_rejects_the_revoked_and_accepts_the_others(revoked_km: dict[str, Path]) -> None:
     root = revoked_km["root"]
     base = ["openssl", "verify", "-crl_check", "-CAfile", str(root / "ca.pem"), "-CRLfile", str(root / "full.pem")]
-    bob = subprocess.run(base + [str(root / "bob.sign.pem")], capture_output=True, text=True)
+    bob = subprocess.run([*base, str(root / "bob.sign.pem")], capture_output=True, text=True)
     assert bob.returncode != 0 and "certificate revoked" in bob.stdout + bob.stderr
-    alice = subprocess.run(base + [str(root / "alice.sign.pem")], capture_output=True, text=True)
+    alice = subprocess.run([*base, str(root / "alice.sign.pem")], capture_output=True, text=True)
     assert alice.returncode == 0, alice.stdout + alice.stderr
 
 

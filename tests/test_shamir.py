@@ -24,10 +24,10 @@ def _interpolate(points: list[tuple[int, int]]) -> list[int]:
         for j, (xj, _) in enumerate(points):
             if i == j:
                 continue
-            basis = [a ^ shamir._mul(b, xj) for a, b in zip([0] + basis, basis + [0])]
+            basis = [a ^ shamir._mul(b, xj) for a, b in zip([0, *basis], [*basis, 0], strict=True)]
             den = shamir._mul(den, xi ^ xj)
         scale = shamir._div(yi, den)
-        coeffs = [c ^ shamir._mul(scale, b) for c, b in zip(coeffs, basis)]
+        coeffs = [c ^ shamir._mul(scale, b) for c, b in zip(coeffs, basis, strict=True)]
     return coeffs
 
 
@@ -187,7 +187,7 @@ def test_after_add_remove_or_quorum_change_the_new_set_holds_the_secret(data: st
     change = data.draw(st.sampled_from(["add", "remove", "quorum"]))
     old_xs = [s.x for s in shares]
     if change == "add" and n < 7:
-        new_xs = old_xs + [max(old_xs) + 1]
+        new_xs = [*old_xs, max(old_xs) + 1]
     elif change == "remove" and n > 1:
         removed = data.draw(st.sampled_from(old_xs))
         new_xs = [x for x in old_xs if x != removed]
@@ -202,7 +202,8 @@ def test_after_add_remove_or_quorum_change_the_new_set_holds_the_secret(data: st
         assert shamir.combine(chosen[: k_new - 1]) != secret
         # the old shares (and so a removed officer's) do not mix with the new ones
         old = data.draw(st.sampled_from(shares))
-        mixed = [s for s in chosen if s.x != old.x][: k_new - 1] + [old]
+        others = [s for s in chosen if s.x != old.x]
+        mixed = [*others[: k_new - 1], old]
         if len(mixed) == k_new:
             assert shamir.combine(mixed) != secret
     # fewer than K old officers re-sharing give the new set a different secret

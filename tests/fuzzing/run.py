@@ -9,6 +9,7 @@ writes the input to the artifact prefix and exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import sys
@@ -101,10 +102,8 @@ def main() -> int:
         return _random_campaign(name, corpus, flags)
 
     def one_input(data: bytes) -> None:
-        try:
+        with contextlib.suppress(errors.HsmkmError):
             fn(data)
-        except errors.HsmkmError:
-            pass
 
     atheris.Setup([sys.argv[0], *flags, str(corpus)], one_input)
     atheris.Fuzz()

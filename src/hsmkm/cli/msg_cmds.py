@@ -281,7 +281,7 @@ def msg_encrypt(
             cert = (
                 x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
             )
-            cert.extensions  # parsed lazily: a bad extension must fail here
+            _ = cert.extensions  # parsed lazily: a bad extension must fail here
         except errors.CERTIFICATE_PARSE_ERRORS:
             raise errors.MalformedInput(f"{f}: not a certificate") from None
         recipients.append(cert)

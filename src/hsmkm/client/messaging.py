@@ -204,9 +204,11 @@ def _unique(
     certs: list[x509.Certificate], transport: enveloped.KeyTransport | Sequence[enveloped.KeyTransport]
 ) -> tuple[list[x509.Certificate], list[enveloped.KeyTransport]]:
     each = [transport] * len(certs) if isinstance(transport, enveloped.KeyTransport) else list(transport)
+    if len(each) != len(certs):
+        raise errors.BadInput("one key transport per recipient")
     out: list[x509.Certificate] = []
     out_t: list[enveloped.KeyTransport] = []
-    for c, t in zip(certs, each):
+    for c, t in zip(certs, each, strict=True):
         if c not in out:
             out.append(c)
             out_t.append(t)

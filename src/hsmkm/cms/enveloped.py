@@ -140,7 +140,7 @@ def lock_boxes(
     transports = [transport] * len(recipients) if isinstance(transport, KeyTransport) else list(transport)
     if len(transports) != len(recipients):
         raise errors.BadInput("one key transport per recipient")
-    for cert, transport in zip(recipients, transports):
+    for cert, transport in zip(recipients, transports, strict=True):
         _check_recipient(cert)
         pub = cert.public_key()
         if isinstance(pub, rsa.RSAPublicKey):

@@ -357,10 +357,11 @@ def read_signed_attributes(der_set: bytes) -> SignedAttributes:
                 out.capabilities = smimecaps.decode(values[0])
             elif oid == OID_ENC_KEY_PREF and values[0][:1] == b"\xa0":
                 ias = b"\x30" + values[0][1:]
-                cms.IssuerAndSerialNumber.load(ias, strict=True).native
+                # .native parses the whole structure, so a malformed one fails here
+                _ = cms.IssuerAndSerialNumber.load(ias, strict=True).native
                 out.encryption_key = ias
             elif oid == OID_MS_ENC_KEY_PREF and out.encryption_key is None:
-                cms.IssuerAndSerialNumber.load(values[0], strict=True).native
+                _ = cms.IssuerAndSerialNumber.load(values[0], strict=True).native
                 out.encryption_key = values[0]
             else:
                 out.other.append(oid)

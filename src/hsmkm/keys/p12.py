@@ -321,7 +321,7 @@ def _read_bag(
         found_keys.append((_software_key(key), local_id, name))
     elif kind == "cert_bag" and bag["bag_value"]["cert_id"].native == "x509":
         cert = x509.load_der_x509_certificate(bag["bag_value"]["cert_value"].parsed.dump())
-        cert.extensions  # parsed lazily: a bad extension must fail here, not in a later call
+        _ = cert.extensions  # parsed lazily: a bad extension must fail here, not in a later call
         found_certs.append((cert, local_id, name))
     # CRL, secret and other bags are not for us; they are dropped on the next save
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 from hsmkm import errors
@@ -37,8 +37,8 @@ _UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._
 _RES_AVAIL = ":[]@!$'()*+,="
 _PCHAR_SAFE = _RES_AVAIL + "&"  # quote() always keeps _UNRESERVED
 _QCHAR_SAFE = _RES_AVAIL + "/?|"
-_PCHAR = re.compile(r"(?:[%s]|%%[0-9A-Fa-f]{2})*" % re.escape(_UNRESERVED + _PCHAR_SAFE))
-_QCHAR = re.compile(r"(?:[%s]|%%[0-9A-Fa-f]{2})*" % re.escape(_UNRESERVED + _QCHAR_SAFE))
+_PCHAR = re.compile(r"(?:[" + re.escape(_UNRESERVED + _PCHAR_SAFE) + r"]|%[0-9A-Fa-f]{2})*")
+_QCHAR = re.compile(r"(?:[" + re.escape(_UNRESERVED + _QCHAR_SAFE) + r"]|%[0-9A-Fa-f]{2})*")
 _ATTR_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _VENDOR_NAME = re.compile(r"x-[A-Za-z0-9_-]+")
 _SLOT_ID = re.compile(r"[0-9]+")
@@ -184,7 +184,7 @@ class EpfPath:
     path: Path
 
 
-KeystoreRef = Union[Pkcs11Uri, EpfPath]
+KeystoreRef = Pkcs11Uri | EpfPath
 
 
 def is_pkcs11_uri(text: str) -> bool:

@@ -79,7 +79,7 @@ def split_and_seal_key(record_key: bytes, identity: RecordIdentity, epochs: list
     eph = sealing.new_ephemeral(ec.SECP256R1())
     for ep in epochs:
         shares = shamir.split_at(record_key, ep.quorum, [o.x for o in ep.officers])
-        for o, share in zip(ep.officers, shares):
+        for o, share in zip(ep.officers, shares, strict=True):
             ctx = share_context(identity, ep.number, o.name, o.x)
             out.append(
                 SealedShare(ep.number, o.name, o.x, sealing.seal(o.public_key, shamir.encode_share(share), ctx, eph))

@@ -112,10 +112,12 @@ def issue_certificates(km: KeyManager, requests: Sequence[IssueRequest]) -> list
         try:
             with km.change(AuditAction.ISSUE, count=len(certs)) as ch:
                 now = km.clock()
-                record_certificates(ch.tx, [new_cert(c, r.kind, r.user_id, now) for r, c in zip(requests, certs)])
+                record_certificates(
+                    ch.tx, [new_cert(c, r.kind, r.user_id, now) for r, c in zip(requests, certs, strict=True)]
+                )
                 ch.details["certificates"] = [
                     {"serial": serial_hex(c.serial_number), "email": r.email, "kind": r.kind.value}
-                    for r, c in zip(requests, certs)
+                    for r, c in zip(requests, certs, strict=True)
                 ]
             return certs
         except SerialTaken:

@@ -309,7 +309,9 @@ def _make_officer_keys(plan: _Plan, km: Token, undo: _Undo) -> _Officers:
     statement = officer_side.epoch_statement(
         1, plan.quorum, [(n, x, custody.public_der(p)) for x, (n, _, p) in enumerate(officer_keys, start=1)]
     )
-    attestations = [(n, officer_side.attest(k, statement)) for (n, _, _), k in zip(officer_keys, signing_keys)]
+    attestations = [
+        (n, officer_side.attest(k, statement)) for (n, _, _), k in zip(officer_keys, signing_keys, strict=True)
+    ]
     return _Officers(officer_keys, officer_tokens, statement, attestations)
 
 

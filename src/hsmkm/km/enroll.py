@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import json
 import os
@@ -131,7 +132,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
                 sealed,
                 sign_alg.value,
                 response,
-                lambda master: seal(master, enc_serial),
+                functools.partial(seal, enc_serial=enc_serial),
                 enc_alg.value,
             )
             break
@@ -202,7 +203,11 @@ def _commit_enrollment(
 
 
 # A test seam: called between sealing and the commit transaction, where a rotation can run.
-_before_commit: Callable[[KeyManager], None] = lambda km: None
+def _no_hook(km: KeyManager) -> None:
+    pass
+
+
+_before_commit: Callable[[KeyManager], None] = _no_hook
 
 
 # --- a lost response, asked for again -----------------------------------------------------------

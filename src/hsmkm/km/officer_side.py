@@ -192,7 +192,7 @@ def reshare(
         o.name: sealing.seal(
             o.public_key, _encode(entries), _reshare_context(request_id, officer, x, o.name, o.x, new_epoch, content)
         )
-        for o, entries in zip(new_officers, per_receiver)
+        for o, entries in zip(new_officers, per_receiver, strict=True)
     }
     del per_receiver
     return out

@@ -116,7 +116,7 @@ def rotate_archive_key(
     done = 0
     old_exists = km.session.has_object(old, ObjectKind.SECRET_KEY)
     while old_exists:
-        done += _migrate(km, old, new, batch, lambda n: progress(done + n, max(total, done + n)))
+        done += _migrate(km, old, new, batch, _after(done, total, progress))
         # The old key goes only when a write transaction sees no record under it: an
         # enrollment that sealed under it and commits later re-seals under the new key.
         with km.db.write() as tx:
@@ -128,6 +128,11 @@ def rotate_archive_key(
     with km.change(AuditAction.ARCHIVE_ROTATE, stage="done", old=old, new=new, records=done) as ch:
         ch.tx.meta.delete(ROTATION_KEY)
     return RotationResult(old, new, done)
+
+
+def _after(base: int, total: int, progress: Callable[[int, int], None]) -> Callable[[int], None]:
+    """A batch's progress callback: its count reported on top of the ``base`` records before it."""
+    return lambda n: progress(base + n, max(total, base + n))
 
 
 def _check_no_orphans(km: KeyManager) -> None:

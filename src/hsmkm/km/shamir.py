@@ -159,7 +159,7 @@ def combine(shares: Sequence[Share]) -> bytes:
         raise errors.MalformedInput("shares of different lengths do not belong together")
     weights = lagrange_weights([s.x for s in shares])
     out = bytes(length)
-    for w, share in zip(weights, shares):
+    for w, share in zip(weights, shares, strict=True):
         out = _xor(out, _scale(share.y, w))
     return out
 
@@ -178,7 +178,7 @@ def combine_subshares(new_x: int, subshares: Sequence[tuple[int, bytes]]) -> Sha
         raise errors.MalformedInput("sub-shares of different lengths do not belong together")
     weights = lagrange_weights([x for x, _ in subshares])
     out = bytes(length)
-    for w, (_, y) in zip(weights, subshares):
+    for w, (_, y) in zip(weights, subshares, strict=True):
         out = _xor(out, _scale(y, w))
     return Share(new_x, out)
 

@@ -226,7 +226,7 @@ def import_users(
             audit.append_many(
                 [(km.actor, AuditAction.USER_ADD, {"email": e, "name": n, "bulk": True}) for e, n in batch]
             )
-            out += [(e, code) for (e, _), (code, _) in zip(batch, made)]
+            out += [(e, code) for (e, _), (code, _) in zip(batch, made, strict=True)]
             if len(batch) == 100:
                 progress(100)
         progress(len(rows) % 100)

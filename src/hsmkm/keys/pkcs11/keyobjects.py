@@ -178,10 +178,7 @@ class TokenECPrivateKey(_StaysOnToken, ec.EllipticCurvePrivateKey):
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise errors.UnsupportedAlgorithm("EC signatures other than ECDSA")
         alg = signature_algorithm.algorithm
-        if isinstance(alg, utils.Prehashed):
-            digest = data
-        else:
-            digest = digest_of(alg.name, data)
+        digest = data if isinstance(alg, utils.Prehashed) else digest_of(alg.name, data)
         with self._ts.lock, mapped_errors(f"{self._ts.what()}: ECDSA sign"):
             raw = bytes(self._obj.sign(digest, mechanism=Mechanism.ECDSA))
         half = len(raw) // 2

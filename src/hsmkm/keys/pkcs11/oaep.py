@@ -45,4 +45,4 @@ def _mgf1(seed: bytes, length: int, alg: hashes.HashAlgorithm) -> bytes:
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
-    return bytes(x ^ y for x, y in zip(a, b))
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))

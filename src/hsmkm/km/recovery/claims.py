@@ -28,7 +28,7 @@ def _me() -> str:
 
 
 def _alive(claimant: str) -> bool:
-    host, pid, started = (claimant.split(":") + ["", "", ""])[:3]
+    host, pid, started = [*claimant.split(":"), "", "", ""][:3]
     if host != socket.gethostname():
         return True  # another machine's process: assume it runs
     try:
