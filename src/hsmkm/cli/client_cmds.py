@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,12 +14,14 @@ from hsmkm.cli.keystores import keystore_secret, open_user_keystore
 from hsmkm.cli.session import open_km_at
 from hsmkm.client import enroll as client_enroll
 from hsmkm.enroll_wire import request_email
-from hsmkm.keys import AnyKeystore, new_keystore, open_keystore
+from hsmkm.keys import new_keystore, open_keystore
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.keys.epf import EpfKeystore
-from hsmkm.keys.token_keystore import TokenKeystore
 from hsmkm.keys.uri import is_pkcs11_uri
 from hsmkm.km.enroll_endpoint import answer
+
+if TYPE_CHECKING:
+    from hsmkm.keys import AnyKeystore  # a type alias of both backends (importing it loads them)
 
 
 def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | None) -> client_enroll.Transport:
@@ -155,7 +157,10 @@ def keystore_repair(cli_ctx: CliContext, ref: str) -> None:
     """
     if not is_pkcs11_uri(ref):
         raise errors.BadInput("keystore repair is for tokens (pkcs11: URIs); an .epf needs no repair")
+    from hsmkm.keys.token_keystore import TokenKeystore  # the token backend, loaded only here
+
     ks = open_user_keystore(cli_ctx, ref, None)
-    assert isinstance(ks, TokenKeystore)
+    if not isinstance(ks, TokenKeystore):
+        raise errors.BadInput(f"{ref} is not a token keystore")
     n = ks.repair()
     cli_ctx.emit({"keystore": ref, "repaired": n}, f"{n} certificate object(s) repaired on {ref}")

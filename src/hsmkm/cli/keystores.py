@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hsmkm.cli.context import CliContext
-from hsmkm.keys import AnyKeystore, open_keystore
+from hsmkm.keys import open_keystore
 from hsmkm.keys.uri import Pkcs11Uri, is_pkcs11_uri
+
+if TYPE_CHECKING:
+    from hsmkm.keys import AnyKeystore  # a type alias of both backends (importing it loads them)
 
 
 def keystore_secret(cli_ctx: CliContext, ref: str, password_source: str | None, confirm: bool = False) -> str:
