@@ -75,7 +75,13 @@ def archive_migrate(cli_ctx: CliContext, request_id: int | None) -> None:
         with km.db.read() as tx:
             quorum = custody.quorum(tx)
         cli_ctx.emit(
-            {"id": req.id, "kind": req.kind.value, "status": "open", "quorum": quorum, "records": pending_records(km)},
+            {
+                "id": req.id,
+                "kind": req.kind.value,
+                "status": recovery.RequestStatus.OPEN.value,
+                "quorum": quorum,
+                "records": pending_records(km),
+            },
             f"migration request {req.id} opened for {pending_records(km)} record(s): {quorum} officers approve it with "
             f"'hsmkm recovery approve {req.id} --officer NAME', then run 'hsmkm archive migrate --request {req.id}'",
         )

@@ -32,7 +32,13 @@ def carry_out_change(
         with km.db.read() as tx:
             quorum = custody.quorum(tx)
         cli_ctx.emit(
-            {"id": req.id, "kind": kind.value, "status": "open", "quorum": quorum, "params": params},
+            {
+                "id": req.id,
+                "kind": kind.value,
+                "status": recovery.RequestStatus.OPEN.value,
+                "quorum": quorum,
+                "params": params,
+            },
             f"change request {req.id} ({what}) opened: {quorum} officers approve it with "
             f"'hsmkm recovery approve {req.id} --officer NAME', then run this command again with --request {req.id}",
         )
