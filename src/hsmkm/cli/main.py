@@ -8,7 +8,17 @@ from pathlib import Path
 import click
 
 from hsmkm import __version__
-from hsmkm.cli import client_cmds, crl_cmds, db_cmds, km_cmds, msg_cmds, recovery_cmds, user_cmds
+from hsmkm.cli import (
+    archive_cmds,
+    client_cmds,
+    crl_cmds,
+    db_cmds,
+    km_cmds,
+    msg_cmds,
+    officer_cmds,
+    recovery_cmds,
+    user_cmds,
+)
 from hsmkm.cli.context import CliContext, HsmkmGroup, one_line, printable
 from hsmkm.errors import ExitCode
 
@@ -22,8 +32,8 @@ COMMANDS: tuple[click.Command, ...] = (
     user_cmds.directory_group,
     crl_cmds.crl_group,
     recovery_cmds.recovery_group,
-    recovery_cmds.officer_group,
-    recovery_cmds.archive_group,
+    officer_cmds.officer_group,
+    archive_cmds.archive_group,
     client_cmds.enroll,
     client_cmds.keystore,
     msg_cmds.msg,

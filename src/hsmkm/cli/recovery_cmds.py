@@ -1,4 +1,4 @@
-"""Recovery and officer commands: request, approve, complete; officers and the quorum."""
+"""Recovery commands: request, approve, complete, list; the quorum."""
 
 from __future__ import annotations
 
@@ -12,18 +12,11 @@ import click
 from hsmkm import errors
 from hsmkm.atomic import sweep_temps, write_atomic
 from hsmkm.cli.context import CliContext, group, pass_cli
+from hsmkm.cli.officer_changes import carry_out_change, officer_token
 from hsmkm.cli.session import open_km
-from hsmkm.keys.base import PrivateKey
-from hsmkm.keys.token import Token
-from hsmkm.km import custody, officer_change, officer_tokens, recovery, recovery_export
+from hsmkm.km import custody, officer_change, recovery, recovery_export
 from hsmkm.km.approval_view import prepare_approval
 from hsmkm.km.config import OFFICER_KEY_LABEL
-from hsmkm.km.manager import KeyManager
-
-
-def _officer_token(cli_ctx: CliContext, km: KeyManager, uri_text: str, pin_source: str | None, who: str) -> Token:
-    pin = cli_ctx.secret(pin_source or officer_tokens.pin_source(km, uri_text), f"PIN of {who}'s token")
-    return officer_tokens.open_officer_token(km, uri_text, pin)
 
 
 @group("recovery")
@@ -108,7 +101,7 @@ def recovery_approve(
     km = open_km(cli_ctx)
     view = prepare_approval(km, request_id, officer, trust_officer_set)
     _confirm(cli_ctx, view.shown, yes)
-    session = _officer_token(cli_ctx, km, token_uri or view.officer_uri, officer_pin_source, officer)
+    session = officer_token(cli_ctx, km, token_uri or view.officer_uri, officer_pin_source, officer)
     count = recovery.approve(
         km, request_id, officer, session.private_key(label=OFFICER_KEY_LABEL), view.content, trust_officer_set
     )
@@ -249,110 +242,6 @@ def recovery_list(cli_ctx: CliContext) -> None:
     )
 
 
-def _change(
-    cli_ctx: CliContext,
-    km: KeyManager,
-    kind: recovery.RequestKind,
-    request_id: int | None,
-    reason: str,
-    params: dict[str, Any],
-    what: str,
-) -> None:
-    if request_id is None:
-        req = recovery.open_request(km, kind, reason, params=params)
-        with km.db.read() as tx:
-            quorum = custody.quorum(tx)
-        cli_ctx.emit(
-            {"id": req.id, "kind": kind.value, "status": "open", "quorum": quorum, "params": params},
-            f"change request {req.id} ({what}) opened: {quorum} officers approve it with "
-            f"'hsmkm recovery approve {req.id} --officer NAME', then run this command again with --request {req.id}",
-        )
-        return
-    registered = officer_change.approved_change(km, kind, request_id, params)
-
-    def officer_key(name: str) -> PrivateKey:
-        # Each officer of the new set combines its sub-shares on its own token (here, on this host).
-        session = _officer_token(cli_ctx, km, registered[name], None, name)
-        return session.private_key(label=OFFICER_KEY_LABEL)
-
-    result = recovery.complete_change(km, request_id, officer_key)
-    if result["quorum"] < 2:
-        cli_ctx.warn("a quorum of 1 lets a single officer recover keys")
-    cli_ctx.emit(
-        {"id": request_id, **result},
-        f"{what}: officers now {', '.join(result['officers'])} (quorum {result['quorum']}); "
-        "every archive record re-shared",
-    )
-
-
-@group("officer")
-def officer_group() -> None:
-    """Recovery officers (changes need a quorum of the current officers)."""
-
-
-@officer_group.command("list")
-@pass_cli
-def officer_list(cli_ctx: CliContext) -> None:
-    """Officers and the quorum."""
-    km = open_km(cli_ctx)
-    with km.db.read() as tx:
-        officers = custody.active_officers(tx)
-        quorum = custody.quorum(tx)
-    cli_ctx.emit(
-        {"officers": [{"name": o.name, "token": o.uri} for o in officers], "quorum": quorum},
-        "\n".join(f"{o.name:<16} {o.uri}" for o in officers) + f"\nquorum: {quorum} of {len(officers)}",
-    )
-
-
-@officer_group.command("add")
-@click.argument("name")
-@click.option("--token", "token_uri", required=True, help="The new officer's token (pkcs11: URI).")
-@click.option("--request", "request_id", type=int, help="Complete this approved change request.")
-@pass_cli
-def officer_add(cli_ctx: CliContext, name: str, token_uri: str, request_id: int | None) -> None:
-    """Add a recovery officer: a key pair made on their own token (one person, one officer: not
-    the KM token, and not a token that already holds an officer key).
-
-    \b
-    Examples:
-      hsmkm officer add dana --token 'pkcs11:token=dana?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:DANA_PIN'
-      hsmkm recovery approve 9 --officer officer1; hsmkm recovery approve 9 --officer officer2
-      hsmkm officer add dana --token '…' --request 9
-    """
-    km = open_km(cli_ctx)
-    params: dict[str, Any] = {"name": name, "uri": token_uri}
-    if request_id is None:
-        officer_change.check_new_officer(km, name)
-        session = _officer_token(cli_ctx, km, token_uri, None, name)
-        with km.db.read() as tx:
-            others = custody.officer_token_serials(tx)
-        params.update(officer_tokens.make_officer_key(km, name, session, others))
-    _change(cli_ctx, km, recovery.RequestKind.OFFICER_ADD, request_id, f"add officer {name}", params, f"add {name}")
-
-
-@officer_group.command("remove")
-@click.argument("name")
-@click.option("--request", "request_id", type=int, help="Complete this approved change request.")
-@pass_cli
-def officer_remove(cli_ctx: CliContext, name: str, request_id: int | None) -> None:
-    """Remove an officer (e.g. one who lost their token), with a quorum of the others.
-
-    \b
-    Example:
-      hsmkm officer remove officer3; …approvals…; hsmkm officer remove officer3 --request 10
-    """
-    km = open_km(cli_ctx)
-    _change(
-        cli_ctx,
-        km,
-        recovery.RequestKind.OFFICER_REMOVE,
-        request_id,
-        f"remove officer {name}",
-        {"name": name},
-        f"remove {name}",
-    )
-
-
 @recovery_group.command("policy")
 @click.option("--quorum", type=click.IntRange(1, 255), required=True, help="Approvals needed (K of N).")
 @click.option("--request", "request_id", type=int, help="Complete this approved change request.")
@@ -368,87 +257,6 @@ def recovery_policy(cli_ctx: CliContext, quorum: int, request_id: int | None) ->
     officer_change.check_quorum(km, quorum)
     if quorum < 2:
         cli_ctx.warn("a quorum of 1 lets a single officer recover keys")
-    _change(
+    carry_out_change(
         cli_ctx, km, recovery.RequestKind.POLICY, request_id, f"quorum {quorum}", {"quorum": quorum}, f"quorum {quorum}"
-    )
-
-
-@group("archive")
-def archive_group() -> None:
-    """The key archive."""
-
-
-@archive_group.command("rotate")
-@pass_cli
-def archive_rotate(cli_ctx: CliContext) -> None:
-    """A new archive master key on the KM token; every record re-sealed under it on the token,
-    in batches, resumable after a crash; then the old key is destroyed.
-
-    \b
-    Example:
-      hsmkm archive rotate
-    """
-    import sys
-
-    from hsmkm.km.rotation import rotate_archive_key
-
-    km = open_km(cli_ctx)
-    show = sys.stderr.isatty() and not cli_ctx.json
-    if show:
-        with click.progressbar(length=1, label="re-sealing archive records", file=sys.stderr) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.length = total
-                bar.update(done - bar.pos)
-
-            result = rotate_archive_key(km, progress)
-    else:
-        result = rotate_archive_key(km)
-    cli_ctx.emit(
-        {"old": result.old_label, "new": result.new_label, "records": result.records},
-        f"archive master key rotated: {result.records} record(s) moved from {result.old_label} to "
-        f"{result.new_label}; {result.old_label} destroyed",
-    )
-
-
-@archive_group.command("migrate")
-@click.option("--request", "request_id", type=int, help="Carry out this approved migration request.")
-@pass_cli
-def archive_migrate(cli_ctx: CliContext, request_id: int | None) -> None:
-    """Move a first-release archive (one recovery key on a recovery token) to per-record
-    K-of-N shares: one last quorum-approved use of the recovery token, whose key is then
-    destroyed. Resumable: after a crash, run it again with the same --request.
-
-    \b
-    Example:
-      hsmkm archive migrate; hsmkm recovery approve 12 --officer officer1; …; hsmkm archive migrate --request 12
-    """
-    from hsmkm.km.migrate import migrate, pending_records
-
-    km = open_km(cli_ctx)
-    if request_id is None:
-        req = recovery.open_request(km, recovery.RequestKind.MIGRATE, "migrate the archive to per-record shares")
-        with km.db.read() as tx:
-            quorum = custody.quorum(tx)
-        cli_ctx.emit(
-            {"id": req.id, "kind": req.kind.value, "status": "open", "quorum": quorum, "records": pending_records(km)},
-            f"migration request {req.id} opened for {pending_records(km)} record(s): {quorum} officers approve it with "
-            f"'hsmkm recovery approve {req.id} --officer NAME', then run 'hsmkm archive migrate --request {req.id}'",
-        )
-        return
-    show = sys.stderr.isatty() and not cli_ctx.json
-    if show:
-        with click.progressbar(length=1, label="re-sealing archive records", file=sys.stderr) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.length = total
-                bar.update(done - bar.pos)
-
-            result = migrate(km, request_id, progress)
-    else:
-        result = migrate(km, request_id)
-    cli_ctx.emit(
-        {"id": result.request_id, "records": result.records, "recovery_key_destroyed": result.recovery_key_destroyed},
-        f"{result.records} archive record(s) moved to per-record shares; the recovery key was "
-        f"{'destroyed' if result.recovery_key_destroyed else 'already gone'}",
     )

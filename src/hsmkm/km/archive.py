@@ -34,16 +34,8 @@ FORMAT_VERSION = 2
 FORMAT_V1 = 1
 
 
-@dataclass(frozen=True)
-class ArchiveRecord:
-    id: int
-    user_id: int
-    cert_serial: str
-    algorithm: str
-    created_at: str
-    format_version: int
-    master_label: str
-    sealed: bytes
+# One archive record as the store keeps it (the sealed blob and what it is bound to).
+ArchiveRecord = ArchiveRow
 
 
 def record_aad(user_id: int, cert_serial: str, version: int) -> bytes:
@@ -134,14 +126,8 @@ def store_record(tx: Tx, record: SealedRecord, algorithm: str, now: datetime) ->
     )
 
 
-def _record(r: ArchiveRow) -> ArchiveRecord:
-    return ArchiveRecord(
-        r.id, r.user_id, r.cert_serial, r.algorithm, r.created_at, r.format_version, r.master_label, r.sealed
-    )
-
-
 def records_for_user(tx: Tx, user_id: int) -> list[ArchiveRecord]:
-    return [_record(r) for r in tx.archive.for_user(user_id)]
+    return [r for r in tx.archive.for_user(user_id)]
 
 
 def records_by_id(tx: Tx, ids: list[int]) -> list[ArchiveRecord]:
@@ -150,7 +136,7 @@ def records_by_id(tx: Tx, ids: list[int]) -> list[ArchiveRecord]:
         r = tx.archive.by_id(rid)
         if r is None:
             raise errors.NotFound(f"archive record {rid} is missing")
-        out.append(_record(r))
+        out.append(r)
     return out
 
 
