@@ -4,6 +4,8 @@ no command module reaches back into another or into main.py."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -57,7 +59,7 @@ CONTRACT = [
 def _find(path: str) -> click.Command | None:
     cmd: click.Command | None = cli
     for part in path.split():
-        cmd = cmd.commands.get(part) if isinstance(cmd, click.Group) else None
+        cmd = cmd.get_command(click.Context(cmd), part) if isinstance(cmd, click.Group) else None
     return cmd
 
 
@@ -73,7 +75,27 @@ def test_every_command_of_the_contract_is_there_with_its_help(path: str) -> None
 
 
 def test_the_root_holds_exactly_the_table() -> None:
-    assert sorted(cli.commands.values(), key=lambda c: str(c.name)) == sorted(COMMANDS, key=lambda c: str(c.name))
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == sorted(COMMANDS)
+    loaded = [cli.get_command(ctx, name) for name in COMMANDS]
+    assert [c.name if c is not None else None for c in loaded] == list(COMMANDS)
+    assert all(isinstance(c, click.Command) for c in loaded)
+
+
+def test_a_users_message_command_loads_neither_the_store_nor_the_token_backend() -> None:
+    """The table loads a command's module when it runs: ``msg`` imports no KM store, no
+    SQLAlchemy and no PKCS#11 backend (its start-up time and memory are a mail client's)."""
+    probe = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from hsmkm.cli.main import cli\n"
+        "res = CliRunner().invoke(cli, ['msg', 'verify', '--help'])\n"
+        "assert res.exit_code == 0, res.output\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic', 'pkcs11')"
+        " or m.startswith(('hsmkm.store', 'hsmkm.km'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_command_modules_import_only_the_context_and_helpers() -> None:

@@ -17,7 +17,6 @@ import click
 from hsmkm import errors
 from hsmkm.errors import ExitCode
 from hsmkm.secrets import SecretSource
-from hsmkm.store import errors as store_errors
 
 
 @dataclass
@@ -111,11 +110,6 @@ class HsmkmGroup(click.Group):
             ctx.exit(130)
         except BrokenPipeError:
             ctx.exit(int(ExitCode.UNREACHABLE))
-        except store_errors.DATABASE_ERRORS as exc:  # a database error no repository mapped
-            err = store_errors.translate(exc)
-            if err is None:
-                raise
-            _fail(ctx, str(err), err.exit_code)
         except errors.CERTIFICATE_ERRORS as exc:  # a certificate from a file, parsed lazily where first read
             _fail(ctx, f"a malformed certificate ({exc})", ExitCode.BAD_INPUT)
         except OverflowError:  # SQLite's integers are 64-bit: an id or count typed past that
@@ -123,8 +117,23 @@ class HsmkmGroup(click.Group):
         except OSError as exc:  # a file named on the command line, or one of the home's
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(ctx, f"{where}{exc.strerror or type(exc).__name__}", ExitCode.BAD_INPUT)
-        except Exception as exc:  # a bug: still one line, the traceback only with --debug
+        except Exception as exc:
+            err = _database_error(exc)
+            if err is not None:  # a database error no repository mapped
+                _fail(ctx, str(err), err.exit_code)
+            # a bug: still one line, the traceback only with --debug
             _fail(ctx, f"internal error ({type(exc).__name__}); rerun with --debug", ExitCode.BAD_INPUT)
+
+
+def _database_error(exc: Exception) -> errors.HsmkmError | None:
+    """The hsmkm error for a database driver's exception. Only a command that opened the store
+    can raise one, so the store (and SQLAlchemy) is imported here only if already loaded: the
+    user's commands (msg, enroll into a keystore) never load it."""
+    if "hsmkm.store.errors" not in sys.modules:
+        return None
+    from hsmkm.store import errors as store_errors
+
+    return store_errors.translate(exc) if isinstance(exc, store_errors.DATABASE_ERRORS) else None
 
 
 def _fail(ctx: click.Context, message: str, code: ExitCode) -> None:

@@ -2,46 +2,59 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 
 from hsmkm import __version__
-from hsmkm.cli import (
-    archive_cmds,
-    client_cmds,
-    crl_cmds,
-    db_cmds,
-    km_cmds,
-    msg_cmds,
-    officer_cmds,
-    recovery_cmds,
-    user_cmds,
-)
 from hsmkm.cli.context import CliContext, HsmkmGroup, one_line, printable
 from hsmkm.errors import ExitCode
 
-COMMANDS: tuple[click.Command, ...] = (
-    km_cmds.init,
-    km_cmds.status,
-    km_cmds.audit,
-    km_cmds.ca,
-    db_cmds.db,
-    user_cmds.user,
-    user_cmds.directory_group,
-    crl_cmds.crl_group,
-    recovery_cmds.recovery_group,
-    officer_cmds.officer_group,
-    archive_cmds.archive_group,
-    client_cmds.enroll,
-    client_cmds.keystore,
-    msg_cmds.msg,
-)
-"""Every command and group under ``hsmkm``, in one place."""
+# Every command and group under ``hsmkm``, in one place: its name, and where it is defined. A
+# command's module is imported when the command runs (or help lists it), so a user's command
+# (msg, keystore) loads neither the KM's store nor the token backend it never uses.
+COMMANDS: dict[str, str] = {
+    "init": "km_cmds:init",
+    "status": "km_cmds:status",
+    "audit": "km_cmds:audit",
+    "ca": "km_cmds:ca",
+    "db": "db_cmds:db",
+    "user": "user_cmds:user",
+    "directory": "user_cmds:directory_group",
+    "crl": "crl_cmds:crl_group",
+    "recovery": "recovery_cmds:recovery_group",
+    "officer": "officer_cmds:officer_group",
+    "archive": "archive_cmds:archive_group",
+    "enroll": "client_cmds:enroll",
+    "keystore": "client_cmds:keystore",
+    "msg": "msg_cmds:msg",
+}
 
 
-@click.group(cls=HsmkmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def load_command(name: str) -> click.Command:
+    """The command ``name`` of the table, its module imported."""
+    module, attr = COMMANDS[name].split(":")
+    command = getattr(importlib.import_module(f"hsmkm.cli.{module}"), attr)
+    if not isinstance(command, click.Command) or command.name != name:
+        raise TypeError(f"hsmkm.cli.{COMMANDS[name]} is not the command {name!r}")
+    return command
+
+
+class RootGroup(HsmkmGroup):
+    """The root: its commands come from the table, each loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.add_command(load_command(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
@@ -72,10 +85,6 @@ def cli(ctx: click.Context, home: Path, as_json: bool, debug: bool, pin_source: 
       hsmkm --home ./km status --json
     """
     ctx.obj = CliContext(home=home, json=as_json, debug=debug, pin_source=pin_source)
-
-
-for _command in COMMANDS:
-    cli.add_command(_command)
 
 
 def main() -> None:
