@@ -259,9 +259,9 @@ def test_a_rotation_started_but_unfinished_at_commit_still_moves_the_record(home
     def start_rotation(k) -> None:  # type: ignore[no-untyped-def]
         # The rotation's start is recorded (the new key current) before the enrollment commits.
         other.session.generate_aes_key("hsmkm-archive-2")
-        with other.db.transaction():
-            other.db.set_meta("archive_rotation", json.dumps({"old": "hsmkm-archive-1", "new": "hsmkm-archive-2"}))
-            other.db.set_meta("archive_key_label", "hsmkm-archive-2")
+        with other.db.write() as tx:
+            tx.meta.set("archive_rotation", json.dumps({"old": "hsmkm-archive-1", "new": "hsmkm-archive-2"}))
+            tx.meta.set("archive_key_label", "hsmkm-archive-2")
 
     km_enroll._before_commit = start_rotation
     km_enroll.enroll(km, _request("finn@example.com", code))

@@ -268,29 +268,20 @@ def _small_ops(work: Path, msg: bytes) -> list[Row]:
         now + timedelta(days=2),
     )
     urls = profiles.PublicationUrls("http://hsmkm.localhost/")
-    sign_cert = profiles.build_user_certificate(
-        CertKind.SIGN,
-        "s@bench.example",
-        None,
-        key.public_key(),
-        ca,
-        ca_key,
-        profiles.random_serial(),
-        now,
-        now + timedelta(days=1),
-        urls,
-    )
-    enc_cert = profiles.build_user_certificate(
-        CertKind.ENCRYPT,
-        "s@bench.example",
-        None,
-        key.public_key(),
-        ca,
-        ca_key,
-        profiles.random_serial(),
-        now,
-        now + timedelta(days=1),
-        urls,
+    sign_cert, enc_cert = (
+        profiles.build_user_certificate(
+            kind,
+            "s@bench.example",
+            None,
+            key.public_key(),
+            ca,
+            ca_key,
+            profiles.random_serial(),
+            now,
+            now + timedelta(days=1),
+            urls,
+        )
+        for kind in (CertKind.SIGN, CertKind.ENCRYPT)
     )
     pem = serialization.Encoding.PEM
     (work / "s.crt").write_bytes(sign_cert.public_bytes(pem))

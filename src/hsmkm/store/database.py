@@ -272,10 +272,6 @@ class Database:
         with self.read() as tx:
             return tx.meta.get(key)
 
-    def set_meta(self, key: str, value: str) -> None:
-        with self.read() as tx:
-            tx.meta.set(key, value)
-
     def close(self) -> None:
         self._conn.close()
         self.engine.dispose()
