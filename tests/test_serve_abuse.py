@@ -247,8 +247,16 @@ CASES: list[Case] = [
     Case("CRL path up to km.json", lambda t: request(t, "GET", "/crl/../km.json", content_type=None), 404),
     Case("the PIN file", lambda t: request(t, "GET", "/secrets/km.pin", content_type=None), 404),
     Case("unknown EST operation", lambda t: request(t, "POST", f"{EST}/fullcmc", good_csr(t)), 404),
-    Case("directory, an unknown use", lambda t: request(t, "GET", f"/directory/{t.email}?use=bogus", content_type=None), 400),
-    Case("directory, an unknown user", lambda t: request(t, "GET", "/directory/nobody-here@example.com", content_type=None), 404),
+    Case(
+        "directory, an unknown use",
+        lambda t: request(t, "GET", f"/directory/{t.email}?use=bogus", content_type=None),
+        400,
+    ),
+    Case(
+        "directory, an unknown user",
+        lambda t: request(t, "GET", "/directory/nobody-here@example.com", content_type=None),
+        404,
+    ),
     # framing
     Case("Transfer-Encoding gzip", lambda t: enroll(t, good_csr(t), headers=[("Transfer-Encoding", "gzip")]), 400),
     Case(
