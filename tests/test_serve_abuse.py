@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from conftest import hsmkm, trial_pin
@@ -71,8 +72,10 @@ def csr_der(
         .subject_name(x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, email)]))
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
     )
-    if decrypt_key_id is not None:
-        builder = builder.add_attribute(x509.ObjectIdentifier(OID_DECRYPT_KEY_ID), decrypt_key_id)
+    if decrypt_key_id is not None:  # an OCTET STRING, as RFC 7030 §4.4.1.1 has it
+        builder = builder.add_attribute(
+            x509.ObjectIdentifier(OID_DECRYPT_KEY_ID), decrypt_key_id, _tag=_ASN1Type.OctetString
+        )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
@@ -111,7 +114,8 @@ def request(
 ) -> RawRequest:
     host, port = host_port(t.server.url)
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
-    who, secret = email or t.email, code or t.code
+    who = email if email is not None else t.email
+    secret = code if code is not None else t.code
     if auth == "right":
         lines.append(f"Authorization: {basic(who, secret)}")
     elif auth is not None:
@@ -186,7 +190,8 @@ def a_certificate(t: Target) -> bytes:
 
 
 def unknown_user(t: Target) -> RawRequest:
-    return enroll(t, good_csr(t), email="nobody-here@example.com")
+    stranger = "nobody-here@example.com"
+    return enroll(t, b64(csr_der(t.key, stranger)), email=stranger)
 
 
 CASES: list[Case] = [
@@ -229,7 +234,7 @@ CASES: list[Case] = [
     Case("huge header", lambda t: enroll(t, good_csr(t), headers=[("X-Padding", "a" * (1 << 20))]), 400),
     Case("unknown user", unknown_user, 403),
     Case("wrong code", lambda t: enroll(t, good_csr(t), code="AAAA-BBBB-CCCC-DDDD"), 403, counts_attempt=True),
-    Case("empty password", lambda t: enroll(t, good_csr(t), code=""), 403, counts_attempt=True),
+    Case("empty password", lambda t: enroll(t, good_csr(t), code=""), 401),
     # methods
     Case("GET simpleenroll", lambda t: request(t, "GET", f"{EST}/simpleenroll", content_type=None), 405),
     Case("GET serverkeygen", lambda t: request(t, "GET", f"{EST}/serverkeygen", content_type=None), 405),
@@ -321,9 +326,13 @@ def test_malformed_request_gets_its_4xx_and_changes_nothing(target: Target, case
     if not case.counts_attempt:
         assert row_difference(before, after) == {}
         return
-    # exactly one attempt counted on this code, and one audit entry saying so
+    # exactly one attempt counted on this code, and one audit entry saying so (the log's
+    # head, kept in meta, moved on to it)
     changed = row_difference(before, after)
-    assert set(changed) == {"enrollment_codes", "audit"}, changed
+    assert set(changed) == {"enrollment_codes", "audit", "meta"}, changed
+    (old_head,), (new_head,) = changed["meta"]
+    assert old_head[0] == new_head[0] == "audit_head"
+    assert new_head[1].split(":")[0] == str(int(old_head[1].split(":")[0]) + 1)
     old, new = code_row(before, t.email), code_row(after, t.email)
     assert changed["enrollment_codes"] == ([old], [new])
     assert new[ATTEMPTS] == old[ATTEMPTS] + 1

@@ -48,11 +48,10 @@ class Client:
     def path(self, name: str) -> Path:
         return self.root / name
 
-    def env(self, profile: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {  # no HSMKM_* at all
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.root),  # ~/.config and ~/.cache are the client's own
-            "HSMKM_PROFILE": str(self.path(profile)),
             "SOFTHSM2_CONF": str(self.path("softhsm2.conf")),
             "LANG": "C.UTF-8",
         }
@@ -68,8 +67,11 @@ class Client:
             assert proc.returncode == 0, f"{argv} exited {proc.returncode}: {proc.stderr.decode(errors='replace')}"
         return proc
 
-    def hsmkm(self, *args: str, profile: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-        return self.run([HSMKM, *args], self.env(profile, env))
+    def hsmkm(
+        self, *args: str, profile: str, env: dict[str, str] | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """A user command with its profile (``--profile DIR``, the user's own directory)."""
+        return self.run([HSMKM, *args, "--profile", str(self.path(profile))], self.env(env), check=check)
 
 
 @pytest.fixture
@@ -104,11 +106,11 @@ def test_the_client_enrolls_looks_up_fetches_crls_and_then_works_with_the_server
     # the client cannot read anything of the KM
     assert home.stat().st_mode & 0o777 == 0o700 and home.stat().st_uid == 0
     for probe in (["cat", str(home / "km.json")], ["ls", str(home)], ["cat", str(home / "secrets" / "km.pin")]):
-        denied = client.run(probe, client.env("alice-profile"), check=False)
+        denied = client.run(probe, client.env(), check=False)
         assert denied.returncode != 0 and b"Permission denied" in denied.stderr, probe
     readable = client.run(
         [str(Path(HSMKM).parent / "python"), "-c", f"open({str(home / 'km.db')!r}, 'rb')"],
-        client.env("alice-profile"),
+        client.env(),
         check=False,
     )
     assert b"PermissionError" in readable.stderr
@@ -121,19 +123,19 @@ def test_the_client_enrolls_looks_up_fetches_crls_and_then_works_with_the_server
 
     # bob's token store, made by bob (the client user) with SoftHSM2's own tool
     conf = client.path("softhsm2.conf")
-    client.run(["mkdir", "-m", "0700", str(client.path("tokens"))], client.env("bob-profile"))
+    client.run(["mkdir", "-m", "0700", str(client.path("tokens"))], client.env())
     client.run(
         [
             "sh",
             "-c",
             f"printf 'directories.tokendir = {client.path('tokens')}\\nobjectstore.backend = file\\n' > {conf}",
         ],
-        client.env("bob-profile"),
+        client.env(),
     )
     bob_pin = "bob-token-pin-4711"
     client.run(
         ["softhsm2-util", "--init-token", "--free", "--label", "bob", "--pin", bob_pin, "--so-pin", "so-" + bob_pin],
-        client.env("bob-profile"),
+        client.env(),
     )
     bob_token = f"pkcs11:token=bob?module-path={client.module}&pin-source=env:BOB_PIN"
 
@@ -214,9 +216,15 @@ def test_the_client_enrolls_looks_up_fetches_crls_and_then_works_with_the_server
         client.hsmkm("msg", "decrypt", "--keystore", bob_token, message, "-o", out, profile="bob-profile", env=secrets)
         assert b"The numbers are in the usual place." in client.path(out).read_bytes()
     # what the server's absence cannot give: a recipient never looked up
-    unknown = client.run(
-        [HSMKM, "msg", "encrypt", "--to", "carol@example.com", "note.eml", "-o", "carol.eml"],
-        client.env("alice-profile"),
+    unknown = client.hsmkm(
+        "msg",
+        "encrypt",
+        "--to",
+        "carol@example.com",
+        "note.eml",
+        "-o",
+        "carol.eml",
+        profile="alice-profile",
         check=False,
     )
     assert unknown.returncode != 0
