@@ -121,15 +121,15 @@ def test_serverkeygen_needs_a_decrypt_key_identifier(server: RunningServer, path
 def test_a_body_past_the_cap_is_413_before_it_is_read(server: RunningServer) -> None:
     host, port = server.url.split("//")[1].rsplit(":", 1)
     size = transfer.encoded_limit(est_csr.MAX_CSR) + 1
-    with socket.create_connection((host, int(port)), timeout=60) as raw:
-        with server.ssl_context().wrap_socket(raw, server_hostname=host) as conn:
-            conn.sendall(
-                f"POST {EST}/simpleenroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/pkcs10\r\n"
-                f"Content-Length: {size}\r\n\r\n".encode()
-            )
-            answer = b""
-            while chunk := conn.recv(65536):
-                answer += chunk
+    raw = socket.create_connection((host, int(port)), timeout=60)
+    with server.ssl_context().wrap_socket(raw, server_hostname=host) as conn:
+        conn.sendall(
+            f"POST {EST}/simpleenroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/pkcs10\r\n"
+            f"Content-Length: {size}\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413 ")
     assert body.count(b"\n") == 1
