@@ -13,7 +13,7 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -275,3 +275,54 @@ def test_the_access_log_names_each_request_and_never_a_secret(km_server: Running
         assert secret not in log
     pin = (km_server.home / "secrets" / "km.pin").read_text().strip()
     assert pin not in log
+
+
+# --- read deadlines: a slow client cannot hold a connection ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    home = tmp_path_factory.mktemp("impatient") / "home"
+    init_km(home)
+    with running_server(home, extra_args=["--read-timeout", "1"]) as server:
+        yield server
+
+
+def closed_by_server(conn: ssl.SSLSocket) -> bytes:
+    """What the server sent until it closed the connection (the socket's own timeout, 60 s,
+    far past the server's deadline, fails the test if it never does)."""
+    data = b""
+    try:
+        while chunk := conn.recv(65536):
+            data += chunk
+    except (ConnectionResetError, ssl.SSLEOFError):
+        pass
+    return data
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /hsmkm/health HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "half"])
+def test_a_request_whose_headers_do_not_come_is_dropped(impatient: RunningServer, sent: bytes) -> None:
+    conn = tls_connection(impatient)
+    conn.sendall(sent)
+    assert closed_by_server(conn) == b""
+    conn.close()
+    assert impatient.get("/hsmkm/health").status == 200
+
+
+def test_a_body_that_does_not_come_is_408(impatient: RunningServer) -> None:
+    conn = tls_connection(impatient)
+    conn.sendall(
+        b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/pkcs10\r\n"
+        b"Content-Length: 100\r\n\r\nAAAA"
+    )
+    answer = closed_by_server(conn)
+    conn.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_after_an_answer_the_next_requests_headers_have_their_deadline_too(impatient: RunningServer) -> None:
+    conn = tls_connection(impatient)
+    conn.sendall(b"GET /hsmkm/health HTTP/1.1\r\nHost: x\r\n\r\nGET /hsmkm/health HTTP/1.1\r\n")
+    answer = closed_by_server(conn)
+    conn.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1") == 1
