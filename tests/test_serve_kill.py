@@ -13,6 +13,7 @@ second encryption certificate.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -161,7 +162,12 @@ class Tracer:
         line = self.proc.stderr.readline().decode(errors="replace")
         assert "attached" in line, line  # strace says so once it traces the worker
 
-    def stop(self) -> None:
+    def stop(self, killing: bool = False) -> None:
+        """Detach (SIGINT). With ``killing``, first give strace the time to see the worker die
+        and write its last lines: it exits by itself when its tracee is gone."""
+        if killing:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # detach, the worker runs on
         try:
@@ -208,9 +214,11 @@ def smoke_points(points: list[Point]) -> list[Point]:
 
 
 def learn_response_point(rig: Rig, log: Path) -> Point:
-    """The worker's first send to the client after the request's last database write (or, if
-    it writes after answering, its last send): killed there, the answer is lost after the
-    commit. Numbered per thread among all its sendto calls (no -P: sockets are not files)."""
+    """The worker's first send on the client's connection after the request's last database
+    write (or, if it writes after answering, its last send there): killed there, the answer
+    is lost after the commit. strace numbers sendto per thread among all its calls (no -P:
+    sockets are not files), and the token thread's wake-ups of the event loop are sends too,
+    so the point is the connection's own thread's ordinal."""
     pid = rig.warm()
     tracer = Tracer(pid, ("sendto", "pwrite64"), (), log)
     try:
@@ -220,17 +228,20 @@ def learn_response_point(rig: Rig, log: Path) -> Point:
     assert reply is not None and reply.status == 200, reply
     counts: dict[str, int] = {}
     sends: list[tuple[int, Point]] = []
+    client: tuple[str, str] | None = None  # (thread, fd) of the first send: the TLS handshake
     last_db_write = -1
     for i, line in enumerate(log.read_text(errors="replace").splitlines()):
         m = _TRACE_LINE.match(line)
         if m is None:
             continue
-        tid, name, _, path = m.groups()
+        tid, name, fd, path = m.groups()
         if name == "pwrite64" and path.startswith(str(rig.home / "km.db")):
             last_db_write = i
         elif name == "sendto":
             counts[tid] = counts.get(tid, 0) + 1
-            sends.append((i, Point("sendto", counts[tid], (), "a send to the client after the commit", True)))
+            client = client or (tid, fd)
+            if (tid, fd) == client:
+                sends.append((i, Point("sendto", counts[tid], (), "a send to the client after the commit", True)))
     assert sends and last_db_write >= 0, log.read_text()[-2000:]
     after = [p for i, p in sends if i > last_db_write]
     return after[0] if after else sends[-1][1]
@@ -276,7 +287,7 @@ def kill_at(rig: Rig, point: Point, log: Path) -> None:
     try:
         reply = rig.send(kg)
     finally:
-        tracer.stop()
+        tracer.stop(killing=True)
     trace = log.read_text(errors="replace")
     assert "+++ killed by SIGKILL +++" in trace, f"{point}: not reached, the worker answered {reply}"
     assert reply is None or reply.status >= 500 or reply.status == 200, reply
