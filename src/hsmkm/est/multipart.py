@@ -16,6 +16,8 @@ from hsmkm.est.media import ContentType, MediaType, SmimeType, parse_content_typ
 MAX_RESPONSE = 1 << 20
 MAX_PART = 256 << 10
 MAX_PART_HEADERS = 8
+MAX_PAIRS = 64  # archived keys in one key history answer
+MAX_PAIRS_RESPONSE = 16 << 20
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=?-]{1,70}")  # RFC 2046 §5.1.1 bchars, no space
 _HEADER = re.compile(rb"([!-9;-~]+):[ \t]*(.*?)[ \t]*")
 
@@ -51,17 +53,27 @@ def encode(parts: ServerKeygenParts) -> Encoded:
 def parse(content_type: str, body: bytes) -> ServerKeygenParts:
     """Client side: the two parts of a serverkeygen response. A plain ``application/pkcs8`` key
     part is refused: the KM never sends one, and the client asked for encryption."""
-    what = "the serverkeygen response"
-    if len(body) > MAX_RESPONSE:
-        raise errors.MalformedInput(f"{what}: larger than {MAX_RESPONSE} octets")
+    return _parse(content_type, body, "the serverkeygen response", MAX_RESPONSE, 1)[0]
+
+
+def parse_pairs(content_type: str, body: bytes, max_pairs: int = MAX_PAIRS) -> list[ServerKeygenParts]:
+    """Client side: a key history answer, one key part and one certificate part per key, in
+    that order, pair after pair (each pair as a serverkeygen response's two parts)."""
+    return _parse(content_type, body, "the key history", MAX_PAIRS_RESPONSE, max_pairs)
+
+
+def _parse(content_type: str, body: bytes, what: str, max_size: int, max_pairs: int) -> list[ServerKeygenParts]:
+    if len(body) > max_size:
+        raise errors.MalformedInput(f"{what}: larger than {max_size} octets")
     ctype = parse_content_type(content_type)
     if not ctype.is_(MediaType.MULTIPART_MIXED):
         raise errors.MalformedInput(f"{what}: {ctype.media}, not multipart/mixed")
     boundary = ctype.params.get("boundary", "")
     if _BOUNDARY.fullmatch(boundary) is None:
         raise errors.MalformedInput(f"{what}: a missing or bad boundary")
+    pairs: list[ServerKeygenParts] = []
     found: dict[SmimeType, bytes] = {}
-    for headers, content in _split(body, boundary.encode(), what):
+    for headers, content in _split(body, boundary.encode(), what, 2 * max_pairs):
         part_type = _part_type(headers, what)
         if part_type.is_(MediaType.PKCS8):
             raise errors.MalformedInput(f"{what}: an unencrypted key part")
@@ -70,14 +82,19 @@ def parse(content_type: str, body: bytes) -> ServerKeygenParts:
             raise errors.MalformedInput(f"{what}: an unexpected part {part_type.media}")
         kind = SmimeType(smime)
         if kind in found:
-            raise errors.MalformedInput(f"{what}: two {kind.value} parts")
+            raise errors.MalformedInput(f"{what}: two {kind.value} parts" + (" in a row" if max_pairs > 1 else ""))
         found[kind] = transfer.decode(content, MAX_PART, f"{what}: the {kind.value} part")
-    if len(found) != 2:
-        raise errors.MalformedInput(f"{what}: not one key part and one certificate part")
-    return ServerKeygenParts(found[SmimeType.SERVER_GENERATED_KEY], found[SmimeType.CERTS_ONLY])
+        if len(found) == 2:
+            pairs.append(ServerKeygenParts(found[SmimeType.SERVER_GENERATED_KEY], found[SmimeType.CERTS_ONLY]))
+            found = {}
+    if found or not pairs or (max_pairs == 1 and len(pairs) != 1):
+        raise errors.MalformedInput(
+            f"{what}: not one key part and one certificate part" + (" per key" if max_pairs > 1 else "")
+        )
+    return pairs
 
 
-def _split(body: bytes, boundary: bytes, what: str) -> list[tuple[dict[str, str], bytes]]:
+def _split(body: bytes, boundary: bytes, what: str, max_parts: int) -> list[tuple[dict[str, str], bytes]]:
     """The parts between the delimiter lines (CRLF or LF line ends); preamble and epilogue
     are dropped as RFC 2046 says."""
     lines = body.split(b"\n")
@@ -97,8 +114,8 @@ def _split(body: bytes, boundary: bytes, what: str) -> list[tuple[dict[str, str]
             if current is not None:
                 parts.append(current)
             current = []
-            if len(parts) >= 2:
-                raise errors.MalformedInput(f"{what}: more than two parts")
+            if len(parts) >= max_parts:
+                raise errors.MalformedInput(f"{what}: more than {'two' if max_parts == 2 else max_parts} parts")
         elif current is not None:
             current.append(line)
     if not closed:
