@@ -104,8 +104,9 @@ def crl_check(
     """Is this certificate revoked? Exit 1 if so (from the cache; refreshed when stale).
 
     \b
-    Example:
+    Examples:
       hsmkm crl check --km ./km bob.pem
+      hsmkm crl check --km https://km.example.com:8443 bob.pem
     """
     data = read_regular(certificate, MAX_SMALL_FILE, "certificate")
     try:

@@ -38,7 +38,7 @@ def km_options(help_text: str, required: bool = True) -> Callable[[Any], Any]:
     )
 
     def decorate(f: Any) -> Any:
-        f = click.option("--km", "km", help=km_help)(f)
+        f = click.option("--km", "km", metavar="HOME|URL", help=km_help)(f)
         f = click.option(
             "--profile",
             "profile_dir",
@@ -152,8 +152,8 @@ def optional_km_access(
         if url.lower().startswith("http://"):
             raise errors.BadInput("the KM's URL must be https:// (plain http serves only CRLs and the CA certificate)")
         url = check_km_url(url)
-        if profile.km_url() is None:
-            profile.set_km_url(url)
     access = KmAccess(cli_ctx, url=url, profile=profile, cache_dir=cache)
     access.ca()  # the trust anchor must be there before anything goes over the network
+    if url is not None and profile.km_url() is None:
+        profile.set_km_url(url)
     return access

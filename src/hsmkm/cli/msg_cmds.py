@@ -101,6 +101,7 @@ def msg_sign(
     Examples:
       hsmkm msg sign --keystore alice.epf --password-source env:PW note.eml -o signed.eml
       hsmkm msg sign --keystore alice.epf --detached - -o - < note.eml
+      hsmkm msg sign --keystore alice.epf --km https://km.example.com:8443 note.eml -o signed.eml
     """
     _check_output(outfile)
     with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
@@ -157,9 +158,14 @@ def msg_verify(
     invalid, the signer is revoked or is not the From. Outer header fields that differ from
     the protected ones are reported; -o writes the message as its sender wrote it.
 
+    With a KM reached by URL (or none named: the profile's), the trust anchor and the CRL
+    cache are the profile's; no network is needed while the cache is fresh.
+
     \b
-    Example:
+    Examples:
       hsmkm msg verify --km ./km signed.eml -o content.txt
+      hsmkm msg verify --km https://km.example.com:8443 signed.eml
+      hsmkm msg verify --profile ~/.config/hsmkm signed.eml
     """
     _check_output(outfile)
     access = km_access(cli_ctx, km, profile_dir, ca_cert, cache)
@@ -252,9 +258,15 @@ def msg_encrypt(
     strongest algorithms each one reads (RFC 8551 §2.7: what they announced in a signed message,
     else their certificate's SMIMECapabilities), the header fields protected (RFC 9788).
 
+    With a KM reached by URL, each recipient's certificate comes from its directory, is
+    validated (chain to the profile's CA, usage, address, revocation) and kept in the profile;
+    when the KM cannot be reached, the kept certificate, still valid, is used.
+
     \b
     Examples:
       hsmkm msg encrypt --km ./km --to bob@example.com --from alice@example.com note.eml -o secret.eml
+      hsmkm msg encrypt --km https://km.example.com:8443 --to bob@example.com note.eml -o secret.eml
+      hsmkm msg encrypt --to bob@example.com --sign-with alice.epf note.eml -o s.eml   # the profile's KM
       hsmkm msg encrypt --km ./km --to bob@example.com --sign-with alice.epf --password-source env:PW note.eml -o s.eml
       hsmkm msg encrypt --km ./km --to old@example.com --cipher aes256-cbc --key-transport rsa-pkcs1v15 in.eml -o out.eml
       hsmkm msg encrypt --km ./km --to bob@example.com --hcp hcp_no_confidentiality in.eml -o out.eml
@@ -324,8 +336,9 @@ def msg_decrypt(
     The output is the message as its sender wrote it, protected header fields restored.
 
     \b
-    Example:
+    Examples:
       hsmkm msg decrypt --keystore bob.epf --password-source env:PW --km ./km secret.eml -o note.eml
+      hsmkm msg decrypt --keystore bob.epf --password-source env:PW secret.eml -o note.eml   # the profile's CA
     """
     _check_output(outfile)
     with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened

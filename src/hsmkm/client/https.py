@@ -164,7 +164,8 @@ class HttpClient:
             if conn.sock is not None:
                 conn.sock.settimeout(self.read_timeout)
             try:
-                conn.request(method, self.prefix + path, body=body, headers=dict(headers or {}))
+                # one request per connection, and the server told so
+                conn.request(method, self.prefix + path, body=body, headers={**(headers or {}), "Connection": "close"})
                 raw = conn.getresponse()
                 resp_headers = {k.lower(): v for k, v in raw.getheaders()}
                 length = resp_headers.get("content-length")
