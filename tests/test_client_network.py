@@ -318,8 +318,8 @@ def test_a_lost_response_is_retried_with_the_same_code_and_issues_nothing_twice(
     epf = tmp_path / "alice.epf"
     with dropping_proxy(port, {lost}) as (proxy_port, seen):
         enroll_epf(
-            km_server, tmp_path / "p", "alice@example.com", km_server.codes["alice@example.com"], epf,
-            "--ca-cert", str(km_server.ca_pem), "--km", f"https://127.0.0.1:{proxy_port}",
+            f"https://127.0.0.1:{proxy_port}", tmp_path / "p", "alice@example.com",
+            km_server.codes["alice@example.com"], epf, "--ca-cert", str(km_server.ca_pem),
         )  # fmt: skip
     assert len(seen) >= 5  # cacerts, simpleenroll, serverkeygen, keyhistory, and the one sent again
     certs = certificates_of(km_server.home, "alice@example.com")

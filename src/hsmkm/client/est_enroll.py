@@ -38,7 +38,7 @@ from hsmkm.keys.base import PrivateKey
 EST = "/.well-known/est"
 KEY_HISTORY = "/hsmkm/est/keyhistory"
 KEY_ID_OCTETS = 16
-MAX_HISTORY_RESPONSE = 16 << 20
+MAX_HISTORY_RESPONSE = multipart.MAX_RESPONSE
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class EstClient:
         resp = self._post(KEY_HISTORY, what, email, code, csr_der, MAX_HISTORY_RESPONSE)
         if resp.status == 204:
             return []
-        return multipart.parse_pairs(resp.header("content-type") or "", resp.body)
+        return multipart.parse_many(resp.header("content-type") or "", resp.body)
 
 
 def _expect(resp: Response, media: MediaType, what: str) -> None:
