@@ -326,3 +326,79 @@ def test_a_lost_response_is_retried_with_the_same_code_and_issues_nothing_twice(
     assert sorted(c["kind"] for c in certs) == sorted({c["kind"] for c in certs}) and len(certs) == 2
     info = client("keystore", "info", str(epf), "--password-source", "env:PW", "--json", env={"PW": PW}).json()
     assert len(info["encryption"]) == 1
+
+
+# --- CRLs by the distribution point, over plain HTTP --------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def plain_server(port: int, body: bytes) -> Iterator[list[str]]:
+    """A plain HTTP server on ``port`` answering every GET with ``body`` as a CRL."""
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/pkix-crl")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield paths
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_crls_come_by_the_distribution_point_over_plain_http_and_a_forged_one_is_refused(tmp_path: Path) -> None:
+    """The certificates name ``http://127.0.0.1:PORT/crl/full.crl``; the client fetches it there
+    without TLS. Whoever answers on that port instead (plain HTTP has no server to trust) and
+    serves a CRL not signed by the CA is refused, and the cache keeps the real one."""
+    from server_harness import running_server
+
+    port = _free_port()
+    home = tmp_path / "km"
+    hsmkm(
+        "init", "--ca-subject", "CN=CDP CA,O=hsmkm tests", "--ca-key", "p256",
+        "--base-url", f"http://127.0.0.1:{port}/", home=home,
+    )  # fmt: skip
+    code = add_user(home, "alice@example.com")
+    hsmkm("crl", "publish", home=home)
+    profile = tmp_path / "profile"
+    with running_server(home, extra_args=["--listen-http", f"127.0.0.1:{port}"]) as server:
+        enroll_epf(server.url, profile, "alice@example.com", code, tmp_path / "a.epf", "--ca-cert", str(server.ca_pem))
+        settings = json.loads((profile / "profile.json").read_text())
+        assert settings["crl"]["full"] == f"http://127.0.0.1:{port}/crl/full.crl"
+        first = client("crl", "fetch", "--profile", str(profile), "--json").json()
+        assert "http 127.0.0.1 GET /crl/full.crl 200" in server.log_text()
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca = x509.load_der_x509_certificate((home / "pub" / "ca.crt").read_bytes())
+    forged = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(ca.not_valid_before_utc)
+        .next_update(ca.not_valid_after_utc)
+        .add_extension(x509.CRLNumber(first["full"] + 100), critical=False)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    with plain_server(port, forged) as paths:
+        run = client("crl", "fetch", "--profile", str(profile), check=False)
+    assert paths and paths[0] == "/crl/full.crl"
+    assert run.returncode != 0 and "signature does not verify" in run.stderr, run.stderr
+    kept = client("crl", "fetch", "--profile", str(profile), "--json", check=False)
+    assert kept.returncode == 3  # nobody answers now; the verified cache is still the one installed
+    assert json.loads((Path(first["cache"]) / "meta.json").read_text())["full_number"] == first["full"]

@@ -139,8 +139,12 @@ def optional_km_access(
     profile = Profile(profile_dir or default_location(os.environ, Path.home()))
     if ca_cert is not None:
         anchor = read_ca_certificate(read_regular(ca_cert, MAX_SMALL_FILE, "--ca-cert"), str(ca_cert))
-        if profile.trust(anchor):
-            cli_ctx.warn(f"the profile {profile.root} now trusts {anchor.subject.rfc4514_string()}")
+        before = profile.ca_certificate()
+        if profile.trust(anchor) and before is not None:
+            cli_ctx.warn(
+                f"the profile {profile.root} now trusts {anchor.subject.rfc4514_string()} "
+                f"instead of {before.subject.rfc4514_string()}"
+            )
     url = km if km is not None else profile.km_url()
     if url is None and profile.ca_certificate() is None:
         if not required and not profile.exists():
