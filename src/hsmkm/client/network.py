@@ -62,6 +62,8 @@ class HttpsDirectory:
             )
         except errors.Unreachable as exc:
             return self._cached(email, exc)
+        if resp.status >= 500:
+            return self._cached(email, refusal(resp, what))
         if resp.status == 404:
             self.cache.forget(email)
             raise errors.NotFound(
