@@ -402,3 +402,25 @@ def test_crls_come_by_the_distribution_point_over_plain_http_and_a_forged_one_is
     kept = client("crl", "fetch", "--profile", str(profile), "--json", check=False)
     assert kept.returncode == 3  # nobody answers now; the verified cache is still the one installed
     assert json.loads((Path(first["cache"]) / "meta.json").read_text())["full_number"] == first["full"]
+
+
+def test_an_enrollment_cut_off_after_simpleenroll_is_finished_by_the_same_command_again(
+    km_server: RunningServer, tmp_path: Path
+) -> None:
+    """Every serverkeygen answer is lost (connections 3, 4 and 5: the request and its two
+    retries): the command fails, keeping its certified signing key waiting in the keystore's
+    place; run again with the same code, it sends that key again and completes, and the KM
+    has issued one signing certificate, not two."""
+    port = int(km_server.url.rsplit(":", 1)[1])
+    epf, profile = tmp_path / "alice.epf", tmp_path / "p"
+    code = km_server.codes["alice@example.com"]
+    with dropping_proxy(port, {3, 4, 5}) as (proxy_port, _seen):
+        cut = enroll_epf(
+            f"https://127.0.0.1:{proxy_port}", profile, "alice@example.com", code, epf,
+            "--ca-cert", str(km_server.ca_pem), check=False,
+        )  # fmt: skip
+    assert cut.returncode == 3 and "run the same command again with the same code" in cut.stderr, cut.stderr
+    assert not epf.exists()
+    enroll_epf(km_server.url, profile, "alice@example.com", code, epf)
+    certs = certificates_of(km_server.home, "alice@example.com")
+    assert sorted(c["kind"] for c in certs) == sorted({c["kind"] for c in certs}) and len(certs) == 2

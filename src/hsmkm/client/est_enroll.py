@@ -177,12 +177,16 @@ def enroll(
     sign_alg: KeyAlgorithm,
     random: Callable[[int], bytes] = os.urandom,
 ) -> EnrollResult:
-    """The whole EST enrollment into ``target``; on any failure the new signing key is
-    discarded and the keystore is left as it was."""
+    """The whole EST enrollment into ``target``. On a refusal the new signing key is discarded
+    and the keystore is left as it was; when the KM cannot be reached after it certified the
+    signing key, the key is kept waiting in the keystore, so the same command with the same
+    code sends it again and the KM answers as the first time."""
     check_ca(est.cacerts(), ca)
     key = target.generate_signing_key(sign_alg)
+    certified = False
     try:
         sign_cert = _signing_certificate(est.simple_enroll(email, code, csr.build(key, email)), key, ca, email)
+        certified = True
         key_id = random(KEY_ID_OCTETS)
         parts = est.server_keygen(email, code, csr.build(key, email, key_id))
         current = open_issued(parts, code, key_id, ca, email, "the encryption certificate")
@@ -194,6 +198,13 @@ def enroll(
         if any(h.cert.serial_number == current.cert.serial_number for h in history):
             raise errors.MalformedInput("the key history holds the current encryption certificate again")
         target.commit((key, sign_cert), [(current.key, current.cert)] + [(h.key, h.cert) for h in history], [ca])
+    except errors.Unreachable as exc:
+        if not certified:
+            target.discard_key(key)
+            raise
+        raise errors.Unreachable(
+            f"{exc}; your signing key is kept: run the same command again with the same code"
+        ) from None
     except BaseException:
         target.discard_key(key)
         raise
