@@ -246,3 +246,33 @@ def test_a_key_history_answer_is_read_pair_by_pair() -> None:
     cut = encoded.body.rsplit(b"--est-", 2)[0] + b"--" + encoded.content_type.split("boundary=")[1].encode() + b"--\r\n"
     with pytest.raises(errors.MalformedInput):
         multipart.parse_many(encoded.content_type, cut)  # a key part without its certificate part
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_the_command_line_refuses_what_it_cannot_trust_and_writes_no_profile(
+    km: dict[str, Path], tmp_path: Path
+) -> None:
+    profile = tmp_path / "profile"
+    alice_cert = tmp_path / "alice.crt"
+    alice_cert.write_bytes(_alice(km).public_bytes(serialization.Encoding.PEM))
+    cases = [
+        (["--km", "http://127.0.0.1:1"], "must be https://"),
+        (["--km", str(km["home"]), "--ca-cert", str(alice_cert)], "for a KM reached by URL"),
+        ([], "name the KM with --km"),
+        (["--km", "https://127.0.0.1:1"], "has no CA certificate: give it once with --ca-cert"),
+        (["--km", "https://127.0.0.1:1", "--ca-cert", str(alice_cert)], "not a CA certificate"),
+        (["--km", "https://u:p@127.0.0.1:1"], "no user or password"),
+    ]
+    for args, why in cases:
+        run = hsmkm("crl", "fetch", "--profile", str(profile), *args, check=False)
+        assert run.returncode in (1, 2) and why in run.stderr and "Traceback" not in run.stderr, (args, run.stderr)
+        assert not profile.exists(), args
+
+
+def test_a_km_home_still_works_as_before_and_leaves_the_profile_alone(km: dict[str, Path], tmp_path: Path) -> None:
+    env = {"HSMKM_PROFILE": str(tmp_path / "profile"), "HSMKM_CACHE": str(tmp_path / "cache")}
+    out = hsmkm("crl", "fetch", "--km", str(km["home"]), "--json", env=env).json()
+    assert out["full"] is not None and Path(out["cache"]).is_relative_to(tmp_path / "cache")
+    assert not (tmp_path / "profile").exists()
