@@ -48,12 +48,16 @@ class RunningServer:
     proc: subprocess.Popen[bytes]
     log_path: Path
     codes: dict[str, str] = field(default_factory=dict)  # km_server: each user's enrollment code
+    _final_log: str | None = None  # the log as it was when the server's folder was removed
 
     def worker_pids(self) -> list[int]:
         """The live worker processes (children of the supervisor)."""
         return children_of(self.proc.pid)
 
     def log_text(self) -> str:
+        """The server's stderr so far (after the block: all of it)."""
+        if self._final_log is not None:
+            return self._final_log
         return self.log_path.read_text(errors="replace")
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -179,6 +183,7 @@ def running_server(
             yield server
         finally:
             server.stop()
+            server._final_log = server.log_text()
 
 
 def init_km(home: Path, users: Sequence[str] = ("alice@example.com",)) -> dict[str, str]:

@@ -52,6 +52,13 @@ def _log(line: str) -> None:
     show_default=True,
     help="Seconds the requests in flight get to finish at SIGTERM.",
 )
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(0.1, 600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request's headers, and again its body.",
+)
 @pass_cli
 def serve(
     cli_ctx: CliContext,
@@ -64,6 +71,7 @@ def serve(
     base_url: str | None,
     node_id: str,
     grace: int,
+    read_timeout: float,
 ) -> None:
     """Serve the KM: EST under /.well-known/est/, /directory/{email}, ca.crt and the CRLs.
 
@@ -112,6 +120,7 @@ def serve(
         tls_key=str(files.key.absolute()),
         graceful_timeout=grace,
         node=node_id,
+        read_timeout=read_timeout,
     )
     supervisor = Supervisor(settings, pin, https_sock, http_sock, workers, _log, env=_worker_env(cli_ctx, config))
     signal.signal(signal.SIGTERM, supervisor.request_stop)

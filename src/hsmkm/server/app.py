@@ -4,6 +4,7 @@ them), each wrapped in the access log, the request limits and a last shield."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -99,8 +100,13 @@ class Shield:
                 await send({"type": "http.response.body", "body": body})
 
 
-def build(routes: list[BaseRoute], log: Log, listener: str, limits: Limits = Limits()) -> App:
+async def _generic_500(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse(GENERIC_500 + "\n", int(HTTPStatus.INTERNAL_SERVER_ERROR))
+
+
+def build(routes: Sequence[BaseRoute], log: Log, listener: str, limits: Limits = Limits()) -> App:
     """One listener's application: access log ( shield ( limits ( Starlette ) ) )."""
-    starlette = Starlette(routes=routes)
+    # Starlette answers an exception that reaches it itself, then raises it on to the shield
+    starlette = Starlette(routes=list(routes), exception_handlers={Exception: _generic_500})
     inner: App = RequestLimits(starlette, limits.max_body, limits.body_timeout)
     return AccessLog(Shield(inner, log), log, listener)

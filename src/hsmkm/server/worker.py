@@ -28,6 +28,7 @@ from hsmkm.clock import system_clock
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.publishers import publisher_for
 from hsmkm.server import app as server_app
+from hsmkm.server.protocol import DEFAULT_HEADER_TIMEOUT, with_timeout
 from hsmkm.server.runner import KmRunner
 
 MAX_SETTINGS = 64 << 10
@@ -47,6 +48,7 @@ class WorkerSettings:
     tls_key: str
     graceful_timeout: int
     node: str
+    read_timeout: float = DEFAULT_HEADER_TIMEOUT
 
     def encode(self, pin: str) -> bytes:
         return json.dumps({"settings": asdict(self), "pin": pin}).encode()
@@ -87,7 +89,7 @@ def _config(app: Any, settings: WorkerSettings, tls: bool) -> uvicorn.Config:
     extra: dict[str, Any] = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key} if tls else {}
     return uvicorn.Config(
         app,
-        http="h11",
+        http=with_timeout(settings.read_timeout),
         loop="asyncio",
         ws="none",
         lifespan="off",
@@ -110,16 +112,19 @@ def _status(fd: int, message: dict[str, Any]) -> None:
 
 async def serve(runner: KmRunner, settings: WorkerSettings) -> None:
     label = f"{settings.node} " if settings.node else ""
+    limits = server_app.Limits(body_timeout=settings.read_timeout)
     https = _Server(
         _config(
-            server_app.build(server_app.https_routes(runner, _log, system_clock), _log, f"{label}https"), settings, True
+            server_app.build(server_app.https_routes(runner, _log, system_clock), _log, f"{label}https", limits),
+            settings,
+            True,
         )
     )
     servers: list[tuple[_Server, socket.socket]] = [(https, socket.socket(fileno=settings.https_fd))]
     if settings.http_fd is not None:
         plain = _Server(
             _config(
-                server_app.build(server_app.http_routes(runner, _log, system_clock), _log, f"{label}http"),
+                server_app.build(server_app.http_routes(runner, _log, system_clock), _log, f"{label}http", limits),
                 settings,
                 False,
             )
