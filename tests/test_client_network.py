@@ -437,3 +437,38 @@ def test_an_enrollment_cut_off_after_simpleenroll_is_finished_by_the_same_comman
     enroll_epf(km_server.url, profile, "alice@example.com", code, epf)
     certs = certificates_of(km_server.home, "alice@example.com")
     assert sorted(c["kind"] for c in certs) == sorted({c["kind"] for c in certs}) and len(certs) == 2
+
+
+def test_after_a_recovery_the_key_history_comes_over_est_and_old_mail_opens(
+    km_server: RunningServer, tmp_path: Path
+) -> None:
+    """alice loses her keystore; two officers approve her recovery, she re-enrolls over HTTPS
+    into a new .epf with the recovery code and receives her archived key: a message sent to
+    her first key opens with the new keystore."""
+    home, profile = km_server.home, tmp_path / "profile"
+    first = tmp_path / "first.epf"
+    enroll_epf(
+        km_server.url, profile, "alice@example.com", km_server.codes["alice@example.com"], first,
+        "--ca-cert", str(km_server.ca_pem),
+    )  # fmt: skip
+    hsmkm("crl", "publish", home=home)
+    (tmp_path / "note.eml").write_bytes(NOTE)
+    client(
+        "msg", "encrypt", "--profile", str(profile), "--to", "alice@example.com",
+        str(tmp_path / "note.eml"), "-o", str(tmp_path / "old.eml"),
+    )  # fmt: skip
+    rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "lost laptop", "--json", home=home).json()["id"]
+    for officer in ("officer1", "officer2"):
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home)
+    code_file = tmp_path / "alice.code"
+    hsmkm("recovery", "complete", str(rid), "--reenable", "--code-out", str(code_file), home=home)
+    new = tmp_path / "new.epf"
+    out = enroll_epf(km_server.url, profile, "alice@example.com", code_file.read_text().strip(), new).json()
+    assert out["history_keys"] == 1
+    info = client("keystore", "info", str(new), "--password-source", "env:PW", "--json", env={"PW": PW}).json()
+    assert len(info["encryption"]) == 2  # the new key and the recovered one
+    client(
+        "msg", "decrypt", "--profile", str(profile), "--keystore", str(new), "--password-source", "env:PW",
+        str(tmp_path / "old.eml"), "-o", str(tmp_path / "old.out"), env={"PW": PW},
+    )  # fmt: skip
+    assert b"hello bob" in (tmp_path / "old.out").read_bytes()
