@@ -191,3 +191,13 @@ def row_difference(before: Rows, after: Rows) -> dict[str, tuple[list[tuple[Any,
         if gone or added:
             changed[table] = (gone, added)
     return changed
+
+
+def column(home: Path, table: str, name: str) -> int:
+    """The position of column ``name`` in ``table``'s rows as ``db_rows`` gives them."""
+    conn = sqlite3.connect(f"file:{home / 'km.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        names = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
+    finally:
+        conn.close()
+    return names.index(name)

@@ -97,6 +97,7 @@ def served(tmp_path: Path) -> Iterator[tuple[RunningServer, dict[str, str]]]:
         yield server, codes
 
 
+@pytest.mark.slow
 def test_the_client_enrolls_looks_up_fetches_crls_and_then_works_with_the_server_stopped(
     client: Client, served: tuple[RunningServer, dict[str, str]]
 ) -> None:

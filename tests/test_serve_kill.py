@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import hsmkm
-from hsmkm.est import certsonly, multipart
+from hsmkm.est import certsonly, keypart, multipart
 from hsmkm.est import csr as est_csr
 from serve_outside import RawRequest, Reply, host_port, send_raw
 from server_harness import RunningServer, running_server
@@ -272,10 +274,17 @@ def encryption_state(home: Path, email: str) -> tuple[list[str], list[str]]:
     return sorted(certs), sorted(archived)
 
 
-def serial_of(reply: Reply) -> str:
-    """The serial of the encryption certificate in a serverkeygen answer (read as the client does)."""
+def opened(rig: Rig, kg: Keygen, reply: Reply) -> str:
+    """The serial of the encryption certificate in a serverkeygen answer, after checking, as
+    the client does, that its key part opens with the code and holds that certificate's key."""
     parts = multipart.parse(reply.header("content-type"), reply.body)
     (cert,) = certsonly.decode(parts.certs_part)
+    ca = x509.load_pem_x509_certificate(rig.server.ca_pem.read_bytes())
+    key = keypart.open_key(parts.key_part, keypart.kek(kg.code, kg.key_id), kg.key_id, ca)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert key.private_key.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ) == cert.public_key().public_bytes(serialization.Encoding.DER, spki)
     return f"{cert.serial_number:040x}"  # as the database keys it
 
 
@@ -309,13 +318,14 @@ def kill_at(rig: Rig, point: Point, log: Path) -> None:
     rig.warm()
     again = rig.send(kg)
     assert again is not None and again.status == 200, f"{point}: the retry got {again}"
-    serial = serial_of(again)
+    serial = opened(rig, kg, again)
     after_certs, after_archived = encryption_state(rig.home, kg.email)
     assert after_certs == after_archived == [serial], (point, serial, after_certs, after_archived)
     if certs:
         assert certs == after_certs, f"{point}: a second encryption certificate after the retry"
 
 
+@pytest.mark.slow
 def test_kill_during_serverkeygen_leaves_all_or_nothing_and_the_retry_succeeds(rig: Rig, tmp_path: Path) -> None:
     learnt = learn_points(rig, tmp_path / "learn.trace")
     # the suite's smoke: a few points; scripts/fault-serve sweeps every one
