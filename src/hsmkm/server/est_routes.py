@@ -51,7 +51,10 @@ def basic_credentials(header: str | None) -> tuple[str, str]:
 
 
 def _require_pkcs10(request: Request) -> None:
-    header = request.headers.get("content-type")
+    given = request.headers.getlist("content-type")
+    if len(given) > 1:  # as with Authorization: which one counts would depend on who reads it
+        raise errors.MalformedInput("more than one Content-Type header")
+    header = given[0] if given else None
     if header is None:
         raise UnsupportedMediaType("Content-Type must be application/pkcs10")
     try:
