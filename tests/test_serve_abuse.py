@@ -221,6 +221,11 @@ CASES: list[Case] = [
     # headers
     Case("wrong Content-Type", lambda t: enroll(t, good_csr(t), content_type="text/plain"), 415),
     Case("missing Content-Type", lambda t: enroll(t, good_csr(t), content_type=None), 415),
+    Case(
+        "two Content-Types",
+        lambda t: enroll(t, good_csr(t), headers=[("Content-Type", "application/pkcs10")]),
+        400,
+    ),
     Case("malformed Content-Type", lambda t: enroll(t, good_csr(t), content_type="application/pkcs10; =;;"), 415),
     Case("Bearer authorization", lambda t: enroll(t, good_csr(t), auth="Bearer abc.def.ghi"), 401),
     Case("Digest authorization", lambda t: enroll(t, good_csr(t), auth='Digest username="victim"'), 401),
