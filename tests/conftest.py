@@ -9,9 +9,12 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from server_harness import RunningServer
 
 BIN = Path(sys.executable).parent
 HSMKM = str(BIN / "hsmkm")
@@ -123,3 +126,16 @@ def pkcs11_tool_objects(listing: str) -> list[str]:
         elif out:
             out[-1] += line + "\n"
     return out
+
+
+@pytest.fixture
+def km_server(tmp_path: Path) -> Iterator[RunningServer]:
+    """``hsmkm serve`` (one worker) on a fresh embedded-default KM with alice@example.com
+    added: a ``server_harness.RunningServer``, her code at ``km_server.codes[email]``."""
+    from server_harness import init_km, running_server
+
+    home = tmp_path / "home"
+    codes = init_km(home)
+    with running_server(home) as server:
+        server.codes.update(codes)
+        yield server

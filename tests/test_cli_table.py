@@ -53,6 +53,7 @@ CONTRACT = [
     "msg verify",
     "msg encrypt",
     "msg decrypt",
+    "serve",
 ]
 
 

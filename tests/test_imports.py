@@ -15,7 +15,7 @@ PACKAGE = Path(hsmkm.__file__).resolve().parent
 
 # DESIGN.md's layers, highest first; a module may import its own layer or any below it.
 # The top-level modules (hsmkm.der, hsmkm.clock, hsmkm.atomic, ...) are the foundation,
-# beside hsmkm.errors. serve/ is the server adapter (DESIGN.md's server/); bench is a tool
+# beside hsmkm.errors. server/ is the network adapter beside cli/; bench is a tool
 # that drives the KM as the CLI does; est (the EST wire codecs, which both the server and
 # the enrollment client speak) sits with km and client. The wire formats at the top level
 # (protocol: the enrollment messages; enroll_wire: their codec; smimecaps: the S/MIME
@@ -23,7 +23,6 @@ PACKAGE = Path(hsmkm.__file__).resolve().parent
 LAYERS: dict[str, int] = {
     "cli": 4,
     "server": 4,
-    "serve": 4,
     "bench": 4,
     "km": 3,
     "client": 3,

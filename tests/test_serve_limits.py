@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hsmkm.serve.limits import Message, Receive, RequestLimits, Scope, Send
+from hsmkm.server.limits import Message, Receive, RequestLimits, Scope, Send
 
 CAP = 1000
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "enroll": "client_cmds:enroll",
     "keystore": "client_cmds:keystore",
     "msg": "msg_cmds:msg",
+    "serve": "serve_cmds:serve",
 }
 
 

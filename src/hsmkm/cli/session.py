@@ -23,6 +23,11 @@ def open_km(cli: CliContext, actor: str = "operator") -> KeyManager:
 
 def open_km_at(cli: CliContext, root: Path, pin_source: str | None, actor: str) -> KeyManager:
     """The KM at ``root``, logged in with the PIN from ``pin_source`` (else the home's own)."""
+    return open_km_and_pin(cli, root, pin_source, actor)[0]
+
+
+def open_km_and_pin(cli: CliContext, root: Path, pin_source: str | None, actor: str) -> tuple[KeyManager, str]:
+    """``open_km_at``, and the PIN it logged in with (for a server handing it to its workers)."""
     config = KmConfig.load(Home(root))
     spec = pin_source or config.km_pin_source
     pin = cli.secret(spec, "KM token PIN")
@@ -30,7 +35,7 @@ def open_km_at(cli: CliContext, root: Path, pin_source: str | None, actor: str) 
     for repair in km.repairs:
         cli.warn(repair.describe())
     settle(km)
-    return km
+    return km, pin
 
 
 @dataclass

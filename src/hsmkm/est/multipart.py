@@ -16,6 +16,7 @@ from hsmkm.est.media import ContentType, MediaType, SmimeType, parse_content_typ
 MAX_RESPONSE = 1 << 20
 MAX_PART = 256 << 10
 MAX_PART_HEADERS = 8
+MAX_PAIRS = 64
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=?-]{1,70}")  # RFC 2046 §5.1.1 bchars, no space
 _HEADER = re.compile(rb"([!-9;-~]+):[ \t]*(.*?)[ \t]*")
 
@@ -34,16 +35,32 @@ class Encoded:
 
 def encode(parts: ServerKeygenParts) -> Encoded:
     """The response body and its Content-Type; the key part first, as RFC 7030's example."""
+    return encode_many([parts])
+
+
+def encode_many(pairs: list[ServerKeygenParts]) -> Encoded:
+    """Key part, certificate part, repeated for each key (hsmkm's keyhistory answer): one
+    ``multipart/mixed`` of ``2 * len(pairs)`` parts, each pair in serverkeygen's order."""
+    if not 1 <= len(pairs) <= MAX_PAIRS:
+        raise errors.BadInput(f"a multipart answer holds 1 to {MAX_PAIRS} keys")
     boundary = "est-" + secrets.token_hex(12)  # base64 lines never start with "--"
     crlf = b"\r\n"
     out = b""
-    for media, der in (
-        (pkcs7(SmimeType.SERVER_GENERATED_KEY), parts.key_part),
-        (pkcs7(SmimeType.CERTS_ONLY), parts.certs_part),
-    ):
-        out += (
-            b"--" + boundary.encode() + crlf + b"Content-Type: " + media.encode() + crlf + crlf + transfer.encode(der)
-        )
+    for parts in pairs:
+        for media, der in (
+            (pkcs7(SmimeType.SERVER_GENERATED_KEY), parts.key_part),
+            (pkcs7(SmimeType.CERTS_ONLY), parts.certs_part),
+        ):
+            out += (
+                b"--"
+                + boundary.encode()
+                + crlf
+                + b"Content-Type: "
+                + media.encode()
+                + crlf
+                + crlf
+                + transfer.encode(der)
+            )
     out += b"--" + boundary.encode() + b"--" + crlf
     return Encoded(ContentType(MediaType.MULTIPART_MIXED.value, {"boundary": boundary}).format(), out)
 
@@ -51,7 +68,18 @@ def encode(parts: ServerKeygenParts) -> Encoded:
 def parse(content_type: str, body: bytes) -> ServerKeygenParts:
     """Client side: the two parts of a serverkeygen response. A plain ``application/pkcs8`` key
     part is refused: the KM never sends one, and the client asked for encryption."""
-    what = "the serverkeygen response"
+    pairs = _parse(content_type, body, 1, "the serverkeygen response")
+    if len(pairs) != 1:
+        raise errors.MalformedInput("the serverkeygen response: not one key part and one certificate part")
+    return pairs[0]
+
+
+def parse_many(content_type: str, body: bytes) -> list[ServerKeygenParts]:
+    """Client side: a keyhistory response, key part and certificate part for each key."""
+    return _parse(content_type, body, MAX_PAIRS, "the keyhistory response")
+
+
+def _parse(content_type: str, body: bytes, max_pairs: int, what: str) -> list[ServerKeygenParts]:
     if len(body) > MAX_RESPONSE:
         raise errors.MalformedInput(f"{what}: larger than {MAX_RESPONSE} octets")
     ctype = parse_content_type(content_type)
@@ -60,8 +88,8 @@ def parse(content_type: str, body: bytes) -> ServerKeygenParts:
     boundary = ctype.params.get("boundary", "")
     if _BOUNDARY.fullmatch(boundary) is None:
         raise errors.MalformedInput(f"{what}: a missing or bad boundary")
-    found: dict[SmimeType, bytes] = {}
-    for headers, content in _split(body, boundary.encode(), what):
+    kinds: list[tuple[SmimeType, bytes]] = []
+    for headers, content in _split(body, boundary.encode(), what, 2 * max_pairs):
         part_type = _part_type(headers, what)
         if part_type.is_(MediaType.PKCS8):
             raise errors.MalformedInput(f"{what}: an unencrypted key part")
@@ -69,15 +97,20 @@ def parse(content_type: str, body: bytes) -> ServerKeygenParts:
         if not part_type.is_(MediaType.PKCS7_MIME) or smime not in {s.value for s in SmimeType}:
             raise errors.MalformedInput(f"{what}: an unexpected part {part_type.media}")
         kind = SmimeType(smime)
-        if kind in found:
-            raise errors.MalformedInput(f"{what}: two {kind.value} parts")
-        found[kind] = transfer.decode(content, MAX_PART, f"{what}: the {kind.value} part")
-    if len(found) != 2:
-        raise errors.MalformedInput(f"{what}: not one key part and one certificate part")
-    return ServerKeygenParts(found[SmimeType.SERVER_GENERATED_KEY], found[SmimeType.CERTS_ONLY])
+        kinds.append((kind, transfer.decode(content, MAX_PART, f"{what}: the {kind.value} part")))
+    if not kinds or len(kinds) % 2:
+        raise errors.MalformedInput(f"{what}: not pairs of a key part and a certificate part")
+    pairs: list[ServerKeygenParts] = []
+    for (first, key), (second, certs) in zip(kinds[::2], kinds[1::2], strict=True):
+        if first is second:
+            raise errors.MalformedInput(f"{what}: two {first.value} parts")
+        if first is SmimeType.CERTS_ONLY:
+            key, certs = certs, key
+        pairs.append(ServerKeygenParts(key, certs))
+    return pairs
 
 
-def _split(body: bytes, boundary: bytes, what: str) -> list[tuple[dict[str, str], bytes]]:
+def _split(body: bytes, boundary: bytes, what: str, max_parts: int) -> list[tuple[dict[str, str], bytes]]:
     """The parts between the delimiter lines (CRLF or LF line ends); preamble and epilogue
     are dropped as RFC 2046 says."""
     lines = body.split(b"\n")
@@ -97,8 +130,8 @@ def _split(body: bytes, boundary: bytes, what: str) -> list[tuple[dict[str, str]
             if current is not None:
                 parts.append(current)
             current = []
-            if len(parts) >= 2:
-                raise errors.MalformedInput(f"{what}: more than two parts")
+            if len(parts) >= max_parts:
+                raise errors.MalformedInput(f"{what}: more than {max_parts} parts")
         elif current is not None:
             current.append(line)
     if not closed:

@@ -106,3 +106,10 @@ def sync_all(db: Database, publisher: Publisher) -> int:
         tx.outbox.clear()
     artifacts.republish(db, publisher)
     return len(emails)
+
+
+def current_entry(db: Database, email: str) -> dict[CertKind, x509.Certificate]:
+    """The user's current valid certificates by kind (empty for an unknown or revoked user)."""
+    with db.read() as tx:
+        entry = tx.certs.directory_entry(users.normalize_email(email))
+    return {_KINDS[k]: x509.load_der_x509_certificate(der) for k, der in entry.items() if k in _KINDS}
