@@ -11,8 +11,13 @@ import click
 from hsmkm import errors
 from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.keystores import keystore_secret, open_user_keystore
+from hsmkm.cli.km_access import KmAccess, km_access, km_options
 from hsmkm.cli.session import open_km_at
 from hsmkm.client import enroll as client_enroll
+from hsmkm.client import est_enroll
+from hsmkm.client.est_enroll import EstClient
+from hsmkm.client.network import distribution_points
+from hsmkm.client.profile import CrlUrls
 from hsmkm.enroll_wire import request_email
 from hsmkm.keys import new_keystore, open_keystore
 from hsmkm.keys.algorithms import KeyAlgorithm
@@ -38,7 +43,7 @@ def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | Non
 
 
 @click.command()
-@click.option("--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home.")
+@km_options("The KM to enroll with.")
 @click.option("--email", required=True, help="Your address, as the KM knows it.")
 @click.option("--code-source", required=True, help="Where the one-time code comes from: env:NAME, file:PATH or prompt.")
 @click.option("--keystore", "ref", required=True, help="A new .epf path, or a pkcs11: URI of your token.")
@@ -55,7 +60,9 @@ def local_transport(cli_ctx: CliContext, km_home: Path, km_pin_source: str | Non
 @pass_cli
 def enroll(
     cli_ctx: CliContext,
-    km_home: Path,
+    km: str | None,
+    profile_dir: Path | None,
+    ca_cert: Path | None,
     email: str,
     code_source: str,
     ref: str,
@@ -67,8 +74,15 @@ def enroll(
     """Make your signing key, send a CSR with your one-time code, receive your certificates
     and your encryption key (and, after a recovery, your archived keys).
 
+    With --km https://… this speaks EST (RFC 7030) to a 'hsmkm serve': the server's TLS
+    certificate and its cacerts must come from the CA certificate the profile holds (given
+    once with --ca-cert); every certificate and key received is checked before the keystore
+    is written.
+
     \b
     Examples:
+      hsmkm enroll --km https://km.example.com:8443 --ca-cert ca.pem --email alice@example.com \\
+            --code-source prompt --keystore alice.epf --password-source prompt
       hsmkm enroll --km ./km --email alice@example.com --code-source prompt \\
             --keystore alice.epf --password-source prompt
       hsmkm enroll --km ./km --email bob@example.com --code-source env:CODE \\
@@ -76,6 +90,7 @@ def enroll(
       hsmkm enroll --km ./km --email alice@example.com --code-source env:CODE \\
             --keystore alice.epf --password-source env:PW --update
     """
+    access = km_access(cli_ctx, km, profile_dir, ca_cert)
     code = cli_ctx.secret(code_source, "enrollment code")
     secret = keystore_secret(cli_ctx, ref, password_source, confirm=not update)
     target: AnyKeystore
@@ -85,9 +100,15 @@ def enroll(
         target = new_keystore(ref, secret)
         if not isinstance(target, EpfKeystore) and target.signing_entry() is not None:
             raise errors.AlreadyExists(f"{ref} already holds keys; add --update to keep them and add new ones")
-    result = client_enroll.enroll(
-        target, local_transport(cli_ctx, km_home, km_pin_source), email, code, KeyAlgorithm(sign_key)
-    )
+    if access.remote:
+        ca = access.ca()
+        result = est_enroll.enroll(target, EstClient(access.http()), ca, email, code, KeyAlgorithm(sign_key))
+        remember_crl_urls(access, target)
+    else:
+        assert access.home is not None
+        result = client_enroll.enroll(
+            target, local_transport(cli_ctx, access.home, km_pin_source), email, code, KeyAlgorithm(sign_key)
+        )
     data = {
         "email": result.email,
         "keystore": ref,
@@ -97,6 +118,15 @@ def enroll(
     }
     extra = f", {result.history_keys} archived key(s) restored" if result.history_keys else ""
     cli_ctx.emit(data, f"enrolled {result.email} into {ref}{extra}")
+
+
+def remember_crl_urls(access: KmAccess, ks: AnyKeystore) -> None:
+    """Note in the profile where the new signing certificate says its CRLs are published."""
+    entry = ks.signing_entry()
+    if access.profile is not None and entry is not None:
+        full, delta = distribution_points(entry.certificate)
+        if full is not None:
+            access.profile.set_crl_urls(CrlUrls(full, delta))
 
 
 @group()

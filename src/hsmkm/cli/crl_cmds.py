@@ -10,7 +10,7 @@ from cryptography import x509
 from hsmkm import errors
 from hsmkm.bounded import MAX_SMALL_FILE, read_regular
 from hsmkm.cli.context import CliContext, group, pass_cli
-from hsmkm.cli.revocation import revocation_checker
+from hsmkm.cli.km_access import km_access, km_options
 from hsmkm.cli.session import open_km
 from hsmkm.clock import system_clock
 from hsmkm.km.publication import CrlKind, publish_crl
@@ -54,21 +54,24 @@ def crl_publish(cli_ctx: CliContext, delta: bool, next_update_hours: int | None)
 
 
 @crl_group.command("fetch")
-@click.option(
-    "--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home (its pub/)."
-)
+@km_options("Where the CRLs come from (over http(s), by the distribution points the certificates name).")
 @click.option(
     "--cache", type=click.Path(file_okay=False, path_type=Path), help="Cache directory (default under ~/.cache/hsmkm)."
 )
 @pass_cli
-def crl_fetch(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> None:
+def crl_fetch(
+    cli_ctx: CliContext, km: str | None, profile_dir: Path | None, ca_cert: Path | None, cache: Path | None
+) -> None:
     """Refresh the CRL cache: the full CRL, then the delta; each verified against the CA.
 
     \b
-    Example:
+    Examples:
       hsmkm crl fetch --km ./km
+      hsmkm crl fetch --km https://km.example.com:8443 --ca-cert ca.pem
+      hsmkm crl fetch                      # the KM the profile names
     """
-    checker = revocation_checker(cli_ctx, km_home, cache)
+    access = km_access(cli_ctx, km, profile_dir, ca_cert, cache)
+    checker = access.checker()
     checker.refresh()
     store = checker.cache
     st = store.status(system_clock())
@@ -87,22 +90,31 @@ def crl_fetch(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> None:
 
 @crl_group.command("check")
 @click.argument("certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--km", "km_home", required=True, type=click.Path(file_okay=False, path_type=Path), help="The KM's home.")
+@km_options("The KM whose CRLs answer.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="Cache directory.")
 @pass_cli
-def crl_check(cli_ctx: CliContext, certificate: Path, km_home: Path, cache: Path | None) -> None:
+def crl_check(
+    cli_ctx: CliContext,
+    certificate: Path,
+    km: str | None,
+    profile_dir: Path | None,
+    ca_cert: Path | None,
+    cache: Path | None,
+) -> None:
     """Is this certificate revoked? Exit 1 if so (from the cache; refreshed when stale).
 
     \b
-    Example:
+    Examples:
       hsmkm crl check --km ./km bob.pem
+      hsmkm crl check --km https://km.example.com:8443 bob.pem
     """
     data = read_regular(certificate, MAX_SMALL_FILE, "certificate")
     try:
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     except errors.CERTIFICATE_PARSE_ERRORS:
         raise errors.MalformedInput(f"{certificate}: not a certificate") from None
-    info = revocation_checker(cli_ctx, km_home, cache).status(cert.serial_number)
+    access = km_access(cli_ctx, km, profile_dir, ca_cert, cache)
+    info = access.checker().status(cert.serial_number)
     if info is None:
         cli_ctx.emit({"serial": f"{cert.serial_number:x}", "revoked": False}, "not revoked")
         return

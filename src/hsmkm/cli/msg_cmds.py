@@ -18,14 +18,13 @@ from hsmkm.atomic import atomic_writer, write_atomic
 from hsmkm.bounded import MAX_SMALL_FILE, open_regular, read_regular
 from hsmkm.cli.context import CliContext, group, pass_cli
 from hsmkm.cli.keystores import open_user_keystore
-from hsmkm.cli.revocation import default_cache_dir, km_source, revocation_checker
+from hsmkm.cli.km_access import KmAccess, km_access, km_options, optional_km_access
+from hsmkm.cli.revocation import default_cache_dir
 from hsmkm.client import messaging
-from hsmkm.client.correspondents import Correspondents
 from hsmkm.client.crlcache import CrlCache
-from hsmkm.client.revocation import check_own_signing_certificate, validation_context
+from hsmkm.client.revocation import check_own_signing_certificate
 from hsmkm.cms import enveloped, signed
 from hsmkm.cms.protect import Confidentiality
-from hsmkm.cms.validation import ValidationContext
 from hsmkm.keys.base import Keystore
 
 
@@ -69,15 +68,6 @@ def _write(path: str, data: bytes, private: bool = False) -> None:
         write_atomic(path, data, 0o600 if private else 0o644)
 
 
-def _correspondents(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> Correspondents:
-    """Where what correspondents announced is kept: beside the CRL cache."""
-    return Correspondents(revocation_checker(cli_ctx, km_home, cache).cache.dir / "correspondents")
-
-
-def _context(cli_ctx: CliContext, km_home: Path, cache: Path | None) -> ValidationContext:
-    return validation_context(revocation_checker(cli_ctx, km_home, cache))
-
-
 @group("msg")
 def msg() -> None:
     """S/MIME messages: sign, verify, encrypt, decrypt."""
@@ -87,12 +77,7 @@ def msg() -> None:
 @click.option("--keystore", "ref", required=True, help="Your keystore (.epf or pkcs11: URI).")
 @click.option("--password-source", help="Source of the .epf password.")
 @click.option("--detached", is_flag=True, help="multipart/signed (clear-signed) instead of opaque.")
-@click.option(
-    "--km",
-    "km_home",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The KM's home: refresh a stale CRL cache before checking your own certificate.",
-)
+@km_options("Refresh a stale CRL cache from this KM before checking your own certificate.", required=False)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
@@ -102,7 +87,9 @@ def msg_sign(
     ref: str,
     password_source: str | None,
     detached: bool,
-    km_home: Path | None,
+    km: str | None,
+    profile_dir: Path | None,
+    ca_cert: Path | None,
     cache: Path | None,
     infile: str,
     outfile: str,
@@ -114,16 +101,18 @@ def msg_sign(
     Examples:
       hsmkm msg sign --keystore alice.epf --password-source env:PW note.eml -o signed.eml
       hsmkm msg sign --keystore alice.epf --detached - -o - < note.eml
+      hsmkm msg sign --keystore alice.epf --km https://km.example.com:8443 note.eml -o signed.eml
     """
     _check_output(outfile)
     with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
         ks = open_user_keystore(cli_ctx, ref, password_source)
-        _check_own_certificate(cli_ctx, ks, km_home, cache)
+        access = optional_km_access(cli_ctx, km, profile_dir, ca_cert, cache)
+        _check_own_certificate(cli_ctx, ks, access, cache)
         with _output(outfile) as dst:
             messaging.sign_file(src, dst, ks, detached)
 
 
-def _check_own_certificate(cli_ctx: CliContext, ks: Keystore, km_home: Path | None, cache: Path | None) -> None:
+def _check_own_certificate(cli_ctx: CliContext, ks: Keystore, access: KmAccess | None, cache: Path | None) -> None:
     """Refuse to sign with a certificate the cached CRL lists as revoked; warn when the cache
     is stale or absent (then nothing is known either way)."""
     entry = ks.signing_entry()
@@ -131,8 +120,8 @@ def _check_own_certificate(cli_ctx: CliContext, ks: Keystore, km_home: Path | No
         raise errors.NotFound("the keystore has no signing key")
     cert = entry.certificate
     checker, cached = None, None
-    if km_home is not None:
-        checker = revocation_checker(cli_ctx, km_home, cache)
+    if access is not None:
+        checker = access.checker()
     else:
         ca = next((c for c in ks.ca_certificates() if c.subject == cert.issuer), None)
         if cache is not None or ca is not None:
@@ -150,29 +139,37 @@ def _report(result: signed.VerifyResult) -> dict[str, object]:
 
 
 @msg.command("verify")
-@click.option(
-    "--km",
-    "km_home",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The KM's home (trust and CRLs).",
-)
+@km_options("The KM (trust and CRLs).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", help="Write the signed content here.")
 @pass_cli
-def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: str, outfile: str | None) -> None:
+def msg_verify(
+    cli_ctx: CliContext,
+    km: str | None,
+    profile_dir: Path | None,
+    ca_cert: Path | None,
+    cache: Path | None,
+    infile: str,
+    outfile: str | None,
+) -> None:
     """Verify a signed message: signature, chain to the KM's CA, usage, revocation, and that
     the signer is who From (the protected From, RFC 9788) says. Exit 1 with the reason if it is
     invalid, the signer is revoked or is not the From. Outer header fields that differ from
     the protected ones are reported; -o writes the message as its sender wrote it.
 
+    With a KM reached by URL (or none named: the profile's), the trust anchor and the CRL
+    cache are the profile's; no network is needed while the cache is fresh.
+
     \b
-    Example:
+    Examples:
       hsmkm msg verify --km ./km signed.eml -o content.txt
+      hsmkm msg verify --km https://km.example.com:8443 signed.eml
+      hsmkm msg verify --profile ~/.config/hsmkm signed.eml
     """
     _check_output(outfile)
-    ctx = _context(cli_ctx, km_home, cache)
+    access = km_access(cli_ctx, km, profile_dir, ca_cert, cache)
+    ctx = access.context()
     with _input(infile) as src:
         if outfile == "-":
             with tempfile.TemporaryDirectory(prefix="hsmkm-") as tmp:
@@ -183,7 +180,7 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
                 sys.stdout.buffer.flush()
         else:
             result = messaging.verify_file(src, Path(outfile) if outfile else None, ctx)
-    messaging.remember_sender(_correspondents(cli_ctx, km_home, cache), result)
+    messaging.remember_sender(access.correspondents(), result)
     for w in result.warnings:
         cli_ctx.warn(w)
     cli_ctx.emit(
@@ -201,13 +198,7 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
 
 
 @msg.command("encrypt")
-@click.option(
-    "--km",
-    "km_home",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The KM's home (directory, CRLs).",
-)
+@km_options("The KM (directory, CRLs).")
 @click.option("--to", "to", multiple=True, help="A recipient's address (repeatable).")
 @click.option(
     "--cert",
@@ -247,7 +238,9 @@ def msg_verify(cli_ctx: CliContext, km_home: Path, cache: Path | None, infile: s
 @pass_cli
 def msg_encrypt(
     cli_ctx: CliContext,
-    km_home: Path,
+    km: str | None,
+    profile_dir: Path | None,
+    ca_cert: Path | None,
     to: tuple[str, ...],
     cert_files: tuple[str, ...],
     sender: str | None,
@@ -265,15 +258,22 @@ def msg_encrypt(
     strongest algorithms each one reads (RFC 8551 §2.7: what they announced in a signed message,
     else their certificate's SMIMECapabilities), the header fields protected (RFC 9788).
 
+    With a KM reached by URL, each recipient's certificate comes from its directory, is
+    validated (chain to the profile's CA, usage, address, revocation) and kept in the profile;
+    when the KM cannot be reached, the kept certificate, still valid, is used.
+
     \b
     Examples:
       hsmkm msg encrypt --km ./km --to bob@example.com --from alice@example.com note.eml -o secret.eml
+      hsmkm msg encrypt --km https://km.example.com:8443 --to bob@example.com note.eml -o secret.eml
+      hsmkm msg encrypt --to bob@example.com --sign-with alice.epf note.eml -o s.eml   # the profile's KM
       hsmkm msg encrypt --km ./km --to bob@example.com --sign-with alice.epf --password-source env:PW note.eml -o s.eml
       hsmkm msg encrypt --km ./km --to old@example.com --cipher aes256-cbc --key-transport rsa-pkcs1v15 in.eml -o out.eml
       hsmkm msg encrypt --km ./km --to bob@example.com --hcp hcp_no_confidentiality in.eml -o out.eml
     """
     _check_output(outfile)
-    directory = km_source(km_home)
+    access = km_access(cli_ctx, km, profile_dir, ca_cert, cache)
+    directory = access.directory()
     recipients = [directory.encryption_certificate(e) for e in to]
     for f in cert_files:
         data = read_regular(f, MAX_SMALL_FILE, "--cert")
@@ -292,10 +292,10 @@ def msg_encrypt(
         recipients.append(directory.encryption_certificate(sender))
     elif ks is not None and ks.encryption_entries():
         recipients.append(ks.encryption_entries()[0].certificate)
-    ctx = _context(cli_ctx, km_home, cache)
+    ctx = access.context()
     choice = messaging.plan(
         recipients,
-        _correspondents(cli_ctx, km_home, cache),
+        access.correspondents(),
         enveloped.ContentCipher(cipher) if cipher else None,
         enveloped.KeyTransport(key_transport) if key_transport else None,
     )
@@ -315,12 +315,7 @@ def msg_encrypt(
 @msg.command("decrypt")
 @click.option("--keystore", "ref", required=True, help="Your keystore (.epf or pkcs11: URI).")
 @click.option("--password-source", help="Source of the .epf password.")
-@click.option(
-    "--km",
-    "km_home",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The KM's home (to verify a signed message).",
-)
+@km_options("The KM (to verify a signed message).", required=False)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
@@ -329,7 +324,9 @@ def msg_decrypt(
     cli_ctx: CliContext,
     ref: str,
     password_source: str | None,
-    km_home: Path | None,
+    km: str | None,
+    profile_dir: Path | None,
+    ca_cert: Path | None,
     cache: Path | None,
     infile: str,
     outfile: str,
@@ -339,13 +336,15 @@ def msg_decrypt(
     The output is the message as its sender wrote it, protected header fields restored.
 
     \b
-    Example:
+    Examples:
       hsmkm msg decrypt --keystore bob.epf --password-source env:PW --km ./km secret.eml -o note.eml
+      hsmkm msg decrypt --keystore bob.epf --password-source env:PW secret.eml -o note.eml   # the profile's CA
     """
     _check_output(outfile)
     with _input(infile) as src:  # a FIFO or a device is refused before the keystore is opened
         ks = open_user_keystore(cli_ctx, ref, password_source)
-        ctx = _context(cli_ctx, km_home, cache) if km_home else None
+        access = optional_km_access(cli_ctx, km, profile_dir, ca_cert, cache)
+        ctx = access.context() if access is not None else None
         if outfile == "-":
             with tempfile.TemporaryDirectory(prefix="hsmkm-") as tmp:
                 target = Path(tmp) / "plain"
@@ -355,8 +354,8 @@ def msg_decrypt(
                 sys.stdout.buffer.flush()
         else:
             opened = messaging.decrypt_file(src, Path(outfile), ks, ctx)
-    if opened.signer is not None and km_home is not None:
-        messaging.remember_sender(_correspondents(cli_ctx, km_home, cache), opened.signer)
+    if opened.signer is not None and access is not None:
+        messaging.remember_sender(access.correspondents(), opened.signer)
     for w in opened.warnings:
         cli_ctx.warn(w)
     if cli_ctx.json or outfile != "-":
