@@ -169,9 +169,9 @@ def fuzz_csr(data: bytes) -> None:
     """The KM's CSR intake: parse, proof of possession, key algorithm, addresses."""
     csr = parse_csr(data)
     algorithm_of(csr.public_key())
-    from hsmkm.km.enroll import _csr_email
+    from hsmkm.km.enroll_common import csr_addresses
 
-    for email in _csr_email(csr):
+    for email in csr_addresses(csr):
         if "@" in email:
             users.normalize_email(email)
 

@@ -34,6 +34,8 @@ class AuditAction(str, Enum):
     USER_REVOKE = "user.revoke"
     CODE_REJECTED = "code.rejected"
     ENROLL = "enroll"
+    ENROLL_SIGN = "enroll.sign"  # EST simpleenroll: the signing stage of an enrollment
+    ENROLL_KEY = "enroll.key"  # EST serverkeygen: the encryption key stage
     ISSUE = "cert.issue"
     CA_IMPORT = "ca.import"
     CRL_PUBLISH = "crl.publish"

@@ -3,42 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hmac
 import json
 import os
 from collections.abc import Callable
-from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives import serialization
 
 from hsmkm import errors
 from hsmkm.certnames import CertKind
 from hsmkm.keys.algorithms import algorithm_of
-from hsmkm.keys.token import SecretKey
-from hsmkm.km import archive, directory, epochs, users
+from hsmkm.km import archive, directory, kept, users
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import SerialTaken, record_certificate, serial_hex, sign_user_certificate
+from hsmkm.km.enroll_common import (
+    ISSUE_TRIES,
+    Sealer,
+    archive_sealer,
+    check_csr_names,
+    csr_addresses,
+    current_record,
+    profile_of,
+)
 from hsmkm.km.manager import KeyManager
-from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, normalize_code, seal_key
-from hsmkm.smimecaps import PROFILE_CAPABILITIES
+from hsmkm.protocol import EnrollRequest, EnrollResponse, SealedKey, code_key, seal_key
+from hsmkm.store.repos.enroll_responses import ResponseKind
 from hsmkm.store.repos.users import UserStatus
 from hsmkm.store.tx import Tx
-
-
-def _csr_email(csr: x509.CertificateSigningRequest) -> list[str]:
-    found: list[str] = []
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        found += san.get_values_for_type(x509.RFC822Name)
-    except x509.ExtensionNotFound:
-        pass
-    found += [str(a.value) for a in csr.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)]
-    return found
 
 
 def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
@@ -51,7 +42,7 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
             raise errors.MalformedInput("the CSR does not parse") from None
     with errors.malformed("the CSR"):
         algorithm_of(csr.public_key())  # an unknown key algorithm is refused here, by name
-        _csr_email(csr)  # parsed lazily: a bad extension must fail here
+        csr_addresses(csr)  # parsed lazily: a bad extension must fail here
         valid = csr.is_signature_valid
     if not valid:
         raise errors.SignatureInvalid("the CSR's signature does not verify (no proof of possession)")
@@ -68,14 +59,12 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
     csr = parse_csr(req.csr_der)
     sign_alg = algorithm_of(csr.public_key())
     email = users.normalize_email(req.email)
-    emails = {users.normalize_email(e) for e in _csr_email(csr) if "@" in e}
-    if emails != {email}:
-        raise errors.PolicyViolation(f"the CSR names {', '.join(sorted(emails)) or 'no address'}, not {email}")
+    check_csr_names(csr, email)
 
     # A wrong code is a state change of its own (one attempt used), committed before refusing.
     with km.transaction() as tx:
         user = users.find_user(tx, email)
-        checked = users.check_code(km, tx, user, req.code)
+        checked = _one_call(users.check_code(km, tx, user, req.code))
         if isinstance(checked, users.CodeRefused):
             replay = replayed_response(km, tx, user, req.code, csr)
             if replay is None:
@@ -87,19 +76,13 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
             return replay
         raise errors.CodeRejected(f"{email}: {checked.message}")
 
-    with km.db.read() as tx:
-        chosen = users.settings_of(tx, user.id)  # the user's own key algorithm and client profile
-    enc_alg = chosen.key_alg or km.config.user_key_alg
-    caps = PROFILE_CAPABILITIES[chosen.client] if chosen.client is not None else None
+    profile = profile_of(km, user.id)
+    enc_alg = profile.enc_alg
+    caps = profile.capabilities
     enc_key = enc_alg.generate()
+    seal = archive_sealer(km, user.id, enc_key)
 
-    def seal(master: SecretKey, enc_serial: str) -> archive.SealedRecord:
-        # split for the officer sets current at this moment (read again at commit)
-        with km.db.read() as tx:
-            sharing = epochs.sharing(tx)
-        return archive.seal_record(master, sharing, user.id, enc_serial, enc_key)
-
-    for _ in range(_ISSUE_TRIES):
+    for _ in range(ISSUE_TRIES):
         sign_cert = sign_user_certificate(
             km,
             csr.public_key(),  # type: ignore[arg-type]
@@ -132,7 +115,7 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
                 sealed,
                 sign_alg.value,
                 response,
-                functools.partial(seal, enc_serial=enc_serial),
+                seal,
                 enc_alg.value,
             )
             break
@@ -144,7 +127,11 @@ def enroll(km: KeyManager, req: EnrollRequest) -> EnrollResponse:
     return response
 
 
-_ISSUE_TRIES = 4
+def _one_call(checked: users.CodeRow | users.CodeRefused) -> users.CodeRow | users.CodeRefused:
+    """A code already serving an EST enrollment (a stage done) is not for the one-call one."""
+    if isinstance(checked, users.CodeRow) and checked.stages_done:
+        return users.CodeRefused(users.RefusalReason.USED, "the enrollment code is in use by an EST enrollment")
+    return checked
 
 
 def _commit_enrollment(
@@ -157,7 +144,7 @@ def _commit_enrollment(
     sealed: archive.SealedRecord,
     sign_alg: str,
     response: EnrollResponse,
-    reseal: Callable[[SecretKey], archive.SealedRecord],
+    reseal: Sealer,
     enc_alg: str,
 ) -> EnrollResponse:
     now = km.clock()
@@ -166,15 +153,10 @@ def _commit_enrollment(
     with km.change(AuditAction.ENROLL, email=user.email) as ch:
         tx = ch.tx
         # Re-check inside the write transaction: another process may have used the code.
-        again = users.check_code(km, tx, user, code)
+        again = _one_call(users.check_code(km, tx, user, code))
         if isinstance(again, users.CodeRefused) or again.id != checked.id:
             raise errors.CodeRejected(f"{user.email}: the enrollment code was already used")
-        # A rotation may have started since the record was sealed: the record must be under
-        # the master key that is current now, which rotation never destroys while it is.
-        current = km.archive_key
-        # Likewise an officer change may have opened or ended: split for the epochs current now.
-        if current.label != sealed.master_label or epochs.sharing_numbers(tx) != sealed.epochs:
-            sealed = reseal(current)
+        sealed = current_record(km, tx, sealed, reseal)
         users.burn_code(tx, checked.id, now)
         tx.certs.retire_current(user.id)
         record_certificate(tx, sign_cert, CertKind.SIGN, user.id, now)
@@ -186,8 +168,8 @@ def _commit_enrollment(
             history = release_recovered(tx, checked.id, code, code_key(code, response.salt))
         tx.users.set_status(user.id, UserStatus.ACTIVE)
         response = dataclasses.replace(response, history=history)
-        purge_responses(tx, now)
-        _store_response(tx, checked.id, code, response, now)
+        kept.purge(tx, now)
+        kept.keep(tx, checked.id, ResponseKind.ENROLL, code, _encode_response(response), now)
         directory.queue(tx, user.email, now.isoformat())
         ch.details.update(
             sign_serial=serial_hex(sign_cert.serial_number),
@@ -212,18 +194,10 @@ _before_commit: Callable[[KeyManager], None] = _no_hook
 
 # --- a lost response, asked for again -----------------------------------------------------------
 #
-# The response is kept, sealed under a key derived from the code (which the KM knows only as
-# a hash), in the transaction that burns the code. The same code and the same signing key
-# within the code's life get it back; a code replaced by a newer one gets nothing.
+# The response is kept (km.kept) in the transaction that burns the code. The same code and the
+# same signing key within the code's life get it back.
 
-
-# How long after its use a code still fetches its response: long enough for a client to try
-# again, short, since whoever learnt the code could open the kept response meanwhile.
-REPLAY_WINDOW = timedelta(hours=24)
-
-
-def _replay_key(code: str, salt: bytes) -> bytes:
-    return HKDF(hashes.SHA256(), 32, salt=salt, info=b"hsmkm-enroll-replay-v1").derive(normalize_code(code).encode())
+REPLAY_WINDOW = kept.REPLAY_WINDOW
 
 
 def _encode_response(r: EnrollResponse) -> bytes:
@@ -258,47 +232,12 @@ def _decode_response(data: bytes) -> EnrollResponse:
     )
 
 
-def _store_response(tx: Tx, code_row: int, code: str, response: EnrollResponse, now: datetime) -> None:
-    salt = os.urandom(16)
-    nonce = os.urandom(12)
-    aad = f"hsmkm-enroll-replay\x00{code_row}".encode()
-    sealed = nonce + AESGCM(_replay_key(code, salt)).encrypt(nonce, _encode_response(response), aad)
-    tx.enroll_responses.keep(code_row, now.isoformat(), salt, sealed)
-
-
-def purge_responses(tx: Tx, now: datetime) -> None:
-    """Drop kept responses whose replay window has passed (an index range, however many users)."""
-    tx.enroll_responses.purge_before((now - REPLAY_WINDOW).isoformat())
-
-
 def replayed_response(
     km: KeyManager, tx: Tx, user: users.User, code: str, csr: x509.CertificateSigningRequest
 ) -> EnrollResponse | None:
-    """The stored response if ``code`` is the user's latest code, used, unexpired, for this CSR's key."""
-    row = tx.enroll_responses.for_latest_code(user.id)
-    if row is None:
-        return None
-    cid, verifier, expires_at, used_at, salt, sealed = (
-        row.code_row,
-        row.verifier,
-        row.expires_at,
-        row.used_at,
-        row.salt,
-        row.sealed,
-    )
-    if used_at is None or used_at.startswith("superseded:"):
-        return None
-    now = km.clock()
-    if now > datetime.fromisoformat(expires_at) or now > datetime.fromisoformat(used_at) + REPLAY_WINDOW:
-        return None
-    if not hmac.compare_digest(bytes(verifier), users.code_verifier(code)):
-        return None
-    blob = bytes(sealed)
-    try:
-        data = AESGCM(_replay_key(code, bytes(salt))).decrypt(
-            blob[:12], blob[12:], f"hsmkm-enroll-replay\x00{cid}".encode()
-        )
-    except (InvalidTag, ValueError):
+    """The kept response if ``code`` is the user's latest code, used, unexpired, for this CSR's key."""
+    data = kept.fetch(tx, user.id, code, ResponseKind.ENROLL, km.clock())
+    if data is None:
         return None
     response = _decode_response(data)
     if x509.load_der_x509_certificate(response.sign_cert_der).public_key() != csr.public_key():

@@ -24,12 +24,12 @@ from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
 from hsmkm.protocol import normalize_code
 from hsmkm.smimecaps import ClientProfile
-from hsmkm.store.repos.codes import CodePurpose, NewCode
+from hsmkm.store.repos.codes import CodePurpose, CodeStage, NewCode
 from hsmkm.store.repos.settings import SettingsRow
 from hsmkm.store.repos.users import NewUser, User, UserStatus
 from hsmkm.store.tx import Tx
 
-__all__ = ["CodePurpose", "User", "UserStatus"]  # the store's, named here as well
+__all__ = ["CodePurpose", "CodeStage", "User", "UserStatus"]  # the store's, named here as well
 
 CODE_BYTES = 20
 
@@ -40,6 +40,7 @@ class CodeRow:
     user_id: int
     purpose: CodePurpose
     recovery_id: int | None
+    stages_done: frozenset[CodeStage] = frozenset()  # EST stages done with this code
 
 
 class RefusalReason(str, Enum):
@@ -295,7 +296,7 @@ def check_code(km: KeyManager, tx: Tx, user: User, code: str) -> CodeRow | CodeR
         )
     if now > datetime.fromisoformat(row.expires_at):
         return CodeRefused(RefusalReason.EXPIRED, "the enrollment code has expired")
-    return CodeRow(row.id, user.id, row.purpose, row.recovery_id)
+    return CodeRow(row.id, user.id, row.purpose, row.recovery_id, row.stages_done)
 
 
 def burn_code(tx: Tx, code_id: int, now: datetime) -> None:

@@ -61,6 +61,9 @@ enrollment_codes = Table(
     Column("max_attempts", Integer, nullable=False),
     Column("used_at", Text),
     Column("recovery_id", Integer),
+    # revision 0005: when each EST stage of the code was done
+    Column("sign_done_at", Text),
+    Column("key_done_at", Text),
 )
 
 certificates = Table(
@@ -236,10 +239,12 @@ officer_tokens = Table(
 enroll_responses = Table(
     "enroll_responses",
     metadata,
-    Column("code_row", Integer, ForeignKey("enrollment_codes.id"), primary_key=True, autoincrement=False),
+    Column("code_row", Integer, ForeignKey("enrollment_codes.id"), nullable=False),
+    Column("stage", Text, nullable=False),  # revision 0005: one response per code and stage
     Column("kept_at", Text, nullable=False),
     Column("salt", LargeBinary, nullable=False),
     Column("sealed", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("code_row", "stage"),
 )
 Index("enroll_responses_kept_at", enroll_responses.c.kept_at)
 

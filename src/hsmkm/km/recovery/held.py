@@ -44,8 +44,9 @@ def hold_for_code(tx: Tx, code_row: int, code: str, keys: list[RecoveredKey]) ->
     tx.recovery.hold(code_row, held)
 
 
-def release_recovered(tx: Tx, code_row: int, code: str, transport_key: bytes) -> list[SealedKey]:
-    """At re-enrollment with a recovery code: the held keys, re-sealed for the client."""
+def take_recovered(tx: Tx, code_row: int, code: str) -> list[tuple[PrivateKey, bytes]]:
+    """At re-enrollment with a recovery code: the held keys with their certificates' DER, no
+    longer held."""
     hold = _hold_key_cipher(code, code_row)
     out = []
     for h in tx.recovery.held(code_row):
@@ -53,6 +54,11 @@ def release_recovered(tx: Tx, code_row: int, code: str, transport_key: bytes) ->
             raise errors.Tampered(f"a key held for re-enrollment names archive record {h.archive_id}, which is gone")
         pkcs8 = hold.decrypt(h.sealed[:12], h.sealed[12:], h.cert_serial.encode())
         key = serialization.load_der_private_key(pkcs8, None)
-        out.append(seal_key(transport_key, key, h.cert_der))  # type: ignore[arg-type]
+        out.append((key, h.cert_der))
     tx.recovery.drop_held(code_row)
-    return out
+    return out  # type: ignore[return-value]
+
+
+def release_recovered(tx: Tx, code_row: int, code: str, transport_key: bytes) -> list[SealedKey]:
+    """At re-enrollment with a recovery code: the held keys, re-sealed for the client."""
+    return [seal_key(transport_key, key, cert_der) for key, cert_der in take_recovered(tx, code_row, code)]

@@ -46,6 +46,11 @@ class RevokedCert:
 
 _ADD = certs.insert()
 _RETIRE = certs.update().where(certs.c.user_id == bindparam("uid"), certs.c.current == 1).values(current=0)
+_RETIRE_KIND = (
+    certs.update()
+    .where(certs.c.user_id == bindparam("uid"), certs.c.kind == bindparam("k"), certs.c.current == 1)
+    .values(current=0)
+)
 _VALID_CURRENT = select(certs.c.serial, certs.c.der).where(
     certs.c.user_id == bindparam("uid"), certs.c.current == 1, certs.c.status == CertStatus.VALID.value
 )
@@ -151,6 +156,10 @@ class CertRepo:
     def retire_current(self, user_id: int) -> None:
         """The user's current certificates stop being current (a new pair replaces them)."""
         self._conn.execute(_RETIRE, {"uid": user_id})
+
+    def retire_current_of_kind(self, user_id: int, kind: str) -> None:
+        """The user's current certificates of this kind stop being current (one stage replaces them)."""
+        self._conn.execute(_RETIRE_KIND, {"uid": user_id, "k": kind})
 
     def valid_current(self, user_id: int) -> list[tuple[str, bytes]]:
         """Serial and DER of the user's current valid certificates."""

@@ -18,6 +18,13 @@ class CodePurpose(str, Enum):
     RECOVERY = "recovery"
 
 
+class CodeStage(str, Enum):
+    """The two stages of an EST enrollment with one code."""
+
+    SIGN = "sign"  # simpleenroll: the signing certificate
+    KEY = "key"  # serverkeygen: the encryption key and its certificate
+
+
 @dataclass(frozen=True)
 class NewCode:
     user_id: int
@@ -42,8 +49,10 @@ class CodeRecord:
     max_attempts: int
     used_at: str | None
     recovery_id: int | None
+    stages_done: frozenset[CodeStage] = frozenset()
 
 
+_STAGE_COLUMN = {CodeStage.SIGN: codes.c.sign_done_at, CodeStage.KEY: codes.c.key_done_at}
 _SUPERSEDE = (
     codes.update().where(codes.c.user_id == bindparam("uid"), codes.c.used_at.is_(None)).values(used_at=bindparam("at"))
 )
@@ -58,6 +67,8 @@ _LATEST = (
         codes.c.max_attempts,
         codes.c.used_at,
         codes.c.recovery_id,
+        codes.c.sign_done_at,
+        codes.c.key_done_at,
     )
     .where(codes.c.user_id == bindparam("uid"))
     .order_by(codes.c.id.desc())
@@ -116,6 +127,7 @@ class CodeRepo:
             int(row[5]),
             None if row[6] is None else str(row[6]),
             row[7],
+            frozenset(s for s, at in ((CodeStage.SIGN, row[8]), (CodeStage.KEY, row[9])) if at is not None),
         )
 
     def count_attempt(self, code_row: int) -> None:
@@ -123,6 +135,16 @@ class CodeRepo:
 
     def burn(self, code_row: int, at: str) -> None:
         self._conn.execute(_BURN, {"cid": code_row, "at": at})
+
+    def mark_stage(self, code_row: int, stage: CodeStage, at: str) -> bool:
+        """Record ``stage`` of a live code done; False if it was done already or the code is used."""
+        column = _STAGE_COLUMN[stage]
+        stmt = (
+            codes.update()
+            .where(codes.c.id == bindparam("cid"), column.is_(None), codes.c.used_at.is_(None))
+            .values({column.name: bindparam("at")})
+        )
+        return self._conn.execute(stmt, {"cid": code_row, "at": at}).rowcount == 1
 
     def first_verifier(self, email: str) -> bytes | None:
         """The verifier of the first code issued to the user at ``email``."""
