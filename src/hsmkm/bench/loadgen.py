@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar, cast
 
 MAX_RESPONSE = 4 << 20
@@ -42,10 +43,13 @@ class Response:
     body: bytes
 
 
-def client_context(ca_der: bytes) -> ssl.SSLContext:
-    """TLS trusting only ``ca_der`` (the KM CA), the host name checked, no session tickets asked for."""
+def client_context(ca_pem: Path) -> ssl.SSLContext:
+    """TLS trusting only the certificate in ``ca_pem`` (the KM CA), the host name checked, no
+    session tickets asked for."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(cadata=ca_der)
+    # From a file, not cadata: Python judges the end of cadata by OpenSSL's error queue, which
+    # the token library may have left an unrelated error on in this thread.
+    ctx.load_verify_locations(cafile=str(ca_pem))
     ctx.options |= ssl.OP_NO_TICKET
     return ctx
 

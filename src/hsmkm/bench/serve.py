@@ -148,7 +148,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def _serving(root: Path, ca_der: bytes) -> Iterator[_Served]:
+def _serving(root: Path, ca_pem: Path) -> Iterator[_Served]:
     """``hsmkm serve --workers 2`` on ``root``, HTTPS and plain HTTP on free loopback ports,
     until the block ends (SIGTERM, then kill)."""
     port, http_port = _free_port(), _free_port()
@@ -160,7 +160,7 @@ def _serving(root: Path, ca_der: bytes) -> Iterator[_Served]:
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
     served = _Served(
-        loadgen.Target(HOST, port, loadgen.client_context(ca_der)), loadgen.Target(HOST, http_port, None), proc.pid, log
+        loadgen.Target(HOST, port, loadgen.client_context(ca_pem)), loadgen.Target(HOST, http_port, None), proc.pid, log
     )
     try:
         _wait_ready(proc, served)
@@ -214,6 +214,8 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     ref_root = make_km(tmp / "serve-ref", user_key=KeyAlgorithm.P256)
     ca_der = (served_root / "pub" / "ca.crt").read_bytes()
     ca = x509.load_der_x509_certificate(ca_der)
+    ca_pem = tmp / "serve-ca.pem"
+    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     enrollments = _prepare(_users(served_root, warm + rounds * n_https))
     # The in-process reference opens the other KM's token store, so nothing of the served
     # KM's store stays open in this process while the server's workers use it.
@@ -221,7 +223,7 @@ def run(tmp: Path, quick: bool) -> list[Row]:
     https_rates: list[float] = []
     latencies: list[float] = []
     client_cpu = server_cpu = 0.0
-    with _serving(served_root, ca_der) as served:
+    with _serving(served_root, ca_pem) as served:
         enroll = functools.partial(_enroll_over_https, served.https)
         loadgen.drive(CLIENTS, enrollments[:warm], enroll)  # each worker's first requests, untimed
         for r in range(rounds):
