@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import socket
 import sqlite3
@@ -16,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import hsmkm
+from hsmkm.est import certsonly, keypart, multipart, transfer
 from hsmkm.est import csr as est_csr
-from hsmkm.est import transfer
 from server_harness import Answer, RunningServer, init_km, running_server
 
 ALICE = "alice@example.com"
@@ -228,3 +231,134 @@ def test_a_bug_in_a_route_is_a_generic_500_and_one_log_line_without_its_message(
         "hsmkm: error: unexpected RuntimeError in /b",
     ]
     assert sum(1 for line in lines if line.startswith("hsmkm: https 127.0.0.1 GET /")) == 2
+
+
+# --- the enrollment end to end over HTTPS --------------------------------------------------
+
+
+class EstClient:
+    """Just enough of an EST client for these tests (est/ codecs over the harness's HTTPS)."""
+
+    def __init__(self, server: RunningServer, email: str, code: str) -> None:
+        self.server, self.email, self.code = server, email, code
+        self.ca = x509.load_der_x509_certificate((server.home / "pub" / "ca.crt").read_bytes())
+
+    def post(self, path: str, body: bytes, code: str | None = None) -> Answer:
+        return self.server.request("POST", path, body=body, headers=PKCS10, auth=(self.email, code or self.code))
+
+    def simpleenroll(self, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+        answer = self.post(f"{EST}/simpleenroll", transfer.encode(est_csr.build(key, self.email)))
+        assert answer.status == 200, answer.body
+        assert answer.header("content-type") == "application/pkcs7-mime; smime-type=certs-only"
+        assert answer.header("cache-control") == "no-store"
+        (cert,) = certsonly.decode(transfer.decode(answer.body, 1 << 20, "simpleenroll"))
+        return cert
+
+    def keygen_body(self, key_id: bytes) -> bytes:
+        return transfer.encode(est_csr.build(ec.generate_private_key(ec.SECP256R1()), self.email, key_id))
+
+    def opened(self, parts: multipart.ServerKeygenParts, key_id: bytes) -> tuple[x509.Certificate, bytes]:
+        (cert,) = certsonly.decode(parts.certs_part)
+        opened = keypart.open_key(parts.key_part, keypart.kek(self.code, key_id), key_id, self.ca)
+        assert opened.private_key.public_key() == cert.public_key()
+        return cert, opened.pkcs8
+
+    def serverkeygen(self) -> tuple[x509.Certificate, bytes]:
+        key_id = os.urandom(16)
+        answer = self.post(f"{EST}/serverkeygen", self.keygen_body(key_id))
+        assert answer.status == 200, answer.body
+        assert answer.header("cache-control") == "no-store"
+        return self.opened(multipart.parse(answer.header("content-type") or "", answer.body), key_id)
+
+    def keyhistory(self) -> list[tuple[x509.Certificate, bytes]] | Answer:
+        key_id = os.urandom(16)
+        answer = self.post("/hsmkm/est/keyhistory", self.keygen_body(key_id))
+        if answer.status == 204:
+            assert answer.body == b""
+            return []
+        if answer.status != 200:
+            return answer
+        pairs = multipart.parse_many(answer.header("content-type") or "", answer.body)
+        return [self.opened(p, key_id) for p in pairs]
+
+
+def usage(cert: x509.Certificate) -> x509.KeyUsage:
+    return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+
+
+def test_an_enrollment_over_https_both_stages_then_the_code_is_spent(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    codes = init_km(home)
+    with running_server(home, workers=2) as server:
+        client = EstClient(server, ALICE, codes[ALICE])
+        assert client.keyhistory().status == 409  # type: ignore[union-attr]  # before serverkeygen
+        signing_key = ec.generate_private_key(ec.SECP256R1())
+        signing = client.simpleenroll(signing_key)
+        assert signing.public_key() == signing_key.public_key()
+        assert usage(signing).digital_signature and not usage(signing).key_encipherment
+        signing.verify_directly_issued_by(client.ca)
+
+        encryption, pkcs8 = client.serverkeygen()
+        assert not usage(encryption).digital_signature
+        encryption.verify_directly_issued_by(client.ca)
+        assert client.keyhistory() == []  # an ordinary code: no history
+
+        # a lost answer: the same certificate again (and the same key in a new key part)
+        assert client.simpleenroll(signing_key) == signing
+        again, again_pkcs8 = client.serverkeygen()
+        assert (again, again_pkcs8) == (encryption, pkcs8)
+        # a retry with another signing key is refused: never a second certificate
+        refused = client.post(
+            f"{EST}/simpleenroll", transfer.encode(est_csr.build(ec.generate_private_key(ec.SECP256R1()), ALICE))
+        )
+        assert refused.status in (400, 403)
+        one_line(refused)
+
+        # the directory has both, and the KM archived the encryption key
+        listed = server.get(f"/directory/{ALICE}", headers={"Accept": "application/json"})
+        serials = {c["use"]: int(c["serial"], 16) for c in json.loads(listed.body)["certificates"]}
+        assert serials == {"encryption": encryption.serial_number, "signing": signing.serial_number}
+        with contextlib.closing(sqlite3.connect(home / "km.db")) as db:
+            archived = db.execute("select cert_serial from archive").fetchall()
+        assert archived == [(f"{encryption.serial_number:040x}",)]
+
+        log = server.log_text()
+        assert f"POST /.well-known/est/serverkeygen 200 address={ALICE}" in log
+        assert codes[ALICE] not in log
+    hsmkm("audit", "verify", home=home)
+
+
+def test_a_wrong_code_and_an_unknown_address_get_the_same_403(server: RunningServer) -> None:
+    body = csr_b64()
+    wrong = server.request("POST", f"{EST}/simpleenroll", body=body, headers=PKCS10, auth=(ALICE, "AAAA-BBBB-CCCC"))
+    unknown_body = csr_b64("nobody@example.com")
+    unknown = server.request(
+        "POST", f"{EST}/simpleenroll", body=unknown_body, headers=PKCS10, auth=("nobody@example.com", "AAAA-BBBB-CCCC")
+    )
+    assert wrong.status == unknown.status == 403
+    assert one_line(wrong) == one_line(unknown)
+
+
+def test_keyhistory_after_a_recovery_brings_the_archived_key_back(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    codes = init_km(home)
+    with running_server(home) as server:
+        first = EstClient(server, ALICE, codes[ALICE])
+        first.simpleenroll(ec.generate_private_key(ec.SECP256R1()))
+        old_cert, old_key = first.serverkeygen()
+
+        rid = str(hsmkm("--json", "recovery", "request", ALICE, "--reason", "lost laptop", home=home).json()["id"])
+        for officer in ("officer1", "officer2"):
+            hsmkm("recovery", "approve", rid, "--officer", officer, "--yes", home=home)
+        new_code = hsmkm("--json", "recovery", "complete", rid, "--reenable", home=home).json()["code"]
+
+        second = EstClient(server, ALICE, new_code)
+        assert second.keyhistory().status == 409  # type: ignore[union-attr]
+        second.simpleenroll(ec.generate_private_key(ec.SECP256R1()))
+        new_cert, _ = second.serverkeygen()
+        assert new_cert != old_cert
+        for _ in range(2):  # and again after a lost answer
+            assert second.keyhistory() == [(old_cert, old_key)]
+        wrong = EstClient(server, ALICE, codes[ALICE]).keyhistory()
+        assert isinstance(wrong, Answer) and wrong.status == 403
+    hsmkm("audit", "verify", home=home)

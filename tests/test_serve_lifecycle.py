@@ -156,9 +156,8 @@ def read_response(conn: ssl.SSLSocket) -> bytes:
     return data
 
 
-def test_a_killed_worker_is_replaced_and_the_server_keeps_answering(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    init_km(home)
+def test_a_killed_worker_is_replaced_and_the_server_keeps_answering(plain_home: Path) -> None:
+    home = plain_home
     with running_server(home, workers=2) as server:
         before = server.worker_pids()
         assert len(before) == 2
@@ -178,9 +177,8 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_answering(tmp_path: Pa
         wait_for(lambda: server.get("/hsmkm/health").status == 200, "healthy")
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    init_km(home)
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(plain_home: Path) -> None:
+    home = plain_home
     with running_server(home) as server:
         body = b"bm90IGEgQ1NS" * 10  # base64 of no CSR: answered 400 without asking the KM
         conn = tls_connection(server)
@@ -212,9 +210,8 @@ def refused(server: RunningServer) -> bool:
     return False
 
 
-def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    init_km(home)
+def test_workers_stop_when_the_supervisor_is_killed(plain_home: Path) -> None:
+    home = plain_home
     with running_server(home, workers=2) as server:
         workers = server.worker_pids()
         server.proc.kill()
@@ -225,9 +222,8 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
 # --- what the log and the workers' process records hold -------------------------------------
 
 
-def test_the_pin_reaches_workers_through_a_pipe_only(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    init_km(home)
+def test_the_pin_reaches_workers_through_a_pipe_only(plain_home: Path) -> None:
+    home = plain_home
     pin = (home / "secrets" / "km.pin").read_text().strip()
     # the PIN from an environment variable: the workers do not inherit it
     env_args = ["--pin-source", "env:KM_PIN_FOR_TEST"]

@@ -14,12 +14,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hsmkm import errors
+from hsmkm.addresses import normalize_email
 from hsmkm.est import certsonly, csr, csrattrs, multipart, transfer
 from hsmkm.est.media import MediaType, SmimeType, parse_content_type, pkcs7
 from hsmkm.km import est_enroll
-from hsmkm.km.manager import KeyManager
+from hsmkm.km.enroll_common import check_csr_names
 from hsmkm.server.accesslog import ADDRESS, note
-from hsmkm.server.problems import Unauthenticated, UnsupportedMediaType
+from hsmkm.server.problems import StageConflict, Unauthenticated, UnsupportedMediaType
 from hsmkm.server.runner import KmRunner
 
 MAX_AUTHORIZATION = 1024
@@ -65,14 +66,6 @@ def certs_only_body(certs: list[x509.Certificate]) -> bytes:
     return transfer.encode(certsonly.encode(certs))
 
 
-def _ca_certificates(km: KeyManager) -> list[x509.Certificate]:
-    return [km.ca_cert]  # until est_enroll.ca_certificates lands
-
-
-def _csr_attributes(km: KeyManager) -> bytes:
-    return csrattrs.encode([km.config.user_key_alg])  # until est_enroll.csr_attributes lands
-
-
 class EstRoutes:
     """The handlers of the EST paths, on one worker's KM."""
 
@@ -80,11 +73,11 @@ class EstRoutes:
         self.runner = runner
 
     async def cacerts(self, request: Request) -> Response:
-        certs = await self.runner.call(_ca_certificates)
+        certs = await self.runner.call(est_enroll.ca_certificates)
         return Response(certs_only_body(certs), media_type=pkcs7(SmimeType.CERTS_ONLY))
 
     async def csrattrs(self, request: Request) -> Response:
-        der = await self.runner.call(_csr_attributes)
+        der = await self.runner.call(est_enroll.csr_attributes)
         csrattrs.decode(der)  # what we send is what a client can read
         return Response(transfer.encode(der), media_type=MediaType.CSRATTRS.value)
 
@@ -111,7 +104,16 @@ class EstRoutes:
 
     async def keyhistory(self, request: Request) -> Response:
         email, code, req = await self._enrollment(request, server_keygen=True)
-        history = await self.runner.call(est_enroll.key_history, email, code, req)
+        try:
+            address = normalize_email(email)
+        except errors.BadInput:
+            pass  # the KM refuses it as it refuses an unknown address
+        else:
+            check_csr_names(req.csr, address)  # a CSR for another address: 400, not a stage conflict
+        try:
+            history = await self.runner.call(est_enroll.key_history, email, code, req)
+        except errors.PolicyViolation as exc:  # asked before this code's serverkeygen
+            raise StageConflict(str(exc)) from None
         if not history:
             return Response(status_code=HTTPStatus.NO_CONTENT, headers=NO_STORE)
         encoded = multipart.encode_many(

@@ -28,10 +28,15 @@ class UnsupportedMediaType(errors.BadInput):
     """A body of a content type the route does not take (answered 415)."""
 
 
+class StageConflict(errors.PolicyViolation):
+    """A step asked for before the step it follows (keyhistory before serverkeygen): 409."""
+
+
 # The first class in this order that an error is an instance of gives its status.
 _STATUS: tuple[tuple[type[errors.HsmkmError], HTTPStatus], ...] = (
     (Unauthenticated, HTTPStatus.UNAUTHORIZED),
     (UnsupportedMediaType, HTTPStatus.UNSUPPORTED_MEDIA_TYPE),
+    (StageConflict, HTTPStatus.CONFLICT),
     (errors.CodeRejected, HTTPStatus.FORBIDDEN),
     (errors.NotFound, HTTPStatus.NOT_FOUND),
     (errors.AlreadyExists, HTTPStatus.CONFLICT),

@@ -5,6 +5,7 @@ the operator's own pair, checked to belong together."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from hsmkm.x509 import tls_server
 TLS_DIR = "tls"
 CERT_NAME = "server.crt"
 KEY_NAME = "server.key"
+LOCK_NAME = ".lock"
 # A certificate this close to its end is issued afresh at start rather than reused.
 RENEW_BEFORE = timedelta(days=2)
 _UNREADABLE: tuple[type[Exception], ...] = (OSError, ValueError, TypeError, *errors.CERTIFICATE_ERRORS)
@@ -81,10 +83,16 @@ def ensure_embedded(km: KeyManager, names: Sequence[str]) -> TlsFiles:
     certificate issued on the token (the key written first: a crash between leaves a pair that
     does not match, which the next start replaces)."""
     files = default_files(km.home.root)
-    if reusable(files, names, km.ca_cert, km.clock()):
-        return files
     files.cert.parent.mkdir(mode=0o700, exist_ok=True)
     os.chmod(files.cert.parent, 0o700)
+    with open(files.cert.parent / LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two servers starting on one home issue one pair
+        if reusable(files, names, km.ca_cert, km.clock()):
+            return files
+        return _issue(km, names, files)
+
+
+def _issue(km: KeyManager, names: Sequence[str], files: TlsFiles) -> TlsFiles:
     key = tls_server.new_key()
     cert = issue_tls_server(km, names, key.public_key())
     pem_key = key.private_bytes(
