@@ -253,57 +253,71 @@ def test_a_forged_or_substituted_directory_answer_is_refused_and_not_cached(
 
 
 @contextlib.contextmanager
-def dropping_proxy(target_port: int, drop: set[int]) -> Iterator[tuple[int, list[int]]]:
-    """A TCP relay to the server that, for the connections numbered in ``drop`` (1, 2, ...),
-    lets the request through and the server answer, then cuts the client off before a byte of
-    the answer reaches it: a response lost on the way. Yields its port and the count."""
+def dropping_proxy(server: RunningServer, drop: set[int]) -> Iterator[tuple[int, list[int]]]:
+    """A relay in front of the server (it presents the server's own TLS certificate, as the
+    network path the KM's answers take) that passes each request on and, for the requests
+    numbered in ``drop`` (1, 2, ...), lets the server answer in full, then resets the client's
+    connection before a byte of the answer reaches it: a response lost on the way. Yields its
+    port and the list of requests seen."""
     listener = socket.create_server(("127.0.0.1", 0))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(server.home / "tls" / "server.crt", server.home / "tls" / "server.key")
+    upstream_tls = ssl.create_default_context(cafile=str(server.ca_pem))
+    host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
     seen: list[int] = []
-    stop = threading.Event()
 
-    def pump(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+    def read_request(conn: ssl.SSLSocket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return head + b"\r\n\r\n" + body
 
-    def handle(conn: socket.socket, number: int) -> None:
-        upstream = socket.create_connection(("127.0.0.1", target_port))
-        if number in drop:
-            # relay the client's bytes, read the server's until it has answered and closed
-            t = threading.Thread(target=pump, args=(conn, upstream), daemon=True)
-            t.start()
-            with contextlib.suppress(OSError):
-                while upstream.recv(65536):
-                    pass
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()  # a reset: the answer never arrives
-            upstream.close()
-            return
-        a = threading.Thread(target=pump, args=(conn, upstream), daemon=True)
-        b = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
-        a.start()
-        b.start()
-        a.join()
-        b.join()
-        conn.close()
-        upstream.close()
+    def handle(raw: socket.socket, number: int) -> None:
+        with contextlib.suppress(OSError):
+            conn = tls.wrap_socket(raw, server_side=True)
+            request = read_request(conn)
+            with upstream_tls.wrap_socket(socket.create_connection((host, port)), server_hostname=host) as up:
+                up.sendall(request)
+                answer = b""
+                while chunk := up.recv(65536):  # the client asked for Connection: close
+                    answer += chunk
+            if number in drop:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                raw.close()  # a reset: the answer never arrives
+                return
+            conn.sendall(answer)
+            conn.close()
 
     def accept() -> None:
-        while not stop.is_set():
+        while True:
             try:
-                conn, _ = listener.accept()
+                raw, _ = listener.accept()
             except OSError:
                 return
             seen.append(len(seen) + 1)
-            threading.Thread(target=handle, args=(conn, len(seen)), daemon=True).start()
+            threading.Thread(target=handle, args=(raw, len(seen)), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
     try:
         yield listener.getsockname()[1], seen
     finally:
-        stop.set()
         listener.close()
 
 
@@ -314,18 +328,18 @@ def test_a_lost_response_is_retried_with_the_same_code_and_issues_nothing_twice(
     """Connections: 1 cacerts, 2 simpleenroll, 3 serverkeygen, ... The answer to the one
     numbered ``lost`` is cut off after the KM made it; the client sends it again with the
     same code, and the KM answers with what it issued the first time."""
-    port = int(km_server.url.rsplit(":", 1)[1])
     epf = tmp_path / "alice.epf"
-    with dropping_proxy(port, {lost}) as (proxy_port, seen):
+    with dropping_proxy(km_server, {lost}) as (proxy_port, seen):
         enroll_epf(
             f"https://127.0.0.1:{proxy_port}", tmp_path / "p", "alice@example.com",
             km_server.codes["alice@example.com"], epf, "--ca-cert", str(km_server.ca_pem),
         )  # fmt: skip
-    assert len(seen) >= 5  # cacerts, simpleenroll, serverkeygen, keyhistory, and the one sent again
+    assert len(seen) == 5  # cacerts, simpleenroll, serverkeygen, keyhistory, and the one sent again
     certs = certificates_of(km_server.home, "alice@example.com")
     assert sorted(c["kind"] for c in certs) == sorted({c["kind"] for c in certs}) and len(certs) == 2
     info = client("keystore", "info", str(epf), "--password-source", "env:PW", "--json", env={"PW": PW}).json()
     assert len(info["encryption"]) == 1
+    assert hsmkm("user", "show", "alice@example.com", "--json", home=km_server.home).json()["archived_keys"] == 1
 
 
 # --- CRLs by the distribution point, over plain HTTP --------------------------------------------
@@ -411,10 +425,9 @@ def test_an_enrollment_cut_off_after_simpleenroll_is_finished_by_the_same_comman
     retries): the command fails, keeping its certified signing key waiting in the keystore's
     place; run again with the same code, it sends that key again and completes, and the KM
     has issued one signing certificate, not two."""
-    port = int(km_server.url.rsplit(":", 1)[1])
     epf, profile = tmp_path / "alice.epf", tmp_path / "p"
     code = km_server.codes["alice@example.com"]
-    with dropping_proxy(port, {3, 4, 5}) as (proxy_port, _seen):
+    with dropping_proxy(km_server, {3, 4, 5}) as (proxy_port, _seen):
         cut = enroll_epf(
             f"https://127.0.0.1:{proxy_port}", profile, "alice@example.com", code, epf,
             "--ca-cert", str(km_server.ca_pem), check=False,
@@ -424,3 +437,38 @@ def test_an_enrollment_cut_off_after_simpleenroll_is_finished_by_the_same_comman
     enroll_epf(km_server.url, profile, "alice@example.com", code, epf)
     certs = certificates_of(km_server.home, "alice@example.com")
     assert sorted(c["kind"] for c in certs) == sorted({c["kind"] for c in certs}) and len(certs) == 2
+
+
+def test_after_a_recovery_the_key_history_comes_over_est_and_old_mail_opens(
+    km_server: RunningServer, tmp_path: Path
+) -> None:
+    """alice loses her keystore; two officers approve her recovery, she re-enrolls over HTTPS
+    into a new .epf with the recovery code and receives her archived key: a message sent to
+    her first key opens with the new keystore."""
+    home, profile = km_server.home, tmp_path / "profile"
+    first = tmp_path / "first.epf"
+    enroll_epf(
+        km_server.url, profile, "alice@example.com", km_server.codes["alice@example.com"], first,
+        "--ca-cert", str(km_server.ca_pem),
+    )  # fmt: skip
+    hsmkm("crl", "publish", home=home)
+    (tmp_path / "note.eml").write_bytes(NOTE)
+    client(
+        "msg", "encrypt", "--profile", str(profile), "--to", "alice@example.com",
+        str(tmp_path / "note.eml"), "-o", str(tmp_path / "old.eml"),
+    )  # fmt: skip
+    rid = hsmkm("recovery", "request", "alice@example.com", "--reason", "lost laptop", "--json", home=home).json()["id"]
+    for officer in ("officer1", "officer2"):
+        hsmkm("recovery", "approve", str(rid), "--officer", officer, "--yes", home=home)
+    code_file = tmp_path / "alice.code"
+    hsmkm("recovery", "complete", str(rid), "--reenable", "--code-out", str(code_file), home=home)
+    new = tmp_path / "new.epf"
+    out = enroll_epf(km_server.url, profile, "alice@example.com", code_file.read_text().strip(), new).json()
+    assert out["history_keys"] == 1
+    info = client("keystore", "info", str(new), "--password-source", "env:PW", "--json", env={"PW": PW}).json()
+    assert len(info["encryption"]) == 2  # the new key and the recovered one
+    client(
+        "msg", "decrypt", "--profile", str(profile), "--keystore", str(new), "--password-source", "env:PW",
+        str(tmp_path / "old.eml"), "-o", str(tmp_path / "old.out"), env={"PW": PW},
+    )  # fmt: skip
+    assert b"hello bob" in (tmp_path / "old.out").read_bytes()
