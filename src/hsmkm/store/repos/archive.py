@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import archive, archive_shares
 
 
@@ -52,10 +53,14 @@ _COLUMNS = (
     archive.c.master_label,
     archive.c.sealed,
 )
-_ADD = archive.insert().returning(archive.c.id)
+_ADD = Prepared(
+    archive.insert().returning(archive.c.id),
+    column_keys=("user_id", "cert_serial", "algorithm", "created_at", "format_version", "master_label", "sealed"),
+)
+_ADD_SHARES = Prepared(archive_shares.insert(), column_keys=("record_id", "epoch", "officer", "x", "sealed"))
 _FOR_USER = select(*_COLUMNS).where(archive.c.user_id == bindparam("uid")).order_by(archive.c.id)
 _BY_ID = select(*_COLUMNS).where(archive.c.id == bindparam("rid"))
-_UNDER = (
+_UNDER = Prepared(
     select(*_COLUMNS).where(archive.c.master_label == bindparam("label")).order_by(archive.c.id).limit(bindparam("n"))
 )
 _IDS_IN_FORMAT = (
@@ -67,7 +72,7 @@ _REFORMAT = (
     .values(format_version=bindparam("new"), master_label=bindparam("label"), sealed=bindparam("s"))
     .returning(archive.c.id)
 )
-_RESEAL = (
+_RESEAL = Prepared(
     archive.update()
     .where(archive.c.id == bindparam("rid"), archive.c.master_label == bindparam("old"))
     .values(sealed=bindparam("new_sealed"), master_label=bindparam("new"))
@@ -85,8 +90,8 @@ class ArchiveRepo:
     def add(self, record: NewRecord, shares: Sequence[NewShare]) -> int:
         """Insert a record and its shares; returns the record's id."""
         rid = int(
-            self._conn.execute(
-                _ADD,
+            _ADD.scalar(
+                self._conn,
                 {
                     "user_id": record.user_id,
                     "cert_serial": record.cert_serial,
@@ -96,15 +101,15 @@ class ArchiveRepo:
                     "master_label": record.master_label,
                     "sealed": record.sealed,
                 },
-            ).scalar_one()
+            )
         )
         self.add_shares(rid, shares)
         return rid
 
     def add_shares(self, record_id: int, shares: Sequence[NewShare]) -> None:
         if shares:
-            self._conn.execute(
-                archive_shares.insert(),
+            _ADD_SHARES.executemany(
+                self._conn,
                 [
                     {"record_id": record_id, "epoch": s.epoch, "officer": s.officer, "x": s.x, "sealed": s.sealed}
                     for s in shares
@@ -120,14 +125,14 @@ class ArchiveRepo:
 
     def under_label(self, label: str, limit: int) -> list[ArchiveRow]:
         """The first ``limit`` records sealed under the master key ``label``, by id."""
-        return [_row(r) for r in self._conn.execute(_UNDER, {"label": label, "n": limit})]
+        return [_row(r) for r in _UNDER.all(self._conn, {"label": label, "n": limit})]
 
     def reseal(self, updates: Sequence[tuple[int, str, str, bytes]]) -> None:
         """(id, old label, new label, sealed): each record still under its old label takes the
         new sealing (one batched statement)."""
         if updates:
-            self._conn.execute(
-                _RESEAL,
+            _RESEAL.executemany(
+                self._conn,
                 [{"rid": rid, "old": old, "new": new, "new_sealed": sealed} for rid, old, new, sealed in updates],
             )
 

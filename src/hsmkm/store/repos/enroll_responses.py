@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, func, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import enroll_responses as kept
 from hsmkm.store.schema import enrollment_codes as codes
 
@@ -22,10 +23,10 @@ class KeptResponse:
     sealed: bytes
 
 
-_ADD = kept.insert()
-_PURGE = kept.delete().where(kept.c.kept_at < bindparam("before"))
+_ADD = Prepared(kept.insert(), column_keys=("code_row", "kept_at", "salt", "sealed"))
+_PURGE = Prepared(kept.delete().where(kept.c.kept_at < bindparam("before")))
 _latest_id = select(func.max(codes.c.id)).where(codes.c.user_id == bindparam("uid")).scalar_subquery()
-_FOR_LATEST = (
+_FOR_LATEST = Prepared(
     select(codes.c.id, codes.c.verifier, codes.c.expires_at, codes.c.used_at, kept.c.salt, kept.c.sealed)
     .select_from(codes.join(kept, kept.c.code_row == codes.c.id))
     .where(codes.c.user_id == bindparam("uid"), codes.c.id == _latest_id)
@@ -37,14 +38,14 @@ class EnrollResponseRepo:
         self._conn = conn
 
     def keep(self, code_row: int, kept_at: str, salt: bytes, sealed: bytes) -> None:
-        self._conn.execute(_ADD, {"code_row": code_row, "kept_at": kept_at, "salt": salt, "sealed": sealed})
+        _ADD.rowcount(self._conn, {"code_row": code_row, "kept_at": kept_at, "salt": salt, "sealed": sealed})
 
     def purge_before(self, before: str) -> None:
         """Drop responses kept before ``before`` (an index range)."""
-        self._conn.execute(_PURGE, {"before": before})
+        _PURGE.rowcount(self._conn, {"before": before})
 
     def for_latest_code(self, user_id: int) -> KeptResponse | None:
-        row = self._conn.execute(_FOR_LATEST, {"uid": user_id}).first()
+        row = _FOR_LATEST.first(self._conn, {"uid": user_id})
         if row is None:
             return None
         return KeptResponse(
