@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import Connection
@@ -26,6 +27,9 @@ from hsmkm.store import errors as store_errors
 Processor = Callable[[Any], Any]
 
 
+_GIVEN = object()  # a plan's mark for a parameter the caller gives
+
+
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
@@ -34,15 +38,29 @@ class _Compiled:
     binds: Mapping[str, Processor]  # bind processors by parameter name
     results: tuple[Processor | None, ...] | None  # result processors by column, if any
 
+    @cached_property
+    def _plan(self) -> tuple[tuple[str, Any, Processor | None], ...] | None:
+        """Per placeholder: its name, its fixed value (or _GIVEN), its processor; None when
+        every one is simply the caller's parameter."""
+        if self.names is None or not (self.fixed or self.binds):
+            return None
+        return tuple((n, self.fixed.get(n, _GIVEN), self.binds.get(n)) for n in self.names)
+
     def args(self, params: Mapping[str, Any]) -> Any:
-        if self.fixed:
-            params = {**self.fixed, **params}
-        if self.binds:
-            binds = self.binds
-            params = {k: (binds[k](v) if k in binds else v) for k, v in params.items()}
+        """The driver's parameters: a tuple in placeholder order, or a mapping (named styles)."""
         if self.names is None:
-            return params
-        return tuple([params[n] for n in self.names])
+            merged = {**self.fixed, **params}
+            binds = self.binds
+            return {k: (binds[k](v) if k in binds else v) for k, v in merged.items()}
+        plan = self._plan
+        if plan is None:
+            return tuple([params[n] for n in self.names])
+        out = []
+        for name, value, proc in plan:
+            if value is _GIVEN:
+                value = params[name]
+            out.append(value if proc is None else proc(value))
+        return tuple(out)
 
     def row(self, row: Any) -> Any:
         if self.results is None:
