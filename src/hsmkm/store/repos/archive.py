@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, func, select
 
@@ -21,6 +21,17 @@ class ArchiveRow:
     created_at: str
     format_version: int
     master_label: str
+    sealed: bytes
+
+
+class ResealRow(NamedTuple):
+    """What re-sealing a record reads: its id, the fields of its AAD and its sealed bytes
+    (a rotation reads thousands: the driver's tuple as it is, no per-field conversion)."""
+
+    id: int
+    user_id: int
+    cert_serial: str
+    format_version: int
     sealed: bytes
 
 
@@ -61,7 +72,10 @@ _ADD_SHARES = Prepared(archive_shares.insert(), column_keys=("record_id", "epoch
 _FOR_USER = select(*_COLUMNS).where(archive.c.user_id == bindparam("uid")).order_by(archive.c.id)
 _BY_ID = select(*_COLUMNS).where(archive.c.id == bindparam("rid"))
 _UNDER = Prepared(
-    select(*_COLUMNS).where(archive.c.master_label == bindparam("label")).order_by(archive.c.id).limit(bindparam("n"))
+    select(archive.c.id, archive.c.user_id, archive.c.cert_serial, archive.c.format_version, archive.c.sealed)
+    .where(archive.c.master_label == bindparam("label"))
+    .order_by(archive.c.id)
+    .limit(bindparam("n"))
 )
 _IDS_IN_FORMAT = (
     select(archive.c.id).where(archive.c.format_version == bindparam("v")).order_by(archive.c.id).limit(bindparam("n"))
@@ -123,9 +137,9 @@ class ArchiveRepo:
         r = self._conn.execute(_BY_ID, {"rid": record_id}).first()
         return None if r is None else _row(r)
 
-    def under_label(self, label: str, limit: int) -> list[ArchiveRow]:
+    def under_label(self, label: str, limit: int) -> list[ResealRow]:
         """The first ``limit`` records sealed under the master key ``label``, by id."""
-        return [_row(r) for r in _UNDER.all(self._conn, {"label": label, "n": limit})]
+        return [ResealRow._make(r) for r in _UNDER.all(self._conn, {"label": label, "n": limit})]
 
     def reseal(self, updates: Sequence[tuple[int, str, str, bytes]]) -> None:
         """(id, old label, new label, sealed): each record still under its old label takes the
