@@ -88,18 +88,23 @@ class Prepared:
     """A statement to run often: ``column_keys`` names the columns an INSERT or UPDATE
     without ``values()`` sets, as the parameters given to it would."""
 
-    __slots__ = ("_by_dialect", "_column_keys", "_stmt")
+    __slots__ = ("_by_dialect", "_column_keys", "_last", "_stmt")
 
     def __init__(self, stmt: Executable, column_keys: Sequence[str] | None = None) -> None:
         self._stmt = stmt
         self._column_keys = list(column_keys) if column_keys is not None else None
         self._by_dialect: dict[tuple[object, ...], _Compiled] = {}
+        self._last: tuple[Dialect, _Compiled] | None = None  # the dialect object seen last
 
     def _compiled(self, dialect: Dialect) -> _Compiled:
+        last = self._last
+        if last is not None and last[0] is dialect:
+            return last[1]
         key = _dialect_key(dialect)
         found = self._by_dialect.get(key)
         if found is None:
             found = self._by_dialect[key] = self._compile(dialect)
+        self._last = (dialect, found)
         return found
 
     def _compile(self, dialect: Dialect) -> _Compiled:
