@@ -11,7 +11,7 @@ newer one; the result says so when that happened.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -43,11 +43,14 @@ class Published:
 _REASONS = {r.value: r for r in RevocationReason}
 
 
-def _rows(revoked: Iterable[tuple[str, str, str]]) -> Iterator[tuple[int, bytes, RevocationReason]]:
-    """The encoder's (serial, DER revocation time, reason) from the store's streamed rows."""
+def _rows(
+    batches: Iterable[Sequence[tuple[str, str, str]]],
+) -> Iterator[tuple[int, bytes, RevocationReason]]:
+    """The encoder's (serial, DER revocation time, reason) from the store's streamed batches."""
     reasons = _REASONS
-    for serial, at, reason in revoked:
-        yield int(serial, 16), der_time_of_iso(at), reasons[reason]
+    for batch in batches:
+        for serial, at, reason in batch:
+            yield int(serial, 16), der_time_of_iso(at), reasons[reason]
 
 
 def publish_crl(km: KeyManager, kind: CrlKind = CrlKind.FULL, next_update_hours: int | None = None) -> Published:

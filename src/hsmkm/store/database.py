@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from sqlalchemy.pool import StaticPool
 
 from hsmkm import errors
 from hsmkm.store import errors as store_errors
+from hsmkm.store.lean import driver_sql
 from hsmkm.store.tx import Tx
 
 if TYPE_CHECKING:
@@ -199,21 +201,25 @@ class Database:
 
     @contextlib.contextmanager
     def _migration(self) -> Iterator[Connection]:
-        with self._guard(), self._begin_immediate():
+        # Alembic joins a transaction SQLAlchemy has seen begin, and would otherwise begin and
+        # commit one of its own, committing this one under it: BEGIN through SQLAlchemy here.
+        with self._guard(), self._begin_immediate(lambda sql: self._conn.exec_driver_sql(sql)):
             yield self._conn
 
     @contextlib.contextmanager
-    def _begin_immediate(self) -> Iterator[None]:
+    def _begin_immediate(self, run: Callable[[str], object] | None = None) -> Iterator[None]:
         # SQLite: the write lock is taken at BEGIN, so a transaction never fails to upgrade a
         # read lock midway; SQLAlchemy's own transaction handling is off (AUTOCOMMIT) for this.
-        self._conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # The transaction statements go to the driver (store.lean), errors translated.
+        execute = run or functools.partial(driver_sql, self._conn)
+        execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
-            self._conn.exec_driver_sql("ROLLBACK")
+            execute("ROLLBACK")
             raise
         else:
-            self._conn.exec_driver_sql("COMMIT")
+            execute("COMMIT")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Tx]:
@@ -246,11 +252,11 @@ class Database:
                 if not snapshot:
                     yield Tx(self._conn, writable=False)
                     return
-                self._conn.exec_driver_sql("BEGIN")
+                driver_sql(self._conn, "BEGIN")
                 try:
                     yield Tx(self._conn, writable=False)
                 finally:
-                    self._conn.exec_driver_sql("COMMIT")
+                    driver_sql(self._conn, "COMMIT")
 
     # --- below the repositories: for tests acting as a database writer, and for tools ------------
     # (km/ never uses these; a test checks that no module outside store/ reaches a connection)

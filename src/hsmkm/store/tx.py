@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
+from hsmkm.store.lean import driver_sql
+
 if TYPE_CHECKING:
     from hsmkm.store.repos.archive import ArchiveRepo
     from hsmkm.store.repos.artifacts import ArtifactRepo
@@ -143,11 +145,11 @@ class Tx:
         if raw.in_transaction:
             yield
             return
-        self._conn.exec_driver_sql("BEGIN")
+        driver_sql(self._conn, "BEGIN")
         try:
             yield
         finally:
-            self._conn.exec_driver_sql("COMMIT")
+            driver_sql(self._conn, "COMMIT")
 
     # --- below the repositories: for snapshot() and tests acting as a database writer -----------
 

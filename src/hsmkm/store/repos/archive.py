@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, func, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import archive, archive_shares
 
 
@@ -20,6 +21,17 @@ class ArchiveRow:
     created_at: str
     format_version: int
     master_label: str
+    sealed: bytes
+
+
+class ResealRow(NamedTuple):
+    """What re-sealing a record reads: its id, the fields of its AAD and its sealed bytes
+    (a rotation reads thousands: the driver's tuple as it is, no per-field conversion)."""
+
+    id: int
+    user_id: int
+    cert_serial: str
+    format_version: int
     sealed: bytes
 
 
@@ -52,11 +64,18 @@ _COLUMNS = (
     archive.c.master_label,
     archive.c.sealed,
 )
-_ADD = archive.insert().returning(archive.c.id)
+_ADD = Prepared(
+    archive.insert().returning(archive.c.id),
+    column_keys=("user_id", "cert_serial", "algorithm", "created_at", "format_version", "master_label", "sealed"),
+)
+_ADD_SHARES = Prepared(archive_shares.insert(), column_keys=("record_id", "epoch", "officer", "x", "sealed"))
 _FOR_USER = select(*_COLUMNS).where(archive.c.user_id == bindparam("uid")).order_by(archive.c.id)
 _BY_ID = select(*_COLUMNS).where(archive.c.id == bindparam("rid"))
-_UNDER = (
-    select(*_COLUMNS).where(archive.c.master_label == bindparam("label")).order_by(archive.c.id).limit(bindparam("n"))
+_UNDER = Prepared(
+    select(archive.c.id, archive.c.user_id, archive.c.cert_serial, archive.c.format_version, archive.c.sealed)
+    .where(archive.c.master_label == bindparam("label"))
+    .order_by(archive.c.id)
+    .limit(bindparam("n"))
 )
 _IDS_IN_FORMAT = (
     select(archive.c.id).where(archive.c.format_version == bindparam("v")).order_by(archive.c.id).limit(bindparam("n"))
@@ -67,7 +86,7 @@ _REFORMAT = (
     .values(format_version=bindparam("new"), master_label=bindparam("label"), sealed=bindparam("s"))
     .returning(archive.c.id)
 )
-_RESEAL = (
+_RESEAL = Prepared(
     archive.update()
     .where(archive.c.id == bindparam("rid"), archive.c.master_label == bindparam("old"))
     .values(sealed=bindparam("new_sealed"), master_label=bindparam("new"))
@@ -85,8 +104,8 @@ class ArchiveRepo:
     def add(self, record: NewRecord, shares: Sequence[NewShare]) -> int:
         """Insert a record and its shares; returns the record's id."""
         rid = int(
-            self._conn.execute(
-                _ADD,
+            _ADD.scalar(
+                self._conn,
                 {
                     "user_id": record.user_id,
                     "cert_serial": record.cert_serial,
@@ -96,15 +115,15 @@ class ArchiveRepo:
                     "master_label": record.master_label,
                     "sealed": record.sealed,
                 },
-            ).scalar_one()
+            )
         )
         self.add_shares(rid, shares)
         return rid
 
     def add_shares(self, record_id: int, shares: Sequence[NewShare]) -> None:
         if shares:
-            self._conn.execute(
-                archive_shares.insert(),
+            _ADD_SHARES.executemany(
+                self._conn,
                 [
                     {"record_id": record_id, "epoch": s.epoch, "officer": s.officer, "x": s.x, "sealed": s.sealed}
                     for s in shares
@@ -118,16 +137,16 @@ class ArchiveRepo:
         r = self._conn.execute(_BY_ID, {"rid": record_id}).first()
         return None if r is None else _row(r)
 
-    def under_label(self, label: str, limit: int) -> list[ArchiveRow]:
+    def under_label(self, label: str, limit: int) -> list[ResealRow]:
         """The first ``limit`` records sealed under the master key ``label``, by id."""
-        return [_row(r) for r in self._conn.execute(_UNDER, {"label": label, "n": limit})]
+        return [ResealRow._make(r) for r in _UNDER.all(self._conn, {"label": label, "n": limit})]
 
     def reseal(self, updates: Sequence[tuple[int, str, str, bytes]]) -> None:
         """(id, old label, new label, sealed): each record still under its old label takes the
         new sealing (one batched statement)."""
         if updates:
-            self._conn.execute(
-                _RESEAL,
+            _RESEAL.executemany(
+                self._conn,
                 [{"rid": rid, "old": old, "new": new, "new_sealed": sealed} for rid, old, new, sealed in updates],
             )
 

@@ -10,6 +10,7 @@ from enum import Enum
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import published_artifacts as artifacts
 
 
@@ -42,7 +43,25 @@ _COLUMNS = (
     artifacts.c.number,
     artifacts.c.next_update,
 )
-_CURRENT = select(*_COLUMNS).where(artifacts.c.kind == bindparam("kind"))
+_CURRENT = Prepared(select(*_COLUMNS).where(artifacts.c.kind == bindparam("kind")))
+_PUT: dict[str, Prepared] = {}
+
+
+def _put(dialect: str) -> Prepared:
+    """The upsert that keeps an older CRL from replacing a newer one, built once per dialect
+    (a CRL's bytes are one bound parameter, never part of a statement built per call)."""
+    stmt = _PUT.get(dialect)
+    if stmt is None:
+        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        columns = ("kind", "der", "sha256", "modified_at", "number", "next_update")
+        ins = make(artifacts).values({c: bindparam(c) for c in columns})
+        newer = artifacts.c.number.is_(None) | (ins.excluded.number > artifacts.c.number)
+        stmt = _PUT[dialect] = Prepared(
+            ins.on_conflict_do_update(
+                index_elements=["kind"], set_={c: ins.excluded[c] for c in columns if c != "kind"}, where=newer
+            )
+        )
+    return stmt
 
 
 class ArtifactRepo:
@@ -67,19 +86,11 @@ class ArtifactRepo:
             "number": number,
             "next_update": next_update,
         }
-        make = postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert
-        stmt = make(artifacts).values(**values)
-        newer = artifacts.c.number.is_(None) | (stmt.excluded.number > artifacts.c.number)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["kind"],
-            set_={c: stmt.excluded[c] for c in values if c != "kind"},
-            where=newer,
-        )
-        return self._conn.execute(stmt).rowcount == 1
+        return _put(self._conn.dialect.name).rowcount(self._conn, values) == 1
 
     def current(self, kind: ArtifactKind) -> Artifact | None:
         """The artifact of this kind as it is served now (None before the first)."""
-        r = self._conn.execute(_CURRENT, {"kind": kind.value}).first()
+        r = _CURRENT.first(self._conn, {"kind": kind.value})
         if r is None:
             return None
         return Artifact(

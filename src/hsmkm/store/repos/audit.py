@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, func, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import audit, meta
 from hsmkm.store.upsert import upsert
 
@@ -26,11 +27,14 @@ class AuditRow:
     mac: bytes
 
 
-_LAST = select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
-_HEAD = select(meta.c.value).where(meta.c.key == HEAD_KEY)
-_HEAD_LOCKED = _HEAD.with_for_update()
-_CRL_NUMBER = select(meta.c.value).where(meta.c.key == CRL_NUMBER_KEY)
-_HASH_AT = select(audit.c.hash).where(audit.c.seq == bindparam("seq"))
+_LAST = Prepared(select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1))
+_HEAD_SELECT = select(meta.c.value).where(meta.c.key == HEAD_KEY)
+_HEAD = Prepared(_HEAD_SELECT)
+_HEAD_LOCKED = Prepared(_HEAD_SELECT.with_for_update())
+_CRL_NUMBER = Prepared(select(meta.c.value).where(meta.c.key == CRL_NUMBER_KEY))
+_HASH_AT = Prepared(select(audit.c.hash).where(audit.c.seq == bindparam("seq")))
+_COLUMNS = ("seq", "at", "actor", "action", "details", "prev_hash", "hash", "mac")
+_APPEND = Prepared(audit.insert(), column_keys=_COLUMNS)
 _ALL = select(audit).order_by(audit.c.seq)
 _BY_ACTION = select(audit).where(audit.c.action == bindparam("action")).order_by(audit.c.seq)
 
@@ -54,27 +58,27 @@ class AuditRepo:
 
     def last(self) -> tuple[int, bytes] | None:
         """The last entry's seq and stored hash."""
-        row = self._conn.execute(_LAST).first()
+        row = _LAST.first(self._conn)
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def hash_at(self, seq: int) -> bytes | None:
         """The stored hash of entry ``seq``."""
-        value = self._conn.execute(_HASH_AT, {"seq": seq}).scalar()
+        value = _HASH_AT.scalar(self._conn, {"seq": seq})
         return None if value is None else bytes(value)
 
     def head(self, lock: bool = False) -> str | None:
         """The stored head (``seq:hash:mac``). With ``lock`` the row is held to this
         transaction where the backend locks rows: the appender that holds it owns the next seq."""
         stmt = _HEAD_LOCKED if lock else _HEAD
-        value = self._conn.execute(stmt).scalar()
+        value = stmt.scalar(self._conn)
         return None if value is None else str(value)
 
     def append(self, rows: Sequence[AuditRow], head: str) -> None:
         """Insert entries (one batched statement) and set the head they end at."""
         if len(rows) == 1:
-            self._conn.execute(audit.insert(), _values(rows[0]))
+            _APPEND.rowcount(self._conn, _values(rows[0]))
         elif rows:
-            self._conn.execute(audit.insert(), [_values(r) for r in rows])
+            _APPEND.executemany(self._conn, [_values(r) for r in rows])
         upsert(self._conn, meta, ("key",), {"key": HEAD_KEY, "value": head})
 
     def rows(self, action: str | None = None) -> Iterator[AuditRow]:
@@ -88,5 +92,5 @@ class AuditRepo:
 
     def crl_number(self) -> int:
         """The last CRL number the database says was drawn (0 before the first)."""
-        value = self._conn.execute(_CRL_NUMBER).scalar()
+        value = _CRL_NUMBER.scalar(self._conn)
         return 0 if value is None else int(value)

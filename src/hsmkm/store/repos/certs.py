@@ -8,6 +8,7 @@ from enum import Enum
 
 from sqlalchemy import Connection, bindparam, func, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import certificates as certs
 from hsmkm.store.schema import users
 
@@ -45,14 +46,17 @@ class RevokedCert:
 
 
 _ADD = certs.insert()
-_RETIRE = certs.update().where(certs.c.user_id == bindparam("uid"), certs.c.current == 1).values(current=0)
-_RETIRE_KIND = (
+_ISSUE = Prepared(_ADD, column_keys=("serial", "user_id", "kind", "der", "not_before", "not_after", "issued_at"))
+_RETIRE = Prepared(certs.update().where(certs.c.user_id == bindparam("uid"), certs.c.current == 1).values(current=0))
+_RETIRE_KIND = Prepared(
     certs.update()
     .where(certs.c.user_id == bindparam("uid"), certs.c.kind == bindparam("k"), certs.c.current == 1)
     .values(current=0)
 )
-_VALID_CURRENT = select(certs.c.serial, certs.c.der).where(
-    certs.c.user_id == bindparam("uid"), certs.c.current == 1, certs.c.status == CertStatus.VALID.value
+_VALID_CURRENT = Prepared(
+    select(certs.c.serial, certs.c.der).where(
+        certs.c.user_id == bindparam("uid"), certs.c.current == 1, certs.c.status == CertStatus.VALID.value
+    )
 )
 _REVOKE = (
     certs.update()
@@ -91,7 +95,7 @@ _CURRENT_OF_KIND = (
     .order_by(certs.c.issued_at.desc())
     .limit(1)
 )
-_ENTRY = (
+_ENTRY = Prepared(
     select(certs.c.kind, certs.c.der)
     .select_from(certs.join(users, users.c.id == certs.c.user_id))
     .where(users.c.email == bindparam("email"), certs.c.current == 1, certs.c.status == CertStatus.VALID.value)
@@ -118,13 +122,12 @@ class CertRepo:
 
     def add(self, cert: NewCert) -> None:
         """Record one certificate; a serial already there is a Conflict."""
-        self._conn.execute(_ADD, _values(cert))
+        _ISSUE.rowcount(self._conn, _values(cert))
 
     def add_many(self, new: Sequence[NewCert]) -> None:
         """Record certificates in one batched statement; any serial already there is a Conflict
         (and none of them is recorded)."""
-        if new:
-            self._conn.execute(_ADD, [_values(c) for c in new])
+        _ISSUE.executemany(self._conn, [_values(c) for c in new])
 
     def add_revoked(self, rows: Sequence[RevokedCert]) -> None:
         """Record certificates already revoked and no longer current (one batched statement)."""
@@ -155,15 +158,15 @@ class CertRepo:
 
     def retire_current(self, user_id: int) -> None:
         """The user's current certificates stop being current (a new pair replaces them)."""
-        self._conn.execute(_RETIRE, {"uid": user_id})
+        _RETIRE.rowcount(self._conn, {"uid": user_id})
 
     def retire_current_of_kind(self, user_id: int, kind: str) -> None:
         """The user's current certificates of this kind stop being current (one stage replaces them)."""
-        self._conn.execute(_RETIRE_KIND, {"uid": user_id, "k": kind})
+        _RETIRE_KIND.rowcount(self._conn, {"uid": user_id, "k": kind})
 
     def valid_current(self, user_id: int) -> list[tuple[str, bytes]]:
         """Serial and DER of the user's current valid certificates."""
-        return [(str(r[0]), bytes(r[1])) for r in self._conn.execute(_VALID_CURRENT, {"uid": user_id})]
+        return [(str(r[0]), bytes(r[1])) for r in _VALID_CURRENT.all(self._conn, {"uid": user_id})]
 
     def revoke(self, serial: str, at: str, reason: str, revoked_seq: int) -> None:
         self._conn.execute(_REVOKE, {"s": serial, "at": at, "why": reason, "seq": revoked_seq})
@@ -186,7 +189,7 @@ class CertRepo:
 
     def directory_entry(self, email: str) -> dict[str, bytes]:
         """The user's current valid certificates by kind: what the directory publishes."""
-        return {str(r[0]): bytes(r[1]) for r in self._conn.execute(_ENTRY, {"email": email})}
+        return {str(r[0]): bytes(r[1]) for r in _ENTRY.all(self._conn, {"email": email})}
 
     def count_issued(self) -> int:
         """User certificates (the CA's own aside)."""

@@ -8,6 +8,7 @@ from enum import Enum
 
 from sqlalchemy import Connection, bindparam, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import enrollment_codes as codes
 from hsmkm.store.schema import users
 
@@ -53,11 +54,21 @@ class CodeRecord:
 
 
 _STAGE_COLUMN = {CodeStage.SIGN: codes.c.sign_done_at, CodeStage.KEY: codes.c.key_done_at}
-_SUPERSEDE = (
+# A stage is marked only on a live code whose stage is not yet done.
+_MARK_STAGE = {
+    stage: Prepared(
+        codes.update()
+        .where(codes.c.id == bindparam("cid"), column.is_(None), codes.c.used_at.is_(None))
+        .values({column.name: bindparam("at")})
+    )
+    for stage, column in _STAGE_COLUMN.items()
+}
+_SUPERSEDE = Prepared(
     codes.update().where(codes.c.user_id == bindparam("uid"), codes.c.used_at.is_(None)).values(used_at=bindparam("at"))
 )
-_ADD = codes.insert().returning(codes.c.id)
-_LATEST = (
+_COLUMNS = ("user_id", "code_id", "verifier", "purpose", "created_at", "expires_at", "max_attempts", "recovery_id")
+_ADD = Prepared(codes.insert().returning(codes.c.id), column_keys=_COLUMNS)
+_LATEST = Prepared(
     select(
         codes.c.id,
         codes.c.verifier,
@@ -74,8 +85,8 @@ _LATEST = (
     .order_by(codes.c.id.desc())
     .limit(1)
 )
-_ATTEMPT = codes.update().where(codes.c.id == bindparam("cid")).values(attempts=codes.c.attempts + 1)
-_BURN = codes.update().where(codes.c.id == bindparam("cid")).values(used_at=bindparam("at"))
+_ATTEMPT = Prepared(codes.update().where(codes.c.id == bindparam("cid")).values(attempts=codes.c.attempts + 1))
+_BURN = Prepared(codes.update().where(codes.c.id == bindparam("cid")).values(used_at=bindparam("at")))
 _FIRST_VERIFIER = (
     select(codes.c.verifier)
     .select_from(users.join(codes, codes.c.user_id == users.c.id))
@@ -104,10 +115,10 @@ class CodeRepo:
 
     def supersede(self, user_id: int, at: str) -> None:
         """Mark every unused code of the user used (``at`` says why)."""
-        self._conn.execute(_SUPERSEDE, {"uid": user_id, "at": at})
+        _SUPERSEDE.rowcount(self._conn, {"uid": user_id, "at": at})
 
     def add(self, code: NewCode) -> int:
-        return int(self._conn.execute(_ADD, _values(code)).scalar_one())
+        return int(_ADD.scalar(self._conn, _values(code)))
 
     def add_many(self, new: Sequence[NewCode]) -> None:
         """Insert many codes in one batched statement (executemany)."""
@@ -115,7 +126,7 @@ class CodeRepo:
             self._conn.execute(codes.insert(), [_values(c) for c in new])
 
     def latest(self, user_id: int) -> CodeRecord | None:
-        row = self._conn.execute(_LATEST, {"uid": user_id}).first()
+        row = _LATEST.first(self._conn, {"uid": user_id})
         if row is None:
             return None
         return CodeRecord(
@@ -131,20 +142,14 @@ class CodeRepo:
         )
 
     def count_attempt(self, code_row: int) -> None:
-        self._conn.execute(_ATTEMPT, {"cid": code_row})
+        _ATTEMPT.rowcount(self._conn, {"cid": code_row})
 
     def burn(self, code_row: int, at: str) -> None:
-        self._conn.execute(_BURN, {"cid": code_row, "at": at})
+        _BURN.rowcount(self._conn, {"cid": code_row, "at": at})
 
     def mark_stage(self, code_row: int, stage: CodeStage, at: str) -> bool:
         """Record ``stage`` of a live code done; False if it was done already or the code is used."""
-        column = _STAGE_COLUMN[stage]
-        stmt = (
-            codes.update()
-            .where(codes.c.id == bindparam("cid"), column.is_(None), codes.c.used_at.is_(None))
-            .values({column.name: bindparam("at")})
-        )
-        return self._conn.execute(stmt, {"cid": code_row, "at": at}).rowcount == 1
+        return _MARK_STAGE[stage].rowcount(self._conn, {"cid": code_row, "at": at}) == 1
 
     def first_verifier(self, email: str) -> bytes | None:
         """The verifier of the first code issued to the user at ``email``."""

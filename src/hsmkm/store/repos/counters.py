@@ -7,6 +7,7 @@ from enum import Enum
 
 from sqlalchemy import Connection, bindparam, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import counters
 
 
@@ -14,13 +15,13 @@ class Counter(str, Enum):
     REVOKED_SEQ = "revoked_seq"  # the order revocations were made in (delta CRLs read from it)
 
 
-_DRAW = (
+_DRAW = Prepared(
     counters.update()
     .where(counters.c.name == bindparam("counter"))
     .values(value=counters.c.value + bindparam("n"))
     .returning(counters.c.value)
 )
-_GET = select(counters.c.value).where(counters.c.name == bindparam("counter"))
+_GET = Prepared(select(counters.c.value).where(counters.c.name == bindparam("counter")))
 
 
 class CounterRepo:
@@ -30,11 +31,11 @@ class CounterRepo:
     def draw(self, counter: Counter, n: int = 1) -> int:
         """Advance the counter by ``n`` and return its new value: the caller owns the ``n``
         values ending there."""
-        value = self._conn.execute(_DRAW, {"counter": counter.value, "n": n}).scalar()
+        value = _DRAW.scalar(self._conn, {"counter": counter.value, "n": n})
         if value is None:
             raise LookupError(f"no counter {counter.value} in the database")
         return int(value)
 
     def current(self, counter: Counter) -> int:
-        value = self._conn.execute(_GET, {"counter": counter.value}).scalar()
+        value = _GET.scalar(self._conn, {"counter": counter.value})
         return 0 if value is None else int(value)

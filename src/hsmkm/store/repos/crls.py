@@ -3,20 +3,22 @@ the revocations a CRL lists, streamed in the order they happened."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, text
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import certificates as certs
 from hsmkm.store.schema import crls
 
 # The number is kept in meta 'crl_number', where the audit anchors read it.
 CRL_NUMBER_KEY = "crl_number"
-_SEED = text("INSERT INTO meta(key, value) VALUES (:k, '0') ON CONFLICT(key) DO NOTHING")
-_DRAW = text("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = :k RETURNING value")
+_SEED = Prepared(text("INSERT INTO meta(key, value) VALUES (:k, '0') ON CONFLICT(key) DO NOTHING"))
+_DRAW = Prepared(
+    text("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = :k RETURNING value")
+)
 # Rows are handed to the encoder as the driver reads them, never as one list.
 _STREAM_ROWS = 10_000
 
@@ -37,8 +39,10 @@ class CrlRow:
     revoked_seq_upto: int
 
 
-_RECORD = crls.insert()
-_LAST = (
+_RECORD = Prepared(
+    crls.insert(), column_keys=("number", "kind", "base", "this_update", "next_update", "entries", "revoked_seq_upto")
+)
+_LAST = Prepared(
     select(
         crls.c.number,
         crls.c.kind,
@@ -52,10 +56,12 @@ _LAST = (
     .order_by(crls.c.number.desc())
     .limit(1)
 )
-_UPTO = select(func.coalesce(func.max(certs.c.revoked_seq), 0))
+_UPTO = Prepared(select(func.coalesce(func.max(certs.c.revoked_seq), 0)))
 _WINDOW = (certs.c.revoked_seq > bindparam("after")) & (certs.c.revoked_seq <= bindparam("upto"))
-_COUNT = select(func.count()).select_from(certs).where(_WINDOW)
-_REVOKED = select(certs.c.serial, certs.c.revoked_at, certs.c.reason).where(_WINDOW).order_by(certs.c.revoked_seq)
+_COUNT = Prepared(select(func.count()).select_from(certs).where(_WINDOW))
+_REVOKED = Prepared(
+    select(certs.c.serial, certs.c.revoked_at, certs.c.reason).where(_WINDOW).order_by(certs.c.revoked_seq)
+)
 
 
 class CrlRepo:
@@ -65,12 +71,12 @@ class CrlRepo:
     def draw_number(self) -> int:
         """The next CRL number: the counter row's new value under its row lock, so two
         publishers never draw the same one."""
-        self._conn.execute(_SEED, {"k": CRL_NUMBER_KEY})
-        return int(self._conn.execute(_DRAW, {"k": CRL_NUMBER_KEY}).scalar_one())
+        _SEED.rowcount(self._conn, {"k": CRL_NUMBER_KEY})
+        return int(_DRAW.scalar(self._conn, {"k": CRL_NUMBER_KEY}))
 
     def record(self, row: CrlRow) -> None:
-        self._conn.execute(
-            _RECORD,
+        _RECORD.rowcount(
+            self._conn,
             {
                 "number": row.number,
                 "kind": row.kind.value,
@@ -83,7 +89,7 @@ class CrlRepo:
         )
 
     def last(self, kind: CrlKind) -> CrlRow | None:
-        r = self._conn.execute(_LAST, {"kind": kind.value}).first()
+        r = _LAST.first(self._conn, {"kind": kind.value})
         if r is None:
             return None
         return CrlRow(
@@ -92,24 +98,20 @@ class CrlRepo:
 
     def revoked_upto(self) -> int:
         """The revocation order reached so far (0 before the first revocation)."""
-        return int(self._conn.execute(_UPTO).scalar_one())
+        return int(_UPTO.scalar(self._conn))
 
     def count_revoked(self, after: int, upto: int) -> int:
-        return int(self._conn.execute(_COUNT, {"after": after, "upto": upto}).scalar_one())
+        return int(_COUNT.scalar(self._conn, {"after": after, "upto": upto}))
 
-    def revoked(self, after: int, upto: int) -> Iterator[tuple[str, str, str]]:
+    def revoked(self, after: int, upto: int) -> Iterator[Sequence[tuple[str, str, str]]]:
         """(serial hex, revocation time ISO, reason) of the revocations in (after, upto], in
-        the order they happened (the revoked_seq index gives them without a sort)."""
-        # The hot path of a million-entry CRL: the statement compiled for this dialect runs on
-        # the driver's own cursor, in this transaction, and rows come in batches of the
-        # driver's tuples (a Row object per entry costs as much again as the reading).
-        compiled = _REVOKED.compile(dialect=self._conn.dialect)
-        params = compiled.construct_params({"after": after, "upto": upto})
-        args: Any = [params[k] for k in compiled.positiontup or ()] if compiled.positional else params
-        cursor = self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        the order they happened (the revoked_seq index gives them without a sort), in
+        batches as the driver reads them."""
+        # The hot path of a million-entry CRL: the driver's own tuples, a batch at a time (a
+        # Row object, or a generator step, per entry costs as much again as the reading).
+        cursor = _REVOKED.execute(self._conn, {"after": after, "upto": upto})
         try:
-            cursor.execute(str(compiled), args)
-            while rows := cursor.fetchmany(_STREAM_ROWS):
-                yield from rows
+            while rows := _REVOKED.fetchmany(self._conn, cursor, _STREAM_ROWS):
+                yield rows
         finally:
             cursor.close()

@@ -7,6 +7,7 @@ from enum import Enum
 
 from sqlalchemy import Connection, bindparam, func, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import enroll_responses as kept
 from hsmkm.store.schema import enrollment_codes as codes
 
@@ -32,10 +33,10 @@ class KeptResponse:
     kept_at: str
 
 
-_ADD = kept.insert()
-_PURGE = kept.delete().where(kept.c.kept_at < bindparam("before"))
+_ADD = Prepared(kept.insert(), column_keys=("code_row", "stage", "kept_at", "salt", "sealed"))
+_PURGE = Prepared(kept.delete().where(kept.c.kept_at < bindparam("before")))
 _latest_id = select(func.max(codes.c.id)).where(codes.c.user_id == bindparam("uid")).scalar_subquery()
-_FOR_LATEST = (
+_FOR_LATEST = Prepared(
     select(
         codes.c.id, codes.c.verifier, codes.c.expires_at, codes.c.used_at, kept.c.salt, kept.c.sealed, kept.c.kept_at
     )
@@ -50,17 +51,18 @@ class EnrollResponseRepo:
 
     def keep(self, code_row: int, kept_at: str, salt: bytes, sealed: bytes, kind: ResponseKind) -> None:
         """Keep one response for the code and ``kind``; a second for the same pair is a Conflict."""
-        self._conn.execute(
-            _ADD, {"code_row": code_row, "stage": kind.value, "kept_at": kept_at, "salt": salt, "sealed": sealed}
+        _ADD.rowcount(
+            self._conn,
+            {"code_row": code_row, "stage": kind.value, "kept_at": kept_at, "salt": salt, "sealed": sealed},
         )
 
     def purge_before(self, before: str) -> None:
         """Drop responses kept before ``before`` (an index range)."""
-        self._conn.execute(_PURGE, {"before": before})
+        _PURGE.rowcount(self._conn, {"before": before})
 
     def for_latest_code(self, user_id: int, kind: ResponseKind) -> KeptResponse | None:
         """The user's latest code with its kept response of ``kind``, if that is kept."""
-        row = self._conn.execute(_FOR_LATEST, {"uid": user_id, "stage": kind.value}).first()
+        row = _FOR_LATEST.first(self._conn, {"uid": user_id, "stage": kind.value})
         if row is None:
             return None
         return KeptResponse(

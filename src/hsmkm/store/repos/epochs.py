@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.repos.recovery import RequestStatus, request_status
 from hsmkm.store.schema import (
     counters,
@@ -53,13 +54,12 @@ class EpochHistory:
 _COLUMNS = (e.c.epoch, e.c.quorum, e.c.status, e.c.request_id)
 _GET = select(*_COLUMNS).where(e.c.epoch == bindparam("n"))
 _BY_STATUS = select(*_COLUMNS).where(e.c.status == bindparam("status"))
-_SHARING = (
-    select(*_COLUMNS).where(e.c.status.in_([EpochStatus.ACTIVE.value, EpochStatus.PENDING.value])).order_by(e.c.epoch)
-)
-_SHARING_NUMBERS = (
-    select(e.c.epoch).where(e.c.status.in_([EpochStatus.ACTIVE.value, EpochStatus.PENDING.value])).order_by(e.c.epoch)
-)
-_OFFICERS = (
+# Read by every enrollment: prepared (the two statuses spelt out, as a prepared statement
+# takes no IN list).
+_IS_SHARING = or_(e.c.status == EpochStatus.ACTIVE.value, e.c.status == EpochStatus.PENDING.value)
+_SHARING = Prepared(select(*_COLUMNS).where(_IS_SHARING).order_by(e.c.epoch))
+_SHARING_NUMBERS = Prepared(select(e.c.epoch).where(_IS_SHARING).order_by(e.c.epoch))
+_OFFICERS = Prepared(
     select(epoch_officers.c.officer, epoch_officers.c.x, epoch_officers.c.public_key)
     .where(epoch_officers.c.epoch == bindparam("n"))
     .order_by(epoch_officers.c.x)
@@ -112,14 +112,14 @@ class EpochRepo:
 
     def sharing(self) -> list[EpochRow]:
         """The active epoch and any pending ones, in order."""
-        return [_epoch(row) for row in self._conn.execute(_SHARING)]
+        return [_epoch(row) for row in _SHARING.all(self._conn)]
 
     def sharing_numbers(self) -> tuple[int, ...]:
-        return tuple(int(row[0]) for row in self._conn.execute(_SHARING_NUMBERS))
+        return tuple(int(row[0]) for row in _SHARING_NUMBERS.all(self._conn))
 
     def officers(self, number: int) -> list[tuple[str, int, bytes]]:
         """Name, Shamir index and public key (DER) of each member, by index."""
-        return [(str(o[0]), int(o[1]), bytes(o[2])) for o in self._conn.execute(_OFFICERS, {"n": number})]
+        return [(str(o[0]), int(o[1]), bytes(o[2])) for o in _OFFICERS.all(self._conn, {"n": number})]
 
     def _next_number(self) -> int:
         # A counter row drawn with RETURNING, seeded from the highest epoch on its first draw.

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import user_settings
 from hsmkm.store.upsert import upsert
 
@@ -16,7 +17,9 @@ class SettingsRow:
     client: str | None
 
 
-_GET = select(user_settings.c.key_alg, user_settings.c.client).where(user_settings.c.user_id == bindparam("uid"))
+_GET = Prepared(
+    select(user_settings.c.key_alg, user_settings.c.client).where(user_settings.c.user_id == bindparam("uid"))
+)
 
 
 class SettingsRepo:
@@ -24,7 +27,7 @@ class SettingsRepo:
         self._conn = conn
 
     def get(self, user_id: int) -> SettingsRow | None:
-        row = self._conn.execute(_GET, {"uid": user_id}).first()
+        row = _GET.first(self._conn, {"uid": user_id})
         return None if row is None else SettingsRow(row[0], row[1])
 
     def put(self, user_id: int, row: SettingsRow) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select
 
+from hsmkm.store.lean import Prepared
 from hsmkm.store.schema import users
 
 
@@ -36,12 +37,12 @@ class NewUser:
 
 
 _COLUMNS = (users.c.id, users.c.email, users.c.name, users.c.status, users.c.created_at)
-_BY_EMAIL = select(*_COLUMNS).where(users.c.email == bindparam("email"))
-_BY_ID = select(*_COLUMNS).where(users.c.id == bindparam("id"))
+_BY_EMAIL = Prepared(select(*_COLUMNS).where(users.c.email == bindparam("email")))
+_BY_ID = Prepared(select(*_COLUMNS).where(users.c.id == bindparam("id")))
 _ALL = select(*_COLUMNS).order_by(users.c.email)
 _EMAILS = select(users.c.email)
 _ADD = users.insert().returning(users.c.id)
-_SET_STATUS = users.update().where(users.c.id == bindparam("uid")).values(status=bindparam("new_status"))
+_SET_STATUS = Prepared(users.update().where(users.c.id == bindparam("uid")).values(status=bindparam("new_status")))
 
 
 def _user(row: Any) -> User:  # a Row of _COLUMNS
@@ -53,11 +54,11 @@ class UserRepo:
         self._conn = conn
 
     def by_email(self, email: str) -> User | None:
-        row = self._conn.execute(_BY_EMAIL, {"email": email}).first()
+        row = _BY_EMAIL.first(self._conn, {"email": email})
         return None if row is None else _user(row)
 
     def by_id(self, user_id: int) -> User | None:
-        row = self._conn.execute(_BY_ID, {"id": user_id}).first()
+        row = _BY_ID.first(self._conn, {"id": user_id})
         return None if row is None else _user(row)
 
     def all(self) -> list[User]:
@@ -78,7 +79,7 @@ class UserRepo:
         return [int(r[0]) for r in self._conn.execute(stmt, [_values(u) for u in new])]
 
     def set_status(self, user_id: int, status: UserStatus) -> None:
-        self._conn.execute(_SET_STATUS, {"uid": user_id, "new_status": status.value})
+        _SET_STATUS.rowcount(self._conn, {"uid": user_id, "new_status": status.value})
 
     def count(self) -> int:
         return int(self._conn.execute(select(func.count()).select_from(users)).scalar_one())
