@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -55,6 +56,19 @@ def softhsm_conf(home: Path) -> Path:
 
 def softhsm_env(home: Path) -> dict[str, str]:
     return {"SOFTHSM2_CONF": str(softhsm_conf(home))}
+
+
+def copy_km(template: Path, dest: Path, home: str) -> Path:
+    """Copy ``template`` (a directory holding a KM home at ``home``, and whatever lies beside
+    it) to ``dest``; returns the copied home. Its SoftHSM2 config is pointed at its own store
+    at once, as the KM does when it first opens a moved home (``ensure_store_config``), so that
+    a test touching the store in-process never reaches the template's: a KM home is
+    relocatable (test_relocatable), and the copy is the template made again in place."""
+    from hsmkm.keys.softhsm import ensure_store_config
+
+    shutil.copytree(template, dest, symlinks=True, dirs_exist_ok=True)
+    ensure_store_config(softhsm_conf(dest / home))
+    return dest / home
 
 
 def trial_pin(home: Path, name: str) -> str:
