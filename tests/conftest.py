@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -78,8 +79,58 @@ def softhsm_env(home: Path) -> dict[str, str]:
     return {"SOFTHSM2_CONF": str(softhsm_conf(home))}
 
 
+def copy_km(template: Path, dest: Path, home: str) -> Path:
+    """Copy ``template`` (a directory holding a KM home at ``home``, and whatever lies beside
+    it) to ``dest``; returns the copied home. Its SoftHSM2 config is pointed at its own store
+    at once, as the KM does when it first opens a moved home (``ensure_store_config``), so that
+    a test touching the store in-process never reaches the template's: a KM home is
+    relocatable (test_relocatable), and the copy is the template made again in place."""
+    from hsmkm.keys.softhsm import ensure_store_config
+
+    shutil.copytree(template, dest, symlinks=True, dirs_exist_ok=True)
+    ensure_store_config(softhsm_conf(dest / home))
+    return dest / home
+
+
 def trial_pin(home: Path, name: str) -> str:
     return (home / "secrets" / f"{name}.pin").read_text().strip()
+
+
+# Where a program keeps per-user state when no option names it (the CLI's ~/.hsmkm, its CRL
+# cache under ~/.cache/hsmkm, a client profile under ~/.config/hsmkm, gpg's ~/.gnupg): pointed
+# at throwaway directories, so no test reads or writes the real user's, and no two tests (nor
+# two parallel workers) share one.
+USER_DIRS = {"HOME": ".", "XDG_CONFIG_HOME": ".config", "XDG_CACHE_HOME": ".cache", "XDG_DATA_HOME": ".local/share"}
+USER_STATE_VARS = ("GNUPGHOME", "SOFTHSM2_CONF")
+
+
+def _point_user_dirs(mp: pytest.MonkeyPatch, root: Path) -> None:
+    for var, sub in USER_DIRS.items():
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        mp.setenv(var, str(root / sub))
+    for var in USER_STATE_VARS:
+        mp.delenv(var, raising=False)
+    for var in [v for v in os.environ if v.startswith("HSMKM_")]:
+        mp.delenv(var)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_user_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A user home of this test process's own, for the session- and module-scoped fixtures
+    (built before any test's own home is set)."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp("user-home")
+        _point_user_dirs(mp, root)
+        yield root
+
+
+@pytest.fixture(autouse=True)
+def user_home(_worker_user_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The test's own user home: $HOME and the XDG directories, empty at the start."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp("user-home")
+        _point_user_dirs(mp, root)
+        yield root
 
 
 @pytest.fixture(scope="session")

@@ -638,18 +638,17 @@ def test_help_shows_checkpoint_and_verify_examples() -> None:
 # --- properties: any writer's mutation below a witness is found; anchors round-trip ---------
 
 
-def _software_log(n: int) -> tuple[Any, Any]:
-    """A log of n entries in a throwaway database, MAC'd with a software key (the token's
-    HMAC does the same sums)."""
+def _software_log(n: int, where: Path) -> tuple[Any, Any]:
+    """A log of n entries in a throwaway database in ``where``, MAC'd with a software key (the
+    token's HMAC does the same sums)."""
     import hashlib
     import hmac as hmac_mod
-    import tempfile
     from datetime import datetime, timedelta
 
     from hsmkm.km.audit import AuditAction, AuditLog
     from hsmkm.store.database import Database
 
-    db = Database.create(Path(tempfile.mkdtemp()) / "km.db")
+    db = Database.create(where / "km.db")
     key = b"k" * 32
 
     def mac(data: bytes) -> bytes:
@@ -668,10 +667,12 @@ _MUTATIONS = st.sampled_from(["edit", "delete", "swap", "truncate", "rewrite_has
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(2, 12), data=st.data(), kind=_MUTATIONS)
-def test_any_writer_mutation_at_or_below_a_witness_is_found(n: int, data: st.DataObject, kind: str) -> None:
+def test_any_writer_mutation_at_or_below_a_witness_is_found(
+    tmp_path_factory: pytest.TempPathFactory, n: int, data: st.DataObject, kind: str
+) -> None:
     from hsmkm.km.audit import AuditLog, FindingSource, Witness, _entry_hash
 
-    db, mac = _software_log(n)
+    db, mac = _software_log(n, tmp_path_factory.mktemp("audit-log"))
     conn = db.conn  # the database writer's raw access
     w_seq = data.draw(st.integers(1, n), label="witnessed entry")
     digest = bytes(conn.execute("SELECT hash FROM audit WHERE seq = ?", (w_seq,)).fetchone()[0])

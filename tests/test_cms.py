@@ -235,7 +235,7 @@ def test_gpgsm_decrypts_cbc_pkcs1v15(files: Path) -> None:
             env=env,
         )
     finally:
-        run("gpgconf", "--kill", "all", env=env)  # gpg-agent and the dirmngr gpgsm started
+        run("gpgconf", "--homedir", str(home), "--kill", "all")  # the gpg-agent and dirmngr of this home, no other
     assert out.returncode == 0 and out.stdout == b"hello gpgsm\r\n", out.stderr
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import MakeToken, hsmkm, trial_pin
+from conftest import MakeToken, copy_km, hsmkm, trial_pin
 
 PW = "durable-pass-1"
 
@@ -71,11 +71,18 @@ def audit_actions(home: Path) -> list[str]:
         return [r[0] for r in conn.execute("SELECT action FROM audit ORDER BY seq")]
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "km"
+@pytest.fixture(scope="module")
+def home_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new KM, made once per module and never used itself (each test gets a copy, ``home``)."""
+    h = tmp_path_factory.mktemp("template") / "km"
     hsmkm("init", "--ca-subject", "CN=Durable CA", "--ca-key", "p256", home=h)
     return h
+
+
+@pytest.fixture
+def home(home_template: Path, tmp_path: Path) -> Path:
+    """A new KM of the test's own, a copy of the template (``copy_km``)."""
+    return copy_km(home_template.parent, tmp_path, home_template.name)
 
 
 # --- the token store's verified copy ---------------------------------------------------------

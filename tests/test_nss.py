@@ -346,7 +346,7 @@ def test_mail_to_a_compat_recipient_is_read_by_cmsutil_and_gpgsm(world: World) -
             env=genv,
         )
     finally:
-        run("gpgconf", "--kill", "all", env=genv)  # gpg-agent and the dirmngr gpgsm started
+        run("gpgconf", "--homedir", str(gpg), "--kill", "all")  # the gpg-agent and dirmngr of this home, no other
     assert out.returncode == 0 and out.stdout.endswith(b"hello nina\r\n"), out.stderr
 
 

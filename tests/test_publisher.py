@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import downgrade_database, hsmkm, trial_pin
+from conftest import copy_km, downgrade_database, hsmkm, trial_pin
 from hsmkm.certnames import CertKind
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.km.publisher import CrlKind, Publisher
@@ -105,11 +105,18 @@ def _current(home: Path, email: str) -> dict[str, bytes]:
         }
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "km"
+@pytest.fixture(scope="module")
+def home_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new KM, made once per module and never used itself (each test gets a copy, ``home``)."""
+    h = tmp_path_factory.mktemp("template") / "km"
     hsmkm("init", "--ca-subject", "CN=Publisher CA", "--ca-key", "p256", home=h)
     return h
+
+
+@pytest.fixture
+def home(home_template: Path, tmp_path: Path) -> Path:
+    """A new KM of the test's own, a copy of the template (``copy_km``)."""
+    return copy_km(home_template.parent, tmp_path, home_template.name)
 
 
 def test_the_cli_publishes_to_the_homes_files(home: Path) -> None:

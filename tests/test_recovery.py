@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import hsmkm, make_token, softhsm_conf, trial_pin
+from conftest import copy_km, hsmkm, make_token, softhsm_conf, trial_pin
 from custody_helpers import approve
 from hsmkm import errors
 from hsmkm.keys.epf import EpfKeystore
@@ -47,9 +47,11 @@ def _enroll(home: Path, email: str, epf: Path, update: bool = False) -> None:
     )
 
 
-@pytest.fixture
-def km_with_alice(tmp_path: Path) -> dict[str, Path]:
-    """Alice enrolled twice (a current and a historical key), and a message to her old key."""
+@pytest.fixture(scope="module")
+def alice_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Alice enrolled twice (a current and a historical key), and a message to her old key:
+    made once per module, never used itself (each test gets a copy, ``km_with_alice``)."""
+    tmp_path = tmp_path_factory.mktemp("recovery-template")
     home = tmp_path / "km"
     hsmkm("init", "--ca-subject", "CN=Recovery CA", "--ca-key", "p256", "--user-key", "rsa2048", home=home)
     epf = tmp_path / "alice.epf"
@@ -84,7 +86,13 @@ def km_with_alice(tmp_path: Path) -> dict[str, Path]:
         check=True,
     )
     _enroll(home, "alice@example.com", epf, update=True)
-    return {"home": home, "epf": epf, "root": tmp_path}
+    return tmp_path
+
+
+@pytest.fixture
+def km_with_alice(alice_template: Path, tmp_path: Path) -> dict[str, Path]:
+    """A KM of the test's own in the template's state (``copy_km``)."""
+    return {"home": copy_km(alice_template, tmp_path, "km"), "epf": tmp_path / "alice.epf", "root": tmp_path}
 
 
 @pytest.mark.slow
