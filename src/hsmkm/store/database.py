@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 # (tests/test_store.py checks it is the migrations' head).
 HEAD = "0005_est_stages"
 BUSY_TIMEOUT_S = 60.0
+FLOCK_POLL_S = 0.0005
 # The revision a database made by the release code is at, by its meta 'schema_version'.
 _RELEASE_REVISIONS = {"1": "0001_v1", "2": "0001_v1"}  # 0002 also completes a release's version 2
 
@@ -70,6 +74,35 @@ def _sqlite_connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def write_lock_path(path: Path) -> Path:
+    """The file beside the database whose flock writers take before BEGIN IMMEDIATE."""
+    return path.with_name(path.name + "-write.lock")
+
+
+def _open_write_lock(path: Path) -> int | None:
+    # A writer waiting in flock wakes the moment the other commits; waiting in SQLite's busy
+    # handler it sleeps in growing steps. SQLite's own lock and busy timeout stay the rule (a
+    # writer without this file, e.g. an older hsmkm, is still excluded); this only orders the
+    # waiters. No file (a read-only directory): SQLite's busy handler alone, as before.
+    try:
+        return os.open(write_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+
+
+def _flock_within(fd: int, timeout_s: float) -> bool:
+    """Take ``fd``'s exclusive flock, polling finely (a blocking flock could not time out)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(FLOCK_POLL_S)
+
+
 def _translate_errors(context: Any) -> None:
     translated = store_errors.translate(context.original_exception)
     if translated is not None:
@@ -88,6 +121,7 @@ class Database:
             raise errors.Unreachable(f"cannot open database {path}: {exc}") from None
         self._tx: Tx | None = None
         self._lock = threading.RLock()
+        self._write_lock = _open_write_lock(path)
 
     @classmethod
     def _connect(cls, path: Path) -> Database:
@@ -212,14 +246,28 @@ class Database:
         # read lock midway; SQLAlchemy's own transaction handling is off (AUTOCOMMIT) for this.
         # The transaction statements go to the driver (store.lean), errors translated.
         execute = run or functools.partial(driver_sql, self._conn)
-        execute("BEGIN IMMEDIATE")
+        with self._flocked():
+            execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                execute("ROLLBACK")
+                raise
+            else:
+                execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _flocked(self) -> Iterator[None]:
+        """The write-lock file's exclusive flock for one transaction (the kernel drops it if
+        the process dies)."""
+        fd = self._write_lock
+        if fd is None or not _flock_within(fd, BUSY_TIMEOUT_S):
+            yield  # no lock file, or a holder stuck past the timeout: SQLite's busy handler decides
+            return
         try:
             yield
-        except BaseException:
-            execute("ROLLBACK")
-            raise
-        else:
-            execute("COMMIT")
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Tx]:
@@ -281,3 +329,6 @@ class Database:
     def close(self) -> None:
         self._conn.close()
         self.engine.dispose()
+        if self._write_lock is not None:
+            os.close(self._write_lock)
+            self._write_lock = None
