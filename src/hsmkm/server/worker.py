@@ -35,6 +35,9 @@ from hsmkm.server.runner import KmRunner
 MAX_SETTINGS = 64 << 10
 ACTOR = "est"
 PARENT_POLL_S = 1.0
+# The event loop thread waits for the GIL while the KM thread runs Python: a shorter interval
+# than the default 5 ms lets it answer (accept, handshake, reply) between the KM's steps.
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ async def serve(runner: KmRunner, settings: WorkerSettings) -> None:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(format="hsmkm: %(name)s: %(message)s", level=logging.WARNING)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     # until the loop handles them: a stop asked during start-up is honoured right after it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings, pin = WorkerSettings.decode(read_pipe(int(argv[1])))
