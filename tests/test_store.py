@@ -4,8 +4,12 @@ the data left them; clashes are Conflicts; a database at another revision is ref
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from sqlalchemy import create_engine, inspect
 from conftest import hsmkm
 from hsmkm import errors
 from hsmkm.store import errors as store_errors
-from hsmkm.store.database import Database, Revision, head_revision
+from hsmkm.store.database import Database, Revision, head_revision, write_lock_path
 from hsmkm.store.repos.counters import Counter
 from hsmkm.store.repos.users import NewUser, UserStatus
 from hsmkm.store.schema import metadata
@@ -302,3 +306,42 @@ def test_a_drawn_serial_already_recorded_is_a_conflict_and_issuance_draws_again(
     issues = [e for e in km.audit().entries() if e.action == "cert.issue"]
     assert [e.details["count"] for e in issues] == [1, 2]
     km.close()
+
+
+_HOLD_WRITE = """
+import sys, time
+from pathlib import Path
+from hsmkm.store.database import Database
+db = Database.open(Path(sys.argv[1]))
+with db.write():
+    print("inside", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_writers_are_ordered_by_the_lock_file_and_a_killed_writer_leaves_it_free(tmp_path: Path) -> None:
+    path = tmp_path / "km.db"
+    Database.create(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WRITE, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"inside\n"
+        fd = os.open(write_lock_path(path), os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # held for the whole write transaction
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            holder.kill()  # kill -9 inside the transaction: the kernel drops the flock
+            holder.wait(timeout=30)
+            db = Database.open(path)
+            try:
+                with db.write() as tx:
+                    tx.connection.execute("INSERT INTO meta (key, value) VALUES ('after-kill', '1')")
+                assert db.get_meta("after-kill") == "1"
+            finally:
+                db.close()
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # and released after the commit
+        finally:
+            os.close(fd)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
