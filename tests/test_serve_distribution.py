@@ -110,7 +110,14 @@ def test_head_gives_the_headers_without_the_body(server: RunningServer) -> None:
 def test_the_artifacts_are_read_only(server: RunningServer, method: str) -> None:
     answer = server.request(method, "/crl/full.crl", body=b"x")
     assert answer.status == 405
-    assert answer.body.count(b"\n") <= 1
+    assert answer.body == b"Method Not Allowed\n"
+    assert set((answer.header("allow") or "").replace(" ", "").split(",")) == {"GET", "HEAD"}
+
+
+@pytest.mark.parametrize("path", ["/", "/crl/", "/crl/other.crl", "/.well-known/est/fullcmc", "/pub/ca.crt"])
+def test_an_unknown_path_is_404_of_one_line(server: RunningServer, path: str) -> None:
+    answer = server.get(path)
+    assert (answer.status, answer.body) == (404, b"Not Found\n")
 
 
 @pytest.mark.parametrize("path", ["/.well-known/est/cacerts", "/.well-known/est/csrattrs", "/hsmkm/health"])

@@ -362,3 +362,30 @@ def test_keyhistory_after_a_recovery_brings_the_archived_key_back(tmp_path: Path
         wrong = EstClient(server, ALICE, codes[ALICE]).keyhistory()
         assert isinstance(wrong, Answer) and wrong.status == 403
     hsmkm("audit", "verify", home=home)
+
+
+@pytest.mark.parametrize(
+    "twice",
+    [
+        "Authorization: Basic YWxpY2VAZXhhbXBsZS5jb206WA==\r\nAuthorization: Basic Ym9iQGV4YW1wbGUuY29tOlk=",
+        "Content-Type: application/pkcs10\r\nContent-Type: text/plain",
+    ],
+    ids=["authorization", "content-type"],
+)
+def test_a_header_given_twice_is_refused_not_guessed(server: RunningServer, twice: str) -> None:
+    host, port = server.url.split("//")[1].rsplit(":", 1)
+    body = csr_b64()
+    other = "Content-Type: application/pkcs10" if twice.startswith("Authorization") else "Authorization: Basic eDp5"
+    raw = socket.create_connection((host, int(port)), timeout=60)
+    with server.ssl_context().wrap_socket(raw, server_hostname=host) as conn:
+        conn.sendall(
+            f"POST {EST}/simpleenroll HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{twice}\r\n{other}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, text = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"more than one" in text and text.count(b"\n") == 1

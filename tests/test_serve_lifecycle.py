@@ -222,24 +222,21 @@ def test_workers_stop_when_the_supervisor_is_killed(plain_home: Path) -> None:
 # --- what the log and the workers' process records hold -------------------------------------
 
 
-def test_the_pin_reaches_workers_through_a_pipe_only(plain_home: Path) -> None:
+def test_the_pin_reaches_workers_through_a_pipe_only(plain_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = plain_home
     pin = (home / "secrets" / "km.pin").read_text().strip()
     # the PIN from an environment variable: the workers do not inherit it
     env_args = ["--pin-source", "env:KM_PIN_FOR_TEST"]
-    os.environ["KM_PIN_FOR_TEST"] = pin
-    try:
-        with running_server(home, workers=2, extra_args=env_args) as server:
-            for pid in server.worker_pids():
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                environ = Path(f"/proc/{pid}/environ").read_bytes()
-                assert pin.encode() not in cmdline and pin.encode() not in environ
-                assert b"KM_PIN_FOR_TEST" not in environ
-                assert b"hsmkm.server.worker" in cmdline
-                open_files = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
-                assert not any("km.pin" in f for f in open_files)
-    finally:
-        del os.environ["KM_PIN_FOR_TEST"]
+    monkeypatch.setenv("KM_PIN_FOR_TEST", pin)
+    with running_server(home, workers=2, extra_args=env_args) as server:
+        for pid in server.worker_pids():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert pin.encode() not in cmdline and pin.encode() not in environ
+            assert b"KM_PIN_FOR_TEST" not in environ
+            assert b"hsmkm.server.worker" in cmdline
+            open_files = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
+            assert not any("km.pin" in f for f in open_files)
     assert pin not in server.log_text()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hsmkm.km.publisher import CrlKind, Publisher
 from hsmkm.store.database import Database
-from hsmkm.store.repos.artifacts import Artifact, ArtifactKind
+from hsmkm.store.repos.artifacts import Artifact, ArtifactKind, ArtifactStamp
 
 ARTIFACT_OF = {CrlKind.FULL: ArtifactKind.FULL_CRL, CrlKind.DELTA: ArtifactKind.DELTA_CRL}
 
@@ -25,3 +25,9 @@ def republish(db: Database, publisher: Publisher) -> None:
         crl = current(db, artifact_kind)
         if crl is not None and crl.number is not None:
             publisher.crl(kind, crl.number, crl.der)
+
+
+def stamp(db: Database, kind: ArtifactKind) -> ArtifactStamp | None:
+    """The current artifact's digest and times, without reading its bytes."""
+    with db.read() as tx:
+        return tx.artifacts.stamp(kind)

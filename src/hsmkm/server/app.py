@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -21,7 +22,7 @@ from hsmkm.server.distribution import Distribution, DistributionPath
 from hsmkm.server.est_routes import EstRoutes
 from hsmkm.server.guard import guarded
 from hsmkm.server.limits import App, Message, Receive, RequestLimits, Scope, Send
-from hsmkm.server.problems import GENERIC_500, TEXT_PLAIN, one_line
+from hsmkm.server.problems import GENERIC_500, TEXT_PLAIN, error_response, one_line
 from hsmkm.server.runner import KmRunner
 
 EST = "/.well-known/est"
@@ -100,6 +101,13 @@ class Shield:
                 await send({"type": "http.response.body", "body": body})
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405, as one line like every other error (405 names Allow)."""
+    assert isinstance(exc, HTTPException)
+    status = HTTPStatus(exc.status_code)
+    return error_response(status, status.phrase, headers=exc.headers)
+
+
 async def _generic_500(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(GENERIC_500 + "\n", int(HTTPStatus.INTERNAL_SERVER_ERROR))
 
@@ -107,6 +115,6 @@ async def _generic_500(request: Request, exc: Exception) -> Response:
 def build(routes: Sequence[BaseRoute], log: Log, listener: str, limits: Limits = Limits()) -> App:
     """One listener's application: access log ( shield ( limits ( Starlette ) ) )."""
     # Starlette answers an exception that reaches it itself, then raises it on to the shield
-    starlette = Starlette(routes=list(routes), exception_handlers={Exception: _generic_500})
+    starlette = Starlette(routes=list(routes), exception_handlers={HTTPException: _http_error, Exception: _generic_500})
     inner: App = RequestLimits(starlette, limits.max_body, limits.body_timeout)
     return AccessLog(Shield(inner, log), log, listener)

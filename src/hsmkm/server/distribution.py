@@ -17,7 +17,7 @@ from hsmkm.km import artifacts
 from hsmkm.km.manager import KeyManager
 from hsmkm.server.problems import error_response
 from hsmkm.server.runner import KmRunner
-from hsmkm.store.repos.artifacts import Artifact, ArtifactKind
+from hsmkm.store.repos.artifacts import Artifact, ArtifactKind, ArtifactStamp
 
 # The CA certificate changes only at a ceremony; a client may keep it an hour without asking.
 CA_MAX_AGE = timedelta(hours=1)
@@ -45,6 +45,10 @@ MEDIA_OF = {
 
 def _current(km: KeyManager, kind: ArtifactKind) -> Artifact | None:
     return artifacts.current(km.db, kind)
+
+
+def _stamp(km: KeyManager, kind: ArtifactKind) -> ArtifactStamp | None:
+    return artifacts.stamp(km.db, kind)
 
 
 def http_date(when: datetime) -> str:
@@ -105,11 +109,26 @@ class Distribution:
     def __init__(self, runner: KmRunner, clock: Clock) -> None:
         self.runner = runner
         self.clock = clock
+        # the bytes last read of each kind: each request reads only the digest, and the bytes
+        # again only when it changed (another node or the CLI published meanwhile)
+        self._cache: dict[ArtifactKind, Artifact] = {}
+
+    async def _artifact(self, kind: ArtifactKind) -> Artifact | None:
+        stamp = await self.runner.call(_stamp, kind)
+        if stamp is None:
+            return None
+        cached = self._cache.get(kind)
+        if cached is not None and cached.sha256 == stamp.sha256 and cached.modified_at == stamp.modified_at:
+            return cached
+        artifact = await self.runner.call(_current, kind)
+        if artifact is not None:
+            self._cache[kind] = artifact
+        return artifact
 
     async def serve(self, request: Request) -> Response:
         path = DistributionPath(request.url.path)
         kind = KIND_OF[path]
-        artifact = await self.runner.call(_current, kind)
+        artifact = await self._artifact(kind)
         if artifact is None:
             return error_response(HTTPStatus.NOT_FOUND, f"{path.value} is not published yet")
         headers = headers_for(artifact, self.clock())

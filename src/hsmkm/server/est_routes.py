@@ -51,7 +51,10 @@ def basic_credentials(header: str | None) -> tuple[str, str]:
 
 
 def _require_pkcs10(request: Request) -> None:
-    header = request.headers.get("content-type")
+    given = request.headers.getlist("content-type")
+    if len(given) > 1:  # as with Authorization: which one counts would depend on who reads it
+        raise errors.MalformedInput("more than one Content-Type header")
+    header = given[0] if given else None
     if header is None:
         raise UnsupportedMediaType("Content-Type must be application/pkcs10")
     try:
@@ -84,7 +87,10 @@ class EstRoutes:
     async def _enrollment(self, request: Request, server_keygen: bool) -> tuple[str, str, csr.EstCsr]:
         """The address, code and checked CSR of an enrollment POST, or the 4xx error."""
         _require_pkcs10(request)
-        email, code = basic_credentials(request.headers.get("authorization"))
+        given = request.headers.getlist("authorization")
+        if len(given) > 1:  # which one counts would depend on who reads it (RFC 9110 §5.3)
+            raise errors.MalformedInput("more than one Authorization header")
+        email, code = basic_credentials(given[0] if given else None)
         note(request.scope, ADDRESS, email)
         req = csr.read(await request.body())
         if server_keygen:

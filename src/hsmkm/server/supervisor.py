@@ -81,6 +81,14 @@ def bound_endpoint(sock: socket.socket) -> Endpoint:
     return Endpoint(str(host), int(port))
 
 
+def _worker_error(message: dict[str, object]) -> errors.HsmkmError:
+    """A worker's failure at start as the error of the exit code it reported."""
+    text = str(message["error"])
+    if message.get("exit") == int(errors.ExitCode.UNREACHABLE):
+        return errors.Unreachable(text)
+    return errors.BadInput(text)
+
+
 @dataclass
 class Worker:
     proc: subprocess.Popen[bytes]
@@ -174,12 +182,12 @@ class Supervisor:
                         worker.ready = True
                     elif "error" in message:
                         self.stop()
-                        raise errors.BadInput(str(message["error"]))
+                        raise _worker_error(message)
                 if worker.proc.poll() is not None and not worker.ready:
                     for message in self._read_status(worker):
                         if "error" in message:
                             self.stop()
-                            raise errors.BadInput(str(message["error"]))
+                            raise _worker_error(message)
                     self.stop()
                     raise errors.Unreachable(f"a worker exited at start (status {worker.proc.returncode})")
 

@@ -28,6 +28,7 @@ from hsmkm.clock import system_clock
 from hsmkm.km.manager import KeyManager
 from hsmkm.km.publishers import publisher_for
 from hsmkm.server import app as server_app
+from hsmkm.server.problems import one_line
 from hsmkm.server.protocol import DEFAULT_HEADER_TIMEOUT, with_timeout
 from hsmkm.server.runner import KmRunner
 
@@ -105,6 +106,14 @@ def _config(app: Any, settings: WorkerSettings, tls: bool) -> uvicorn.Config:
     )
 
 
+def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """What the event loop reports (a connection's failed handshake, a callback's error): one
+    line, no traceback (it could show what a client sent)."""
+    exc = context.get("exception")
+    what = f" ({type(exc).__name__})" if exc is not None else ""
+    _log(f"hsmkm: error: {one_line(str(context.get('message', 'event loop error')))}{what}")
+
+
 def _status(fd: int, message: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, (json.dumps(message) + "\n").encode())
@@ -131,6 +140,7 @@ async def serve(runner: KmRunner, settings: WorkerSettings) -> None:
         )
         servers.append((plain, socket.socket(fileno=settings.http_fd)))
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_error)
 
     def stop() -> None:
         for server, _ in servers:

@@ -90,3 +90,32 @@ class ArtifactRepo:
             None if r[4] is None else int(r[4]),
             None if r[5] is None else str(r[5]),
         )
+
+    def stamp(self, kind: ArtifactKind) -> ArtifactStamp | None:
+        """The current artifact's validators without its bytes (a large CRL's are megabytes)."""
+        r = self._conn.execute(_STAMP, {"kind": kind.value}).first()
+        if r is None:
+            return None
+        return ArtifactStamp(
+            ArtifactKind(r[0]),
+            str(r[1]),
+            str(r[2]),
+            None if r[3] is None else int(r[3]),
+            None if r[4] is None else str(r[4]),
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactStamp:
+    """What tells one artifact from another: its kind, digest, times and number."""
+
+    kind: ArtifactKind
+    sha256: str
+    modified_at: str
+    number: int | None
+    next_update: str | None
+
+
+_STAMP = select(
+    artifacts.c.kind, artifacts.c.sha256, artifacts.c.modified_at, artifacts.c.number, artifacts.c.next_update
+).where(artifacts.c.kind == bindparam("kind"))
