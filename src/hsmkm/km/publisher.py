@@ -7,7 +7,7 @@ destination in line with what it is given and is safe to call again with the sam
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -18,7 +18,7 @@ __all__ = ["CrlKind", "Publisher"]
 
 
 class Publisher(Protocol):
-    """One destination of publication (today files under the home; later a directory server)."""
+    """One destination of publication (files under the home, an LDAP directory)."""
 
     def prepare(self) -> None:
         """Make the destination ready for a new KM (nothing published yet)."""
@@ -39,6 +39,9 @@ class Publisher(Protocol):
     def user(self, email: str, certs: Mapping[CertKind, bytes]) -> None:
         """Make the user's entry hold exactly these current certificates (none: withdrawn).
         Raises BadInput for an address this destination cannot name an entry after."""
+
+    def users(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
+        """``user`` for many entries at once (a full sync); returns how many."""
 
     def prune(self, keep: Collection[str]) -> None:
         """Drop every user entry except those of the addresses in ``keep``."""
