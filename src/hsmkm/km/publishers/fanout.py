@@ -41,7 +41,8 @@ class FanOut:
 
     def crl(self, kind: CrlKind, number: int, der: bytes) -> bool:
         installed = self.primary.crl(kind, number, der)
-        self._rest(lambda p: p.crl(kind, number, der))
+        with self.primary.locked():  # a directory's read-compare-write of the CRL number
+            self._rest(lambda p: p.crl(kind, number, der))
         return installed
 
     def crl_location(self, kind: CrlKind) -> str:

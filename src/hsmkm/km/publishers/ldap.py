@@ -4,9 +4,9 @@ certificate and CRLs, as mail clients read them.
 
 Every method writes what it is given as the whole truth for that entry (the callers read it
 from the database's current state), so publishing again is harmless and an older state is
-never written after a newer one by the same drain. CRLs are installed by compare-and-swap (one
-modify deleting the value read and adding the new one), so a concurrent publisher holding an
-older CRL cannot replace a newer one.
+never written after a newer one by the same drain. A CRL is installed only over one with a
+smaller number; the read and the write happen under the home's lock (the fan-out holds it), as
+the CRL attributes have no equality rule for a compare-and-swap modify.
 """
 
 from __future__ import annotations
@@ -121,25 +121,18 @@ class LdapPublisher:
         attr = CRL_ATTR[kind]
         with self._op() as conn:
             self._ensure_ca_entry(conn)
-            while True:
-                found = conn.search_s(self.ca_dn, ldap.SCOPE_BASE, "(objectClass=*)", [attr])
-                values = found[0][1].get(attr, []) if found else []
-                old = values[0] if values else None
-                if old is not None:
-                    try:
-                        current = parse_crl(old).number or 0
-                    except errors.MalformedInput:
-                        current = 0
-                    if current >= number:
-                        return False
-                change = [(ldap.MOD_ADD, attr, [der])]
-                if old is not None:
-                    change.insert(0, (ldap.MOD_DELETE, attr, [old]))
+            found = conn.search_s(self.ca_dn, ldap.SCOPE_BASE, "(objectClass=*)", [attr])
+            values = found[0][1].get(attr, []) if found else []
+            old = values[0] if values else None
+            if old is not None:
                 try:
-                    conn.modify_s(self.ca_dn, list(change))
-                    return True
-                except (ldap.NO_SUCH_ATTRIBUTE, ldap.TYPE_OR_VALUE_EXISTS):
-                    continue  # another publisher changed it between our read and write: read again
+                    current = parse_crl(old).number or 0
+                except errors.MalformedInput:
+                    current = 0
+                if current >= number:
+                    return False
+            conn.modify_s(self.ca_dn, [(ldap.MOD_REPLACE, attr, [der])])
+            return True
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # the fan-out holds the home's lock around every publisher
