@@ -34,7 +34,7 @@ def _slapd() -> str:
 class Slapd:
     """``start()``/``stop()`` keep the data; ``url``, ``root_dn``, ``password`` to bind."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, audit: bool = True) -> None:
         self.folder = folder
         self.port = _free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
@@ -51,10 +51,14 @@ class Slapd:
         schema = Path("/etc/ldap/schema")
         includes = "".join(f"include {schema / name}.schema\n" for name in SCHEMAS)
         modules = "/usr/lib/ldap"
+        self.audit_log = folder / "audit.ldif"
+        # Every change as LDIF, in the order slapd applied it (the tests read the history).
+        audit_conf = f"overlay auditlog\nauditlog {self.audit_log}\n" if audit else ""
         (folder / "slapd.conf").write_text(
             f"""{includes}pidfile {folder / "slapd.pid"}
 modulepath {modules}
 moduleload back_mdb
+moduleload auditlog
 sizelimit unlimited
 database mdb
 suffix "{SUFFIX}"
@@ -65,7 +69,7 @@ maxsize 4294967296
 dbnosync
 index mail eq
 index objectClass eq
-"""
+{audit_conf}"""
         )
 
     def start(self) -> None:

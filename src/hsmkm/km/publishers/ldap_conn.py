@@ -92,6 +92,8 @@ class LdapConnection:
                 if self._password is None:
                     raise errors.Unreachable("the LDAP bind password is not available to this process")
                 conn.simple_bind_s(self.settings.bind_dn, self._password())
+            else:
+                conn.simple_bind_s("", "")  # anonymous; also makes libldap connect now
         except ldap.INVALID_CREDENTIALS:
             raise errors.BadInput(f"LDAP directory {self.uri}: the bind DN or password was refused") from None
         except ldap.CONNECT_ERROR as exc:
