@@ -15,7 +15,6 @@ from conftest import hsmkm, trial_pin
 from hsmkm import errors
 from hsmkm.bench.slapd import Slapd
 from hsmkm.client.enroll import build_csr
-from hsmkm.km import directory
 from hsmkm.km.config import LdapConfig
 from hsmkm.km.enroll import enroll
 from hsmkm.km.manager import KeyManager
@@ -36,9 +35,7 @@ def _read_file_secret(spec: str, what: str) -> str:
 
 
 def _open(home: Path) -> KeyManager:
-    return KeyManager.open(
-        home, trial_pin(home, "km"), actor="test", publisher=publisher_for(home, _read_file_secret)
-    )
+    return KeyManager.open(home, trial_pin(home, "km"), actor="test", publisher=publisher_for(home, _read_file_secret))
 
 
 def _enroll(km: KeyManager, email: str, code: str, key: ec.EllipticCurvePrivateKey) -> None:
@@ -56,7 +53,9 @@ def _history(audit_log: Path) -> dict[str, list[set[bytes]]]:
         if "changetype: delete" in lines:
             out[dn].append(set())
             continue
-        certs = {base64.b64decode(line.split(":: ", 1)[1]) for line in lines if line.startswith("userCertificate;binary:: ")}
+        certs = {
+            base64.b64decode(line.split(":: ", 1)[1]) for line in lines if line.startswith("userCertificate;binary:: ")
+        }
         out[dn].append(certs)
     return out
 
@@ -72,7 +71,10 @@ def test_a_directory_down_during_100_enrollments_and_10_revocations_ends_equal_t
     km = _open(home)
     for email in early:
         _enroll(km, email, add_user(km, email, None)[1], key)
-    first_generation = {e: set(values(slapd.search(ldap_base, f"(mail={e})", "userCertificate;binary"), "userCertificate;binary")) for e in early}
+    first_generation = {
+        e: set(values(slapd.search(ldap_base, f"(mail={e})", "userCertificate;binary"), "userCertificate;binary"))
+        for e in early
+    }
     assert all(len(c) == 2 for c in first_generation.values())
 
     slapd.stop()

@@ -78,7 +78,7 @@ index objectClass eq
         self.proc = subprocess.Popen(
             [_slapd(), "-d", "0", "-h", f"{self.url}/", "-f", str(self.folder / "slapd.conf")],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.folder / "slapd.log", "ab"),  # noqa: SIM115 - the child keeps it
+            stderr=open(self.folder / "slapd.log", "ab"),  # noqa: SIM115 - the child keeps it open
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

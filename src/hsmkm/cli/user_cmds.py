@@ -339,7 +339,9 @@ def directory_sync(cli_ctx: CliContext, full: bool) -> None:
 @click.option("--url", required=True, help="ldap://HOST[:PORT] (StartTLS with --ca-cert) or ldaps://HOST[:PORT].")
 @click.option("--base-dn", required=True, help="The subtree the KM's entries go under.")
 @click.option("--bind-dn", help="Simple bind as this DN (anonymous without).")
-@click.option("--password-source", help="The bind password: env:NAME or file:PATH (kept as a reference, never the password).")
+@click.option(
+    "--password-source", help="The bind password: env:NAME or file:PATH (kept as a reference, never the password)."
+)
 @click.option(
     "--ca-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -11,7 +11,7 @@ from cryptography import x509
 from hsmkm import errors
 from hsmkm.certnames import CertKind
 from hsmkm.km import artifacts, users
-from hsmkm.km.publisher import Publisher
+from hsmkm.km.publisher import Deferred, Publisher
 from hsmkm.store.database import Database
 from hsmkm.store.repos.artifacts import ArtifactKind
 from hsmkm.store.tx import Tx
@@ -132,6 +132,8 @@ def drain_outbox(db: Database, publisher: Publisher, now: str | None = None) -> 
         try:
             publish_artifact(db, publisher, kind)
             done_artifacts.append((kind, queued_at))
+        except Deferred:
+            pass
         except errors.Unreachable as exc:
             error = error or str(exc)
     for email, queued_at in queued:
@@ -139,6 +141,8 @@ def drain_outbox(db: Database, publisher: Publisher, now: str | None = None) -> 
             publish_user(db, publisher, email)
         except errors.BadInput:  # an address no entry may be named after
             pass
+        except Deferred:
+            continue
         except errors.Unreachable as exc:
             error = error or str(exc)
             continue
@@ -163,7 +167,7 @@ def sync_all(db: Database, publisher: Publisher) -> int:
     with publisher.locked():
         with db.read() as tx:
             entries = [(email, _entry(tx, email)) for email in sorted(tx.users.emails())]
-        publisher.users(entries)
+        publisher.user_entries(entries)
         publisher.prune([email for email, certs in entries if certs])
     artifacts.republish(db, publisher)
     with db.write() as tx:

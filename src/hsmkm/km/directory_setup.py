@@ -20,9 +20,7 @@ def configure_ldap(home: Home, config: KmConfig, db: Database, settings: LdapCon
     """Bind and make the base entry (nothing is saved when that fails), save the settings,
     queue every user and artifact, and drain; returns how many were published."""
     resolved = config.resolve_source(settings.password_source)
-    probe = LdapPublisher(
-        settings, (lambda: secrets(resolved, "LDAP bind password")) if resolved is not None else None
-    )
+    probe = LdapPublisher(settings, (lambda: secrets(resolved, "LDAP bind password")) if resolved is not None else None)
     probe.prepare()
     probe.close()
     saved = dataclasses.replace(settings, password_source=relative_source(home.root, settings.password_source))

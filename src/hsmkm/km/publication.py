@@ -20,7 +20,7 @@ from hsmkm.der import der_time_of_iso
 from hsmkm.km.artifacts import ARTIFACT_OF
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
-from hsmkm.km.publisher import CrlKind
+from hsmkm.km.publisher import CrlKind, Deferred
 from hsmkm.store.repos.crls import CrlRow
 from hsmkm.x509.crl import RevocationReason, encode_rows, sign_crl
 
@@ -86,6 +86,8 @@ def publish_crl(km: KeyManager, kind: CrlKind = CrlKind.FULL, next_update_hours:
     # down gets it from the queued row on a later drain.
     try:
         installed = stored and km.publisher.crl(kind, number, der)
+    except Deferred:
+        installed = stored
     except errors.Unreachable as exc:
         installed = stored
         with km.db.write() as tx:

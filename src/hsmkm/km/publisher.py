@@ -11,10 +11,16 @@ from collections.abc import Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from hsmkm import errors
 from hsmkm.certnames import CertKind
 from hsmkm.store.repos.crls import CrlKind
 
-__all__ = ["CrlKind", "Publisher"]
+__all__ = ["CrlKind", "Deferred", "Publisher"]
+
+
+class Deferred(errors.Unreachable):
+    """This process does not publish to that destination (it lacks the directory's bind
+    password): the queued row waits for a process that does. Not a failure of the directory."""
 
 
 class Publisher(Protocol):
@@ -40,7 +46,7 @@ class Publisher(Protocol):
         """Make the user's entry hold exactly these current certificates (none: withdrawn).
         Raises BadInput for an address this destination cannot name an entry after."""
 
-    def users(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
+    def user_entries(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
         """``user`` for many entries at once (a full sync); returns how many."""
 
     def prune(self, keep: Collection[str]) -> None:

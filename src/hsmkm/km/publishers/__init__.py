@@ -9,7 +9,7 @@ from pathlib import Path
 from hsmkm import errors
 from hsmkm.km.config import Home, KmConfig
 from hsmkm.km.publisher import Publisher
-from hsmkm.km.publishers.fanout import FanOut
+from hsmkm.km.publishers.fanout import Elsewhere, FanOut
 from hsmkm.km.publishers.files import FilePublisher
 
 # Reads a secret from its source (``env:``, ``file:``): the command line supplies it.
@@ -19,7 +19,8 @@ SecretReader = Callable[[str, str], str]
 def publisher_for(root: Path, secrets: SecretReader | None = None) -> Publisher:
     """The publisher of the KM home at ``root``: its files under ``pub/``, and the LDAP
     directory when one is configured (its bind password read through ``secrets`` when a bind
-    needs it; without a reader, the directory's rows wait for a process that has one)."""
+    needs it; without a reader, such as in a server's worker, the directory's rows wait for
+    a process that has one: the server's drainer)."""
     home = Home(root)
     files = FilePublisher(home)
     try:
@@ -31,5 +32,8 @@ def publisher_for(root: Path, secrets: SecretReader | None = None) -> Publisher:
     from hsmkm.km.publishers.ldap import LdapPublisher
 
     spec = config.resolve_source(config.ldap.password_source)
-    password = partial(secrets, spec, "LDAP bind password") if secrets is not None and spec is not None else None
-    return FanOut(files, [LdapPublisher(config.ldap, password)])
+    if spec is None:
+        return FanOut(files, [LdapPublisher(config.ldap, None)])
+    if secrets is None:
+        return FanOut(files, [Elsewhere(config.ldap.url)])
+    return FanOut(files, [LdapPublisher(config.ldap, partial(secrets, spec, "LDAP bind password"))])

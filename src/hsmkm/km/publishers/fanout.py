@@ -8,12 +8,12 @@ outbox keeps the row for a later drain.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from hsmkm import errors
 from hsmkm.certnames import CertKind
-from hsmkm.km.publisher import CrlKind, Publisher
+from hsmkm.km.publisher import CrlKind, Deferred, Publisher
 
 
 class FanOut:
@@ -55,12 +55,47 @@ class FanOut:
         self.primary.user(email, certs)
         self._rest(lambda p: p.user(email, certs))
 
-    def users(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
+    def user_entries(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
         listed = list(entries)
-        n = self.primary.users(listed)
-        self._rest(lambda p: p.users(listed))
+        n = self.primary.user_entries(listed)
+        self._rest(lambda p: p.user_entries(listed))
         return n
 
     def prune(self, keep: Collection[str]) -> None:
         self.primary.prune(keep)
         self._rest(lambda p: p.prune(keep))
+
+
+class Elsewhere:
+    """A destination this process leaves to another (the serve process's drainer): every
+    call raises ``Deferred``, so the outbox keeps the row."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def _defer(self) -> Deferred:
+        return Deferred(f"{self.what} is published by a process that holds its bind password")
+
+    def prepare(self) -> None:
+        raise self._defer()
+
+    def ca_certificate(self, der: bytes) -> None:
+        raise self._defer()
+
+    def crl(self, kind: CrlKind, number: int, der: bytes) -> bool:
+        raise self._defer()
+
+    def crl_location(self, kind: CrlKind) -> str:
+        return self.what
+
+    def locked(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def user(self, email: str, certs: Mapping[CertKind, bytes]) -> None:
+        raise self._defer()
+
+    def user_entries(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
+        raise self._defer()
+
+    def prune(self, keep: Collection[str]) -> None:
+        raise self._defer()

@@ -76,7 +76,7 @@ class FilePublisher:
             # The temporary file is made outside pub/certs, too large to list on each write.
             write_atomic(path, der, 0o644, durable=False, temp_dir=self.home.temp_dir)
 
-    def users(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
+    def user_entries(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
         n = 0
         for email, certs in entries:
             with contextlib.suppress(errors.BadInput):  # an address no file may be named after

@@ -164,7 +164,7 @@ class LdapPublisher:
             self._ensure_base(conn)
             conn.add_s(dn, list(attrs.items()))
 
-    def users(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
+    def user_entries(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
         """Publish many entries on one connection, ``PIPELINE`` adds in flight; an entry that
         exists is replaced. Returns how many."""
         n = 0
@@ -184,7 +184,9 @@ class LdapPublisher:
                 self._collect(conn, pending)
         return n
 
-    def _collect(self, conn: ldap.ldapobject.LDAPObject, pending: dict[int, tuple[str, Mapping[CertKind, bytes]]]) -> None:
+    def _collect(
+        self, conn: ldap.ldapobject.LDAPObject, pending: dict[int, tuple[str, Mapping[CertKind, bytes]]]
+    ) -> None:
         msgid = next(iter(pending))
         email, certs = pending.pop(msgid)
         try:

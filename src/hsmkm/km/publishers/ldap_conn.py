@@ -4,6 +4,7 @@ backoff while the directory is down (a long-lived drainer does not hammer it).""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -110,8 +111,6 @@ class LdapConnection:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(ldap.LDAPError):
                 self._conn.unbind_s()
-            except ldap.LDAPError:
-                pass
             self._conn = None
