@@ -51,6 +51,24 @@ def hsmkm(
     return run
 
 
+def downgrade_database(path: Path, revision: str) -> None:
+    """Take the database at ``path`` back to ``revision`` by the migrations' own downgrades (a
+    database as an older hsmkm left it)."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "hsmkm.store:migrations")
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+    finally:
+        engine.dispose()
+
+
 def softhsm_conf(home: Path) -> Path:
     """The SoftHSM2 config of a KM home's embedded store."""
     return home / "softhsm" / "softhsm2.conf"

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import hsmkm, trial_pin
+from conftest import downgrade_database, hsmkm, trial_pin
 from custody_helpers import approve
 from hsmkm import errors
 from hsmkm.est import csr as est_csr
@@ -138,6 +138,9 @@ def test_sign_then_key_issues_both_certificates_and_burns_the_code(home: Path, k
     attempts, used_at, sign_at, key_at = _code(km, email)
     assert attempts == 0 and used_at is None and sign_at is not None and key_at is None
     assert _certs(km, email) == [("sign", 1)]
+    published = home / "pub" / "certs"  # the directory gets the user at each stage
+    assert (published / f"{email}.sign.crt").read_bytes() == sign_cert.public_bytes(serialization.Encoding.DER)
+    assert not (published / f"{email}.enc.crt").exists()
 
     req, key_id = _keygen_request(email)
     issued = est_enroll.server_keygen(km, email, code, req)
@@ -149,12 +152,12 @@ def test_sign_then_key_issues_both_certificates_and_burns_the_code(home: Path, k
     assert _code(km, email)[1] is not None  # burnt: both stages done
     assert _certs(km, email) == [("sign", 1), ("encrypt", 1)]
     assert _actions(km)[before:] == ["enroll.sign", "enroll.key"]
+    details = "".join(r[0] for r in _rows(km, "SELECT details FROM audit"))
+    assert code not in details and code.replace("-", "") not in details
     # the key sent is the key archived
     uid = _user_id(km, email)
     records = _rows(km, "SELECT cert_serial FROM archive WHERE user_id = ?", uid)
     assert records == [(f"{enc.serial_number:040x}",)]
-    # the directory publishes both certificates
-    published = home / "pub" / "certs"
     assert (published / f"{email}.enc.crt").read_bytes() == enc.public_bytes(serialization.Encoding.DER)
     assert (published / f"{email}.sign.crt").read_bytes() == sign_cert.public_bytes(serialization.Encoding.DER)
     _audit_ok(home)
@@ -587,10 +590,6 @@ def test_cacerts_is_the_km_ca_and_csrattrs_asks_for_the_decrypt_key_id(km: KeyMa
 
 def test_a_kept_one_call_response_survives_the_upgrade_to_stages(tmp_path: Path) -> None:
     """Revision 0005 moves kept responses to (code, stage) rows: one kept before it still answers."""
-    from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import create_engine
-
     from hsmkm.client.enroll import build_csr
     from hsmkm.km import enroll as km_enroll
     from hsmkm.protocol import EnrollRequest
@@ -602,13 +601,7 @@ def test_a_kept_one_call_response_survives_the_upgrade_to_stages(tmp_path: Path)
     req = EnrollRequest("uma@example.com", code, build_csr(ec.generate_private_key(ec.SECP256R1()), "uma@example.com"))
     first = km_enroll.enroll(km, req)
     km.close()
-    cfg = Config()
-    cfg.set_main_option("script_location", "hsmkm.store:migrations")
-    engine = create_engine(f"sqlite:///{home / 'km.db'}")
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0004_published_artifacts")
-    engine.dispose()
+    downgrade_database(home / "km.db", "0004_published_artifacts")
     with sqlite3.connect(home / "km.db") as conn:
         assert "stage" not in {r[1] for r in conn.execute("PRAGMA table_info(enroll_responses)")}
     assert hsmkm("status", home=home, check=False).returncode == 2  # refused until upgraded

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import hsmkm, trial_pin
+from conftest import downgrade_database, hsmkm, trial_pin
 from hsmkm.certnames import CertKind
 from hsmkm.keys.algorithms import KeyAlgorithm
 from hsmkm.km.publisher import CrlKind, Publisher
@@ -288,9 +288,9 @@ def test_a_full_sync_rewrites_the_files_from_the_database(home: Path) -> None:
 
 
 def test_a_database_of_the_previous_revision_is_upgraded_with_its_ca_certificate(home: Path) -> None:
-    with sqlite3.connect(home / "km.db") as conn:  # as the revision before this one left it
-        conn.execute("DROP TABLE published_artifacts")
-        conn.execute("UPDATE alembic_version SET version_num = '0003_counters'")
+    downgrade_database(home / "km.db", "0003_counters")  # as the revision before this one left it
+    with sqlite3.connect(home / "km.db") as conn:
+        assert "published_artifacts" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     refused = hsmkm("crl", "publish", home=home, check=False)
     assert refused.returncode != 0 and "hsmkm db upgrade" in refused.stderr
     hsmkm("db", "upgrade", home=home)
