@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hsmkm.bench.rows import Row, format_table
 
-GROUPS = ("issuance", "enroll", "crl", "cms", "recovery")
+GROUPS = ("issuance", "enroll", "crl", "cms", "recovery", "ldap")
 
 
 def main() -> int:
