@@ -54,8 +54,10 @@ class Slapd:
         self.audit_log = folder / "audit.ldif"
         # Every change as LDIF, in the order slapd applied it (the tests read the history).
         audit_conf = f"overlay auditlog\nauditlog {self.audit_log}\n" if audit else ""
+        self.tls_ca = folder / "tls-ca.pem"
+        tls_conf = self._tls_files()
         (folder / "slapd.conf").write_text(
-            f"""{includes}pidfile {folder / "slapd.pid"}
+            f"""{includes}{tls_conf}pidfile {folder / "slapd.pid"}
 modulepath {modules}
 moduleload back_mdb
 moduleload auditlog
@@ -70,6 +72,53 @@ dbnosync
 index mail eq
 index objectClass eq
 {audit_conf}"""
+        )
+
+    def _tls_files(self) -> str:
+        """A CA of its own and a certificate for 127.0.0.1 (StartTLS)."""
+        from datetime import UTC, datetime, timedelta
+        from ipaddress import IPv4Address
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        now = datetime.now(UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test directory CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=7))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        self.tls_ca.write_bytes(ca.public_bytes(pem))
+        (self.folder / "tls.crt").write_bytes(cert.public_bytes(pem))
+        key_path = self.folder / "tls.key"
+        key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        key_path.chmod(0o600)
+        return (
+            f"TLSCACertificateFile {self.tls_ca}\nTLSCertificateFile {self.folder / 'tls.crt'}\n"
+            f"TLSCertificateKeyFile {key_path}\n"
         )
 
     def start(self) -> None:
