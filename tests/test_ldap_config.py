@@ -93,3 +93,30 @@ def test_sync_full_rewrites_the_directory_after_a_restore(tmp_path: Path, slapd:
     assert slapd.search(ldap_base, "(mail=gone@example.com)", "mail") == ""
     ca_entry = slapd.search(ldap_base, "(objectClass=pkiCA)", "certificateRevocationList;binary")
     assert values(ca_entry, "certificateRevocationList;binary") == [(home / "pub" / "crl" / "full.crl").read_bytes()]
+
+
+def test_a_refused_bind_keeps_the_rows_queued_until_the_password_source_is_fixed(
+    tmp_path: Path, slapd: Slapd, ldap_base: str
+) -> None:
+    home = tmp_path / "km"
+    _init(home)
+    password = tmp_path / "ldap.pw"
+    password.write_text(slapd.password)
+    hsmkm(*_ldap_args(slapd, ldap_base, password), home=home)
+    password.write_text("changed-on-the-server-side")
+    enroll(home, "alice@example.com", tmp_path / "alice.epf")  # the enrollment itself goes through
+    outbox = hsmkm("status", "--json", home=home).json()["outbox"]
+    assert outbox["depth"] == 1 and "refused" in outbox["last_error"]
+    assert "changed-on-the-server-side" not in outbox["last_error"]
+    assert slapd.search(ldap_base, "(mail=alice@example.com)", "mail") == ""
+    password.write_text(slapd.password)
+    hsmkm("directory", "sync", home=home)
+    assert hsmkm("status", "--json", home=home).json()["outbox"]["depth"] == 0
+    assert (
+        len(
+            values(
+                slapd.search(ldap_base, "(mail=alice@example.com)", "userCertificate;binary"), "userCertificate;binary"
+            )
+        )
+        == 2
+    )

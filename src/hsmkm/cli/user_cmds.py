@@ -370,6 +370,8 @@ def directory_ldap(
         raise errors.BadInput("--bind-dn and --password-source go together")
     if password_source is not None:
         cli_ctx.secret(password_source, "LDAP bind password")  # a source that cannot be read is refused now
+        if password_source.startswith("file:"):  # read later from the home: made absolute first
+            password_source = "file:" + str(Path(password_source[len("file:") :]).absolute())
     km = open_km_files(cli_ctx)
     settings = directory_setup.LdapConfig(
         url, base_dn, bind_dn, password_source, str(ca_cert.absolute()) if ca_cert else None

@@ -24,7 +24,7 @@ from hsmkm.certnames import CertKind
 from hsmkm.est import certsonly
 from hsmkm.km.config import LdapConfig
 from hsmkm.km.publisher import CrlKind
-from hsmkm.km.publishers.ldap_conn import DOWN, LdapConnection
+from hsmkm.km.publishers.ldap_conn import DOWN, LdapConnection, describe
 from hsmkm.x509.crlparse import parse_crl
 
 CA_RDN = "cn=hsmkm-ca"
@@ -67,7 +67,13 @@ class LdapPublisher:
 
     @contextlib.contextmanager
     def _op(self) -> Iterator[ldap.ldapobject.LDAPObject]:
-        conn = self.conn.get()
+        try:
+            conn = self.conn.get()
+        except errors.Unreachable:
+            raise
+        except errors.BadInput as exc:
+            # A refused bind is the configuration's fault, not the entry's: the rows stay queued.
+            raise errors.Unreachable(str(exc)) from None
         try:
             yield conn
         except DOWN as exc:
@@ -75,8 +81,6 @@ class LdapPublisher:
         except ldap.INVALID_DN_SYNTAX:
             raise errors.BadInput("no LDAP entry can be named after this address") from None
         except ldap.LDAPError as exc:
-            from hsmkm.km.publishers.ldap_conn import describe
-
             raise errors.Unreachable(f"LDAP directory {self.conn.uri} refused a change ({describe(exc)})") from None
 
     def prepare(self) -> None:
@@ -193,6 +197,8 @@ class LdapPublisher:
             conn.result(msgid)
         except ldap.ALREADY_EXISTS:
             self.user(email, certs)
+        except ldap.INVALID_DN_SYNTAX:
+            pass  # an address no entry may be named after, as user() refuses it
 
     def prune(self, keep: Collection[str]) -> None:
         wanted = {e.lower() for e in keep}
