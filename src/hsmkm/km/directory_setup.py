@@ -21,7 +21,7 @@ def configure_ldap(home: Home, config: KmConfig, db: Database, settings: LdapCon
     queue every user and artifact, and drain; returns how many were published."""
     resolved = config.resolve_source(settings.password_source)
     probe = LdapPublisher(settings, (lambda: secrets(resolved, "LDAP bind password")) if resolved is not None else None)
-    probe.conn.get()  # a refused bind is refused here, as bad input
+    probe.link.get()  # a refused bind is refused here, as bad input
     probe.prepare()
     probe.close()
     saved = dataclasses.replace(settings, password_source=relative_source(home.root, settings.password_source))

@@ -60,7 +60,7 @@ class LdapPublisher:
         self.settings = settings
         self.base = settings.base_dn
         self.ca_dn = f"{CA_RDN},{self.base}"
-        self.conn = LdapConnection(settings, password)
+        self.link = LdapConnection(settings, password)
 
     def user_dn(self, email: str) -> str:
         return f"mail={escape_dn_chars(email)},{self.base}"
@@ -68,7 +68,7 @@ class LdapPublisher:
     @contextlib.contextmanager
     def _op(self) -> Iterator[ldap.ldapobject.LDAPObject]:
         try:
-            conn = self.conn.get()
+            conn = self.link.get()
         except errors.Unreachable:
             raise
         except errors.BadInput as exc:
@@ -77,11 +77,11 @@ class LdapPublisher:
         try:
             yield conn
         except DOWN as exc:
-            raise self.conn.down(exc) from None
+            raise self.link.down(exc) from None
         except ldap.INVALID_DN_SYNTAX:
             raise errors.BadInput("no LDAP entry can be named after this address") from None
         except ldap.LDAPError as exc:
-            raise errors.Unreachable(f"LDAP directory {self.conn.uri} refused a change ({describe(exc)})") from None
+            raise errors.Unreachable(f"LDAP directory {self.link.uri} refused a change ({describe(exc)})") from None
 
     def prepare(self) -> None:
         with self._op() as conn:
@@ -119,7 +119,7 @@ class LdapPublisher:
             conn.modify_s(self.ca_dn, [(ldap.MOD_REPLACE, CA_CERT, [der])])
 
     def crl_location(self, kind: CrlKind) -> str:
-        return f"{self.conn.uri}/{self.ca_dn}?{CRL_ATTR[kind]}"
+        return f"{self.link.uri}/{self.ca_dn}?{CRL_ATTR[kind]}"
 
     def crl(self, kind: CrlKind, number: int, der: bytes) -> bool:
         attr = CRL_ATTR[kind]
@@ -219,4 +219,4 @@ class LdapPublisher:
         return [v for dn, attrs in found if dn is not None for v in attrs.get(USER_CERT, [])]
 
     def close(self) -> None:
-        self.conn.close()
+        self.link.close()
