@@ -208,3 +208,26 @@ def km_server(tmp_path: Path) -> Iterator[RunningServer]:
     with running_server(home) as server:
         server.codes.update(codes)
         yield server
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real OpenLDAP slapd for the session (core, cosine, inetorgperson; mdb; a free
+    loopback port), stopped at the end; each test takes a subtree of its own (``ldap_base``)."""
+    from hsmkm.bench.slapd import Slapd
+
+    server = Slapd(tmp_path_factory.mktemp("slapd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ldap_base(slapd: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh ``ou=`` subtree of the session's slapd for this test."""
+    import hashlib
+
+    name = "t" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:12]
+    return str(slapd.make_base(name))

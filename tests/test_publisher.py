@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -73,6 +73,12 @@ class MemoryPublisher:
             self.users[email] = dict(certs)
         else:
             self.users.pop(email, None)
+
+    def user_entries(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
+        listed = list(entries)
+        for email, certs in listed:
+            self.user(email, certs)
+        return len(listed)
 
     def prune(self, keep: Collection[str]) -> None:
         for email in list(self.users):
@@ -162,7 +168,7 @@ def test_the_km_publishes_through_the_publisher_it_is_given(home: Path) -> None:
         memory.users["ghost@example.com"] = {}
         with km.db.write() as tx:
             directory.queue(tx, "pam@example.com", "later")
-        assert directory.drain_outbox(km.db, memory) == 1
+        assert directory.drain_outbox(km.db, memory).published == 1
         assert directory.sync_all(km.db, memory) == 1 and "ghost@example.com" not in memory.users
     finally:
         km.close()

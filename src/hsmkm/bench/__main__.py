@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hsmkm.bench.rows import Row, format_table
 
-GROUPS = ("issuance", "enroll", "crl", "cms", "recovery", "serve")
+GROUPS = ("issuance", "enroll", "crl", "cms", "recovery", "serve", "ldap")
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from cryptography import x509
@@ -23,8 +23,11 @@ from hsmkm.client.https import HttpClient
 from hsmkm.client.network import HttpCrlSource, HttpsDirectory, crl_locations
 from hsmkm.client.profile import Profile, check_km_url, default_location, read_ca_certificate
 from hsmkm.client.revocation import RevocationChecker, validation_context
-from hsmkm.client.sources import CertDirectory
+from hsmkm.client.sources import CertDirectory, CrlSource
 from hsmkm.cms.validation import ValidationContext
+
+if TYPE_CHECKING:
+    from hsmkm.client.ldap_directory import LdapClient
 
 
 def is_url(km: str) -> bool:
@@ -64,6 +67,7 @@ class KmAccess:
     url: str | None = None
     profile: Profile | None = None
     cache_dir: Path | None = None
+    ldap_url: str | None = None  # recipients (and, without a KM, CRLs) from this LDAP directory
     _checker: RevocationChecker | None = field(default=None, repr=False)
 
     @property
@@ -91,15 +95,31 @@ class KmAccess:
                 self._checker = RevocationChecker(cache, source, ca, self.cli_ctx.warn)
             else:
                 assert self.profile is not None
-                locations = crl_locations([self.profile.crl_urls()], self.url, [ca])
                 cache = CrlCache(self.cache_dir) if self.cache_dir else self.profile.crl_cache(ca)
-                self._checker = RevocationChecker(cache, HttpCrlSource(locations, ca), ca, self.cli_ctx.warn)
+                crls: CrlSource
+                if self.url is None and self.ldap_url is not None:
+                    from hsmkm.client.ldap_directory import LdapCrlSource
+
+                    crls = LdapCrlSource(self._ldap())
+                else:
+                    crls = HttpCrlSource(crl_locations([self.profile.crl_urls()], self.url, [ca]), ca)
+                self._checker = RevocationChecker(cache, crls, ca, self.cli_ctx.warn)
         return self._checker
 
     def context(self) -> ValidationContext:
         return validation_context(self.checker())
 
+    def _ldap(self) -> LdapClient:
+        from hsmkm.client.ldap_directory import LdapClient, LdapLocation
+
+        assert self.ldap_url is not None
+        return LdapClient(LdapLocation.parse(self.ldap_url))
+
     def directory(self) -> CertDirectory:
+        if self.ldap_url is not None:
+            from hsmkm.client.ldap_directory import LdapDirectory
+
+            return LdapDirectory(self._ldap(), self.ca(), self.context().revocation)
         if self.home is not None:
             return km_source(self.home)
         assert self.profile is not None

@@ -176,6 +176,11 @@ def status(cli_ctx: CliContext) -> None:
             if crl is None
             else f"CRL: #{crl['number']}, {crl['entries']} entries, {crl['age_seconds']} s old{' (stale)' if crl['stale'] else ''}"
         )
+        ob = st["outbox"]
+        line = f"publication outbox: {ob['depth']} queued ({', '.join(st['directories'])})"
+        if ob["last_error"]:
+            line += f"; last error {ob['last_error_at']}: {ob['last_error']}"
+        lines.append(line)
         lines.append(f"officers: {', '.join(st['officers'])} (quorum {st['quorum']})")
         store = st["token_store"]
         if store["guarded"]:

@@ -233,6 +233,12 @@ def msg_verify(
     help="Add a legacy display element (the hidden Subject shown in the body by clients without header protection).",
 )
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="CRL cache directory.")
+@click.option(
+    "--directory",
+    "ldap_url",
+    metavar="ldap://HOST[:PORT]/BASE",
+    help="Look recipients up in this LDAP directory (default: the profile's 'directory' setting), validated before use.",
+)
 @click.argument("infile", default="-")
 @click.option("-o", "--out", "outfile", default="-", help="Output file (- for stdout).")
 @pass_cli
@@ -251,6 +257,7 @@ def msg_encrypt(
     hcp: str,
     legacy_display: bool,
     cache: Path | None,
+    ldap_url: str | None,
     infile: str,
     outfile: str,
 ) -> None:
@@ -260,7 +267,10 @@ def msg_encrypt(
 
     With a KM reached by URL, each recipient's certificate comes from its directory, is
     validated (chain to the profile's CA, usage, address, revocation) and kept in the profile;
-    when the KM cannot be reached, the kept certificate, still valid, is used.
+    when the KM cannot be reached, the kept certificate, still valid, is used. With
+    --directory (or the profile's 'directory'), recipients are looked up in LDAP with
+    (mail=ADDR) and each certificate found validated the same way (CRLs from the CA's entry
+    there when no KM is named).
 
     \b
     Examples:
@@ -270,9 +280,16 @@ def msg_encrypt(
       hsmkm msg encrypt --km ./km --to bob@example.com --sign-with alice.epf --password-source env:PW note.eml -o s.eml
       hsmkm msg encrypt --km ./km --to old@example.com --cipher aes256-cbc --key-transport rsa-pkcs1v15 in.eml -o out.eml
       hsmkm msg encrypt --km ./km --to bob@example.com --hcp hcp_no_confidentiality in.eml -o out.eml
+      hsmkm msg encrypt --ca-cert ca.pem --directory ldap://ldap.example.com/ou=people,dc=example,dc=com \\
+            --to bob@example.com note.eml -o secret.eml
     """
     _check_output(outfile)
+    if ldap_url is not None:
+        from hsmkm.client.ldap_directory import LdapLocation
+
+        LdapLocation.parse(ldap_url)  # refused before anything is read or stored
     access = km_access(cli_ctx, km, profile_dir, ca_cert, cache)
+    access.ldap_url = ldap_url or (access.profile.directory_url() if access.profile is not None else None)
     directory = access.directory()
     recipients = [directory.encryption_certificate(e) for e in to]
     for f in cert_files:

@@ -13,6 +13,8 @@ from hsmkm import errors
 from hsmkm.cli.context import CliContext, pass_cli
 from hsmkm.cli.session import open_km_and_pin
 from hsmkm.km.config import Home, KmConfig
+from hsmkm.km.drainer import Drainer
+from hsmkm.km.publishers import publisher_for
 from hsmkm.secrets import SecretSource, SourceKind
 from hsmkm.server import tls
 from hsmkm.server.supervisor import Endpoint, Scheme, Supervisor, bind, bound_endpoint
@@ -133,7 +135,15 @@ def serve(
         _log(f"hsmkm: serving {url}")
     if cli_ctx.json:
         click.echo(json.dumps({**urls, "workers": [w.proc.pid for w in supervisor.workers]}, sort_keys=True))
-    supervisor.run()
+    # One drainer, here in the supervisor (the workers leave the LDAP rows to it).
+    drainer = Drainer(cli_ctx.home, publisher_for(cli_ctx.home, cli_ctx.secret), _log) if config.ldap else None
+    if drainer is not None:
+        drainer.start()
+    try:
+        supervisor.run()
+    finally:
+        if drainer is not None:
+            drainer.stop()
     _log("hsmkm: stopped")
 
 

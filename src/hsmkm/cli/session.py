@@ -31,7 +31,7 @@ def open_km_and_pin(cli: CliContext, root: Path, pin_source: str | None, actor: 
     config = KmConfig.load(Home(root))
     spec = pin_source or config.km_pin_source
     pin = cli.secret(spec, "KM token PIN")
-    km = KeyManager.open(root, pin, actor=actor, publisher=publisher_for(root))
+    km = KeyManager.open(root, pin, actor=actor, publisher=publisher_for(root, cli.secret))
     for repair in km.repairs:
         cli.warn(repair.describe())
     settle(km)
@@ -57,7 +57,7 @@ def open_km_files(cli: CliContext) -> KmFiles:
         cli.secret(cli.pin_source, "KM token PIN")  # a PIN source given is still checked
     home = Home(cli.home)
     config = KmConfig.load(home)
-    files = KmFiles(home, config, Database.open(home.database), publisher_for(cli.home))
+    files = KmFiles(home, config, Database.open(home.database), publisher_for(cli.home, cli.secret))
     settle(files)
     return files
 

@@ -309,11 +309,12 @@ def directory_show(cli_ctx: CliContext, email: str) -> None:
 @click.option(
     "--full",
     is_flag=True,
-    help="Rewrite every user's files, the CA certificate and the current CRLs from the database (and drop stale ones).",
+    help="Rewrite every user's entry, the CA certificate and the current CRLs from the database (and drop stale ones).",
 )
 @pass_cli
 def directory_sync(cli_ctx: CliContext, full: bool) -> None:
-    """Bring HOME/pub/ in line with the database: the queued changes, or everything.
+    """Bring every publisher (HOME/pub/, the LDAP directory) in line with the database: the
+    queued changes, or everything.
 
     \b
     Examples:
@@ -325,5 +326,58 @@ def directory_sync(cli_ctx: CliContext, full: bool) -> None:
         n = directory.sync_all(km.db, km.publisher)
         cli_ctx.emit({"users": n, "full": True}, f"directory rewritten from the database: {n} users")
         return
-    n = directory.drain_outbox(km.db, km.publisher)
-    cli_ctx.emit({"users": n, "full": False}, f"directory synced: {n} queued users")
+    done = directory.drain_outbox(km.db, km.publisher)
+    if done.error is not None:
+        raise errors.Unreachable(f"{done.pending} publication(s) still queued: {done.error}")
+    cli_ctx.emit(
+        {"published": done.published, "pending": done.pending, "full": False},
+        f"directory synced: {done.published} queued publication(s)",
+    )
+
+
+@directory_group.command("ldap")
+@click.option("--url", required=True, help="ldap://HOST[:PORT] (StartTLS with --ca-cert) or ldaps://HOST[:PORT].")
+@click.option("--base-dn", required=True, help="The subtree the KM's entries go under.")
+@click.option("--bind-dn", help="Simple bind as this DN (anonymous without).")
+@click.option(
+    "--password-source", help="The bind password: env:NAME or file:PATH (kept as a reference, never the password)."
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The CA that issued the directory's TLS certificate (PEM).",
+)
+@pass_cli
+def directory_ldap(
+    cli_ctx: CliContext,
+    url: str,
+    base_dn: str,
+    bind_dn: str | None,
+    password_source: str | None,
+    ca_cert: Path | None,
+) -> None:
+    """Add (or change) the LDAP publisher, check that it binds, and queue every entry for it.
+
+    \b
+    Example:
+      hsmkm directory ldap --url ldap://ldap.example.com --ca-cert ldap-ca.pem \\
+        --base-dn ou=people,dc=example,dc=com --bind-dn cn=hsmkm,dc=example,dc=com \\
+        --password-source env:LDAP_PASSWORD
+    """
+    from hsmkm.km import directory_setup
+
+    if (bind_dn is None) != (password_source is None):
+        raise errors.BadInput("--bind-dn and --password-source go together")
+    if password_source is not None:
+        cli_ctx.secret(password_source, "LDAP bind password")  # a source that cannot be read is refused now
+        if password_source.startswith("file:"):  # read later from the home: made absolute first
+            password_source = "file:" + str(Path(password_source[len("file:") :]).absolute())
+    km = open_km_files(cli_ctx)
+    settings = directory_setup.LdapConfig(
+        url, base_dn, bind_dn, password_source, str(ca_cert.absolute()) if ca_cert else None
+    )
+    queued = directory_setup.configure_ldap(km.home, km.config, km.db, settings, cli_ctx.secret)
+    cli_ctx.emit(
+        {"url": url, "base_dn": base_dn, "queued": queued},
+        f"LDAP publisher {url} ({base_dn}) configured; {queued} entries published",
+    )

@@ -188,6 +188,19 @@ class Profile:
             settings["km"] = url
             self._save(settings)
 
+    def directory_url(self) -> str | None:
+        """The LDAP directory (``ldap://HOST/BASE``) recipients are looked up in, if named."""
+        url = self._settings().get("directory")
+        if url is not None and not isinstance(url, str):
+            raise errors.MalformedInput(f"{self.settings_path}: 'directory' is not a string")
+        return url
+
+    def set_directory_url(self, url: str) -> None:
+        settings = self._settings()
+        if settings.get("directory") != url:
+            settings["directory"] = url
+            self._save(settings)
+
     def crl_urls(self) -> CrlUrls:
         crl = self._settings().get("crl")
         if not isinstance(crl, dict):

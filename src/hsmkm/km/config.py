@@ -144,6 +144,24 @@ class TokenRef:
 
 
 @dataclass
+class LdapConfig:
+    """The LDAP directory the KM publishes into (``directory ldap``); its password stays in
+    its source (``env:``, ``file:``), read when a bind needs it."""
+
+    url: str
+    base_dn: str
+    bind_dn: str | None = None
+    password_source: str | None = None
+    ca_cert: str | None = None  # the operator's CA for the directory's TLS certificate (PEM path)
+
+    @classmethod
+    def parse(cls, value: object) -> LdapConfig:
+        if not isinstance(value, dict):
+            raise TypeError("ldap is an object")
+        return cls(**value)
+
+
+@dataclass
 class KmConfig:
     """What ``hsmkm init`` decided; read by every later command."""
 
@@ -165,6 +183,7 @@ class KmConfig:
     subordinate: bool = False
     version: int = CONFIG_VERSION
     extra: dict[str, str] = field(default_factory=dict)
+    ldap: LdapConfig | None = None
     # Where this configuration was loaded from (not saved): paths resolve against it.
     root: Path | None = field(default=None, repr=False, compare=False)
 
@@ -179,6 +198,8 @@ class KmConfig:
         if self.softhsm_config is not None:
             data["softhsm_config"] = home.relative(self.softhsm_config)
         data["km_pin_source"] = relative_source(home.root, self.km_pin_source)
+        if data["ldap"] is None:
+            data.pop("ldap")  # a home without a directory keeps the file it always had
         write_atomic(home.config, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)
 
     def resolve_source(self, spec: str | None) -> str | None:
@@ -206,6 +227,8 @@ class KmConfig:
             data["ca_key_alg"] = KeyAlgorithm(data["ca_key_alg"])
             data["user_key_alg"] = KeyAlgorithm(data["user_key_alg"])
             data.pop("root", None)
+            ldap = data.get("ldap")
+            data["ldap"] = LdapConfig.parse(ldap) if ldap is not None else None
             config = cls(**data)
         except (KeyError, TypeError, ValueError, errors.MalformedInput) as exc:
             raise errors.MalformedInput(f"{home.config}: bad configuration ({exc})") from None

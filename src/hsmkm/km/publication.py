@@ -20,7 +20,7 @@ from hsmkm.der import der_time_of_iso
 from hsmkm.km.artifacts import ARTIFACT_OF
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.manager import KeyManager
-from hsmkm.km.publisher import CrlKind
+from hsmkm.km.publisher import CrlKind, Deferred
 from hsmkm.store.repos.crls import CrlRow
 from hsmkm.x509.crl import RevocationReason, encode_rows, sign_crl
 
@@ -83,7 +83,19 @@ def publish_crl(km: KeyManager, kind: CrlKind = CrlKind.FULL, next_update_hours:
             freshest_url=km.config.delta_crl_url if kind is CrlKind.FULL else None,
         )
         stored = ch.tx.artifacts.put(ARTIFACT_OF[kind], der, now.isoformat(), number, next_update.isoformat())
+        ch.tx.outbox.queue_artifact(ARTIFACT_OF[kind], now.isoformat())
         ch.details.update(number=number, base=base, entries=count, next_update=next_update.isoformat())
-    # Committed: the publisher is given what the database now holds.
-    installed = stored and km.publisher.crl(kind, number, der)
+    # Committed: the publisher is given what the database now holds; a directory that is
+    # down gets it from the queued row on a later drain.
+    try:
+        installed = stored and km.publisher.crl(kind, number, der)
+    except Deferred:
+        installed = stored
+    except errors.Unreachable as exc:
+        installed = stored
+        with km.db.write() as tx:
+            tx.outbox.failed(str(exc), now.isoformat())
+    else:
+        with km.db.write() as tx:
+            tx.outbox.artifact_done(ARTIFACT_OF[kind], now.isoformat())
     return Published(kind, number, base, count, km.publisher.crl_location(kind), now, next_update, len(der), installed)

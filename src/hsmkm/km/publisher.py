@@ -7,18 +7,24 @@ destination in line with what it is given and is safe to call again with the sam
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from hsmkm import errors
 from hsmkm.certnames import CertKind
 from hsmkm.store.repos.crls import CrlKind
 
-__all__ = ["CrlKind", "Publisher"]
+__all__ = ["CrlKind", "Deferred", "Publisher"]
+
+
+class Deferred(errors.Unreachable):
+    """This process does not publish to that destination (it lacks the directory's bind
+    password): the queued row waits for a process that does. Not a failure of the directory."""
 
 
 class Publisher(Protocol):
-    """One destination of publication (today files under the home; later a directory server)."""
+    """One destination of publication (files under the home, an LDAP directory)."""
 
     def prepare(self) -> None:
         """Make the destination ready for a new KM (nothing published yet)."""
@@ -39,6 +45,9 @@ class Publisher(Protocol):
     def user(self, email: str, certs: Mapping[CertKind, bytes]) -> None:
         """Make the user's entry hold exactly these current certificates (none: withdrawn).
         Raises BadInput for an address this destination cannot name an entry after."""
+
+    def user_entries(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
+        """``user`` for many entries at once (a full sync); returns how many."""
 
     def prune(self, keep: Collection[str]) -> None:
         """Drop every user entry except those of the addresses in ``keep``."""

@@ -37,6 +37,7 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "stale": now > datetime.fromisoformat(crl.next_update),
         }
     officers = custody.active_officers(tx)
+    outbox = tx.outbox.state()
     return {
         "home": str(km.home.root),
         "schema_revision": km.db.revision()[1],
@@ -63,6 +64,15 @@ def km_status(km: KeyManager) -> dict[str, Any]:
             "audit_entries": tx.audit.count(),
         },
         "crl": crl_info,
+        "outbox": {
+            "depth": outbox.depth,
+            "users": outbox.users,
+            "artifacts": outbox.artifacts,
+            "failures": outbox.failures,
+            "last_error": outbox.last_error,
+            "last_error_at": outbox.last_error_at,
+        },
+        "directories": ["files"] + ([km.config.ldap.url] if km.config.ldap is not None else []),
         "officers": [o.name for o in officers],
         "token_store": {
             "guarded": km.session.module.store is not None,

@@ -6,6 +6,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from hsmkm import errors
+from hsmkm.km import directory
 from hsmkm.km.audit import AuditAction
 from hsmkm.km.authority import record_certificate
 from hsmkm.km.manager import KeyManager
@@ -42,5 +43,6 @@ def import_ca_certificate(km: KeyManager, data: bytes) -> x509.Certificate:
         der = cert.public_bytes(serialization.Encoding.DER)
         record_certificate(ch.tx, cert, CA_KIND, None, km.clock())
         ch.tx.artifacts.put(ArtifactKind.CA_CERTIFICATE, der, km.clock().isoformat())
-        km.publisher.ca_certificate(der)
+        ch.tx.outbox.queue_artifact(ArtifactKind.CA_CERTIFICATE, km.clock().isoformat())
+    directory.drain_outbox(km.db, km.publisher)
     return cert

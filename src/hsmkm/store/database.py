@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 # This code's head revision: opening a database compares with it without loading Alembic
 # (tests/test_store.py checks it is the migrations' head).
-HEAD = "0005_est_stages"
+HEAD = "0006_publication_outbox"
 BUSY_TIMEOUT_S = 60.0
 FLOCK_POLL_S = 0.0005
 # The revision a database made by the release code is at, by its meta 'schema_version'.

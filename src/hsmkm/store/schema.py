@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    CheckConstraint,
     Column,
     ForeignKey,
     Index,
@@ -253,6 +254,25 @@ directory_outbox = Table(
     metadata,
     Column("email", Text, primary_key=True),
     Column("queued_at", Text, nullable=False),
+)
+
+# --- revision 0006: the CA certificate's and CRLs' publication queued, the last failure -----
+
+artifact_outbox = Table(
+    "artifact_outbox",
+    metadata,
+    Column("artifact", Text, primary_key=True),  # an ArtifactKind value
+    Column("queued_at", Text, nullable=False),
+)
+
+outbox_status = Table(
+    "outbox_status",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("failures", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("last_error_at", Text),
+    CheckConstraint("id = 1"),
 )
 
 user_settings = Table(

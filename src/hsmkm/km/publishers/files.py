@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from hsmkm import errors
@@ -76,9 +76,20 @@ class FilePublisher:
             # The temporary file is made outside pub/certs, too large to list on each write.
             write_atomic(path, der, 0o644, durable=False, temp_dir=self.home.temp_dir)
 
+    def user_entries(self, entries: Iterable[tuple[str, Mapping[CertKind, bytes]]]) -> int:
+        n = 0
+        for email, certs in entries:
+            with contextlib.suppress(errors.BadInput):  # an address no file may be named after
+                self.user(email, certs)
+                n += 1
+        return n
+
     def prune(self, keep: Collection[str]) -> None:
         certs_dir = self.home.certs_dir
-        wanted = {p.name for e in keep for p in cert_files(certs_dir, e).values() if p.exists()}
+        wanted: set[str] = set()
+        for email in keep:
+            with contextlib.suppress(errors.BadInput):  # an address no file is named after
+                wanted.update(p.name for p in cert_files(certs_dir, email).values() if p.exists())
         if certs_dir.is_dir():
             for path in certs_dir.glob("*.crt"):
                 if path.name not in wanted:
