@@ -122,7 +122,7 @@ def drain_outbox(db: Database, publisher: Publisher, now: str | None = None) -> 
     with db.read() as tx:
         queued = tx.outbox.queued()
         queued_artifacts = tx.outbox.queued_artifacts()
-        failures = tx.outbox.state().failures
+        failures = tx.outbox.failures() if queued or queued_artifacts else 0
     if not queued and not queued_artifacts:
         return Drained(0, 0, None)
     error: str | None = None

@@ -17,6 +17,7 @@ from hsmkm.store.upsert import upsert
 _QUEUED = Prepared(select(outbox.c.email, outbox.c.queued_at).order_by(outbox.c.email))
 _DONE = Prepared(outbox.delete().where(outbox.c.email == bindparam("e"), outbox.c.queued_at == bindparam("at")))
 _ARTIFACTS = Prepared(select(artifacts.c.artifact, artifacts.c.queued_at).order_by(artifacts.c.artifact))
+_FAILURES = Prepared(select(status.c.failures).where(status.c.id == 1))
 _ARTIFACT_DONE = Prepared(
     artifacts.delete().where(artifacts.c.artifact == bindparam("a"), artifacts.c.queued_at == bindparam("at"))
 )
@@ -67,10 +68,14 @@ class OutboxRepo:
         self._conn.execute(outbox.delete())
         self._conn.execute(artifacts.delete())
 
+    def failures(self) -> int:
+        """Drains that failed in a row since the last one that published everything."""
+        row = _FAILURES.first(self._conn)
+        return int(row[0]) if row else 0
+
     def failed(self, error: str, at: str) -> None:
         """Record a drain that could not publish everything."""
-        row = self._conn.execute(select(status.c.failures).where(status.c.id == 1)).first()
-        failures = (int(row[0]) if row else 0) + 1
+        failures = self.failures() + 1
         upsert(
             self._conn,
             status,
